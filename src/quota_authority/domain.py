@@ -1,0 +1,367 @@
+"""Domain vocabulary shared by the three layers: what callers ask, what the ledger holds,
+and what the service answers. No protobuf, no SQL.
+
+Results serialise to plain JSON (``to_json`` / ``from_json``) so the store can keep the
+original answer to a request_id and replay it byte for byte later (R11).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+__all__ = [
+    "Action",
+    "BlockChange",
+    "BlockResult",
+    "Charge",
+    "ConnectionSource",
+    "GmvRecord",
+    "GmvResult",
+    "Outreach",
+    "OutreachDecision",
+    "PairState",
+    "Party",
+    "QuotaStatus",
+    "Reason",
+    "ReplyRecord",
+    "ReplyResult",
+    "SellerUpsert",
+    "SellerUpsertResult",
+    "SellerWeek",
+    "StoredResponse",
+    "fingerprint",
+]
+
+
+class Action(enum.Enum):
+    INVITE = "invite"
+    MESSAGE = "message"
+
+
+class Reason(enum.Enum):
+    NEW_CREATOR = "new_creator"
+    CONNECTED_CREATOR = "connected_creator"
+    ALREADY_COUNTED_THIS_WEEK = "already_counted_this_week"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    BLOCKED_BY_SELLER = "blocked_by_seller"
+    BLOCKED_BY_CREATOR = "blocked_by_creator"
+    FOLLOWER_LIMIT_EXCEEDED = "follower_limit_exceeded"
+    AWAITING_REPLY = "awaiting_reply"
+
+
+class Charge(enum.Enum):
+    NONE = "none"
+    WEEKLY = "weekly"
+    STARTER_PACK = "starter_pack"
+
+
+class ConnectionSource(enum.Enum):
+    REPLY = "reply"
+    CREATOR_INITIATED = "creator_initiated"
+    SHOWCASE = "showcase"
+    VIDEO = "video"
+
+
+class Party(enum.Enum):
+    SELLER = "seller"
+    CREATOR = "creator"
+
+
+def fingerprint(method: str, params: dict[str, Any]) -> str:
+    """A stable digest of one call's parameters; equal iff the calls are the same (R11)."""
+    canonical = json.dumps({"method": method, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outreach:
+    """One invite or message a seller asks to send (CheckAndConsume)."""
+
+    seller_id: str
+    creator_id: str
+    action: Action
+    creator_follower_count: int | None
+    request_id: str | None
+    dry_run: bool
+
+    def fingerprint(self) -> str:
+        return fingerprint(
+            "CheckAndConsume",
+            {
+                "creator_id": self.creator_id,
+                "action": self.action.value,
+                "creator_follower_count": self.creator_follower_count,
+                "dry_run": self.dry_run,
+            },
+        )
+
+
+@dataclass(frozen=True)
+class ReplyRecord:
+    """A creator connected with a seller (RecordReply)."""
+
+    seller_id: str
+    creator_id: str
+    source: ConnectionSource
+    request_id: str | None
+
+    def fingerprint(self) -> str:
+        return fingerprint(
+            "RecordReply", {"creator_id": self.creator_id, "source": self.source.value}
+        )
+
+
+@dataclass(frozen=True)
+class BlockChange:
+    """One party places (Block) or lifts (Unblock) its block on the other."""
+
+    seller_id: str
+    creator_id: str
+    party: Party
+    blocked: bool
+    request_id: str | None
+
+    def fingerprint(self) -> str:
+        method = "Block" if self.blocked else "Unblock"
+        return fingerprint(method, {"creator_id": self.creator_id, "party": self.party.value})
+
+
+@dataclass(frozen=True)
+class GmvRecord:
+    """A seller's GMV for one local day (RecordGmv)."""
+
+    seller_id: str
+    day: date
+    gmv_minor: int
+    request_id: str | None
+
+    def fingerprint(self) -> str:
+        return fingerprint(
+            "RecordGmv", {"day": self.day.isoformat(), "gmv_minor": self.gmv_minor}
+        )
+
+
+@dataclass(frozen=True)
+class SellerUpsert:
+    """Create a seller or change its time zone (UpsertSeller); ``time_zone`` None keeps it."""
+
+    seller_id: str
+    time_zone: str | None
+    request_id: str | None
+
+    def fingerprint(self) -> str:
+        return fingerprint("UpsertSeller", {"time_zone": self.time_zone})
+
+
+# --- ledger state ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SellerWeek:
+    """A seller's ledger for one week, with the tier snapshotted when the week was created (R2).
+
+    ``weekly_limit`` and ``max_creator_followers`` are None when the tier has no limit or cap.
+    ``weekly_used`` counts creators charged to the weekly quota, ``pack_used`` those charged
+    to the starter pack this week.
+    """
+
+    seller_id: str
+    week_start: datetime
+    week_end: datetime
+    time_zone: str
+    tier: str
+    weekly_limit: int | None
+    max_creator_followers: int | None
+    gmv_30d_minor: int
+    weekly_used: int
+    pack_used: int
+
+    @property
+    def unlimited(self) -> bool:
+        return self.weekly_limit is None
+
+    @property
+    def weekly_remaining(self) -> int:
+        """Weekly units left; 0 for an unlimited tier, where it is not a limit."""
+        if self.weekly_limit is None:
+            return 0
+        return max(self.weekly_limit - self.weekly_used, 0)
+
+
+@dataclass(frozen=True)
+class PairState:
+    """What the ledger knows of one seller–creator pair, for the current week."""
+
+    connected: bool = False
+    blocked_by_seller: bool = False
+    blocked_by_creator: bool = False
+    counted_this_week: bool = False
+    messages_this_week: int = 0
+
+
+# --- results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    """A seller's quota for the current week, as GetStatus and every decision report it."""
+
+    seller_id: str
+    tier: str
+    unlimited: bool
+    weekly_limit: int
+    used_this_week: int
+    remaining_this_week: int
+    starter_pack_remaining: int
+    max_creator_followers: int | None
+    week_start: datetime
+    next_refresh: datetime
+    gmv_30d_minor: int
+    time_zone: str
+
+    @classmethod
+    def of(cls, week: SellerWeek, starter_pack_remaining: int) -> QuotaStatus:
+        return cls(
+            seller_id=week.seller_id,
+            tier=week.tier,
+            unlimited=week.unlimited,
+            weekly_limit=week.weekly_limit or 0,
+            used_this_week=week.weekly_used + week.pack_used,
+            remaining_this_week=week.weekly_remaining + starter_pack_remaining,
+            starter_pack_remaining=starter_pack_remaining,
+            max_creator_followers=week.max_creator_followers,
+            week_start=week.week_start,
+            next_refresh=week.week_end,
+            gmv_30d_minor=week.gmv_30d_minor,
+            time_zone=week.time_zone,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.__dict__.copy()
+        data["week_start"] = self.week_start.isoformat()
+        data["next_refresh"] = self.next_refresh.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QuotaStatus:
+        return cls(
+            **{
+                **data,
+                "week_start": datetime.fromisoformat(data["week_start"]),
+                "next_refresh": datetime.fromisoformat(data["next_refresh"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class OutreachDecision:
+    """The answer to CheckAndConsume; ``status`` is the seller's status after the decision."""
+
+    allowed: bool
+    reason: Reason
+    charged: Charge
+    status: QuotaStatus
+    messages_before_reply_remaining: int | None
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "reason": self.reason.value,
+            "charged": self.charged.value,
+            "status": self.status.to_json(),
+            "messages_before_reply_remaining": self.messages_before_reply_remaining,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OutreachDecision:
+        return cls(
+            allowed=data["allowed"],
+            reason=Reason(data["reason"]),
+            charged=Charge(data["charged"]),
+            status=QuotaStatus.from_json(data["status"]),
+            messages_before_reply_remaining=data["messages_before_reply_remaining"],
+        )
+
+
+@dataclass(frozen=True)
+class ReplyResult:
+    """The answer to RecordReply."""
+
+    newly_connected: bool
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"newly_connected": self.newly_connected}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReplyResult:
+        return cls(newly_connected=data["newly_connected"])
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """The answer to Block and Unblock: the pair's blocks after the call."""
+
+    blocked_by_seller: bool
+    blocked_by_creator: bool
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "blocked_by_seller": self.blocked_by_seller,
+            "blocked_by_creator": self.blocked_by_creator,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BlockResult:
+        return cls(
+            blocked_by_seller=data["blocked_by_seller"],
+            blocked_by_creator=data["blocked_by_creator"],
+        )
+
+
+@dataclass(frozen=True)
+class GmvResult:
+    """The answer to RecordGmv."""
+
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GmvResult:
+        return cls()
+
+
+@dataclass(frozen=True)
+class SellerUpsertResult:
+    """The answer to UpsertSeller."""
+
+    created: bool
+    time_zone: str
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"created": self.created, "time_zone": self.time_zone}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SellerUpsertResult:
+        return cls(created=data["created"], time_zone=data["time_zone"])
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The record kept for a request_id: which call it answered, and the answer (R11)."""
+
+    fingerprint: str
+    response: dict[str, Any]

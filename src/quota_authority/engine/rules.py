@@ -1,0 +1,172 @@
+"""The rules of PRODUCT.md as pure functions. Each is named after the rule it applies, and
+``decide_outreach`` applies them in the order the product requires:
+
+    R8 blocks  ->  R4 connected  ->  R6 awaiting reply  ->  R7 follower cap
+               ->  R5 already counted  ->  R9 exhaustion / R10 starter pack (R3: one pool)
+
+Denied outreach changes nothing (R6: denied calls count toward nothing); the caller applies
+a verdict's new state only when it is not a dry run (R12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..domain import Action, Charge, PairState, Reason, SellerWeek
+from ..settings import TierPolicy
+
+__all__ = [
+    "OutreachVerdict",
+    "r1_tier_for_gmv",
+    "r4_connected",
+    "r5_already_counted",
+    "r6_awaiting_reply",
+    "r7_over_follower_cap",
+    "r8_block_reason",
+    "r9_r10_charge_for_new_creator",
+    "r10_starter_pack_grant",
+    "decide_outreach",
+]
+
+
+@dataclass(frozen=True)
+class OutreachVerdict:
+    """A decision and the state it leaves behind (equal to the input state when denied)."""
+
+    allowed: bool
+    reason: Reason
+    charged: Charge
+    week: SellerWeek
+    pair: PairState
+    starter_pack_remaining: int
+    messages_before_reply_remaining: int | None
+
+
+def r1_tier_for_gmv(gmv_30d_minor: int, tiers: tuple[TierPolicy, ...]) -> TierPolicy:
+    """R1 Tier: the highest tier whose threshold the 30-day GMV reaches."""
+    chosen = tiers[0]
+    for tier in tiers:
+        if gmv_30d_minor >= tier.min_gmv_30d_minor:
+            chosen = tier
+    return chosen
+
+
+def r10_starter_pack_grant(has_had_gmv: bool, already_granted: bool, size: int) -> int:
+    """R10 Starter's Pack: units granted when a seller's first week is created — ``size`` for a
+    seller that never had GMV above zero and never received the pack, else 0."""
+    return 0 if has_had_gmv or already_granted else size
+
+
+def r8_block_reason(pair: PairState) -> Reason | None:
+    """R8 Blocks: a blocked pair gets no outreach; a creator's block wins when both block."""
+    if pair.blocked_by_creator:
+        return Reason.BLOCKED_BY_CREATOR
+    if pair.blocked_by_seller:
+        return Reason.BLOCKED_BY_SELLER
+    return None
+
+
+def r4_connected(pair: PairState) -> bool:
+    """R4 Connected creators: always allowed, free, and exempt from R6 and R7."""
+    return pair.connected
+
+
+def r6_awaiting_reply(pair: PairState, action: Action, max_before_reply: int) -> bool:
+    """R6 Five messages before a reply: the next message after the maximum is denied;
+    invites do not count."""
+    return action is Action.MESSAGE and pair.messages_this_week >= max_before_reply
+
+
+def r7_over_follower_cap(week: SellerWeek, action: Action, follower_count: int | None) -> bool:
+    """R7 Follower cap: an invite to a creator above the tier's cap is denied; IMs are not capped."""
+    return (
+        action is Action.INVITE
+        and week.max_creator_followers is not None
+        and follower_count is not None
+        and follower_count > week.max_creator_followers
+    )
+
+
+def r5_already_counted(pair: PairState) -> bool:
+    """R5: an unconnected creator counts once a week; later outreach that week is free."""
+    return pair.counted_this_week
+
+
+def r9_r10_charge_for_new_creator(week: SellerWeek, starter_pack_remaining: int) -> Charge | None:
+    """R9/R10/R3: the pool that pays for a new creator — the weekly quota first, then the
+    starter pack — or None when both are used up (QUOTA_EXHAUSTED)."""
+    if week.weekly_limit is None or week.weekly_used < week.weekly_limit:
+        return Charge.WEEKLY
+    if starter_pack_remaining > 0:
+        return Charge.STARTER_PACK
+    return None
+
+
+def decide_outreach(
+    week: SellerWeek,
+    pair: PairState,
+    starter_pack_remaining: int,
+    action: Action,
+    follower_count: int | None,
+    max_before_reply: int,
+) -> OutreachVerdict:
+    """Decide one invite or message and compute the state it leaves behind."""
+
+    def messages_left(p: PairState) -> int:
+        return max(max_before_reply - p.messages_this_week, 0)
+
+    def deny(reason: Reason, remaining: int | None) -> OutreachVerdict:
+        return OutreachVerdict(
+            False, reason, Charge.NONE, week, pair, starter_pack_remaining, remaining
+        )
+
+    blocked = r8_block_reason(pair)
+    if blocked is not None:
+        return deny(blocked, None)
+    if r4_connected(pair):
+        return OutreachVerdict(
+            True,
+            Reason.CONNECTED_CREATOR,
+            Charge.NONE,
+            week,
+            pair,
+            starter_pack_remaining,
+            None,
+        )
+    if r6_awaiting_reply(pair, action, max_before_reply):
+        return deny(Reason.AWAITING_REPLY, 0)
+    if r7_over_follower_cap(week, action, follower_count):
+        return deny(Reason.FOLLOWER_LIMIT_EXCEEDED, messages_left(pair))
+
+    messages = pair.messages_this_week + (1 if action is Action.MESSAGE else 0)
+    if r5_already_counted(pair):
+        after = replace(pair, messages_this_week=messages)
+        return OutreachVerdict(
+            True,
+            Reason.ALREADY_COUNTED_THIS_WEEK,
+            Charge.NONE,
+            week,
+            after,
+            starter_pack_remaining,
+            messages_left(after),
+        )
+
+    charge = r9_r10_charge_for_new_creator(week, starter_pack_remaining)
+    if charge is None:
+        return deny(Reason.QUOTA_EXHAUSTED, messages_left(pair))
+    after = replace(pair, counted_this_week=True, messages_this_week=messages)
+    if charge is Charge.WEEKLY:
+        week_after = replace(week, weekly_used=week.weekly_used + 1)
+        pack_after = starter_pack_remaining
+    else:
+        week_after = replace(week, pack_used=week.pack_used + 1)
+        pack_after = starter_pack_remaining - 1
+    return OutreachVerdict(
+        True,
+        Reason.NEW_CREATOR,
+        charge,
+        week_after,
+        after,
+        pack_after,
+        messages_left(after),
+    )

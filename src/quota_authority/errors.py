@@ -1,0 +1,71 @@
+"""The error hierarchy, drawn once; ``api.status`` maps it to gRPC codes in one place.
+
+::
+
+    QuotaAuthorityError
+    ├── InvalidArgument        bad input; names every bad field      -> INVALID_ARGUMENT
+    ├── RequestIdReused        same request_id, other parameters     -> FAILED_PRECONDITION
+    ├── Unavailable            the outcome is unknown; retry it      -> UNAVAILABLE
+    │   └── StoreUnavailable   the database failed or timed out
+    └── ConfigError            bad settings, refused at start (never reaches a caller)
+
+A denial (quota exhausted, blocked, ...) is an answer, not an error, and has no class here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "FieldViolation",
+    "InvalidArgument",
+    "QuotaAuthorityError",
+    "RequestIdReused",
+    "StoreUnavailable",
+    "Unavailable",
+]
+
+
+class QuotaAuthorityError(Exception):
+    """Base of every error the service raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: its name as the caller spelled it, and why it is bad."""
+
+    field: str
+    description: str
+
+
+class InvalidArgument(QuotaAuthorityError):
+    """The request is malformed; nothing was read or changed."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+
+class RequestIdReused(QuotaAuthorityError):
+    """The request_id was used before by this seller for a call with other parameters (R11)."""
+
+    def __init__(self, seller_id: str, request_id: str) -> None:
+        self.seller_id = seller_id
+        self.request_id = request_id
+        super().__init__(
+            f"request_id {request_id!r} was already used by seller {seller_id!r} "
+            "for a call with different parameters"
+        )
+
+
+class Unavailable(QuotaAuthorityError):
+    """The outcome is unknown (nothing was granted); retry with the same request_id."""
+
+
+class StoreUnavailable(Unavailable):
+    """The database failed, timed out or could not take a lock in time."""
+
+
+class ConfigError(QuotaAuthorityError):
+    """The settings are invalid; the message names the offending key."""

@@ -1,0 +1,334 @@
+"""One typed settings object, read from the environment and the TOML policy file.
+
+Environment (process settings) and ``QUOTA_AUTHORITY_CONFIG`` (the policy: tiers, week,
+starter pack, messages, idempotency) are both validated at start; anything wrong raises
+``ConfigError`` with a message that names the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+__all__ = [
+    "MessagePolicy",
+    "Policy",
+    "Settings",
+    "TierPolicy",
+    "WeekPolicy",
+    "load_policy",
+    "load_settings",
+    "valid_time_zone",
+]
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def valid_time_zone(name: str) -> bool:
+    """True when ``name`` is an IANA zone this machine's tz database knows."""
+    if not name or name != name.strip() or name.startswith(("/", ".")) or ".." in name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    """One tier (R1): the GMV that reaches it, its weekly limit and its follower cap."""
+
+    # Tier name reported in QuotaStatus.tier.
+    name: str
+    # Smallest 30-day GMV (USD cents) that reaches this tier.
+    min_gmv_30d_minor: int
+    # Weekly new-creator limit; None means unlimited.
+    weekly_limit: int | None
+    # Largest follower count of a creator the seller may invite; None means no cap.
+    max_creator_followers: int | None
+
+
+DEFAULT_TIERS = (
+    TierPolicy("T0", 0, 50, 20_000),
+    TierPolicy("T1", 1, 200, 20_000),
+    TierPolicy("T2", 200_000, 500, 1_000_000),
+    TierPolicy("T3", 5_000_000, None, None),
+)
+
+
+@dataclass(frozen=True)
+class WeekPolicy:
+    """When weeks start (R2)."""
+
+    # Weekday the week starts on, 0 = Monday ... 6 = Sunday.
+    refresh_weekday: int = 6
+    # Local time of day the week starts at.
+    refresh_time: time = time(0, 0)
+    # IANA zone for sellers that never set one.
+    default_time_zone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class MessagePolicy:
+    """R6."""
+
+    # Messages to an unconnected creator per week before a reply is needed.
+    max_before_reply: int = 5
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The business rules' parameters, from the TOML file (defaults: PRODUCT.md)."""
+
+    # Tiers ordered by min_gmv_30d_minor; the first starts at 0.
+    tiers: tuple[TierPolicy, ...] = DEFAULT_TIERS
+    # Week boundaries.
+    week: WeekPolicy = field(default_factory=WeekPolicy)
+    # One-time starter pack size (R10).
+    starter_pack_size: int = 1000
+    # Messages before reply (R6).
+    messages: MessagePolicy = field(default_factory=MessagePolicy)
+    # Days a request_id is kept for replay (R11); at least 14.
+    idempotency_retention_days: int = 14
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the process needs; ``load_settings`` builds it from the environment."""
+
+    # host:port the gRPC server listens on (QUOTA_AUTHORITY_LISTEN).
+    listen: str = "127.0.0.1:50051"
+    # PostgreSQL URL; None starts the embedded server (QUOTA_AUTHORITY_DATABASE_URL).
+    database_url: str | None = None
+    # Directory of the embedded PostgreSQL's data (QUOTA_AUTHORITY_DATA_DIR).
+    data_dir: Path = Path(".quota-authority")
+    # Path of the TOML policy file, if any (QUOTA_AUTHORITY_CONFIG).
+    config_path: Path | None = None
+    # Log level: DEBUG, INFO, WARNING or ERROR (QUOTA_AUTHORITY_LOG_LEVEL).
+    log_level: str = "INFO"
+    # Database connections kept open by each server process (QUOTA_AUTHORITY_DB_POOL_SIZE).
+    db_pool_size: int = 10
+    # Longest wait for a row lock before answering UNAVAILABLE (QUOTA_AUTHORITY_LOCK_TIMEOUT_MS).
+    lock_timeout_ms: int = 2000
+    # Longest any one statement may run (QUOTA_AUTHORITY_STATEMENT_TIMEOUT_MS).
+    statement_timeout_ms: int = 5000
+    # Seconds in-flight calls get to finish on SIGTERM (QUOTA_AUTHORITY_SHUTDOWN_GRACE_S).
+    shutdown_grace_s: float = 10.0
+    # Seconds between database health probes (QUOTA_AUTHORITY_HEALTH_INTERVAL_S).
+    health_interval_s: float = 2.0
+    # The business rules' parameters (from the file at config_path).
+    policy: Policy = field(default_factory=Policy)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default ``os.environ``) and the policy file it names."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+
+    def text(key: str, default: str) -> str:
+        value = env.get(key, "").strip()
+        return value or default
+
+    def number(key: str, default: float, kind: type[int] | type[float], minimum: float) -> Any:
+        raw = env.get(key, "").strip()
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{key}: must be at least {minimum}, got {raw!r}")
+        return value
+
+    listen = text("QUOTA_AUTHORITY_LISTEN", defaults.listen)
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"QUOTA_AUTHORITY_LISTEN: expected host:port, got {listen!r}")
+    database_url = env.get("QUOTA_AUTHORITY_DATABASE_URL", "").strip() or None
+    if database_url is not None and not database_url.startswith(("postgresql", "postgres:")):
+        raise ConfigError("QUOTA_AUTHORITY_DATABASE_URL: expected a postgresql:// URL")
+    log_level = text("QUOTA_AUTHORITY_LOG_LEVEL", defaults.log_level).upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"QUOTA_AUTHORITY_LOG_LEVEL: unknown level {log_level!r}")
+    config = env.get("QUOTA_AUTHORITY_CONFIG", "").strip()
+    config_path = Path(config) if config else None
+    return Settings(
+        listen=listen,
+        database_url=database_url,
+        data_dir=Path(text("QUOTA_AUTHORITY_DATA_DIR", str(defaults.data_dir))),
+        config_path=config_path,
+        log_level=log_level,
+        db_pool_size=number("QUOTA_AUTHORITY_DB_POOL_SIZE", defaults.db_pool_size, int, 1),
+        lock_timeout_ms=number(
+            "QUOTA_AUTHORITY_LOCK_TIMEOUT_MS", defaults.lock_timeout_ms, int, 1
+        ),
+        statement_timeout_ms=number(
+            "QUOTA_AUTHORITY_STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms, int, 1
+        ),
+        shutdown_grace_s=number(
+            "QUOTA_AUTHORITY_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s, float, 0
+        ),
+        health_interval_s=number(
+            "QUOTA_AUTHORITY_HEALTH_INTERVAL_S", defaults.health_interval_s, float, 0.1
+        ),
+        policy=load_policy(config_path) if config_path else Policy(),
+    )
+
+
+def load_policy(path: Path) -> Policy:
+    """The policy in the TOML file at ``path``; missing sections keep their defaults."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"QUOTA_AUTHORITY_CONFIG: no such file {str(path)!r}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"QUOTA_AUTHORITY_CONFIG: {path} is not valid TOML: {e}") from None
+    return policy_from_mapping(data)
+
+
+def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
+    """The policy in an already-parsed TOML document."""
+    known = {"tiers", "week", "starter_pack", "messages", "idempotency"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown section (expected one of {sorted(known)})")
+    defaults = Policy()
+    tiers = _tiers(data["tiers"]) if "tiers" in data else defaults.tiers
+    week = _week(_table(data, "week"))
+    starter = _table(data, "starter_pack")
+    _only(starter, "starter_pack", {"size"})
+    messages = _table(data, "messages")
+    _only(messages, "messages", {"max_before_reply"})
+    idempotency = _table(data, "idempotency")
+    _only(idempotency, "idempotency", {"retention_days"})
+    return Policy(
+        tiers=tiers,
+        week=week,
+        starter_pack_size=_int(starter, "starter_pack.size", "size", defaults.starter_pack_size),
+        messages=MessagePolicy(
+            max_before_reply=_int(
+                messages,
+                "messages.max_before_reply",
+                "max_before_reply",
+                defaults.messages.max_before_reply,
+            )
+        ),
+        idempotency_retention_days=_int(
+            idempotency,
+            "idempotency.retention_days",
+            "retention_days",
+            defaults.idempotency_retention_days,
+            minimum=14,
+        ),
+    )
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a table")
+    return value
+
+
+def _only(table: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown key (expected one of {sorted(allowed)})")
+
+
+def _int(
+    table: Mapping[str, Any], path: str, key: str, default: int | None, minimum: int = 0
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{path}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _tiers(raw: Any) -> tuple[TierPolicy, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("tiers: expected a non-empty array of tables ([[tiers]])")
+    tiers: list[TierPolicy] = []
+    for i, entry in enumerate(raw):
+        where = f"tiers[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: expected a table")
+        _only(entry, where, {"name", "min_gmv_30d_minor", "weekly_limit", "max_creator_followers"})
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}.name: expected a non-empty string")
+        if "min_gmv_30d_minor" not in entry:
+            raise ConfigError(f"{where}.min_gmv_30d_minor: required")
+        tiers.append(
+            TierPolicy(
+                name=name,
+                min_gmv_30d_minor=_int(
+                    entry, f"{where}.min_gmv_30d_minor", "min_gmv_30d_minor", 0
+                ),
+                weekly_limit=_int(entry, f"{where}.weekly_limit", "weekly_limit", None),
+                max_creator_followers=_int(
+                    entry, f"{where}.max_creator_followers", "max_creator_followers", None
+                ),
+            )
+        )
+    for i in range(1, len(tiers)):
+        if tiers[i].min_gmv_30d_minor <= tiers[i - 1].min_gmv_30d_minor:
+            raise ConfigError(
+                f"tiers[{i}].min_gmv_30d_minor: tiers must be listed by strictly "
+                "increasing min_gmv_30d_minor"
+            )
+    if tiers[0].min_gmv_30d_minor != 0:
+        raise ConfigError("tiers[0].min_gmv_30d_minor: the first tier must start at 0")
+    names = [t.name for t in tiers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"tiers[{i}].name: duplicate tier name {name!r}")
+    return tuple(tiers)
+
+
+def _week(table: Mapping[str, Any]) -> WeekPolicy:
+    _only(table, "week", {"refresh_weekday", "refresh_time", "default_time_zone"})
+    defaults = WeekPolicy()
+    weekday = defaults.refresh_weekday
+    if "refresh_weekday" in table:
+        raw = table["refresh_weekday"]
+        if not isinstance(raw, str) or raw.strip().lower() not in WEEKDAYS:
+            raise ConfigError(
+                f"week.refresh_weekday: expected a weekday name such as 'sunday', got {raw!r}"
+            )
+        weekday = WEEKDAYS.index(raw.strip().lower())
+    refresh_time = defaults.refresh_time
+    if "refresh_time" in table:
+        raw = table["refresh_time"]
+        if isinstance(raw, time):
+            refresh_time = raw
+        elif isinstance(raw, str):
+            try:
+                refresh_time = time.fromisoformat(raw)
+            except ValueError:
+                raise ConfigError(
+                    f"week.refresh_time: expected HH:MM or HH:MM:SS, got {raw!r}"
+                ) from None
+        else:
+            raise ConfigError(f"week.refresh_time: expected HH:MM or HH:MM:SS, got {raw!r}")
+        if refresh_time.tzinfo is not None:
+            raise ConfigError("week.refresh_time: must be a local time without an offset")
+    zone = table.get("default_time_zone", defaults.default_time_zone)
+    if not isinstance(zone, str) or not valid_time_zone(zone):
+        raise ConfigError(f"week.default_time_zone: unknown IANA time zone {zone!r}")
+    return WeekPolicy(refresh_weekday=weekday, refresh_time=refresh_time, default_time_zone=zone)
