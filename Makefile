@@ -1,0 +1,45 @@
+# Every target that runs code first makes sure .venv exists, is installed and has the
+# generated code, so `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO := protos/quota_authority/v1/quota_authority.proto
+GENERATED := src/quota_authority/v1/quota_authority_pb2.py
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint proto install clean
+
+run: $(GENERATED)
+	$(BIN)/quota-authority serve
+
+test: $(GENERATED)
+	$(BIN)/pytest
+
+lint: $(GENERATED)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The one target that generates code: Python messages, gRPC stubs and their type stubs.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--python_out=src --grpc_python_out=src \
+		--mypy_out=src --mypy_grpc_out=src \
+		$(PROTO)
+
+$(GENERATED): $(PROTO) $(STAMP)
+	$(MAKE) proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	rm -f src/quota_authority/v1/*_pb2*.py src/quota_authority/v1/*_pb2*.pyi

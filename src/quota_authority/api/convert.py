@@ -1,0 +1,80 @@
+"""Protobuf <-> domain, both directions, for every message that crosses the boundary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ..domain import Action, Charge, ConnectionSource, OutreachDecision, Party, QuotaStatus, Reason
+from ..v1 import quota_authority_pb2 as pb
+
+__all__ = [
+    "ACTIONS",
+    "PARTIES",
+    "SOURCES",
+    "decision_to_proto",
+    "status_to_proto",
+]
+
+ACTIONS = {pb.ACTION_INVITE: Action.INVITE, pb.ACTION_MESSAGE: Action.MESSAGE}
+SOURCES = {
+    pb.CONNECTION_SOURCE_REPLY: ConnectionSource.REPLY,
+    pb.CONNECTION_SOURCE_CREATOR_INITIATED: ConnectionSource.CREATOR_INITIATED,
+    pb.CONNECTION_SOURCE_SHOWCASE: ConnectionSource.SHOWCASE,
+    pb.CONNECTION_SOURCE_VIDEO: ConnectionSource.VIDEO,
+}
+PARTIES = {pb.PARTY_SELLER: Party.SELLER, pb.PARTY_CREATOR: Party.CREATOR}
+_REASONS = {
+    Reason.NEW_CREATOR: pb.REASON_NEW_CREATOR,
+    Reason.CONNECTED_CREATOR: pb.REASON_CONNECTED_CREATOR,
+    Reason.ALREADY_COUNTED_THIS_WEEK: pb.REASON_ALREADY_COUNTED_THIS_WEEK,
+    Reason.QUOTA_EXHAUSTED: pb.REASON_QUOTA_EXHAUSTED,
+    Reason.BLOCKED_BY_SELLER: pb.REASON_BLOCKED_BY_SELLER,
+    Reason.BLOCKED_BY_CREATOR: pb.REASON_BLOCKED_BY_CREATOR,
+    Reason.FOLLOWER_LIMIT_EXCEEDED: pb.REASON_FOLLOWER_LIMIT_EXCEEDED,
+    Reason.AWAITING_REPLY: pb.REASON_AWAITING_REPLY,
+}
+_CHARGES = {
+    Charge.NONE: pb.CHARGE_NONE,
+    Charge.WEEKLY: pb.CHARGE_WEEKLY,
+    Charge.STARTER_PACK: pb.CHARGE_STARTER_PACK,
+}
+
+
+def _timestamp(instant: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(instant)
+    return stamp
+
+
+def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
+    message = pb.QuotaStatus(
+        seller_id=status.seller_id,
+        tier=status.tier,
+        unlimited=status.unlimited,
+        weekly_limit=status.weekly_limit,
+        used_this_week=status.used_this_week,
+        remaining_this_week=status.remaining_this_week,
+        starter_pack_remaining=status.starter_pack_remaining,
+        week_start=_timestamp(status.week_start),
+        next_refresh=_timestamp(status.next_refresh),
+        gmv_30d_minor=status.gmv_30d_minor,
+        time_zone=status.time_zone,
+    )
+    if status.max_creator_followers is not None:
+        message.max_creator_followers = status.max_creator_followers
+    return message
+
+
+def decision_to_proto(decision: OutreachDecision) -> pb.CheckAndConsumeResponse:
+    message = pb.CheckAndConsumeResponse(
+        allowed=decision.allowed,
+        reason=_REASONS[decision.reason],
+        charged=_CHARGES[decision.charged],
+        status=status_to_proto(decision.status),
+        replayed=decision.replayed,
+    )
+    if decision.messages_before_reply_remaining is not None:
+        message.messages_before_reply_remaining = decision.messages_before_reply_remaining
+    return message

@@ -1,0 +1,166 @@
+"""``QuotaAuthorityServicer``: validates each request, turns it into a domain request, asks
+the engine, and turns the answer back into protobuf. Errors leave through ``mapped_errors``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from ..domain import BlockChange, GmvRecord, Outreach, ReplyRecord, SellerUpsert
+from ..engine import QuotaService
+from ..v1 import quota_authority_pb2 as pb
+from ..v1 import quota_authority_pb2_grpc as pb_grpc
+from .convert import ACTIONS, PARTIES, SOURCES, decision_to_proto, status_to_proto
+from .status import mapped_errors
+from .validation import Validator
+
+__all__ = ["QuotaAuthorityServicer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _names(values: dict[Any, Any], enum: Any) -> dict[int, str]:
+    return {number: enum.Name(number) for number in values}
+
+
+_ACTION_NAMES = _names(ACTIONS, pb.Action)
+_SOURCE_NAMES = _names(SOURCES, pb.ConnectionSource)
+_PARTY_NAMES = _names(PARTIES, pb.Party)
+
+
+class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
+    def __init__(self, service: QuotaService) -> None:
+        self._service = service
+
+    @mapped_errors
+    async def CheckAndConsume(
+        self, request: pb.CheckAndConsumeRequest, context: Context
+    ) -> pb.CheckAndConsumeResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        v.identifier("creator_id", request.creator_id)
+        v.enum("action", request.action, _ACTION_NAMES)
+        follower_count: int | None = None
+        if request.HasField("creator_follower_count"):
+            follower_count = v.non_negative(
+                "creator_follower_count", request.creator_follower_count
+            )
+        elif request.action == pb.ACTION_INVITE:
+            v.bad("creator_follower_count", "is required for ACTION_INVITE")
+        request_id = v.request_id("request_id", request.request_id)
+        v.done()
+        decision = await self._service.check_and_consume(
+            Outreach(
+                seller_id=request.seller_id,
+                creator_id=request.creator_id,
+                action=ACTIONS[request.action],
+                creator_follower_count=follower_count,
+                request_id=request_id,
+                dry_run=request.dry_run,
+            )
+        )
+        return decision_to_proto(decision)
+
+    @mapped_errors
+    async def RecordReply(
+        self, request: pb.RecordReplyRequest, context: Context
+    ) -> pb.RecordReplyResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        v.identifier("creator_id", request.creator_id)
+        v.enum("source", request.source, _SOURCE_NAMES)
+        request_id = v.request_id("request_id", request.request_id)
+        v.done()
+        result = await self._service.record_reply(
+            ReplyRecord(
+                seller_id=request.seller_id,
+                creator_id=request.creator_id,
+                source=SOURCES[request.source],
+                request_id=request_id,
+            )
+        )
+        return pb.RecordReplyResponse(
+            newly_connected=result.newly_connected, replayed=result.replayed
+        )
+
+    async def _change_block(
+        self, request: pb.BlockRequest | pb.UnblockRequest, blocked: bool
+    ) -> tuple[bool, bool, bool]:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        v.identifier("creator_id", request.creator_id)
+        v.enum("blocked_by", request.blocked_by, _PARTY_NAMES)
+        request_id = v.request_id("request_id", request.request_id)
+        v.done()
+        result = await self._service.change_block(
+            BlockChange(
+                seller_id=request.seller_id,
+                creator_id=request.creator_id,
+                party=PARTIES[request.blocked_by],
+                blocked=blocked,
+                request_id=request_id,
+            )
+        )
+        return result.blocked_by_seller, result.blocked_by_creator, result.replayed
+
+    @mapped_errors
+    async def Block(self, request: pb.BlockRequest, context: Context) -> pb.BlockResponse:
+        by_seller, by_creator, replayed = await self._change_block(request, blocked=True)
+        return pb.BlockResponse(
+            blocked_by_seller=by_seller, blocked_by_creator=by_creator, replayed=replayed
+        )
+
+    @mapped_errors
+    async def Unblock(self, request: pb.UnblockRequest, context: Context) -> pb.UnblockResponse:
+        by_seller, by_creator, replayed = await self._change_block(request, blocked=False)
+        return pb.UnblockResponse(
+            blocked_by_seller=by_seller, blocked_by_creator=by_creator, replayed=replayed
+        )
+
+    @mapped_errors
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: Context
+    ) -> pb.GetStatusResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        v.done()
+        status = await self._service.get_status(request.seller_id)
+        return pb.GetStatusResponse(status=status_to_proto(status))
+
+    @mapped_errors
+    async def RecordGmv(
+        self, request: pb.RecordGmvRequest, context: Context
+    ) -> pb.RecordGmvResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        day = v.day("day", request.day)
+        v.non_negative("gmv_minor", request.gmv_minor)
+        request_id = v.request_id("request_id", request.request_id)
+        v.done()
+        assert day is not None  # done() raised otherwise
+        result = await self._service.record_gmv(
+            GmvRecord(
+                seller_id=request.seller_id,
+                day=day,
+                gmv_minor=request.gmv_minor,
+                request_id=request_id,
+            )
+        )
+        return pb.RecordGmvResponse(replayed=result.replayed)
+
+    @mapped_errors
+    async def UpsertSeller(
+        self, request: pb.UpsertSellerRequest, context: Context
+    ) -> pb.UpsertSellerResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        time_zone = v.time_zone("time_zone", request.time_zone)
+        request_id = v.request_id("request_id", request.request_id)
+        v.done()
+        result = await self._service.upsert_seller(
+            SellerUpsert(seller_id=request.seller_id, time_zone=time_zone, request_id=request_id)
+        )
+        return pb.UpsertSellerResponse(
+            created=result.created, time_zone=result.time_zone, replayed=result.replayed
+        )

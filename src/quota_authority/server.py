@@ -1,0 +1,140 @@
+"""The gRPC server: the servicer, health checking, reflection, and a graceful stop.
+
+Health reports SERVING for the whole server and for ``quota_authority.v1.QuotaAuthorityService``
+only while the database answers and is migrated to this code's head revision; a watcher
+re-checks every ``health_interval_s``. Stopping first reports NOT_SERVING, then lets in-flight
+calls finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .api import QuotaAuthorityServicer
+from .clock import Clock, SystemClock
+from .engine import QuotaService
+from .settings import Settings
+from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
+from .v1 import quota_authority_pb2 as pb
+from .v1 import quota_authority_pb2_grpc as pb_grpc
+
+__all__ = ["QuotaAuthorityServer", "SERVICE_NAME", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QuotaAuthorityService"].full_name
+_PURGE_EVERY_S = 3600.0
+
+
+@dataclass
+class QuotaAuthorityServer:
+    """A running server over an open database; ``start`` binds, ``stop`` drains."""
+
+    settings: Settings
+    database_url: str
+    clock: Clock
+
+    async def start(self) -> int:
+        """Migrate, bind and serve; returns the bound port."""
+        self._engine = create_engine(self.database_url, self.settings)
+        await migrate(self._engine)
+        self._ledger = PostgresLedger(self._engine)
+        self.service = QuotaService(self._ledger, self.settings.policy, self.clock)
+        self._server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)]
+        )
+        pb_grpc.add_QuotaAuthorityServiceServicer_to_server(
+            QuotaAuthorityServicer(self.service), self._server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        port = self._server.add_insecure_port(self.settings.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await self._server.start()
+        self._serving: bool | None = None
+        await self._check_health()
+        self._tasks = [
+            asyncio.create_task(self._watch_health(), name="health-watcher"),
+            asyncio.create_task(self._purge_responses(), name="response-purger"),
+        ]
+        log.info("serving", extra={"listen": self.settings.listen, "port": port})
+        return port
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+        if serving != self._serving:
+            log.info("health changed", extra={"serving": serving})
+        self._serving = serving
+
+    async def _check_health(self) -> None:
+        await self._set_health(await self._ledger.ping())
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self._check_health()
+
+    async def _purge_responses(self) -> None:
+        while True:
+            try:
+                purged = await self.service.purge_expired_responses()
+                if purged:
+                    log.info("purged expired request_ids", extra={"count": purged})
+            except Exception:
+                log.warning("purging expired request_ids failed", exc_info=True)
+            await asyncio.sleep(_PURGE_EVERY_S)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, finish in-flight calls within ``grace`` seconds, close."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._set_health(False)
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        await self._engine.dispose()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def _serve_until_signal(settings: Settings, database_url: str) -> None:
+    server = QuotaAuthorityServer(settings, database_url, SystemClock())
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("signal received, stopping")
+    await server.stop()
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, on the configured database or an embedded one."""
+    if settings.database_url is not None:
+        asyncio.run(_serve_until_signal(settings, settings.database_url))
+        return
+    with EmbeddedPostgres(settings.data_dir) as embedded:
+        asyncio.run(_serve_until_signal(settings, embedded.url))

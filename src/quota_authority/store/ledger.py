@@ -1,0 +1,388 @@
+"""``PostgresLedger``: the ``engine.ports.LedgerStore`` contract on PostgreSQL.
+
+Transactions are READ COMMITTED. The seller-week row is the lock a decision takes; every
+read a decision depends on is a new statement issued after that lock is granted, so it sees
+every change committed before. Database failures of any kind leave ``transaction()`` as
+``StoreUnavailable``: the caller answers UNAVAILABLE and never grants when unsure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..domain import Charge, PairState, Party, SellerWeek, StoredResponse
+from ..engine.ports import AuditEntry, OutreachState, SellerRecord
+from ..errors import StoreUnavailable
+from .migrate import head_revision
+from .tables import (
+    audit_log,
+    daily_gmv,
+    pair_weeks,
+    pairs,
+    request_responses,
+    seller_weeks,
+    sellers,
+)
+
+__all__ = ["PostgresLedger"]
+
+log = logging.getLogger(__name__)
+
+# Failures that mean "the outcome is unknown": the database refused, timed out or vanished.
+_UNAVAILABLE = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, asyncio.TimeoutError)
+
+# R10 grant and R2 snapshot in one statement. The UPDATE grants at most once per seller (its
+# WHERE re-checks the flags under the row lock); the INSERT's snapshot of the pack takes the
+# granted amount from the UPDATE, whose effect the INSERT's own snapshot cannot see.
+_CREATE_WEEK = text(
+    """
+    WITH granted AS (
+        UPDATE sellers
+           SET starter_pack_granted = true,
+               starter_pack_remaining = starter_pack_remaining + :grant
+         WHERE seller_id = :seller_id AND :grant > 0
+           AND NOT starter_pack_granted AND NOT has_had_gmv
+     RETURNING starter_pack_remaining
+    )
+    INSERT INTO seller_weeks (seller_id, week_start, week_end, time_zone, tier, weekly_limit,
+                              max_creator_followers, gmv_30d_minor, starter_pack_at_start)
+    VALUES (:seller_id, :week_start, :week_end, :time_zone, :tier, :weekly_limit,
+            :max_creator_followers, :gmv_30d_minor,
+            COALESCE((SELECT starter_pack_remaining FROM granted),
+                     (SELECT starter_pack_remaining FROM sellers WHERE seller_id = :seller_id)))
+    ON CONFLICT (seller_id, week_start) DO NOTHING
+    """
+)
+
+
+def _week(row: Any) -> SellerWeek:
+    return SellerWeek(
+        seller_id=row.seller_id,
+        week_start=row.week_start,
+        week_end=row.week_end,
+        time_zone=row.time_zone,
+        tier=row.tier,
+        weekly_limit=row.weekly_limit,
+        max_creator_followers=row.max_creator_followers,
+        gmv_30d_minor=row.gmv_30d_minor,
+        weekly_used=row.weekly_used,
+        pack_used=row.pack_used,
+    )
+
+
+class PostgresLedger:
+    """The ledger on one ``AsyncEngine``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        try:
+            async with self._engine.begin() as conn:
+                yield _Transaction(conn)
+        except _UNAVAILABLE as e:
+            log.warning("database call failed", extra={"error": f"{type(e).__name__}: {e}"})
+            raise StoreUnavailable(f"database unavailable: {type(e).__name__}") from e
+
+    async def purge_responses(self, older_than: datetime) -> int:
+        async with self.transaction() as tx:
+            result = await tx.conn.execute(
+                request_responses.delete().where(request_responses.c.created_at < older_than)
+            )
+            return int(result.rowcount)
+
+    async def ping(self) -> bool:
+        try:
+            async with self._engine.connect() as conn:
+                version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        except Exception:  # any failure means "not serving"
+            return False
+        return version == head_revision()
+
+
+class _Transaction:
+    """One open transaction; implements ``engine.ports.LedgerTransaction``."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def find_week(self, seller_id: str, at: datetime, *, lock: bool) -> SellerWeek | None:
+        w = seller_weeks.c
+        stmt = (
+            select(seller_weeks)
+            .where(w.seller_id == seller_id, w.week_start <= at, w.week_end > at)
+            .order_by(w.week_start.desc())
+            .limit(1)
+        )
+        if lock:
+            stmt = stmt.with_for_update()
+        row = (await self.conn.execute(stmt)).first()
+        return None if row is None else _week(row)
+
+    async def ensure_seller(self, seller_id: str, default_time_zone: str) -> SellerRecord:
+        await self.conn.execute(
+            insert(sellers)
+            .values(seller_id=seller_id, time_zone=default_time_zone)
+            .on_conflict_do_nothing(index_elements=["seller_id"])
+        )
+        row = (
+            await self.conn.execute(select(sellers).where(sellers.c.seller_id == seller_id))
+        ).one()
+        return SellerRecord(
+            seller_id=row.seller_id,
+            time_zone=row.time_zone,
+            has_had_gmv=row.has_had_gmv,
+            starter_pack_granted=row.starter_pack_granted,
+            starter_pack_remaining=row.starter_pack_remaining,
+        )
+
+    async def gmv_total(self, seller_id: str, first_day: date, last_day: date) -> int:
+        g = daily_gmv.c
+        total = await self.conn.scalar(
+            select(func.coalesce(func.sum(g.gmv_minor), 0)).where(
+                g.seller_id == seller_id, g.day >= first_day, g.day <= last_day
+            )
+        )
+        return int(total or 0)
+
+    async def create_week(self, week: SellerWeek, starter_pack_grant: int) -> None:
+        await self.conn.execute(
+            _CREATE_WEEK,
+            {
+                "seller_id": week.seller_id,
+                "week_start": week.week_start,
+                "week_end": week.week_end,
+                "time_zone": week.time_zone,
+                "tier": week.tier,
+                "weekly_limit": week.weekly_limit,
+                "max_creator_followers": week.max_creator_followers,
+                "gmv_30d_minor": week.gmv_30d_minor,
+                "grant": starter_pack_grant,
+            },
+        )
+
+    async def outreach_state(
+        self, seller_id: str, week_start: datetime, creator_id: str, request_id: str | None
+    ) -> OutreachState:
+        s, p, pw, r = sellers.c, pairs.c, pair_weeks.c, request_responses.c
+        joined = (
+            sellers.outerjoin(pairs, and_(p.seller_id == s.seller_id, p.creator_id == creator_id))
+            .outerjoin(
+                pair_weeks,
+                and_(
+                    pw.seller_id == s.seller_id,
+                    pw.week_start == week_start,
+                    pw.creator_id == creator_id,
+                ),
+            )
+            .outerjoin(
+                request_responses,
+                and_(r.seller_id == s.seller_id, r.request_id == request_id),
+            )
+        )
+        row = (
+            await self.conn.execute(
+                select(
+                    s.starter_pack_remaining,
+                    p.connected,
+                    p.blocked_by_seller,
+                    p.blocked_by_creator,
+                    pw.counted,
+                    pw.messages,
+                    r.fingerprint,
+                    r.response,
+                )
+                .select_from(joined)
+                .where(s.seller_id == seller_id)
+            )
+        ).one()
+        return OutreachState(
+            pair=PairState(
+                connected=bool(row.connected),
+                blocked_by_seller=bool(row.blocked_by_seller),
+                blocked_by_creator=bool(row.blocked_by_creator),
+                counted_this_week=bool(row.counted),
+                messages_this_week=row.messages or 0,
+            ),
+            starter_pack_remaining=row.starter_pack_remaining,
+            stored=None
+            if row.fingerprint is None
+            else StoredResponse(fingerprint=row.fingerprint, response=row.response),
+        )
+
+    async def apply_outreach(
+        self,
+        before: SellerWeek,
+        after: SellerWeek,
+        creator_id: str,
+        pair_before: PairState,
+        pair_after: PairState,
+        charged: Charge,
+    ) -> None:
+        w = seller_weeks.c
+        if charged is not Charge.NONE:
+            await self.conn.execute(
+                update(seller_weeks)
+                .where(w.seller_id == before.seller_id, w.week_start == before.week_start)
+                .values(
+                    weekly_used=w.weekly_used + (after.weekly_used - before.weekly_used),
+                    pack_used=w.pack_used + (after.pack_used - before.pack_used),
+                )
+            )
+        if charged is Charge.STARTER_PACK:
+            await self.conn.execute(
+                update(sellers)
+                .where(sellers.c.seller_id == before.seller_id)
+                .values(starter_pack_remaining=sellers.c.starter_pack_remaining - 1)
+            )
+        if pair_after != pair_before:
+            stmt = insert(pair_weeks).values(
+                seller_id=before.seller_id,
+                week_start=before.week_start,
+                creator_id=creator_id,
+                counted=pair_after.counted_this_week,
+                messages=pair_after.messages_this_week,
+            )
+            await self.conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["seller_id", "week_start", "creator_id"],
+                    set_={"counted": stmt.excluded.counted, "messages": stmt.excluded.messages},
+                )
+            )
+
+    async def record_audit(self, entry: AuditEntry) -> None:
+        await self.conn.execute(
+            audit_log.insert().values(
+                seller_id=entry.seller_id,
+                week_start=entry.week_start,
+                creator_id=entry.creator_id,
+                action=entry.action.value,
+                allowed=entry.allowed,
+                reason=entry.reason.value,
+                charged=entry.charged.value,
+                tier=entry.tier,
+                request_id=entry.request_id,
+                decided_at=entry.decided_at,
+            )
+        )
+
+    async def stored_response(self, seller_id: str, request_id: str) -> StoredResponse | None:
+        r = request_responses.c
+        row = (
+            await self.conn.execute(
+                select(r.fingerprint, r.response).where(
+                    r.seller_id == seller_id, r.request_id == request_id
+                )
+            )
+        ).first()
+        return None if row is None else StoredResponse(row.fingerprint, row.response)
+
+    async def store_response(
+        self,
+        seller_id: str,
+        request_id: str,
+        fingerprint: str,
+        response: dict[str, Any],
+        at: datetime,
+    ) -> bool:
+        inserted = await self.conn.scalar(
+            insert(request_responses)
+            .values(
+                seller_id=seller_id,
+                request_id=request_id,
+                fingerprint=fingerprint,
+                response=response,
+                created_at=at,
+            )
+            .on_conflict_do_nothing(index_elements=["seller_id", "request_id"])
+            .returning(request_responses.c.seller_id)
+        )
+        return inserted is not None
+
+    async def connect_pair(self, seller_id: str, creator_id: str, at: datetime) -> bool:
+        stmt = insert(pairs).values(
+            seller_id=seller_id, creator_id=creator_id, connected=True, connected_at=at, updated_at=at
+        )
+        newly = await self.conn.scalar(
+            stmt.on_conflict_do_update(
+                index_elements=["seller_id", "creator_id"],
+                set_={"connected": True, "connected_at": at, "updated_at": at},
+                where=pairs.c.connected.is_(False),
+            ).returning(pairs.c.seller_id)
+        )
+        return newly is not None
+
+    async def set_block(
+        self, seller_id: str, creator_id: str, party: Party, blocked: bool, at: datetime
+    ) -> tuple[bool, bool]:
+        column = "blocked_by_seller" if party is Party.SELLER else "blocked_by_creator"
+        returned = (pairs.c.blocked_by_seller, pairs.c.blocked_by_creator)
+        if blocked:
+            stmt = insert(pairs).values(
+                seller_id=seller_id, creator_id=creator_id, updated_at=at, **{column: True}
+            )
+            row = (
+                await self.conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["seller_id", "creator_id"],
+                        set_={column: True, "updated_at": at},
+                    ).returning(*returned)
+                )
+            ).one()
+        else:
+            row = (
+                await self.conn.execute(
+                    update(pairs)
+                    .where(pairs.c.seller_id == seller_id, pairs.c.creator_id == creator_id)
+                    .values({column: False, "updated_at": at})
+                    .returning(*returned)
+                )
+            ).first()
+            if row is None:
+                return (False, False)
+        return (bool(row.blocked_by_seller), bool(row.blocked_by_creator))
+
+    async def record_gmv(
+        self, seller_id: str, day: date, gmv_minor: int, default_time_zone: str
+    ) -> None:
+        seller = insert(sellers).values(
+            seller_id=seller_id, time_zone=default_time_zone, has_had_gmv=gmv_minor > 0
+        )
+        await self.conn.execute(
+            seller.on_conflict_do_update(
+                index_elements=["seller_id"],
+                set_={"has_had_gmv": True},
+                where=and_(seller.excluded.has_had_gmv, sellers.c.has_had_gmv.is_(False)),
+            )
+        )
+        gmv = insert(daily_gmv).values(seller_id=seller_id, day=day, gmv_minor=gmv_minor)
+        await self.conn.execute(
+            gmv.on_conflict_do_update(
+                index_elements=["seller_id", "day"], set_={"gmv_minor": gmv.excluded.gmv_minor}
+            )
+        )
+
+    async def upsert_seller(
+        self, seller_id: str, time_zone: str | None, default_time_zone: str
+    ) -> tuple[bool, str]:
+        stmt = insert(sellers).values(seller_id=seller_id, time_zone=time_zone or default_time_zone)
+        row = (
+            await self.conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["seller_id"],
+                    set_={"time_zone": func.coalesce(time_zone, sellers.c.time_zone)},
+                ).returning(text("(xmax = 0) AS created"), sellers.c.time_zone)
+            )
+        ).one()
+        return (bool(row.created), str(row.time_zone))
