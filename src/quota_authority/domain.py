@@ -144,9 +144,7 @@ class GmvRecord:
     request_id: str | None
 
     def fingerprint(self) -> str:
-        return fingerprint(
-            "RecordGmv", {"day": self.day.isoformat(), "gmv_minor": self.gmv_minor}
-        )
+        return fingerprint("RecordGmv", {"day": self.day.isoformat(), "gmv_minor": self.gmv_minor})
 
 
 @dataclass(frozen=True)

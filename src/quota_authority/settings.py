@@ -169,9 +169,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         config_path=config_path,
         log_level=log_level,
         db_pool_size=number("QUOTA_AUTHORITY_DB_POOL_SIZE", defaults.db_pool_size, int, 1),
-        lock_timeout_ms=number(
-            "QUOTA_AUTHORITY_LOCK_TIMEOUT_MS", defaults.lock_timeout_ms, int, 1
-        ),
+        lock_timeout_ms=number("QUOTA_AUTHORITY_LOCK_TIMEOUT_MS", defaults.lock_timeout_ms, int, 1),
         statement_timeout_ms=number(
             "QUOTA_AUTHORITY_STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms, int, 1
         ),
@@ -277,9 +275,7 @@ def _tiers(raw: Any) -> tuple[TierPolicy, ...]:
         tiers.append(
             TierPolicy(
                 name=name,
-                min_gmv_30d_minor=_int(
-                    entry, f"{where}.min_gmv_30d_minor", "min_gmv_30d_minor", 0
-                ),
+                min_gmv_30d_minor=_int(entry, f"{where}.min_gmv_30d_minor", "min_gmv_30d_minor", 0),
                 weekly_limit=_int(entry, f"{where}.weekly_limit", "weekly_limit", None),
                 max_creator_followers=_int(
                     entry, f"{where}.max_creator_followers", "max_creator_followers", None

@@ -88,15 +88,17 @@ def mapped_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             status = _to_status(e)
             log.info(
                 "call refused",
-                extra={"method": handler.__name__, "code": code_pb2.Code.Name(status.code), "error": str(e)},
+                extra={
+                    "method": handler.__name__,
+                    "code": code_pb2.Code.Name(status.code),
+                    "error": str(e),
+                },
             )
         except Exception as e:
             log.exception("unexpected error", extra={"method": handler.__name__})
             status = _to_status(e)
         grpc_status = rpc_status.to_status(status)
-        await context.abort(
-            grpc_status.code, grpc_status.details, grpc_status.trailing_metadata
-        )
+        await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     return wrapper

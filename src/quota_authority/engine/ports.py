@@ -128,7 +128,9 @@ class LedgerTransaction(Protocol):
         afterwards."""
         ...
 
-    async def record_gmv(self, seller_id: str, day: date, gmv_minor: int, default_time_zone: str) -> None:
+    async def record_gmv(
+        self, seller_id: str, day: date, gmv_minor: int, default_time_zone: str
+    ) -> None:
         """Set the seller's GMV for ``day`` (creating the seller if needed); a positive figure
         marks the seller as having had GMV (R10)."""
         ...

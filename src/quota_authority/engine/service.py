@@ -263,9 +263,7 @@ class QuotaService:
                     if request_id is not None:
                         stored = await tx.stored_response(seller_id, request_id)
                         if stored is not None:
-                            return self._replay(
-                                stored, fingerprint, seller_id, request_id, decode
-                            )
+                            return self._replay(stored, fingerprint, seller_id, request_id, decode)
                     result = await work(tx)
                     if request_id is not None and not await tx.store_response(
                         seller_id, request_id, fingerprint, result.to_json(), self._clock.now()

@@ -312,7 +312,11 @@ class _Transaction:
 
     async def connect_pair(self, seller_id: str, creator_id: str, at: datetime) -> bool:
         stmt = insert(pairs).values(
-            seller_id=seller_id, creator_id=creator_id, connected=True, connected_at=at, updated_at=at
+            seller_id=seller_id,
+            creator_id=creator_id,
+            connected=True,
+            connected_at=at,
+            updated_at=at,
         )
         newly = await self.conn.scalar(
             stmt.on_conflict_do_update(

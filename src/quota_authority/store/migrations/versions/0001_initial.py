@@ -25,9 +25,7 @@ def upgrade() -> None:
         sa.Column("has_had_gmv", sa.Boolean, nullable=False, server_default="false"),
         sa.Column("starter_pack_granted", sa.Boolean, nullable=False, server_default="false"),
         sa.Column("starter_pack_remaining", sa.Integer, nullable=False, server_default="0"),
-        sa.CheckConstraint(
-            "starter_pack_remaining >= 0", name="sellers_starter_pack_not_negative"
-        ),
+        sa.CheckConstraint("starter_pack_remaining >= 0", name="sellers_starter_pack_not_negative"),
     )
     op.create_table(
         "seller_weeks",
@@ -88,9 +86,7 @@ def upgrade() -> None:
         sa.Column("response", JSONB, nullable=False),
         sa.Column("created_at", TS, nullable=False),
     )
-    op.create_index(
-        "ix_request_responses_created_at", "request_responses", ["created_at"]
-    )
+    op.create_index("ix_request_responses_created_at", "request_responses", ["created_at"])
     op.create_table(
         "audit_log",
         sa.Column("seller_id", sa.Text, primary_key=True),

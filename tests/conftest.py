@@ -1,0 +1,115 @@
+"""Shared fixtures: a real PostgreSQL (``QUOTA_AUTHORITY_DATABASE_URL`` or an embedded one),
+a real gRPC server on loopback with an injectable clock, stubs, and a fresh seller per test.
+
+Tests isolate by seller: each gets its own random ``seller_id``, so nothing is truncated
+and tests never wait on each other's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from support import BASE_TIME
+
+from quota_authority.clock import FakeClock
+from quota_authority.server import QuotaAuthorityServer
+from quota_authority.settings import Policy, Settings
+from quota_authority.store import EmbeddedPostgres, create_engine
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
+StartServer = Callable[..., Awaitable[tuple[QuotaAuthorityServer, str]]]
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL URL for the whole session: the configured one, or an embedded server."""
+    configured = os.environ.get("QUOTA_AUTHORITY_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    with EmbeddedPostgres(Path(tmp_path_factory.mktemp("pgdata"))) as embedded:
+        yield embedded.url
+
+
+@pytest.fixture(scope="session")
+def session_clock() -> FakeClock:
+    return FakeClock(BASE_TIME)
+
+
+@pytest.fixture
+def clock(session_clock: FakeClock) -> Iterator[FakeClock]:
+    """The servers' clock, back at ``BASE_TIME`` for every test."""
+    session_clock.set(BASE_TIME)
+    yield session_clock
+    session_clock.set(BASE_TIME)
+
+
+def test_settings(**overrides: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "db_pool_size": 20,
+        "health_interval_s": 0.2,
+        "shutdown_grace_s": 2.0,
+    }
+    return Settings(**{**defaults, **overrides})
+
+
+@pytest.fixture(scope="session")
+async def start_server(database_url: str, session_clock: FakeClock) -> AsyncIterator[StartServer]:
+    """Start extra servers (say, with another policy) on the session's database; each is
+    stopped at the end of the session unless the test stops it first."""
+    started: list[QuotaAuthorityServer] = []
+
+    async def start(
+        policy: Policy | None = None, **overrides: Any
+    ) -> tuple[QuotaAuthorityServer, str]:
+        settings = test_settings(policy=policy or Policy(), **overrides)
+        server = QuotaAuthorityServer(settings, database_url, session_clock)
+        port = await server.start()
+        started.append(server)
+        return server, f"127.0.0.1:{port}"
+
+    yield start
+    for server in started:
+        with contextlib.suppress(Exception):  # already stopped by its test
+            await server.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+async def target(start_server: StartServer) -> str:
+    """host:port of the session's server, with the default policy of PRODUCT.md."""
+    _, address = await start_server()
+    return address
+
+
+@pytest.fixture(scope="session")
+async def channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel: grpc.aio.Channel) -> pb_grpc.QuotaAuthorityServiceStub:
+    return pb_grpc.QuotaAuthorityServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Direct database access, for counting what the service wrote."""
+    engine = create_engine(database_url, test_settings())
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def seller() -> str:
+    """A seller id no other test uses."""
+    return f"seller-{uuid.uuid4().hex[:12]}"
