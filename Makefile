@@ -16,8 +16,8 @@ test: $(GENERATED)
 	$(BIN)/pytest
 
 lint: $(GENERATED)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
 install: $(STAMP)

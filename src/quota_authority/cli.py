@@ -42,7 +42,8 @@ def _status(target: str, seller_id: str) -> int:
         async with grpc.aio.insecure_channel(target) as channel:
             stub = pb_grpc.QuotaAuthorityServiceStub(channel)
             response = await stub.GetStatus(pb.GetStatusRequest(seller_id=seller_id), timeout=10)
-            return response.status
+            status: pb.QuotaStatus = response.status
+            return status
 
     try:
         s = asyncio.run(ask())

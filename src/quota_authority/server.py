@@ -26,7 +26,7 @@ from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
 from .v1 import quota_authority_pb2 as pb
 from .v1 import quota_authority_pb2_grpc as pb_grpc
 
-__all__ = ["QuotaAuthorityServer", "SERVICE_NAME", "serve"]
+__all__ = ["SERVICE_NAME", "QuotaAuthorityServer", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class QuotaAuthorityServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        port = self._server.add_insecure_port(self.settings.listen)
+        port: int = self._server.add_insecure_port(self.settings.listen)
         if port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self._server.start()

@@ -3,9 +3,7 @@ the engine, and turns the answer back into protobuf. Errors leave through ``mapp
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
+from typing import Any, TypeAlias
 
 from ..domain import BlockChange, GmvRecord, Outreach, ReplyRecord, SellerUpsert
 from ..engine import QuotaService
@@ -17,7 +15,8 @@ from .validation import Validator
 
 __all__ = ["QuotaAuthorityServicer"]
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# grpc ships no type stubs; the context is untyped either way.
+Context: TypeAlias = Any
 
 
 def _names(values: dict[Any, Any], enum: Any) -> dict[int, str]:

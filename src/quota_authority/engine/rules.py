@@ -17,6 +17,7 @@ from ..settings import TierPolicy
 
 __all__ = [
     "OutreachVerdict",
+    "decide_outreach",
     "r1_tier_for_gmv",
     "r4_connected",
     "r5_already_counted",
@@ -25,7 +26,6 @@ __all__ = [
     "r8_block_reason",
     "r9_r10_charge_for_new_creator",
     "r10_starter_pack_grant",
-    "decide_outreach",
 ]
 
 
@@ -78,7 +78,8 @@ def r6_awaiting_reply(pair: PairState, action: Action, max_before_reply: int) ->
 
 
 def r7_over_follower_cap(week: SellerWeek, action: Action, follower_count: int | None) -> bool:
-    """R7 Follower cap: an invite to a creator above the tier's cap is denied; IMs are not capped."""
+    """R7 Follower cap: an invite to a creator above the tier's cap is denied; IMs are
+    not capped."""
     return (
         action is Action.INVITE
         and week.max_creator_followers is not None

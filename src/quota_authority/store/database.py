@@ -71,7 +71,9 @@ class EmbeddedPostgres:
 
         self._data_dir.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL", extra={"data_dir": str(self._data_dir)})
-        self._server = pgserver.get_server(self._data_dir, cleanup_mode="stop")
+        self._server = pgserver.get_server(  # type: ignore[attr-defined]
+            self._data_dir, cleanup_mode="stop"
+        )
         return self
 
     def __exit__(

@@ -108,7 +108,7 @@ class PostgresLedger:
                 version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
         except Exception:  # any failure means "not serving"
             return False
-        return version == head_revision()
+        return bool(version == head_revision())
 
 
 class _Transaction:
@@ -345,7 +345,7 @@ class _Transaction:
                 )
             ).one()
         else:
-            row = (
+            lifted = (
                 await self.conn.execute(
                     update(pairs)
                     .where(pairs.c.seller_id == seller_id, pairs.c.creator_id == creator_id)
@@ -353,8 +353,9 @@ class _Transaction:
                     .returning(*returned)
                 )
             ).first()
-            if row is None:
+            if lifted is None:
                 return (False, False)
+            row = lifted
         return (bool(row.blocked_by_seller), bool(row.blocked_by_creator))
 
     async def record_gmv(
