@@ -1,0 +1,41 @@
+"""Never grant when unsure: a seller-week lock that cannot be had in time is UNAVAILABLE,
+nothing is charged, and a retry with the same request_id grants exactly once."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from sqlalchemy import text
+from support import invite, ledger_counts
+
+from quota_authority.v1 import quota_authority_pb2 as pb
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
+
+async def test_a_held_seller_week_lock_gives_unavailable_and_a_retry_grants_once(
+    start_server, seller, db, clock
+):
+    _, address = await start_server(lock_timeout_ms=200)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))  # create the week
+        request = invite(seller, "creator-1", request_id="retry-1")
+
+        async with db.connect() as holder:
+            transaction = await holder.begin()
+            await holder.execute(
+                text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": seller}
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await stub.CheckAndConsume(request, timeout=10)
+            await transaction.rollback()
+
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await ledger_counts(db, seller))["used"] == 0
+
+        first = await stub.CheckAndConsume(request, timeout=10)
+        retry = await stub.CheckAndConsume(request, timeout=10)
+
+    assert first.allowed and not first.replayed
+    assert retry.allowed and retry.replayed
+    assert (await ledger_counts(db, seller))["used"] == 1
