@@ -61,6 +61,11 @@ class LedgerTransaction(Protocol):
         not granted within the lock timeout raises ``StoreUnavailable``."""
         ...
 
+    async def previous_week_end(self, seller_id: str, at: datetime) -> datetime | None:
+        """The end of the seller's latest week that ended at or before ``at``, if any. (A week
+        still running at ``at`` is never "previous": a concurrent call may just have created it.)"""
+        ...
+
     async def ensure_seller(self, seller_id: str, default_time_zone: str) -> SellerRecord:
         """The seller, created with ``default_time_zone`` first if it does not exist."""
         ...

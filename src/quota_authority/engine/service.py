@@ -41,7 +41,7 @@ from ..errors import RequestIdReused
 from ..settings import Policy
 from . import rules
 from .ports import AuditEntry, LedgerStore, LedgerTransaction
-from .weeks import gmv_window, week_containing
+from .weeks import after_previous, gmv_window, week_containing
 
 __all__ = ["QuotaService"]
 
@@ -157,7 +157,10 @@ class QuotaService:
             return week
         week_policy = self._policy.week
         seller = await tx.ensure_seller(seller_id, week_policy.default_time_zone)
-        span = week_containing(now, seller.time_zone, week_policy)
+        span = after_previous(
+            week_containing(now, seller.time_zone, week_policy),
+            await tx.previous_week_end(seller_id, now),
+        )
         first_day, last_day = gmv_window(span.start_date)
         gmv = await tx.gmv_total(seller_id, first_day, last_day)
         tier = rules.r1_tier_for_gmv(gmv, self._policy.tiers)

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from ..settings import WeekPolicy
 
-__all__ = ["GMV_WINDOW_DAYS", "Week", "gmv_window", "week_containing"]
+__all__ = ["GMV_WINDOW_DAYS", "Week", "after_previous", "gmv_window", "week_containing"]
 
 # R1: the tier looks back over this many local days before the week starts.
 GMV_WINDOW_DAYS = 30
@@ -44,6 +44,14 @@ def week_containing(instant: datetime, time_zone: str, policy: WeekPolicy) -> We
         start = _local_instant(start_date, policy.refresh_time, zone)
     end = _local_instant(start_date + timedelta(days=7), policy.refresh_time, zone)
     return Week(start=start, end=end, start_date=start_date)
+
+
+def after_previous(week: Week, previous_end: datetime | None) -> Week:
+    """A seller's weeks never overlap: after a time-zone change, the first week in the new
+    zone starts when the last week in the old zone ended (and may be shorter than 7 days)."""
+    if previous_end is None or previous_end <= week.start:
+        return week
+    return Week(start=previous_end, end=week.end, start_date=week.start_date)
 
 
 def gmv_window(week_start_date: date) -> tuple[date, date]:

@@ -130,6 +130,13 @@ class _Transaction:
         row = (await self.conn.execute(stmt)).first()
         return None if row is None else _week(row)
 
+    async def previous_week_end(self, seller_id: str, at: datetime) -> datetime | None:
+        w = seller_weeks.c
+        end: datetime | None = await self.conn.scalar(
+            select(func.max(w.week_end)).where(w.seller_id == seller_id, w.week_end <= at)
+        )
+        return end
+
     async def ensure_seller(self, seller_id: str, default_time_zone: str) -> SellerRecord:
         await self.conn.execute(
             insert(sellers)
