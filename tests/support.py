@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from quota_authority.store.tables import metadata
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 # A Wednesday noon, UTC: mid-week for the default Sunday 00:00 UTC week.
@@ -57,3 +58,14 @@ async def ledger_counts(db: AsyncEngine, seller_id: str) -> dict[str, int]:
             )
         ).one()
     return {k: int(v) for k, v in row._mapping.items()}
+
+
+async def everything_of(db: AsyncEngine, seller_id: str) -> dict[str, list[tuple[str, ...]]]:
+    """Every row the database holds for a seller, table by table (every table is keyed by
+    seller_id), to prove that a call changed nothing."""
+    snapshot = {}
+    async with db.connect() as conn:
+        for table in metadata.sorted_tables:
+            rows = await conn.execute(table.select().where(table.c.seller_id == seller_id))
+            snapshot[table.name] = sorted(tuple(map(str, row)) for row in rows)
+    return snapshot
