@@ -80,6 +80,10 @@ class LedgerTransaction(Protocol):
         so the pack is granted at most once per seller, whatever the concurrency."""
         ...
 
+    async def starter_pack_remaining(self, seller_id: str) -> int:
+        """Units left in the seller's lifetime starter pack (the seller exists)."""
+        ...
+
     async def outreach_state(
         self, seller_id: str, week_start: datetime, creator_id: str, request_id: str | None
     ) -> OutreachState:

@@ -145,8 +145,7 @@ class QuotaService:
         """The seller's status for the current week, snapshotting the week if new (R2)."""
         async with self._store.transaction() as tx:
             week = await self._current_week(tx, seller_id, lock=False)
-            state = await tx.outreach_state(seller_id, week.week_start, "", None)
-            return QuotaStatus.of(week, state.starter_pack_remaining)
+            return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
 
     async def _current_week(
         self, tx: LedgerTransaction, seller_id: str, *, lock: bool

@@ -179,6 +179,12 @@ class _Transaction:
             },
         )
 
+    async def starter_pack_remaining(self, seller_id: str) -> int:
+        remaining = await self.conn.scalar(
+            select(sellers.c.starter_pack_remaining).where(sellers.c.seller_id == seller_id)
+        )
+        return int(remaining or 0)
+
     async def outreach_state(
         self, seller_id: str, week_start: datetime, creator_id: str, request_id: str | None
     ) -> OutreachState:
