@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from ..clock import Clock
@@ -57,6 +57,19 @@ class _RequestIdTaken(Exception):
     """Raised inside a transaction to roll it back: a concurrent call stored the key first."""
 
 
+T = TypeVar("T")
+
+
+async def _until_key_settles(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` until it is not pre-empted by a concurrent holder of its request_id.
+    After ``_RequestIdTaken`` the key is committed, so the next attempt replays it."""
+    while True:
+        try:
+            return await attempt()
+        except _RequestIdTaken:
+            continue
+
+
 class QuotaService:
     """Applies the rules of PRODUCT.md over a ``LedgerStore``, with time from ``clock``."""
 
@@ -70,18 +83,14 @@ class QuotaService:
     async def check_and_consume(self, outreach: Outreach) -> OutreachDecision:
         """Decide one invite or message and, unless a dry run, charge for it (R3–R12)."""
         fingerprint = outreach.fingerprint()
-        while True:
-            try:
-                return await self._check_and_consume_once(outreach, fingerprint)
-            except _RequestIdTaken:
-                continue  # the key is committed now; the next pass replays it
+        return await _until_key_settles(lambda: self._check_and_consume_once(outreach, fingerprint))
 
     async def _check_and_consume_once(
         self, outreach: Outreach, fingerprint: str
     ) -> OutreachDecision:
         now = self._clock.now()
         async with self._store.transaction() as tx:
-            week = await self._current_week(tx, outreach.seller_id, lock=True)
+            week = await self._current_week(tx, outreach.seller_id, now, lock=True)
             state = await tx.outreach_state(
                 outreach.seller_id, week.week_start, outreach.creator_id, outreach.request_id
             )
@@ -144,13 +153,14 @@ class QuotaService:
     async def get_status(self, seller_id: str) -> QuotaStatus:
         """The seller's status for the current week, snapshotting the week if new (R2)."""
         async with self._store.transaction() as tx:
-            week = await self._current_week(tx, seller_id, lock=False)
+            week = await self._current_week(tx, seller_id, self._clock.now(), lock=False)
             return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
 
     async def _current_week(
-        self, tx: LedgerTransaction, seller_id: str, *, lock: bool
+        self, tx: LedgerTransaction, seller_id: str, now: datetime, *, lock: bool
     ) -> SellerWeek:
-        now = self._clock.now()
+        """The seller-week containing ``now``, created and snapshotted first if missing.
+        Callers pass the one instant their whole decision uses."""
         week = await tx.find_week(seller_id, now, lock=lock)
         if week is not None:
             return week
@@ -259,21 +269,21 @@ class QuotaService:
         decode: Callable[[dict[str, Any]], R],
         work: Callable[[LedgerTransaction], Awaitable[R]],
     ) -> R:
-        while True:
-            try:
-                async with self._store.transaction() as tx:
-                    if request_id is not None:
-                        stored = await tx.stored_response(seller_id, request_id)
-                        if stored is not None:
-                            return self._replay(stored, fingerprint, seller_id, request_id, decode)
-                    result = await work(tx)
-                    if request_id is not None and not await tx.store_response(
-                        seller_id, request_id, fingerprint, result.to_json(), self._clock.now()
-                    ):
-                        raise _RequestIdTaken
-                    return result
-            except _RequestIdTaken:
-                continue
+
+        async def once() -> R:
+            async with self._store.transaction() as tx:
+                if request_id is not None:
+                    stored = await tx.stored_response(seller_id, request_id)
+                    if stored is not None:
+                        return self._replay(stored, fingerprint, seller_id, request_id, decode)
+                result = await work(tx)
+                if request_id is not None and not await tx.store_response(
+                    seller_id, request_id, fingerprint, result.to_json(), self._clock.now()
+                ):
+                    raise _RequestIdTaken
+                return result
+
+        return await _until_key_settles(once)
 
     @staticmethod
     def _replay(
