@@ -6,6 +6,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
+import pytest
+from google.protobuf.message import Message
+from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -69,3 +73,22 @@ async def everything_of(db: AsyncEngine, seller_id: str) -> dict[str, list[tuple
             rows = await conn.execute(table.select().where(table.c.seller_id == seller_id))
             snapshot[table.name] = sorted(tuple(map(str, row)) for row in rows)
     return snapshot
+
+
+async def failure_details(
+    call: Any, code: grpc.StatusCode, detail_type: type[Message]
+) -> list[Any]:
+    """Await ``call``, which must fail with ``code``; the rich-status details of
+    ``detail_type`` it carries (google.rpc.BadRequest, ErrorInfo, ...)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    details = []
+    for detail in status.details:
+        if detail.Is(detail_type.DESCRIPTOR):
+            unpacked = detail_type()
+            detail.Unpack(unpacked)
+            details.append(unpacked)
+    return details

@@ -12,8 +12,7 @@ from datetime import timedelta
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from support import everything_of, invite, ledger_counts, message
+from support import everything_of, failure_details, invite, ledger_counts, message
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 
@@ -53,18 +52,9 @@ def upsert_request(seller_id, time_zone=LA, **kw):
 
 
 async def assert_request_id_reused(call) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    error = caught.value
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    status = rpc_status.from_call(error)
-    assert status is not None
-    infos = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            infos.append(info)
+    infos = await failure_details(
+        call, grpc.StatusCode.FAILED_PRECONDITION, error_details_pb2.ErrorInfo
+    )
     assert [info.reason for info in infos] == ["REQUEST_ID_REUSED"]
 
 

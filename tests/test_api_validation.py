@@ -8,8 +8,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from support import everything_of, invite, ledger_counts, message
+from support import everything_of, failure_details, invite, ledger_counts, message
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 
@@ -41,20 +40,13 @@ async def seasoned(stub, seller, clock) -> str:
 
 async def invalid_argument_fields(call) -> list[str]:
     """The fields named by the BadRequest of a call that must fail INVALID_ARGUMENT."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    error = caught.value
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(error)
-    assert status is not None
     fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            for violation in bad_request.field_violations:
-                assert violation.description
-                fields.append(violation.field)
+    for bad_request in await failure_details(
+        call, grpc.StatusCode.INVALID_ARGUMENT, error_details_pb2.BadRequest
+    ):
+        for violation in bad_request.field_violations:
+            assert violation.description
+            fields.append(violation.field)
     return fields
 
 
