@@ -7,13 +7,24 @@ PROTO := protos/quota_authority/v1/quota_authority.proto
 GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto install clean
+.PHONY: run test lint proto install clean bench
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
 
 test: $(GENERATED)
 	$(BIN)/pytest
+
+# Load tests with ghz against a baseline measured in the same run; see BENCHMARKS.md.
+GHZ := .bench/bin/ghz
+GHZ_VERSION := v0.121.0
+
+bench: $(GENERATED) $(GHZ)
+	$(BIN)/python scripts/bench.py $(SCENARIOS)
+
+$(GHZ):
+	mkdir -p .bench/bin
+	GOBIN=$(CURDIR)/.bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 lint: $(GENERATED)
 	$(BIN)/ruff check src tests

@@ -7,6 +7,7 @@
     ├── RequestIdReused        same request_id, other parameters     -> FAILED_PRECONDITION
     ├── Unavailable            the outcome is unknown; retry it      -> UNAVAILABLE
     │   └── StoreUnavailable   the database failed or timed out
+    │       └── CommitOutcomeUnknown   it failed while committing: changes may have landed
     └── ConfigError            bad settings, refused at start (never reaches a caller)
 
 A denial (quota exhausted, blocked, ...) is an answer, not an error, and has no class here.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "ConfigError",
     "FieldViolation",
     "InvalidArgument",
@@ -65,6 +67,11 @@ class Unavailable(QuotaAuthorityError):
 
 class StoreUnavailable(Unavailable):
     """The database failed, timed out or could not take a lock in time."""
+
+
+class CommitOutcomeUnknown(StoreUnavailable):
+    """The database failed while committing: the changes may or may not have landed, so the
+    work must not be redone on the caller's behalf; the caller retries with its request_id."""
 
 
 class ConfigError(QuotaAuthorityError):

@@ -125,6 +125,12 @@ class Settings:
     shutdown_grace_s: float = 10.0
     # Seconds between database health probes (QUOTA_AUTHORITY_HEALTH_INTERVAL_S).
     health_interval_s: float = 2.0
+    # asyncio event loop: "uvloop" (faster) or "asyncio" (QUOTA_AUTHORITY_EVENT_LOOP).
+    event_loop: str = "uvloop"
+    # Most CheckAndConsume calls decided in one transaction (QUOTA_AUTHORITY_BATCH_MAX_SIZE).
+    batch_max_size: int = 64
+    # Most batch transactions open at once per process (QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT).
+    batch_max_in_flight: int = 2
     # The business rules' parameters (from the file at config_path).
     policy: Policy = field(default_factory=Policy)
 
@@ -160,6 +166,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     log_level = text("QUOTA_AUTHORITY_LOG_LEVEL", defaults.log_level).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"QUOTA_AUTHORITY_LOG_LEVEL: unknown level {log_level!r}")
+    event_loop = text("QUOTA_AUTHORITY_EVENT_LOOP", defaults.event_loop).lower()
+    if event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(
+            f"QUOTA_AUTHORITY_EVENT_LOOP: expected uvloop or asyncio, got {event_loop!r}"
+        )
     config = env.get("QUOTA_AUTHORITY_CONFIG", "").strip()
     config_path = Path(config) if config else None
     return Settings(
@@ -178,6 +189,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         health_interval_s=number(
             "QUOTA_AUTHORITY_HEALTH_INTERVAL_S", defaults.health_interval_s, float, 0.1
+        ),
+        event_loop=event_loop,
+        batch_max_size=number("QUOTA_AUTHORITY_BATCH_MAX_SIZE", defaults.batch_max_size, int, 1),
+        batch_max_in_flight=number(
+            "QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT", defaults.batch_max_in_flight, int, 1
         ),
         policy=load_policy(config_path) if config_path else Policy(),
     )

@@ -8,14 +8,25 @@ surface as ``errors.StoreUnavailable``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
 
 from ..domain import Action, Charge, PairState, Party, Reason, SellerWeek, StoredResponse
 
-__all__ = ["AuditEntry", "LedgerStore", "LedgerTransaction", "OutreachState", "SellerRecord"]
+__all__ = [
+    "AuditEntry",
+    "LedgerStore",
+    "LedgerTransaction",
+    "LockedOutreach",
+    "OutreachKey",
+    "OutreachTransaction",
+    "OutreachWrites",
+    "ResponseToStore",
+    "SellerRecord",
+]
 
 
 @dataclass(frozen=True)
@@ -30,12 +41,46 @@ class SellerRecord:
 
 
 @dataclass(frozen=True)
-class OutreachState:
-    """Everything a decision reads after the seller-week lock is held."""
+class OutreachKey:
+    """What a batched decision reads by: one request's seller, creator and request_id."""
 
-    pair: PairState
+    seller_id: str
+    creator_id: str
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class LockedOutreach:
+    """Everything one request of a batch reads once its seller's week is locked."""
+
+    week: SellerWeek | None  # None: the seller has no week containing the instant yet
     starter_pack_remaining: int
+    pair: PairState
     stored: StoredResponse | None
+
+
+@dataclass(frozen=True)
+class ResponseToStore:
+    """R11: the answer to keep for one request_id."""
+
+    seller_id: str
+    request_id: str
+    fingerprint: str
+    response: dict[str, Any]
+
+
+@dataclass
+class OutreachWrites:
+    """Everything a batch of decisions changes, written together (R3, R5, R6, R10, R11, R13).
+
+    Counters are increments, applied under the batch's week locks; pair-weeks are the
+    final state of each pair the batch changed."""
+
+    week_charges: dict[tuple[str, datetime], tuple[int, int]] = field(default_factory=dict)
+    pack_charges: dict[str, int] = field(default_factory=dict)
+    pair_weeks: dict[tuple[str, datetime, str], PairState] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    responses: list[ResponseToStore] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,10 +100,8 @@ class AuditEntry:
 
 
 class LedgerTransaction(Protocol):
-    async def find_week(self, seller_id: str, at: datetime, *, lock: bool) -> SellerWeek | None:
-        """The seller-week containing ``at`` (the latest-starting one if several do), or None.
-        With ``lock``, the row is locked (``FOR UPDATE``) until the transaction ends; a lock
-        not granted within the lock timeout raises ``StoreUnavailable``."""
+    async def find_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
+        """The seller-week containing ``at`` (the latest-starting one if several do), or None."""
         ...
 
     async def previous_week_end(self, seller_id: str, at: datetime) -> datetime | None:
@@ -82,31 +125,6 @@ class LedgerTransaction(Protocol):
 
     async def starter_pack_remaining(self, seller_id: str) -> int:
         """Units left in the seller's lifetime starter pack (the seller exists)."""
-        ...
-
-    async def outreach_state(
-        self, seller_id: str, week_start: datetime, creator_id: str, request_id: str | None
-    ) -> OutreachState:
-        """The pair's state for the week, the starter pack left and the response stored for
-        ``request_id``, read in one statement; call it after locking the week so that it
-        sees every change committed before the lock was granted."""
-        ...
-
-    async def apply_outreach(
-        self,
-        before: SellerWeek,
-        after: SellerWeek,
-        creator_id: str,
-        pair_before: PairState,
-        pair_after: PairState,
-        charged: Charge,
-    ) -> None:
-        """Write an allowed outreach's effect: the week's counters, the starter pack (when
-        ``charged`` is ``STARTER_PACK``) and the pair's weekly count and messages."""
-        ...
-
-    async def record_audit(self, entry: AuditEntry) -> None:
-        """Append one decision to the audit log (R13)."""
         ...
 
     async def stored_response(self, seller_id: str, request_id: str) -> StoredResponse | None:
@@ -151,9 +169,34 @@ class LedgerTransaction(Protocol):
         ...
 
 
+class OutreachTransaction(Protocol):
+    """The hot path's transaction: a batch of decisions in two statements."""
+
+    async def lock_outreach(
+        self, at: datetime, keys: Sequence[OutreachKey]
+    ) -> list[LockedOutreach]:
+        """Lock the week containing ``at`` of every seller in ``keys`` (in seller order, so
+        concurrent batches never deadlock), then read, for each key in order, the week, the
+        seller's starter pack, the pair's state that week and the response stored for its
+        request_id: everything committed before the locks were granted. A lock not granted
+        within the lock timeout raises ``StoreUnavailable``."""
+        ...
+
+    async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
+        """Apply ``writes`` (responses stored as of ``at``). False when another transaction
+        already holds one of the request_ids: this one must then roll back and replay."""
+        ...
+
+
 class LedgerStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[LedgerTransaction]:
         """One READ COMMITTED transaction."""
+        ...
+
+    def outreach_transaction(self) -> AbstractAsyncContextManager[OutreachTransaction]:
+        """One READ COMMITTED transaction for a batch of decisions. Leaving it normally
+        commits; a failure while committing raises ``CommitOutcomeUnknown``: the changes
+        may or may not have landed."""
         ...
 
     async def purge_responses(self, older_than: datetime) -> int:

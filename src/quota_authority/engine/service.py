@@ -1,25 +1,24 @@
-"""The use cases: one store transaction each, the rules applied inside it.
+"""The use cases: each runs in store transactions, the rules applied inside.
 
-CheckAndConsume, the hot path, runs as::
+CheckAndConsume, the hot path, decides concurrent calls together (``MicroBatcher``)::
 
     BEGIN (READ COMMITTED)
-    lock the seller-week row (create and snapshot it first if missing — R2, R1, R10)
-    read pair state, starter pack and stored response, after the lock
-    replay the stored response if any (R11) — or decide (rules) and write its effect,
-        the audit record (R13) and the response for the request_id
+    lock the batch's seller-weeks in seller order, then read pair states, starter packs and
+        stored responses (one round trip); a seller without a current week rolls the batch
+        back, has its week created and snapshotted (R2, R1, R10), and the batch runs again
+    decide each request in arrival order (``decide_batch``): replay (R11) or the rules
+    write every effect, audit record (R13) and stored response in one statement
     COMMIT
 
 Mutations other than CheckAndConsume take no seller-week lock; duplicates of one request_id
-are serialised by the unique key of the stored response instead: the later one waits for
-the earlier to commit, finds the key taken, rolls back and replays (``_RequestIdTaken``).
+are serialised by the unique key of the stored response instead (``idempotency``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ..clock import Clock
 from ..domain import (
@@ -35,133 +34,91 @@ from ..domain import (
     SellerUpsert,
     SellerUpsertResult,
     SellerWeek,
-    StoredResponse,
 )
-from ..errors import RequestIdReused
 from ..settings import Policy
 from . import rules
-from .ports import AuditEntry, LedgerStore, LedgerTransaction
+from .batching import MicroBatcher
+from .idempotency import RequestIdTaken, Result, replay, until_key_settles
+from .outreach import Outcome, decide_batch
+from .ports import LedgerStore, LedgerTransaction, OutreachKey
 from .weeks import after_previous, gmv_window, week_containing
 
 __all__ = ["QuotaService"]
 
 
-class _Result(Protocol):
-    def to_json(self) -> dict[str, Any]: ...
-
-
-R = TypeVar("R", bound=_Result)
-
-
-class _RequestIdTaken(Exception):
-    """Raised inside a transaction to roll it back: a concurrent call stored the key first."""
-
-
-T = TypeVar("T")
-
-
-async def _until_key_settles(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Run ``attempt`` until it is not pre-empted by a concurrent holder of its request_id.
-    After ``_RequestIdTaken`` the key is committed, so the next attempt replays it."""
-    while True:
-        try:
-            return await attempt()
-        except _RequestIdTaken:
-            continue
+R = TypeVar("R", bound=Result)
 
 
 class QuotaService:
-    """Applies the rules of PRODUCT.md over a ``LedgerStore``, with time from ``clock``."""
+    """Applies the rules of PRODUCT.md over a ``LedgerStore``, with time from ``clock``.
+    CheckAndConsume calls are decided in batches of up to ``batch_max_size``, with at most
+    ``batch_max_in_flight`` batches (transactions) at once."""
 
-    def __init__(self, store: LedgerStore, policy: Policy, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: LedgerStore,
+        policy: Policy,
+        clock: Clock,
+        *,
+        batch_max_size: int = 64,
+        batch_max_in_flight: int = 2,
+    ) -> None:
         self._store = store
         self._policy = policy
         self._clock = clock
+        self._outreach: MicroBatcher[Outreach, OutreachDecision] = MicroBatcher(
+            self._decide_batch, max_size=batch_max_size, max_in_flight=batch_max_in_flight
+        )
 
     # --- CheckAndConsume ---------------------------------------------------------------
 
     async def check_and_consume(self, outreach: Outreach) -> OutreachDecision:
-        """Decide one invite or message and, unless a dry run, charge for it (R3–R12)."""
-        fingerprint = outreach.fingerprint()
-        return await _until_key_settles(lambda: self._check_and_consume_once(outreach, fingerprint))
+        """Decide one invite or message and, unless a dry run, charge for it (R3–R12).
+        Concurrent calls are decided together, in arrival order."""
+        return await self._outreach.submit(outreach)
 
-    async def _check_and_consume_once(
-        self, outreach: Outreach, fingerprint: str
-    ) -> OutreachDecision:
+    async def _decide_batch(self, batch: Sequence[Outreach]) -> list[Outcome]:
+        """One transaction for the batch, at one instant. A seller without a week for that
+        instant rolls the attempt back (nothing was written) and has its week created and
+        snapshotted first."""
         now = self._clock.now()
-        async with self._store.transaction() as tx:
-            week = await self._current_week(tx, outreach.seller_id, now, lock=True)
-            state = await tx.outreach_state(
-                outreach.seller_id, week.week_start, outreach.creator_id, outreach.request_id
-            )
-            if state.stored is not None and outreach.request_id is not None:
-                return self._replay(
-                    state.stored,
-                    fingerprint,
-                    outreach.seller_id,
-                    outreach.request_id,
-                    OutreachDecision.from_json,
-                )
-            verdict = rules.decide_outreach(
-                week,
-                state.pair,
-                state.starter_pack_remaining,
-                outreach.action,
-                outreach.creator_follower_count,
-                self._policy.messages.max_before_reply,
-            )
-            decision = OutreachDecision(
-                allowed=verdict.allowed,
-                reason=verdict.reason,
-                charged=verdict.charged,
-                status=QuotaStatus.of(verdict.week, verdict.starter_pack_remaining),
-                messages_before_reply_remaining=verdict.messages_before_reply_remaining,
-            )
-            if outreach.dry_run:
-                return decision  # R12: answers, changes nothing, stores nothing
-            if verdict.allowed:
-                await tx.apply_outreach(
-                    week,
-                    verdict.week,
-                    outreach.creator_id,
-                    state.pair,
-                    verdict.pair,
-                    verdict.charged,
-                )
-            await tx.record_audit(
-                AuditEntry(
-                    seller_id=outreach.seller_id,
-                    week_start=week.week_start,
-                    creator_id=outreach.creator_id,
-                    action=outreach.action,
-                    allowed=verdict.allowed,
-                    reason=verdict.reason,
-                    charged=verdict.charged,
-                    tier=week.tier,
-                    request_id=outreach.request_id,
-                    decided_at=now,
-                )
-            )
-            if outreach.request_id is not None and not await tx.store_response(
-                outreach.seller_id, outreach.request_id, fingerprint, decision.to_json(), now
-            ):
-                raise _RequestIdTaken
-            return decision
+        keys = [OutreachKey(o.seller_id, o.creator_id, o.request_id) for o in batch]
+        fingerprints = [o.fingerprint() for o in batch]
+        max_before_reply = self._policy.messages.max_before_reply
+
+        async def attempt() -> list[Outcome] | None:
+            async with self._store.outreach_transaction() as tx:
+                locked = await tx.lock_outreach(now, keys)
+                if any(row.week is None for row in locked):
+                    return None
+                outcomes, writes = decide_batch(batch, fingerprints, locked, max_before_reply, now)
+                if writes.audit and not await tx.write_outreach(writes, now):
+                    raise RequestIdTaken
+                return outcomes
+
+        for _ in range(2):
+            outcomes = await until_key_settles(attempt)
+            if outcomes is not None:
+                return outcomes
+            for seller_id in sorted({o.seller_id for o in batch}):
+                async with self._store.transaction() as tx:
+                    await self._current_week(tx, seller_id, now)
+        raise AssertionError("a seller-week is missing right after it was created")
 
     # --- GetStatus ---------------------------------------------------------------------
 
     async def get_status(self, seller_id: str) -> QuotaStatus:
         """The seller's status for the current week, snapshotting the week if new (R2)."""
         async with self._store.transaction() as tx:
-            week = await self._current_week(tx, seller_id, self._clock.now(), lock=False)
+            week = await self._current_week(tx, seller_id, self._clock.now())
             return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
 
     async def _current_week(
-        self, tx: LedgerTransaction, seller_id: str, now: datetime, *, lock: bool
+        self, tx: LedgerTransaction, seller_id: str, now: datetime
     ) -> SellerWeek:
         """The seller-week containing ``now``, created and snapshotted first if missing.
         Callers pass the one instant their whole decision uses."""
-        week = await tx.find_week(seller_id, now, lock=lock)
+        week = await tx.find_week(seller_id, now)
         if week is not None:
             return week
         week_policy = self._policy.week
@@ -190,7 +147,7 @@ class QuotaService:
                 seller.has_had_gmv, seller.starter_pack_granted, self._policy.starter_pack_size
             ),
         )
-        week = await tx.find_week(seller_id, now, lock=lock)
+        week = await tx.find_week(seller_id, now)
         if week is None:  # pragma: no cover - the row was just inserted or found conflicting
             raise AssertionError(f"seller-week of {seller_id} vanished after creation")
         return week
@@ -275,25 +232,12 @@ class QuotaService:
                 if request_id is not None:
                     stored = await tx.stored_response(seller_id, request_id)
                     if stored is not None:
-                        return self._replay(stored, fingerprint, seller_id, request_id, decode)
+                        return replay(stored, fingerprint, seller_id, request_id, decode)
                 result = await work(tx)
                 if request_id is not None and not await tx.store_response(
                     seller_id, request_id, fingerprint, result.to_json(), self._clock.now()
                 ):
-                    raise _RequestIdTaken
+                    raise RequestIdTaken
                 return result
 
-        return await _until_key_settles(once)
-
-    @staticmethod
-    def _replay(
-        stored: StoredResponse,
-        fingerprint: str,
-        seller_id: str,
-        request_id: str,
-        decode: Callable[[dict[str, Any]], R],
-    ) -> R:
-        """R11: the stored answer, marked replayed — if the call is the one that stored it."""
-        if stored.fingerprint != fingerprint:
-            raise RequestIdReused(seller_id, request_id)
-        return replace(decode(stored.response), replayed=True)  # type: ignore[type-var]
+        return await until_key_settles(once)

@@ -9,25 +9,26 @@ every change committed before. Database failures of any kind leave ``transaction
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, func, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..domain import Charge, PairState, Party, SellerWeek, StoredResponse
-from ..engine.ports import AuditEntry, OutreachState, SellerRecord
-from ..errors import StoreUnavailable
+from ..domain import Party, SellerWeek, StoredResponse
+from ..engine.ports import SellerRecord
+from ..errors import CommitOutcomeUnknown, StoreUnavailable
 from .migrate import head_revision
+from .outreach import OutreachTransaction
 from .tables import (
-    audit_log,
     daily_gmv,
-    pair_weeks,
     pairs,
     request_responses,
     seller_weeks,
@@ -38,8 +39,17 @@ __all__ = ["PostgresLedger"]
 
 log = logging.getLogger(__name__)
 
-# Failures that mean "the outcome is unknown": the database refused, timed out or vanished.
-_UNAVAILABLE = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, asyncio.TimeoutError)
+# Failures that mean "the outcome is unknown": the database refused, timed out or vanished,
+# through SQLAlchemy or on the hot path's raw asyncpg connection.
+_UNAVAILABLE = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 # R10 grant and R2 snapshot in one statement. The UPDATE grants at most once per seller (its
 # WHERE re-checks the flags under the row lock); the INSERT's snapshot of the pack takes the
@@ -95,6 +105,35 @@ class PostgresLedger:
             log.warning("database call failed", extra={"error": f"{type(e).__name__}: {e}"})
             raise StoreUnavailable(f"database unavailable: {type(e).__name__}") from e
 
+    @asynccontextmanager
+    async def outreach_transaction(self) -> AsyncIterator[OutreachTransaction]:
+        try:
+            async with self._engine.connect() as pooled:
+                conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    yield OutreachTransaction(conn)
+                    try:
+                        await transaction.commit()
+                    except _UNAVAILABLE as e:
+                        raise CommitOutcomeUnknown(f"commit failed: {type(e).__name__}") from e
+                except BaseException:
+                    if conn.is_in_transaction() and not conn.is_closed():
+                        with contextlib.suppress(*_UNAVAILABLE):
+                            await transaction.rollback()
+                    raise
+                finally:
+                    # Never hand the pool a connection still inside this transaction.
+                    if conn.is_closed() or conn.is_in_transaction():
+                        await pooled.invalidate()
+        except CommitOutcomeUnknown as e:
+            log.warning("database commit failed", extra={"error": repr(e.__cause__)})
+            raise
+        except _UNAVAILABLE as e:
+            log.warning("database call failed", extra={"error": f"{type(e).__name__}: {e}"})
+            raise StoreUnavailable(f"database unavailable: {type(e).__name__}") from e
+
     async def purge_responses(self, older_than: datetime) -> int:
         async with self.transaction() as tx:
             result = await tx.conn.execute(
@@ -117,7 +156,7 @@ class _Transaction:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def find_week(self, seller_id: str, at: datetime, *, lock: bool) -> SellerWeek | None:
+    async def find_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
         w = seller_weeks.c
         stmt = (
             select(seller_weeks)
@@ -125,8 +164,6 @@ class _Transaction:
             .order_by(w.week_start.desc())
             .limit(1)
         )
-        if lock:
-            stmt = stmt.with_for_update()
         row = (await self.conn.execute(stmt)).first()
         return None if row is None else _week(row)
 
@@ -184,111 +221,6 @@ class _Transaction:
             select(sellers.c.starter_pack_remaining).where(sellers.c.seller_id == seller_id)
         )
         return int(remaining or 0)
-
-    async def outreach_state(
-        self, seller_id: str, week_start: datetime, creator_id: str, request_id: str | None
-    ) -> OutreachState:
-        s, p, pw, r = sellers.c, pairs.c, pair_weeks.c, request_responses.c
-        joined = (
-            sellers.outerjoin(pairs, and_(p.seller_id == s.seller_id, p.creator_id == creator_id))
-            .outerjoin(
-                pair_weeks,
-                and_(
-                    pw.seller_id == s.seller_id,
-                    pw.week_start == week_start,
-                    pw.creator_id == creator_id,
-                ),
-            )
-            .outerjoin(
-                request_responses,
-                and_(r.seller_id == s.seller_id, r.request_id == request_id),
-            )
-        )
-        row = (
-            await self.conn.execute(
-                select(
-                    s.starter_pack_remaining,
-                    p.connected,
-                    p.blocked_by_seller,
-                    p.blocked_by_creator,
-                    pw.counted,
-                    pw.messages,
-                    r.fingerprint,
-                    r.response,
-                )
-                .select_from(joined)
-                .where(s.seller_id == seller_id)
-            )
-        ).one()
-        return OutreachState(
-            pair=PairState(
-                connected=bool(row.connected),
-                blocked_by_seller=bool(row.blocked_by_seller),
-                blocked_by_creator=bool(row.blocked_by_creator),
-                counted_this_week=bool(row.counted),
-                messages_this_week=row.messages or 0,
-            ),
-            starter_pack_remaining=row.starter_pack_remaining,
-            stored=None
-            if row.fingerprint is None
-            else StoredResponse(fingerprint=row.fingerprint, response=row.response),
-        )
-
-    async def apply_outreach(
-        self,
-        before: SellerWeek,
-        after: SellerWeek,
-        creator_id: str,
-        pair_before: PairState,
-        pair_after: PairState,
-        charged: Charge,
-    ) -> None:
-        w = seller_weeks.c
-        if charged is not Charge.NONE:
-            await self.conn.execute(
-                update(seller_weeks)
-                .where(w.seller_id == before.seller_id, w.week_start == before.week_start)
-                .values(
-                    weekly_used=w.weekly_used + (after.weekly_used - before.weekly_used),
-                    pack_used=w.pack_used + (after.pack_used - before.pack_used),
-                )
-            )
-        if charged is Charge.STARTER_PACK:
-            await self.conn.execute(
-                update(sellers)
-                .where(sellers.c.seller_id == before.seller_id)
-                .values(starter_pack_remaining=sellers.c.starter_pack_remaining - 1)
-            )
-        if pair_after != pair_before:
-            stmt = insert(pair_weeks).values(
-                seller_id=before.seller_id,
-                week_start=before.week_start,
-                creator_id=creator_id,
-                counted=pair_after.counted_this_week,
-                messages=pair_after.messages_this_week,
-            )
-            await self.conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["seller_id", "week_start", "creator_id"],
-                    set_={"counted": stmt.excluded.counted, "messages": stmt.excluded.messages},
-                )
-            )
-
-    async def record_audit(self, entry: AuditEntry) -> None:
-        await self.conn.execute(
-            audit_log.insert().values(
-                seller_id=entry.seller_id,
-                week_start=entry.week_start,
-                creator_id=entry.creator_id,
-                action=entry.action.value,
-                allowed=entry.allowed,
-                reason=entry.reason.value,
-                charged=entry.charged.value,
-                tier=entry.tier,
-                request_id=entry.request_id,
-                decided_at=entry.decided_at,
-            )
-        )
 
     async def stored_response(self, seller_id: str, request_id: str) -> StoredResponse | None:
         r = request_responses.c

@@ -1,0 +1,430 @@
+"""``make bench``: CheckAndConsume under ghz load, every figure a ratio to a baseline server
+measured in the same run on the same machine. BENCHMARKS.md explains the method.
+
+One run: a fresh embedded PostgreSQL in ``.bench/pgdata``, seeded for every scenario; the
+baseline server (``scripts/baseline_server.py``) under each load shape; then the real
+server (``quota-authority serve``, production settings) under every scenario; a table on
+stdout and ``.bench/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from quota_authority.engine.rules import r1_tier_for_gmv
+from quota_authority.engine.weeks import Week, week_containing
+from quota_authority.settings import Policy, Settings
+from quota_authority.store import EmbeddedPostgres, create_engine, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / ".bench"
+GHZ = BENCH_DIR / "bin" / "ghz"
+LOADS = ROOT / "scripts" / "loads"
+PROTO_DIR = ROOT / "protos"
+PROTO = "quota_authority/v1/quota_authority.proto"
+CALL = "quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
+
+# ghz settings shared by every run, baseline included.
+CONCURRENCY = 100  # concurrent calls in flight
+CONNECTIONS = 4  # gRPC connections they share, as several client processes would
+WARMUP_S = 3  # unmeasured run before each measured one
+DURATION_S = 15  # each measured throughput run
+FIXED_RATE_RPS = 1000
+FIXED_RATE_S = 30
+
+# Seeded data (see BENCHMARKS.md for why each scenario needs it).
+SPREAD_SELLERS = 10_000
+MIXED_SELLERS = 1_000
+MIXED_COUNTED = 100  # creators each mixed seller already counted this week
+MIXED_CONNECTED = 10  # creators connected to each mixed seller
+GROWN_SELLERS = 100_000
+GROWN_AUDIT = 1_000_000
+GROWN_RESPONSES = 250_000  # request_ids still within retention
+GMV_T2 = 500_000  # USD cents over 30 days: tier T2 with the default policy
+GMV_T3 = 6_000_000  # tier T3 (unlimited)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A scenario's target: ``figure`` at least (or, with ``at_most``, at most) ``bound``."""
+
+    figure: str
+    bound: float
+    at_most: bool = False
+
+    def met(self, result: dict[str, Any]) -> bool:
+        value = result[self.figure]
+        ok = value <= self.bound if self.at_most else value >= self.bound
+        return bool(ok and result["errors"] == 0)
+
+    def __str__(self) -> str:
+        return f"{self.figure} {'≤' if self.at_most else '≥'} {self.bound:g}"
+
+
+TARGETS = {
+    "spread": Target("ratio_to_baseline", 0.6),
+    "hot_seller": Target("ratio_to_baseline", 0.5),
+    "mixed": Target("ratio_to_baseline", 0.6),
+    "fixed_rate": Target("p99_ms", 10.0, at_most=True),
+    "grown": Target("ratio_to_spread", 0.9),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- ghz --------------------------------------------------------------------------------
+
+
+def ghz(target: str, load: str, duration_s: float, rps: int | None = None) -> dict[str, Any]:
+    """One ghz run of ``scripts/loads/<load>.json``; its figures."""
+    report_path = BENCH_DIR / f"ghz-{load}.json"
+    command = [
+        str(GHZ),
+        "--insecure",
+        f"--import-paths={PROTO_DIR}",
+        f"--proto={PROTO}",
+        f"--call={CALL}",
+        f"--data-file={LOADS / (load + '.json')}",
+        f"--concurrency={CONCURRENCY}",
+        f"--connections={CONNECTIONS}",
+        f"--duration={duration_s}s",
+        "--duration-stop=wait",  # let in-flight calls finish: none is cut off and miscounted
+        "--format=json",
+        f"--output={report_path}",
+    ]
+    if rps is not None:
+        command.append(f"--rps={rps}")
+    subprocess.run([*command, target], check=True, stdout=subprocess.DEVNULL)
+    report = json.loads(report_path.read_text())
+    report_path.unlink()
+    percentiles = {p["percentage"]: p["latency"] / 1e6 for p in report["latencyDistribution"]}
+    ok = report["statusCodeDistribution"].get("OK", 0)
+    return {
+        "rps": round(report["rps"], 1),
+        "p50_ms": round(percentiles[50], 2),
+        "p99_ms": round(percentiles[99], 2),
+        "requests": report["count"],
+        "errors": report["count"] - ok,
+        "error_kinds": report["errorDistribution"],
+    }
+
+
+def measure(target: str, load: str, rps: int | None = None, duration_s: float = DURATION_S):
+    ghz(target, load, WARMUP_S, rps)
+    result = ghz(target, load, duration_s, rps)
+    log(
+        f"  {load}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms, "
+        f"p99 {result['p99_ms']} ms, {result['errors']} errors"
+    )
+    return result
+
+
+# --- servers ----------------------------------------------------------------------------
+
+
+def _wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # the baseline has no health
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} not serving after {timeout_s} s")
+
+
+@contextmanager
+def running(command: list[str], env: dict[str, str]) -> Iterator[str]:
+    """Run a server (``command``) on a free loopback port; yields its target."""
+    target = f"127.0.0.1:{free_port()}"
+    environ = {
+        **os.environ,
+        **env,
+        "QUOTA_AUTHORITY_LISTEN": target,
+        "QUOTA_AUTHORITY_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(command, env=environ, cwd=ROOT)
+    try:
+        _wait_until_serving(target, process, timeout_s=60)
+        yield target
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# --- seeding ----------------------------------------------------------------------------
+
+
+async def _seed_sellers(
+    conn: asyncpg.Connection, seller_ids: list[str], gmv: int, week: Week, policy: Policy
+) -> None:
+    """Sellers in UTC with ``gmv`` on the day before their week, and that week already
+    snapshotted as the service snapshots it (R1, R2)."""
+    tier = r1_tier_for_gmv(gmv, policy.tiers)
+    await conn.execute(
+        """INSERT INTO sellers (seller_id, time_zone, has_had_gmv)
+           SELECT id, 'UTC', true FROM unnest($1::text[]) id""",
+        seller_ids,
+    )
+    await conn.execute(
+        """INSERT INTO daily_gmv (seller_id, day, gmv_minor)
+           SELECT id, $2, $3 FROM unnest($1::text[]) id""",
+        seller_ids,
+        week.start_date - timedelta(days=1),
+        gmv,
+    )
+    await conn.execute(
+        """INSERT INTO seller_weeks (seller_id, week_start, week_end, time_zone, tier,
+               weekly_limit, max_creator_followers, gmv_30d_minor, starter_pack_at_start)
+           SELECT id, $2, $3, 'UTC', $4, $5, $6, $7, 0 FROM unnest($1::text[]) id""",
+        seller_ids,
+        week.start,
+        week.end,
+        tier.name,
+        tier.weekly_limit,
+        tier.max_creator_followers,
+        gmv,
+    )
+
+
+async def seed_scenarios(url: str, week: Week, policy: Policy) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await _seed_sellers(
+            conn, [f"spread-{i:05d}" for i in range(SPREAD_SELLERS)], GMV_T2, week, policy
+        )
+        await _seed_sellers(conn, ["hot-seller"], GMV_T3, week, policy)
+        await _seed_sellers(
+            conn, [f"mixed-{i:04d}" for i in range(MIXED_SELLERS)], GMV_T2, week, policy
+        )
+        # R5: creators counted this week (so repeat outreach is free), and R4: connected ones.
+        await conn.execute(
+            """INSERT INTO pair_weeks (seller_id, week_start, creator_id, counted, messages)
+               SELECT w.seller_id, w.week_start, 'counted-' || c, true, 0
+                 FROM seller_weeks w, generate_series(0, $1 - 1) c
+                WHERE w.seller_id LIKE 'mixed-%'""",
+            MIXED_COUNTED,
+        )
+        await conn.execute(
+            "UPDATE seller_weeks SET weekly_used = $1 WHERE seller_id LIKE 'mixed-%'",
+            MIXED_COUNTED,
+        )
+        await conn.execute(
+            """INSERT INTO pairs (seller_id, creator_id, connected, connected_at, updated_at)
+               SELECT s.seller_id, 'connected-' || c, true, $2, $2
+                 FROM sellers s, generate_series(0, $1 - 1) c
+                WHERE s.seller_id LIKE 'mixed-%'""",
+            MIXED_CONNECTED,
+            week.start,
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def seed_grown(url: str, week: Week, policy: Policy) -> None:
+    """100,000 more sellers, a million audit records over eight weeks, and a quarter of a
+    million request_ids within retention."""
+    conn = await asyncpg.connect(url)
+    try:
+        await _seed_sellers(
+            conn, [f"grown-{i:05d}" for i in range(GROWN_SELLERS)], GMV_T2, week, policy
+        )
+        await conn.execute(
+            """INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed,
+                                      reason, charged, tier, request_id, decided_at)
+               SELECT 'grown-' || lpad((i % $2)::text, 5, '0'),
+                      $3 - (i % 8) * interval '7 days', 'creator-' || i, 'message', true,
+                      'new_creator', 'weekly', 'T2', 'seed-' || i,
+                      $3 - (i % 8) * interval '7 days' + interval '1 hour'
+                 FROM generate_series(1, $1) i""",
+            GROWN_AUDIT,
+            GROWN_SELLERS,
+            week.start,
+        )
+        await conn.execute(
+            """INSERT INTO request_responses (seller_id, request_id, fingerprint, response,
+                                              created_at)
+               SELECT 'grown-' || lpad((i % $2)::text, 5, '0'), 'seed-' || i, md5(i::text),
+                      '{"allowed": true, "reason": "new_creator"}', $3
+                 FROM generate_series(1, $1) i""",
+            GROWN_RESPONSES,
+            GROWN_SELLERS,
+            datetime.now(UTC),
+        )
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def migrated(url: str) -> None:
+    engine = create_engine(url, Settings())
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run(scenarios: list[str]) -> dict[str, Any]:
+    policy = Policy()
+    week = week_containing(datetime.now(UTC), "UTC", policy.week)
+    data_dir = BENCH_DIR / "pgdata"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    loads = sorted(
+        {"mixed" if s == "fixed_rate" else "spread" if s == "grown" else s for s in scenarios}
+    )
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "ghz": {
+            "concurrency": CONCURRENCY,
+            "connections": CONNECTIONS,
+            "duration_s": DURATION_S,
+            "warmup_s": WARMUP_S,
+        },
+        "baseline": {},
+        "scenarios": {},
+    }
+    with EmbeddedPostgres(data_dir) as postgres:
+        url = postgres.url
+        log("migrating and seeding")
+        asyncio.run(migrated(url))
+        asyncio.run(seed_scenarios(url, week, policy))
+
+        log("baseline server")
+        with running([sys.executable, str(ROOT / "scripts" / "baseline_server.py")], {}) as target:
+            for load in loads:
+                results["baseline"][load] = measure(target, load)
+
+        log("quota-authority server")
+        server = [sys.executable, "-m", "quota_authority.cli", "serve"]
+        with running(server, {"QUOTA_AUTHORITY_DATABASE_URL": url}) as target:
+            for name in scenarios:
+                if name == "fixed_rate":
+                    result = measure(target, "mixed", rps=FIXED_RATE_RPS, duration_s=FIXED_RATE_S)
+                elif name == "grown":
+                    log("seeding the grown database")
+                    asyncio.run(seed_grown(url, week, policy))
+                    result = measure(target, "spread")
+                    if "spread" in results["scenarios"]:
+                        result["ratio_to_spread"] = round(
+                            result["rps"] / results["scenarios"]["spread"]["rps"], 3
+                        )
+                else:
+                    result = measure(target, name)
+                load = "mixed" if name == "fixed_rate" else "spread" if name == "grown" else name
+                if name != "fixed_rate":
+                    result["ratio_to_baseline"] = round(
+                        result["rps"] / results["baseline"][load]["rps"], 3
+                    )
+                target_ = TARGETS[name]
+                if target_.figure in result:
+                    result["target"] = str(target_)
+                    result["target_met"] = target_.met(result)
+                results["scenarios"][name] = result
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [("scenario", "rps", "ratio", "p50 ms", "p99 ms", "errors", "target", "met")]
+    for name, r in results["scenarios"].items():
+        ratio = r.get("ratio_to_spread", r.get("ratio_to_baseline"))
+        rows.append(
+            (
+                name,
+                f"{r['rps']:.0f}",
+                "" if ratio is None else f"{ratio:.2f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                str(r["errors"]),
+                r.get("target", ""),
+                {True: "yes", False: "NO"}.get(r.get("target_met"), ""),
+            )
+        )
+    for load, r in results["baseline"].items():
+        rows.append(
+            (
+                f"baseline ({load})",
+                f"{r['rps']:.0f}",
+                "1.00",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                str(r["errors"]),
+                "",
+                "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenarios", nargs="*", help=f"of {', '.join(TARGETS)} (default: all)")
+    args = parser.parse_args()
+    unknown = set(args.scenarios) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if not GHZ.exists():
+        print(f"ghz not found at {GHZ}; run `make bench`", file=sys.stderr)
+        return 2
+    results = run(args.scenarios or list(TARGETS))
+    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nwritten to {BENCH_DIR / 'results.json'}")
+    errors = sum(
+        r["errors"] for r in [*results["scenarios"].values(), *results["baseline"].values()]
+    )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The hot path's transaction: a batch of CheckAndConsume decisions in four round trips —
+BEGIN, ``lock_outreach_state`` (lock, then read), one write statement, COMMIT — however
+many requests the batch holds.
+
+It runs on the asyncpg connection under SQLAlchemy's pooled one, with statements prepared
+once per connection (asyncpg's statement cache): SQLAlchemy's per-statement cost was most of
+the server's CPU on this path. The SQL lives here and in migration 0002; the tables it
+touches are those of ``tables``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..domain import PairState, SellerWeek, StoredResponse
+from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites
+
+__all__ = ["OutreachTransaction"]
+
+_LOCK_AND_READ = "SELECT * FROM lock_outreach_state($1, $2, $3, $4)"
+
+# Every effect of a batch in one statement. Each CTE writes other rows (the engine merged
+# repeated keys), and PostgreSQL runs every data-modifying CTE whether or not it is read.
+_WRITE = """
+WITH charged_weeks AS (
+    UPDATE seller_weeks AS w
+       SET weekly_used = w.weekly_used + d.weekly, pack_used = w.pack_used + d.pack
+      FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[])
+           AS d(seller_id, week_start, weekly, pack)
+     WHERE w.seller_id = d.seller_id AND w.week_start = d.week_start
+), charged_packs AS (
+    UPDATE sellers AS s
+       SET starter_pack_remaining = s.starter_pack_remaining - d.used
+      FROM unnest($5::text[], $6::int[]) AS d(seller_id, used)
+     WHERE s.seller_id = d.seller_id
+), written_pair_weeks AS (
+    INSERT INTO pair_weeks (seller_id, week_start, creator_id, counted, messages)
+    SELECT * FROM unnest($7::text[], $8::timestamptz[], $9::text[], $10::bool[], $11::int[])
+    ON CONFLICT (seller_id, week_start, creator_id)
+    DO UPDATE SET counted = excluded.counted, messages = excluded.messages
+), audited AS (
+    INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed, reason,
+                           charged, tier, request_id, decided_at)
+    SELECT * FROM unnest($12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::bool[],
+                         $17::text[], $18::text[], $19::text[], $20::text[], $21::timestamptz[])
+), stored AS (
+    INSERT INTO request_responses (seller_id, request_id, fingerprint, response, created_at)
+    SELECT d.seller_id, d.request_id, d.fingerprint, d.response::jsonb, $26::timestamptz
+      FROM unnest($22::text[], $23::text[], $24::text[], $25::text[])
+           AS d(seller_id, request_id, fingerprint, response)
+    ON CONFLICT (seller_id, request_id) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM stored
+"""
+
+
+def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
+    week = None
+    if row["o_week_start"] is not None:
+        week = SellerWeek(
+            seller_id=key.seller_id,
+            week_start=row["o_week_start"],
+            week_end=row["o_week_end"],
+            time_zone=row["o_time_zone"],
+            tier=row["o_tier"],
+            weekly_limit=row["o_weekly_limit"],
+            max_creator_followers=row["o_max_creator_followers"],
+            gmv_30d_minor=row["o_gmv_30d_minor"],
+            weekly_used=row["o_weekly_used"],
+            pack_used=row["o_pack_used"],
+        )
+    stored = None
+    if row["o_fingerprint"] is not None:
+        response = row["o_response"]
+        stored = StoredResponse(
+            fingerprint=row["o_fingerprint"],
+            response=json.loads(response) if isinstance(response, str) else response,
+        )
+    return LockedOutreach(
+        week=week,
+        starter_pack_remaining=row["o_starter_pack_remaining"] or 0,
+        pair=PairState(
+            connected=bool(row["o_connected"]),
+            blocked_by_seller=bool(row["o_blocked_by_seller"]),
+            blocked_by_creator=bool(row["o_blocked_by_creator"]),
+            counted_this_week=bool(row["o_counted"]),
+            messages_this_week=row["o_messages"] or 0,
+        ),
+        stored=stored,
+    )
+
+
+class OutreachTransaction:
+    """Implements ``engine.ports.OutreachTransaction`` on an asyncpg connection that is
+    inside a transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def lock_outreach(
+        self, at: datetime, keys: Sequence[OutreachKey]
+    ) -> list[LockedOutreach]:
+        rows = await self._conn.fetch(
+            _LOCK_AND_READ,
+            at,
+            [k.seller_id for k in keys],
+            [k.creator_id for k in keys],
+            [k.request_id for k in keys],
+        )
+        return [_locked(key, row) for key, row in zip(keys, rows, strict=True)]
+
+    async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
+        weeks = writes.week_charges
+        pair_weeks = writes.pair_weeks
+        audit = writes.audit
+        responses = writes.responses
+        stored = await self._conn.fetchval(
+            _WRITE,
+            [seller for seller, _ in weeks],
+            [start for _, start in weeks],
+            [weekly for weekly, _ in weeks.values()],
+            [pack for _, pack in weeks.values()],
+            list(writes.pack_charges),
+            list(writes.pack_charges.values()),
+            [seller for seller, _, _ in pair_weeks],
+            [start for _, start, _ in pair_weeks],
+            [creator for _, _, creator in pair_weeks],
+            [pair.counted_this_week for pair in pair_weeks.values()],
+            [pair.messages_this_week for pair in pair_weeks.values()],
+            [a.seller_id for a in audit],
+            [a.week_start for a in audit],
+            [a.creator_id for a in audit],
+            [a.action.value for a in audit],
+            [a.allowed for a in audit],
+            [a.reason.value for a in audit],
+            [a.charged.value for a in audit],
+            [a.tier for a in audit],
+            [a.request_id for a in audit],
+            [a.decided_at for a in audit],
+            [r.seller_id for r in responses],
+            [r.request_id for r in responses],
+            [r.fingerprint for r in responses],
+            [json.dumps(r.response, separators=(",", ":")) for r in responses],
+            at,
+        )
+        return bool(stored == len(responses))
