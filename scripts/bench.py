@@ -45,9 +45,9 @@ CALL = "quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
 
 # ghz settings shared by every run, baseline included.
 CONCURRENCY = 100  # concurrent calls in flight
-CONNECTIONS = 4  # gRPC connections they share, as several client processes would
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", 4))  # as several client processes
 WARMUP_S = 3  # unmeasured run before each measured one
-DURATION_S = 15  # each measured throughput run
+DURATION_S = float(os.environ.get("BENCH_DURATION_S", 15))  # each measured throughput run
 FIXED_RATE_RPS = 1000
 FIXED_RATE_S = 30
 

@@ -130,7 +130,7 @@ class Settings:
     # Most CheckAndConsume calls decided in one transaction (QUOTA_AUTHORITY_BATCH_MAX_SIZE).
     batch_max_size: int = 64
     # Most batch transactions open at once per process (QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT).
-    batch_max_in_flight: int = 2
+    batch_max_in_flight: int = 1
     # The business rules' parameters (from the file at config_path).
     policy: Policy = field(default_factory=Policy)
 

@@ -61,7 +61,7 @@ class QuotaService:
         clock: Clock,
         *,
         batch_max_size: int = 64,
-        batch_max_in_flight: int = 2,
+        batch_max_in_flight: int = 1,
     ) -> None:
         self._store = store
         self._policy = policy

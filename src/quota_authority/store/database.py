@@ -33,10 +33,6 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         "lock_timeout": f"{settings.lock_timeout_ms}ms",
         "statement_timeout": f"{settings.statement_timeout_ms}ms",
         "idle_in_transaction_session_timeout": f"{max(settings.statement_timeout_ms, 10_000)}ms",
-        # Every statement is prepared once per connection and looks rows up by key, so one
-        # plan fits all parameters; the default re-plans array-parameter statements on every
-        # call, which cost more than running them (measured in BENCHMARKS.md).
-        "plan_cache_mode": "force_generic_plan",
     }
     connect_args: dict[str, Any] = {
         "server_settings": server_settings,

@@ -4,8 +4,8 @@ many requests the batch holds.
 
 It runs on the asyncpg connection under SQLAlchemy's pooled one, with statements prepared
 once per connection (asyncpg's statement cache): SQLAlchemy's per-statement cost was most of
-the server's CPU on this path. The SQL lives here and in migration 0002; the tables it
-touches are those of ``tables``.
+the server's CPU on this path. The two statements are functions defined by
+migration 0002, which says why.
 """
 
 from __future__ import annotations
@@ -23,41 +23,10 @@ from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites
 __all__ = ["OutreachTransaction"]
 
 _LOCK_AND_READ = "SELECT * FROM lock_outreach_state($1, $2, $3, $4)"
-
-# Every effect of a batch in one statement. Each CTE writes other rows (the engine merged
-# repeated keys), and PostgreSQL runs every data-modifying CTE whether or not it is read.
-_WRITE = """
-WITH charged_weeks AS (
-    UPDATE seller_weeks AS w
-       SET weekly_used = w.weekly_used + d.weekly, pack_used = w.pack_used + d.pack
-      FROM unnest($1::text[], $2::timestamptz[], $3::int[], $4::int[])
-           AS d(seller_id, week_start, weekly, pack)
-     WHERE w.seller_id = d.seller_id AND w.week_start = d.week_start
-), charged_packs AS (
-    UPDATE sellers AS s
-       SET starter_pack_remaining = s.starter_pack_remaining - d.used
-      FROM unnest($5::text[], $6::int[]) AS d(seller_id, used)
-     WHERE s.seller_id = d.seller_id
-), written_pair_weeks AS (
-    INSERT INTO pair_weeks (seller_id, week_start, creator_id, counted, messages)
-    SELECT * FROM unnest($7::text[], $8::timestamptz[], $9::text[], $10::bool[], $11::int[])
-    ON CONFLICT (seller_id, week_start, creator_id)
-    DO UPDATE SET counted = excluded.counted, messages = excluded.messages
-), audited AS (
-    INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed, reason,
-                           charged, tier, request_id, decided_at)
-    SELECT * FROM unnest($12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::bool[],
-                         $17::text[], $18::text[], $19::text[], $20::text[], $21::timestamptz[])
-), stored AS (
-    INSERT INTO request_responses (seller_id, request_id, fingerprint, response, created_at)
-    SELECT d.seller_id, d.request_id, d.fingerprint, d.response::jsonb, $26::timestamptz
-      FROM unnest($22::text[], $23::text[], $24::text[], $25::text[])
-           AS d(seller_id, request_id, fingerprint, response)
-    ON CONFLICT (seller_id, request_id) DO NOTHING
-    RETURNING 1
+_WRITE = (
+    "SELECT write_outreach($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+    "$16, $17, $18, $19, $20, $21, $22, $23, $24, $25::text[]::jsonb[], $26)"
 )
-SELECT count(*) FROM stored
-"""
 
 
 def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
