@@ -27,8 +27,8 @@ $(GHZ):
 	GOBIN=$(CURDIR)/.bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 lint: $(GENERATED)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
 install: $(STAMP)

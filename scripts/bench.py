@@ -271,9 +271,9 @@ async def seed_grown(url: str, week: Week, policy: Policy) -> None:
             """INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed,
                                       reason, charged, tier, request_id, decided_at)
                SELECT 'grown-' || lpad((i % $2)::text, 5, '0'),
-                      $3 - (i % 8) * interval '7 days', 'creator-' || i, 'message', true,
-                      'new_creator', 'weekly', 'T2', 'seed-' || i,
-                      $3 - (i % 8) * interval '7 days' + interval '1 hour'
+                      $3::timestamptz - (i % 8) * interval '7 days', 'creator-' || i,
+                      'message', true, 'new_creator', 'weekly', 'T2', 'seed-' || i,
+                      $3::timestamptz - (i % 8) * interval '7 days' + interval '1 hour'
                  FROM generate_series(1, $1) i""",
             GROWN_AUDIT,
             GROWN_SELLERS,
@@ -403,7 +403,7 @@ def table(results: dict[str, Any]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -42,14 +42,19 @@ _CHARGES = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _timestamp(instant: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(instant)
-    return stamp
+    # Integer arithmetic, exact to the microsecond; Timestamp.FromDatetime is several times
+    # slower, and this runs twice for every decision.
+    since = instant - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
-    message = pb.QuotaStatus(
+    # Optional fields are set by passing them, unset by passing None.
+    return pb.QuotaStatus(
         seller_id=status.seller_id,
         tier=status.tier,
         unlimited=status.unlimited,
@@ -57,24 +62,20 @@ def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
         used_this_week=status.used_this_week,
         remaining_this_week=status.remaining_this_week,
         starter_pack_remaining=status.starter_pack_remaining,
+        max_creator_followers=status.max_creator_followers,
         week_start=_timestamp(status.week_start),
         next_refresh=_timestamp(status.next_refresh),
         gmv_30d_minor=status.gmv_30d_minor,
         time_zone=status.time_zone,
     )
-    if status.max_creator_followers is not None:
-        message.max_creator_followers = status.max_creator_followers
-    return message
 
 
 def decision_to_proto(decision: OutreachDecision) -> pb.CheckAndConsumeResponse:
-    message = pb.CheckAndConsumeResponse(
+    return pb.CheckAndConsumeResponse(
         allowed=decision.allowed,
         reason=_REASONS[decision.reason],
         charged=_CHARGES[decision.charged],
         status=status_to_proto(decision.status),
+        messages_before_reply_remaining=decision.messages_before_reply_remaining,
         replayed=decision.replayed,
     )
-    if decision.messages_before_reply_remaining is not None:
-        message.messages_before_reply_remaining = decision.messages_before_reply_remaining
-    return message
