@@ -10,7 +10,7 @@ a verdict's new state only when it is not a dry run (R12).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..domain import Action, Charge, PairState, Reason, SellerWeek
 from ..settings import TierPolicy
@@ -103,6 +103,39 @@ def r9_r10_charge_for_new_creator(week: SellerWeek, starter_pack_remaining: int)
     return None
 
 
+def _contacted(pair: PairState, action: Action) -> PairState:
+    """The pair after an allowed outreach: counted this week, one more message if a message.
+    (Built directly: ``dataclasses.replace`` costs more than the whole decision.)"""
+    return PairState(
+        connected=pair.connected,
+        blocked_by_seller=pair.blocked_by_seller,
+        blocked_by_creator=pair.blocked_by_creator,
+        counted_this_week=True,
+        messages_this_week=pair.messages_this_week + (action is Action.MESSAGE),
+    )
+
+
+def _charged(week: SellerWeek, charge: Charge) -> SellerWeek:
+    """The week after charging one new creator to ``charge``'s pool."""
+    weekly = charge is Charge.WEEKLY
+    return SellerWeek(
+        seller_id=week.seller_id,
+        week_start=week.week_start,
+        week_end=week.week_end,
+        time_zone=week.time_zone,
+        tier=week.tier,
+        weekly_limit=week.weekly_limit,
+        max_creator_followers=week.max_creator_followers,
+        gmv_30d_minor=week.gmv_30d_minor,
+        weekly_used=week.weekly_used + weekly,
+        pack_used=week.pack_used + (not weekly),
+    )
+
+
+def _messages_left(pair: PairState, max_before_reply: int) -> int:
+    return max(max_before_reply - pair.messages_this_week, 0)
+
+
 def decide_outreach(
     week: SellerWeek,
     pair: PairState,
@@ -112,36 +145,31 @@ def decide_outreach(
     max_before_reply: int,
 ) -> OutreachVerdict:
     """Decide one invite or message and compute the state it leaves behind."""
-
-    def messages_left(p: PairState) -> int:
-        return max(max_before_reply - p.messages_this_week, 0)
-
-    def deny(reason: Reason, remaining: int | None) -> OutreachVerdict:
-        return OutreachVerdict(
-            False, reason, Charge.NONE, week, pair, starter_pack_remaining, remaining
-        )
-
     blocked = r8_block_reason(pair)
     if blocked is not None:
-        return deny(blocked, None)
+        return OutreachVerdict(
+            False, blocked, Charge.NONE, week, pair, starter_pack_remaining, None
+        )
     if r4_connected(pair):
         return OutreachVerdict(
-            True,
-            Reason.CONNECTED_CREATOR,
+            True, Reason.CONNECTED_CREATOR, Charge.NONE, week, pair, starter_pack_remaining, None
+        )
+    if r6_awaiting_reply(pair, action, max_before_reply):
+        return OutreachVerdict(
+            False, Reason.AWAITING_REPLY, Charge.NONE, week, pair, starter_pack_remaining, 0
+        )
+    if r7_over_follower_cap(week, action, follower_count):
+        return OutreachVerdict(
+            False,
+            Reason.FOLLOWER_LIMIT_EXCEEDED,
             Charge.NONE,
             week,
             pair,
             starter_pack_remaining,
-            None,
+            _messages_left(pair, max_before_reply),
         )
-    if r6_awaiting_reply(pair, action, max_before_reply):
-        return deny(Reason.AWAITING_REPLY, 0)
-    if r7_over_follower_cap(week, action, follower_count):
-        return deny(Reason.FOLLOWER_LIMIT_EXCEEDED, messages_left(pair))
-
-    messages = pair.messages_this_week + (1 if action is Action.MESSAGE else 0)
     if r5_already_counted(pair):
-        after = replace(pair, messages_this_week=messages)
+        after = _contacted(pair, action)
         return OutreachVerdict(
             True,
             Reason.ALREADY_COUNTED_THIS_WEEK,
@@ -149,25 +177,27 @@ def decide_outreach(
             week,
             after,
             starter_pack_remaining,
-            messages_left(after),
+            _messages_left(after, max_before_reply),
         )
 
     charge = r9_r10_charge_for_new_creator(week, starter_pack_remaining)
     if charge is None:
-        return deny(Reason.QUOTA_EXHAUSTED, messages_left(pair))
-    after = replace(pair, counted_this_week=True, messages_this_week=messages)
-    if charge is Charge.WEEKLY:
-        week_after = replace(week, weekly_used=week.weekly_used + 1)
-        pack_after = starter_pack_remaining
-    else:
-        week_after = replace(week, pack_used=week.pack_used + 1)
-        pack_after = starter_pack_remaining - 1
+        return OutreachVerdict(
+            False,
+            Reason.QUOTA_EXHAUSTED,
+            Charge.NONE,
+            week,
+            pair,
+            starter_pack_remaining,
+            _messages_left(pair, max_before_reply),
+        )
+    after = _contacted(pair, action)
     return OutreachVerdict(
         True,
         Reason.NEW_CREATOR,
         charge,
-        week_after,
+        _charged(week, charge),
         after,
-        pack_after,
-        messages_left(after),
+        starter_pack_remaining - (charge is Charge.STARTER_PACK),
+        _messages_left(after, max_before_reply),
     )
