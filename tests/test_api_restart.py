@@ -156,3 +156,25 @@ async def test_reflection_sends_the_files_the_service_depends_on(channel, clock)
         for raw in response.file_descriptor_response.file_descriptor_proto
     }
     assert "google/protobuf/timestamp.proto" in names
+
+
+async def test_reflection_finds_the_file_of_a_method_as_ghz_asks_for_it(channel, clock):
+    response = await reflect(
+        channel,
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=f"{SERVICE}.CheckAndConsume"),
+    )
+
+    names = {
+        descriptor_pb2.FileDescriptorProto.FromString(raw).name
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    }
+    assert "quota_authority/v1/quota_authority.proto" in names
+
+
+async def test_reflection_reports_an_unknown_symbol_as_not_found(channel, clock):
+    response = await reflect(
+        channel,
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=f"{SERVICE}.NoSuchMethod"),
+    )
+
+    assert response.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,6 +37,26 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QuotaAuthorityService"].full_name
 _PURGE_EVERY_S = 3600.0
 
 T = TypeVar("T")
+
+
+class _ReflectionPool:
+    """The default descriptor pool, which also finds the file that defines a method.
+
+    ghz asks reflection for the file containing ``package.Service.Method``; protobuf's upb
+    pool only answers that for services and messages, so the method is looked up on its own.
+    """
+
+    def __init__(self) -> None:
+        self._pool = descriptor_pool.Default()
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            return self._pool.FindMethodByName(symbol).containing_service.file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 def new_grpc_server(settings: Settings) -> grpc.aio.Server:
@@ -77,7 +98,9 @@ class QuotaAuthorityServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._server,
+            pool=_ReflectionPool(),
         )
         port: int = self._server.add_insecure_port(self.settings.listen)
         if port == 0:
