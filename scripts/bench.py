@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -136,12 +137,70 @@ def ghz(target: str, load: str, duration_s: float, rps: int | None = None) -> di
     }
 
 
-def measure(target: str, load: str, rps: int | None = None, duration_s: float = DURATION_S):
-    ghz(target, load, WARMUP_S, rps)
-    result = ghz(target, load, duration_s, rps)
+# --- CPU accounting: which process each call's CPU went to ------------------------------
+
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def _postgres_cpu_s(data_dir: Path) -> float:
+    """CPU seconds of the PostgreSQL postmaster in ``data_dir`` and all its processes."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    total = _cpu_s(postmaster)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[1]) == postmaster:
+                total += _cpu_s(int(entry.name))
+    return total
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # ghz, once it has exited
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server under test: where to call it, and the processes whose CPU to count."""
+
+    target: str
+    pid: int
+    postgres_dir: Path | None = None
+
+    def cpu_s(self) -> dict[str, float]:
+        cpu = {"server": _cpu_s(self.pid), "ghz": _children_cpu_s()}
+        if self.postgres_dir is not None:
+            cpu["postgres"] = _postgres_cpu_s(self.postgres_dir)
+        return cpu
+
+
+def measure(
+    server: Server, load: str, rps: int | None = None, duration_s: float = DURATION_S
+) -> dict[str, Any]:
+    """A warm-up run, then the measured one, with each process's CPU per call."""
+    ghz(server.target, load, WARMUP_S, rps)
+    before = server.cpu_s()
+    result = ghz(server.target, load, duration_s, rps)
+    after = server.cpu_s()
+    result["cpu_us_per_call"] = {
+        name: round((after[name] - before[name]) / result["requests"] * 1e6) for name in before
+    }
     log(
         f"  {load}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms, "
-        f"p99 {result['p99_ms']} ms, {result['errors']} errors"
+        f"p99 {result['p99_ms']} ms, {result['errors']} errors, "
+        f"CPU µs a call {result['cpu_us_per_call']}"
     )
     return result
 
@@ -168,8 +227,10 @@ def _wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s
 
 
 @contextmanager
-def running(command: list[str], env: dict[str, str]) -> Iterator[str]:
-    """Run a server (``command``) on a free loopback port; yields its target."""
+def running(
+    command: list[str], env: dict[str, str], postgres_dir: Path | None = None
+) -> Iterator[Server]:
+    """Run a server (``command``) on a free loopback port until the block ends."""
     target = f"127.0.0.1:{free_port()}"
     environ = {
         **os.environ,
@@ -180,7 +241,7 @@ def running(command: list[str], env: dict[str, str]) -> Iterator[str]:
     process = subprocess.Popen(command, env=environ, cwd=ROOT)
     try:
         _wait_until_serving(target, process, timeout_s=60)
-        yield target
+        yield Server(target, process.pid, postgres_dir)
     finally:
         process.terminate()
         try:
@@ -340,26 +401,27 @@ def run(scenarios: list[str]) -> dict[str, Any]:
         asyncio.run(seed_scenarios(url, week, policy))
 
         log("baseline server")
-        with running([sys.executable, str(ROOT / "scripts" / "baseline_server.py")], {}) as target:
+        with running([sys.executable, str(ROOT / "scripts" / "baseline_server.py")], {}) as base:
             for load in loads:
-                results["baseline"][load] = measure(target, load)
+                results["baseline"][load] = measure(base, load)
 
         log("quota-authority server")
-        server = [sys.executable, "-m", "quota_authority.cli", "serve"]
-        with running(server, {"QUOTA_AUTHORITY_DATABASE_URL": url}) as target:
+        command = [sys.executable, "-m", "quota_authority.cli", "serve"]
+        env = {"QUOTA_AUTHORITY_DATABASE_URL": url}
+        with running(command, env, data_dir) as server:
             for name in scenarios:
                 if name == "fixed_rate":
-                    result = measure(target, "mixed", rps=FIXED_RATE_RPS, duration_s=FIXED_RATE_S)
+                    result = measure(server, "mixed", rps=FIXED_RATE_RPS, duration_s=FIXED_RATE_S)
                 elif name == "grown":
                     log("seeding the grown database")
                     asyncio.run(seed_grown(url, week, policy))
-                    result = measure(target, "spread")
+                    result = measure(server, "spread")
                     if "spread" in results["scenarios"]:
                         result["ratio_to_spread"] = round(
                             result["rps"] / results["scenarios"]["spread"]["rps"], 3
                         )
                 else:
-                    result = measure(target, name)
+                    result = measure(server, name)
                 load = "mixed" if name == "fixed_rate" else "spread" if name == "grown" else name
                 if name != "fixed_rate":
                     result["ratio_to_baseline"] = round(
@@ -374,7 +436,25 @@ def run(scenarios: list[str]) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = [("scenario", "rps", "ratio", "p50 ms", "p99 ms", "errors", "target", "met")]
+    """The results as a text table: one row per scenario, then the baseline's."""
+
+    def cpu(r: dict[str, Any]) -> str:
+        c = r.get("cpu_us_per_call", {})
+        return "/".join(str(c[k]) if k in c else "-" for k in ("server", "postgres", "ghz"))
+
+    rows = [
+        (
+            "scenario",
+            "rps",
+            "ratio",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "CPU µs srv/pg/ghz",
+            "target",
+            "met",
+        ),
+    ]
     for name, r in results["scenarios"].items():
         ratio = r.get("ratio_to_spread", r.get("ratio_to_baseline"))
         rows.append(
@@ -385,6 +465,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{r['p50_ms']:.2f}",
                 f"{r['p99_ms']:.2f}",
                 str(r["errors"]),
+                cpu(r),
                 r.get("target", ""),
                 {True: "yes", False: "NO"}.get(r.get("target_met"), ""),
             )
@@ -398,6 +479,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{r['p50_ms']:.2f}",
                 f"{r['p99_ms']:.2f}",
                 str(r["errors"]),
+                cpu(r),
                 "",
                 "",
             )
