@@ -1,0 +1,100 @@
+"""The fast part of the benchmark's promises (``make bench`` runs the rest): its seeded data
+is what the service itself would have written, its baseline answers a response as large as
+a real one, and ``scripts/loadtest.sh`` refuses bad arguments before starting any load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from sqlalchemy import text
+from support import BASE_TIME, invite
+
+from quota_authority.engine.weeks import week_containing
+from quota_authority.settings import Policy, Settings
+from quota_authority.v1 import quota_authority_pb2 as pb
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import baseline_server  # noqa: E402
+import bench  # noqa: E402
+
+
+def to_asyncpg(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def test_seeded_sellers_have_the_week_the_service_would_have_snapshotted(
+    database_url, stub, db, seller, clock
+):
+    policy = Policy()
+    week = week_containing(BASE_TIME, "UTC", policy.week)
+    await stub.GetStatus(pb.GetStatusRequest(seller_id="warm-up"))  # the schema is migrated
+    conn = await asyncpg.connect(to_asyncpg(database_url))
+    try:
+        await bench._seed_sellers(conn, [seller], bench.GMV_T2, week, policy)
+    finally:
+        await conn.close()
+
+    status = (await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))).status
+    decision = await stub.CheckAndConsume(invite(seller, "creator-1"))
+
+    assert (status.tier, status.weekly_limit, status.gmv_30d_minor) == ("T2", 500, bench.GMV_T2)
+    assert status.week_start.ToDatetime().replace(tzinfo=week.start.tzinfo) == week.start
+    assert decision.allowed and decision.status.used_this_week == 1
+    async with db.connect() as c:
+        weeks = await c.scalar(
+            text("SELECT count(*) FROM seller_weeks WHERE seller_id = :s"), {"s": seller}
+        )
+    assert weeks == 1  # the service used the seeded week instead of creating its own
+
+
+async def test_the_baseline_answers_a_response_as_large_as_a_real_decision(stub, seller, clock):
+    server = baseline_server.new_grpc_server(Settings())
+    pb_grpc.add_QuotaAuthorityServiceServicer_to_server(baseline_server.BaselineServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            baseline = await pb_grpc.QuotaAuthorityServiceStub(channel).CheckAndConsume(
+                invite("spread-00001", "creator-1"), timeout=5
+            )
+    finally:
+        await server.stop(0)
+    real = await stub.CheckAndConsume(invite(seller, "creator-1"))
+
+    assert baseline.allowed and baseline.status.HasField("next_refresh")
+    assert abs(baseline.ByteSize() - real.ByteSize()) <= 0.25 * real.ByteSize()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (["--scenario", "no-such-load"], "no scenario 'no-such-load'"),
+        (["--concurrency", "0"], "expected a positive integer, got '0'"),
+        (["--rps", "fast"], "expected a positive integer, got 'fast'"),
+        (["--frobnicate"], "unknown argument: --frobnicate"),
+    ],
+)
+def test_loadtest_refuses_bad_arguments_before_any_load(arguments, complaint):
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "loadtest.sh"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode == 2
+    assert complaint in result.stderr
+
+
+def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
+    assert set(bench.TARGETS) == {"spread", "hot_seller", "mixed", "fixed_rate", "grown"}
+    for load in ("spread", "hot_seller", "mixed"):
+        assert (bench.LOADS / f"{load}.json").is_file()
