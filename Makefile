@@ -30,6 +30,7 @@ lint: $(GENERATED)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
+	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py
 
 install: $(STAMP)
 
