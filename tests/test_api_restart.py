@@ -146,28 +146,24 @@ async def test_reflection_describes_every_rpc_of_the_service(channel, clock):
     assert [m.output_type for m in service.method] == [f".{PACKAGE}.{r}Response" for r in RPCS]
 
 
-async def test_reflection_sends_the_files_the_service_depends_on(channel, clock):
+async def files_containing(channel, symbol: str) -> set[str]:
+    """The names of the files reflection sends for ``symbol``."""
     response = await reflect(
-        channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)
+        channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
     )
-
-    names = {
+    return {
         descriptor_pb2.FileDescriptorProto.FromString(raw).name
         for raw in response.file_descriptor_response.file_descriptor_proto
     }
-    assert "google/protobuf/timestamp.proto" in names
+
+
+async def test_reflection_sends_the_files_the_service_depends_on(channel, clock):
+    assert "google/protobuf/timestamp.proto" in await files_containing(channel, SERVICE)
 
 
 async def test_reflection_finds_the_file_of_a_method_as_ghz_asks_for_it(channel, clock):
-    response = await reflect(
-        channel,
-        reflection_pb2.ServerReflectionRequest(file_containing_symbol=f"{SERVICE}.CheckAndConsume"),
-    )
+    names = await files_containing(channel, f"{SERVICE}.CheckAndConsume")
 
-    names = {
-        descriptor_pb2.FileDescriptorProto.FromString(raw).name
-        for raw in response.file_descriptor_response.file_descriptor_proto
-    }
     assert "quota_authority/v1/quota_authority.proto" in names
 
 
