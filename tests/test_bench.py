@@ -96,5 +96,6 @@ def test_loadtest_refuses_bad_arguments_before_any_load(arguments, complaint):
 
 def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
     assert set(bench.TARGETS) == {"spread", "hot_seller", "mixed", "fixed_rate", "grown"}
-    for load in ("spread", "hot_seller", "mixed"):
+    assert set(bench.LOAD_OF) == set(bench.TARGETS)
+    for load in bench.LOAD_OF.values():
         assert (bench.LOADS / f"{load}.json").is_file()
