@@ -32,7 +32,7 @@ from quota_authority.domain import (
     ReplyRecord,
 )
 from quota_authority.engine import QuotaService
-from quota_authority.engine.batching import MicroBatcher
+from quota_authority.engine.batching import BUSY_SIZE, MicroBatcher
 from quota_authority.engine.ports import OutreachTransaction
 from quota_authority.errors import CommitOutcomeUnknown, RequestIdReused, StoreUnavailable
 from quota_authority.settings import Policy, Settings
@@ -124,6 +124,41 @@ async def test_a_caller_that_gives_up_leaves_its_neighbours_decided():
     assert results[0] == "decided 0" and results[2] == "decided 2"
     assert isinstance(results[1], asyncio.CancelledError)
     assert recorder.batches == [[0, 1, 2]]
+
+
+async def test_under_load_a_short_batch_waits_to_fill():
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1, fill_wait_s=0.05)
+    await asyncio.gather(*(batcher.submit(i) for i in range(BUSY_SIZE)))  # a busy batch
+
+    first = asyncio.ensure_future(batcher.submit("first"))
+    await asyncio.sleep(0.01)  # within the wait: the batch has not started
+    later = asyncio.ensure_future(batcher.submit("later"))
+    await asyncio.gather(first, later)
+
+    assert recorder.batches[-1] == ["first", "later"]
+
+
+async def test_a_full_batch_starts_without_waiting():
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_size=BUSY_SIZE, max_in_flight=1, fill_wait_s=10.0)
+    await asyncio.gather(*(batcher.submit(i) for i in range(BUSY_SIZE)))  # a busy batch
+
+    await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(i) for i in range(BUSY_SIZE))), timeout=1.0
+    )
+
+    assert [len(b) for b in recorder.batches] == [BUSY_SIZE, BUSY_SIZE]
+
+
+async def test_a_lightly_loaded_batcher_never_waits():
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1, fill_wait_s=10.0)
+
+    for i in range(3):  # each batch holds one call: no sign of load
+        assert await asyncio.wait_for(batcher.submit(i), timeout=1.0) == f"decided {i}"
+
+    assert recorder.batches == [[0], [1], [2]]
 
 
 # --- the batch path on the database -------------------------------------------------------

@@ -91,6 +91,7 @@ class QuotaAuthorityServer:
             self.clock,
             batch_max_size=self.settings.batch_max_size,
             batch_max_in_flight=self.settings.batch_max_in_flight,
+            batch_fill_wait_s=self.settings.batch_fill_wait_ms / 1000,
         )
         self._server = new_grpc_server(self.settings)
         pb_grpc.add_QuotaAuthorityServiceServicer_to_server(

@@ -131,6 +131,8 @@ class Settings:
     batch_max_size: int = 64
     # Most batch transactions open at once per process (QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT).
     batch_max_in_flight: int = 1
+    # Under load, most ms a batch waits to fill; 0 never (QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS).
+    batch_fill_wait_ms: float = 2.0
     # The business rules' parameters (from the file at config_path).
     policy: Policy = field(default_factory=Policy)
 
@@ -194,6 +196,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         batch_max_size=number("QUOTA_AUTHORITY_BATCH_MAX_SIZE", defaults.batch_max_size, int, 1),
         batch_max_in_flight=number(
             "QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT", defaults.batch_max_in_flight, int, 1
+        ),
+        batch_fill_wait_ms=number(
+            "QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS", defaults.batch_fill_wait_ms, float, 0
         ),
         policy=load_policy(config_path) if config_path else Policy(),
     )

@@ -52,7 +52,8 @@ R = TypeVar("R", bound=Result)
 class QuotaService:
     """Applies the rules of PRODUCT.md over a ``LedgerStore``, with time from ``clock``.
     CheckAndConsume calls are decided in batches of up to ``batch_max_size``, with at most
-    ``batch_max_in_flight`` batches (transactions) at once."""
+    ``batch_max_in_flight`` batches (transactions) at once; under load a batch waits up to
+    ``batch_fill_wait_s`` to fill (``MicroBatcher``)."""
 
     def __init__(
         self,
@@ -62,12 +63,16 @@ class QuotaService:
         *,
         batch_max_size: int = 64,
         batch_max_in_flight: int = 1,
+        batch_fill_wait_s: float = 0.0,
     ) -> None:
         self._store = store
         self._policy = policy
         self._clock = clock
         self._outreach: MicroBatcher[Outreach, OutreachDecision] = MicroBatcher(
-            self._decide_batch, max_size=batch_max_size, max_in_flight=batch_max_in_flight
+            self._decide_batch,
+            max_size=batch_max_size,
+            max_in_flight=batch_max_in_flight,
+            fill_wait_s=batch_fill_wait_s,
         )
 
     # --- CheckAndConsume ---------------------------------------------------------------
