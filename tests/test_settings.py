@@ -123,6 +123,12 @@ def test_environment_overrides_process_settings(tmp_path: Path) -> None:
             "QUOTA_AUTHORITY_STATEMENT_TIMEOUT_MS": "9000",
             "QUOTA_AUTHORITY_SHUTDOWN_GRACE_S": "2.5",
             "QUOTA_AUTHORITY_HEALTH_INTERVAL_S": "0.5",
+            "QUOTA_AUTHORITY_MAX_MESSAGE_BYTES": "65536",
+            "QUOTA_AUTHORITY_MAX_CONCURRENT_RPCS": "200",
+            "QUOTA_AUTHORITY_EVENT_LOOP": "asyncio",
+            "QUOTA_AUTHORITY_BATCH_MAX_SIZE": "32",
+            "QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT": "2",
+            "QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS": "0",
         }
     )
 
@@ -135,6 +141,10 @@ def test_environment_overrides_process_settings(tmp_path: Path) -> None:
     assert settings.statement_timeout_ms == 9000
     assert settings.shutdown_grace_s == 2.5
     assert settings.health_interval_s == 0.5
+    assert (settings.max_message_bytes, settings.max_concurrent_rpcs) == (65536, 200)
+    assert settings.event_loop == "asyncio"
+    assert (settings.batch_max_size, settings.batch_max_in_flight) == (32, 2)
+    assert settings.batch_fill_wait_ms == 0
 
 
 def test_listen_accepts_an_ipv6_address() -> None:
@@ -157,6 +167,12 @@ def test_listen_accepts_an_ipv6_address() -> None:
         ("QUOTA_AUTHORITY_HEALTH_INTERVAL_S", "0"),
         ("QUOTA_AUTHORITY_DATABASE_URL", "mysql://db/quota"),
         ("QUOTA_AUTHORITY_LOG_LEVEL", "LOUD"),
+        ("QUOTA_AUTHORITY_MAX_MESSAGE_BYTES", "100"),
+        ("QUOTA_AUTHORITY_MAX_CONCURRENT_RPCS", "0"),
+        ("QUOTA_AUTHORITY_EVENT_LOOP", "trio"),
+        ("QUOTA_AUTHORITY_BATCH_MAX_SIZE", "0"),
+        ("QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT", "0"),
+        ("QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS", "-1"),
     ],
 )
 def test_bad_environment_value_is_refused_naming_the_variable(key: str, value: str) -> None:

@@ -67,8 +67,11 @@ def new_grpc_server(settings: Settings) -> grpc.aio.Server:
         options=[
             # Refuse to start when the port is taken rather than share it silently.
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", 1 << 20),
-        ]
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+        # Calls beyond this are refused at once with RESOURCE_EXHAUSTED, not queued.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
 
 

@@ -125,6 +125,10 @@ class Settings:
     shutdown_grace_s: float = 10.0
     # Seconds between database health probes (QUOTA_AUTHORITY_HEALTH_INTERVAL_S).
     health_interval_s: float = 2.0
+    # Largest request or response, in bytes (QUOTA_AUTHORITY_MAX_MESSAGE_BYTES).
+    max_message_bytes: int = 1 << 20
+    # Calls served at once; more get RESOURCE_EXHAUSTED (QUOTA_AUTHORITY_MAX_CONCURRENT_RPCS).
+    max_concurrent_rpcs: int = 1000
     # asyncio event loop: "uvloop" (faster) or "asyncio" (QUOTA_AUTHORITY_EVENT_LOOP).
     event_loop: str = "uvloop"
     # Most CheckAndConsume calls decided in one transaction (QUOTA_AUTHORITY_BATCH_MAX_SIZE).
@@ -191,6 +195,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         health_interval_s=number(
             "QUOTA_AUTHORITY_HEALTH_INTERVAL_S", defaults.health_interval_s, float, 0.1
+        ),
+        max_message_bytes=number(
+            "QUOTA_AUTHORITY_MAX_MESSAGE_BYTES", defaults.max_message_bytes, int, 1024
+        ),
+        max_concurrent_rpcs=number(
+            "QUOTA_AUTHORITY_MAX_CONCURRENT_RPCS", defaults.max_concurrent_rpcs, int, 1
         ),
         event_loop=event_loop,
         batch_max_size=number("QUOTA_AUTHORITY_BATCH_MAX_SIZE", defaults.batch_max_size, int, 1),

@@ -1,0 +1,64 @@
+"""Limits: a request over the size limit and calls over the concurrency limit are refused
+at once with RESOURCE_EXHAUSTED, and change nothing; the calls already accepted finish."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from sqlalchemy import text
+from support import invite, ledger_counts
+
+from quota_authority.v1 import quota_authority_pb2 as pb
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
+
+async def test_a_request_over_the_size_limit_is_refused_and_changes_nothing(
+    start_server, seller, db, clock
+):
+    _, address = await start_server(max_message_bytes=4096)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CheckAndConsume(
+                invite(seller, "creator-1", request_id="r-" + "x" * 5000), timeout=5
+            )
+        accepted = await stub.CheckAndConsume(invite(seller, "creator-2"), timeout=5)
+
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert accepted.allowed
+    counts = await ledger_counts(db, seller)
+    assert (counts["audits"], counts["stored"]) == (1, 0)
+
+
+async def test_calls_over_the_concurrency_limit_are_refused_at_once(
+    start_server, seller, db, clock
+):
+    _, address = await start_server(max_concurrent_rpcs=2, lock_timeout_ms=5000)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))  # create the week
+
+        async with db.connect() as holder:
+            transaction = await holder.begin()
+            await holder.execute(
+                text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": seller}
+            )
+            held = [
+                asyncio.ensure_future(stub.CheckAndConsume(invite(seller, f"c-{i}"), timeout=10))
+                for i in range(2)
+            ]
+            await asyncio.sleep(0.3)  # both calls are in, waiting on the seller-week
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CheckAndConsume(invite(seller, "c-over"), timeout=10)
+            refused_after = loop.time() - started
+            await transaction.rollback()
+        accepted = await asyncio.gather(*held)
+
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused_after < 1.0
+    assert [r.allowed for r in accepted] == [True, True]
+    assert (await ledger_counts(db, seller))["used"] == 2
