@@ -110,9 +110,9 @@ class PostgresLedger:
         try:
             async with self._engine.connect() as pooled:
                 conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
-                transaction = conn.transaction()
-                await transaction.start()
                 try:
+                    transaction = conn.transaction()  # raises if the connection died
+                    await transaction.start()
                     yield OutreachTransaction(conn)
                     try:
                         await transaction.commit()
@@ -124,7 +124,7 @@ class PostgresLedger:
                             await transaction.rollback()
                     raise
                 finally:
-                    # Never hand the pool a connection still inside this transaction.
+                    # Never hand the pool a connection that is dead or still in this transaction.
                     if conn.is_closed() or conn.is_in_transaction():
                         await pooled.invalidate()
         except CommitOutcomeUnknown as e:
