@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import conftest
 import grpc
 import pytest
-import conftest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import invite
 
