@@ -91,21 +91,25 @@ class QuotaService:
         fingerprints = [o.fingerprint() for o in batch]
         max_before_reply = self._policy.messages.max_before_reply
 
-        async def attempt() -> list[Outcome] | None:
+        async def attempt() -> list[Outcome] | set[str]:
+            """The outcomes, or the sellers that have no week yet (nothing written then)."""
             async with self._store.outreach_transaction() as tx:
                 locked = await tx.lock_outreach(now, keys)
-                if any(row.week is None for row in locked):
-                    return None
+                missing = {
+                    k.seller_id for k, row in zip(keys, locked, strict=True) if row.week is None
+                }
+                if missing:
+                    return missing
                 outcomes, writes = decide_batch(batch, fingerprints, locked, max_before_reply, now)
                 if writes.audit and not await tx.write_outreach(writes, now):
                     raise RequestIdTaken
                 return outcomes
 
         for _ in range(2):
-            outcomes = await until_key_settles(attempt)
-            if outcomes is not None:
-                return outcomes
-            for seller_id in sorted({o.seller_id for o in batch}):
+            decided = await until_key_settles(attempt)
+            if not isinstance(decided, set):
+                return decided
+            for seller_id in sorted(decided):
                 async with self._store.transaction() as tx:
                     await self._current_week(tx, seller_id, now)
         raise AssertionError("a seller-week is missing right after it was created")
