@@ -75,6 +75,12 @@ _CREATE_WEEK = text(
 )
 
 
+def _unavailable(error: BaseException) -> StoreUnavailable:
+    """A database failure as callers see it, logged once here for every path."""
+    log.warning("database call failed", extra={"error": f"{type(error).__name__}: {error}"})
+    return StoreUnavailable(f"database unavailable: {type(error).__name__}")
+
+
 def _week(row: Any) -> SellerWeek:
     return SellerWeek(
         seller_id=row.seller_id,
@@ -102,8 +108,7 @@ class PostgresLedger:
             async with self._engine.begin() as conn:
                 yield _Transaction(conn)
         except _UNAVAILABLE as e:
-            log.warning("database call failed", extra={"error": f"{type(e).__name__}: {e}"})
-            raise StoreUnavailable(f"database unavailable: {type(e).__name__}") from e
+            raise _unavailable(e) from e
 
     @asynccontextmanager
     async def outreach_transaction(self) -> AsyncIterator[OutreachTransaction]:
@@ -131,8 +136,7 @@ class PostgresLedger:
             log.warning("database commit failed", extra={"error": repr(e.__cause__)})
             raise
         except _UNAVAILABLE as e:
-            log.warning("database call failed", extra={"error": f"{type(e).__name__}: {e}"})
-            raise StoreUnavailable(f"database unavailable: {type(e).__name__}") from e
+            raise _unavailable(e) from e
 
     async def purge_responses(self, older_than: datetime) -> int:
         async with self.transaction() as tx:
