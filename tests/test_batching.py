@@ -368,6 +368,15 @@ async def test_a_reply_committed_before_a_batch_locks_is_seen_by_it(service, led
     assert decision.reason is Reason.CONNECTED_CREATOR
 
 
+async def deadlocks(db: AsyncEngine) -> int:
+    """Deadlocks PostgreSQL has detected in this database so far."""
+    async with db.connect() as conn:
+        count = await conn.scalar(
+            text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        )
+    return int(count)
+
+
 async def test_concurrent_batches_from_two_servers_never_deadlock(database_url, clock, db):
     """Two services (as two server processes would) decide batches over the same sellers,
     each batch listing them in a random order: locks are taken in seller order, so no
@@ -378,10 +387,7 @@ async def test_concurrent_batches_from_two_servers_never_deadlock(database_url, 
     try:
         for s in sellers:
             await seller_with_gmv(services[0], s)
-        async with db.connect() as conn:
-            deadlocks_before = await conn.scalar(
-                text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-            )
+        deadlocks_before = await deadlocks(db)
 
         async def client(service: QuotaService, n: int) -> list[Any]:
             results = []
@@ -396,10 +402,7 @@ async def test_concurrent_batches_from_two_servers_never_deadlock(database_url, 
         outcomes = [
             r for rs in await asyncio.gather(*(client(s, 10) for s in services)) for r in rs
         ]
-        async with db.connect() as conn:
-            deadlocks_after = await conn.scalar(
-                text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-            )
+        deadlocks_after = await deadlocks(db)
     finally:
         for e in engines:
             await e.dispose()
