@@ -7,13 +7,20 @@ PROTO := protos/quota_authority/v1/quota_authority.proto
 GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto install clean bench
+.PHONY: run test lint proto install clean bench reliability
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
 
 test: $(GENERATED)
 	$(BIN)/pytest
+
+# The reliability suite at full size (up to 15 minutes); `make test` runs it small.
+# Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
+reliability: $(GENERATED)
+	rm -f .reliability/results.jsonl
+	QUOTA_AUTHORITY_RELIABILITY=full $(BIN)/pytest -m reliability -s -q
+	$(BIN)/python scripts/reliability_report.py
 
 # Load tests with ghz against a baseline measured in the same run; see BENCHMARKS.md.
 GHZ := .bench/bin/ghz

@@ -32,6 +32,7 @@ from quota_authority.domain import (
     ReplyRecord,
 )
 from quota_authority.engine import QuotaService
+from quota_authority.engine import deadlines
 from quota_authority.engine.batching import BUSY_SIZE, MicroBatcher
 from quota_authority.engine.ports import OutreachTransaction
 from quota_authority.errors import CommitOutcomeUnknown, RequestIdReused, StoreUnavailable
@@ -112,7 +113,7 @@ async def test_a_batch_whose_commit_failed_is_not_redone():
     assert recorder.batches == [[0, 1, 2]]  # the changes may have landed: never run twice
 
 
-async def test_a_caller_that_gives_up_leaves_its_neighbours_decided():
+async def test_a_caller_that_gives_up_before_its_batch_starts_is_left_out_of_it():
     recorder = Recorder()
     batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1)
 
@@ -123,7 +124,49 @@ async def test_a_caller_that_gives_up_leaves_its_neighbours_decided():
 
     assert results[0] == "decided 0" and results[2] == "decided 2"
     assert isinstance(results[1], asyncio.CancelledError)
-    assert recorder.batches == [[0, 1, 2]]
+    assert recorder.batches == [[0, 2]]  # nobody waits for 1's answer
+
+
+async def test_a_caller_that_gives_up_during_its_batch_leaves_it_whole():
+    started = asyncio.Event()
+    release = asyncio.Event()
+    batches: list[list[object]] = []
+
+    async def decide(batch: Sequence[object]) -> list[object]:
+        batches.append(list(batch))
+        started.set()
+        await release.wait()
+        return [f"decided {item}" for item in batch]
+
+    batcher = MicroBatcher(decide, max_size=64, max_in_flight=1)
+    calls = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+    await started.wait()
+    calls[1].cancel()
+    release.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert results[0] == "decided 0" and results[2] == "decided 2"
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert batches == [[0, 1, 2]]  # never torn: the ledger holds the whole batch or none
+
+
+async def test_a_batch_runs_under_the_latest_deadline_of_its_callers():
+    seen: list[float | None] = []
+
+    async def decide(batch: Sequence[object]) -> list[object]:
+        seen.append(deadlines.current_deadline())
+        return list(batch)
+
+    batcher = MicroBatcher(decide, max_size=64, max_in_flight=1)
+
+    async def submit_with(deadline: float | None, item: object) -> object:
+        with deadlines.deadline_at(deadline):
+            return await batcher.submit(item)
+
+    await asyncio.gather(submit_with(5.0, "a"), submit_with(9.0, "b"), submit_with(7.0, "c"))
+    await asyncio.gather(submit_with(5.0, "a"), submit_with(None, "b"))
+
+    assert seen == [9.0, None]  # one caller without a deadline: the batch has none
 
 
 async def test_under_load_a_short_batch_waits_to_fill():
@@ -171,9 +214,11 @@ class CountingLedger(PostgresLedger):
         super().__init__(engine)
         self.batches = 0
 
-    def outreach_transaction(self) -> AbstractAsyncContextManager[OutreachTransaction]:
+    def outreach_transaction(
+        self, timeout_s: float | None = None
+    ) -> AbstractAsyncContextManager[OutreachTransaction]:
         self.batches += 1
-        return super().outreach_transaction()
+        return super().outreach_transaction(timeout_s)
 
 
 @pytest.fixture

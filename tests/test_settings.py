@@ -129,6 +129,8 @@ def test_environment_overrides_process_settings(tmp_path: Path) -> None:
             "QUOTA_AUTHORITY_BATCH_MAX_SIZE": "32",
             "QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT": "2",
             "QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS": "0",
+            "QUOTA_AUTHORITY_MAX_DEADLINE_MS": "3000",
+            "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE": "true",
         }
     )
 
@@ -145,10 +147,12 @@ def test_environment_overrides_process_settings(tmp_path: Path) -> None:
     assert settings.event_loop == "asyncio"
     assert (settings.batch_max_size, settings.batch_max_in_flight) == (32, 2)
     assert settings.batch_fill_wait_ms == 0
+    assert settings.max_deadline_ms == 3000
+    assert settings.allow_unauthenticated_remote
 
 
 def test_listen_accepts_an_ipv6_address() -> None:
-    assert load_settings({"QUOTA_AUTHORITY_LISTEN": "[::]:50051"}).listen == "[::]:50051"
+    assert load_settings({"QUOTA_AUTHORITY_LISTEN": "[::1]:50051"}).listen == "[::1]:50051"
 
 
 @pytest.mark.parametrize(
@@ -173,6 +177,10 @@ def test_listen_accepts_an_ipv6_address() -> None:
         ("QUOTA_AUTHORITY_BATCH_MAX_SIZE", "0"),
         ("QUOTA_AUTHORITY_BATCH_MAX_IN_FLIGHT", "0"),
         ("QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS", "-1"),
+        ("QUOTA_AUTHORITY_MAX_DEADLINE_MS", "0"),
+        ("QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE", "yes"),
+        ("QUOTA_AUTHORITY_TLS_CERT_FILE", "/no/such/cert.pem"),
+        ("QUOTA_AUTHORITY_CALLERS_FILE", "/no/such/callers.toml"),
     ],
 )
 def test_bad_environment_value_is_refused_naming_the_variable(key: str, value: str) -> None:

@@ -8,6 +8,9 @@
     ├── Unavailable            the outcome is unknown; retry it      -> UNAVAILABLE
     │   └── StoreUnavailable   the database failed or timed out
     │       └── CommitOutcomeUnknown   it failed while committing: changes may have landed
+    ├── DeadlineExceeded       the server's deadline cap passed      -> DEADLINE_EXCEEDED
+    ├── Unauthenticated        no credentials, or unknown ones       -> UNAUTHENTICATED
+    ├── PermissionDenied       a known caller without the role       -> PERMISSION_DENIED
     └── ConfigError            bad settings, refused at start (never reaches a caller)
 
 A denial (quota exhausted, blocked, ...) is an answer, not an error, and has no class here.
@@ -20,11 +23,14 @@ from dataclasses import dataclass
 __all__ = [
     "CommitOutcomeUnknown",
     "ConfigError",
+    "DeadlineExceeded",
     "FieldViolation",
     "InvalidArgument",
+    "PermissionDenied",
     "QuotaAuthorityError",
     "RequestIdReused",
     "StoreUnavailable",
+    "Unauthenticated",
     "Unavailable",
 ]
 
@@ -72,6 +78,19 @@ class StoreUnavailable(Unavailable):
 class CommitOutcomeUnknown(StoreUnavailable):
     """The database failed while committing: the changes may or may not have landed, so the
     work must not be redone on the caller's behalf; the caller retries with its request_id."""
+
+
+class DeadlineExceeded(QuotaAuthorityError):
+    """The call ran past the server's deadline cap (``max_deadline_ms``). Like the caller's
+    own deadline, its outcome is unknown; the caller retries with its request_id."""
+
+
+class Unauthenticated(QuotaAuthorityError):
+    """The call carries no credentials the server knows; nothing was read or changed."""
+
+
+class PermissionDenied(QuotaAuthorityError):
+    """The caller is known but has no role that opens this RPC; nothing was read or changed."""
 
 
 class ConfigError(QuotaAuthorityError):

@@ -21,16 +21,27 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .api import QuotaAuthorityServicer
+from .api.auth import Authorizer
 from .clock import Clock, SystemClock
 from .engine import QuotaService
-from .settings import Settings
+from .engine.ports import LedgerStore
+from .errors import ConfigError
+from .settings import Settings, unsafe_listen
 from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
 from .v1 import quota_authority_pb2 as pb
 from .v1 import quota_authority_pb2_grpc as pb_grpc
 
-__all__ = ["SERVICE_NAME", "QuotaAuthorityServer", "new_grpc_server", "run_event_loop", "serve"]
+__all__ = [
+    "SERVICE_NAME",
+    "QuotaAuthorityServer",
+    "add_port",
+    "new_grpc_server",
+    "run_event_loop",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +72,12 @@ class _ReflectionPool:
 
 
 def new_grpc_server(settings: Settings) -> grpc.aio.Server:
-    """The gRPC server every process of ours runs, with its options in this one place (the
-    benchmark's baseline server is built here too, so the two differ only in their work)."""
+    """The gRPC server every process of ours runs, with its options and its authorization
+    in this one place (the benchmark's baseline server is built here too, so the two differ
+    only in their work)."""
+    interceptors = [] if settings.callers is None else [Authorizer(settings.callers)]
     return grpc.aio.server(
+        interceptors=interceptors,
         options=[
             # Refuse to start when the port is taken rather than share it silently.
             ("grpc.so_reuseport", 0),
@@ -75,19 +89,44 @@ def new_grpc_server(settings: Settings) -> grpc.aio.Server:
     )
 
 
+def add_port(server: grpc.aio.Server, settings: Settings) -> int:
+    """Listen on ``settings.listen``, over TLS when a certificate is configured (mutual TLS
+    when a client CA is too); the bound port. Certificates are read once, here: replacing
+    them takes a restart."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        port: int = server.add_insecure_port(settings.listen)
+    else:
+        client_ca = settings.tls_client_ca_file
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+            root_certificates=None if client_ca is None else client_ca.read_bytes(),
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    return port
+
+
 @dataclass
 class QuotaAuthorityServer:
-    """A running server over an open database; ``start`` binds, ``stop`` drains."""
+    """A running server over an open database; ``start`` binds, ``stop`` drains.
+    ``ledger`` builds the store over the engine (tests put faults and broken variants
+    there)."""
 
     settings: Settings
     database_url: str
     clock: Clock
+    ledger: Callable[[AsyncEngine, Settings], LedgerStore] = PostgresLedger
 
     async def start(self) -> int:
-        """Migrate, bind and serve; returns the bound port."""
+        """Refuse an unsafe configuration, migrate, bind and serve; the bound port."""
+        problem = unsafe_listen(self.settings)
+        if problem:
+            raise ConfigError(problem)
         self._engine = create_engine(self.database_url, self.settings)
         await migrate(self._engine)
-        self._ledger = PostgresLedger(self._engine)
+        self._ledger = self.ledger(self._engine, self.settings)
         self.service = QuotaService(
             self._ledger,
             self.settings.policy,
@@ -98,7 +137,8 @@ class QuotaAuthorityServer:
         )
         self._server = new_grpc_server(self.settings)
         pb_grpc.add_QuotaAuthorityServiceServicer_to_server(
-            QuotaAuthorityServicer(self.service), self._server
+            QuotaAuthorityServicer(self.service, self.settings.max_deadline_ms / 1000),
+            self._server,
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -107,9 +147,7 @@ class QuotaAuthorityServer:
             self._server,
             pool=_ReflectionPool(),
         )
-        port: int = self._server.add_insecure_port(self.settings.listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+        port = add_port(self._server, self.settings)
         await self._server.start()
         self._serving: bool | None = None
         await self._check_health()

@@ -7,6 +7,7 @@ starter pack, messages, idempotency) are both validated at start; anything wrong
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,13 +20,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import ConfigError
 
 __all__ = [
+    "ROLES",
+    "Caller",
     "MessagePolicy",
     "Policy",
     "Settings",
     "TierPolicy",
     "WeekPolicy",
+    "load_callers",
     "load_policy",
     "load_settings",
+    "unsafe_listen",
     "valid_time_zone",
 ]
 
@@ -101,6 +106,24 @@ class Policy:
     idempotency_retention_days: int = 14
 
 
+# What a caller may be allowed to do; each role opens some RPCs (``api.auth``).
+ROLES = ("outreach", "engagement", "safety", "data", "reader", "admin")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One known caller (from the callers file): who it is, how it proves it, what it may do."""
+
+    # Name, for logs.
+    name: str
+    # Roles granted, from ROLES.
+    roles: frozenset[str]
+    # Bearer token it sends as "authorization: Bearer <token>"; None if it uses mTLS only.
+    token: str | None = field(default=None, repr=False)
+    # DNS subject-alternative name or common name of its client certificate (mTLS), if any.
+    certificate_identity: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the process needs; ``load_settings`` builds it from the environment."""
@@ -121,6 +144,9 @@ class Settings:
     lock_timeout_ms: int = 2000
     # Longest any one statement may run (QUOTA_AUTHORITY_STATEMENT_TIMEOUT_MS).
     statement_timeout_ms: int = 5000
+    # Longest a call may run; calls with no or a longer deadline get this one
+    # (QUOTA_AUTHORITY_MAX_DEADLINE_MS).
+    max_deadline_ms: int = 10_000
     # Seconds in-flight calls get to finish on SIGTERM (QUOTA_AUTHORITY_SHUTDOWN_GRACE_S).
     shutdown_grace_s: float = 10.0
     # Seconds between database health probes (QUOTA_AUTHORITY_HEALTH_INTERVAL_S).
@@ -129,6 +155,18 @@ class Settings:
     max_message_bytes: int = 1 << 20
     # Calls served at once; more get RESOURCE_EXHAUSTED (QUOTA_AUTHORITY_MAX_CONCURRENT_RPCS).
     max_concurrent_rpcs: int = 1000
+    # Server certificate chain, PEM; with tls_key_file, serves TLS (QUOTA_AUTHORITY_TLS_CERT_FILE).
+    tls_cert_file: Path | None = None
+    # Private key of tls_cert_file, PEM (QUOTA_AUTHORITY_TLS_KEY_FILE).
+    tls_key_file: Path | None = None
+    # CA bundle that signs client certificates; set, clients must present one (mutual TLS)
+    # (QUOTA_AUTHORITY_TLS_CLIENT_CA_FILE).
+    tls_client_ca_file: Path | None = None
+    # Known callers and their roles; None serves everyone unauthenticated, which only a
+    # loopback listener may do (QUOTA_AUTHORITY_CALLERS_FILE, read by load_callers).
+    callers: tuple[Caller, ...] | None = None
+    # Serve unauthenticated beyond loopback anyway (QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE).
+    allow_unauthenticated_remote: bool = False
     # asyncio event loop: "uvloop" (faster) or "asyncio" (QUOTA_AUTHORITY_EVENT_LOOP).
     event_loop: str = "uvloop"
     # Most CheckAndConsume calls decided in one transaction (QUOTA_AUTHORITY_BATCH_MAX_SIZE).
@@ -179,7 +217,36 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
     config = env.get("QUOTA_AUTHORITY_CONFIG", "").strip()
     config_path = Path(config) if config else None
-    return Settings(
+
+    def readable_file(key: str) -> Path | None:
+        raw = env.get(key, "").strip()
+        if not raw:
+            return None
+        path = Path(raw)
+        if not path.is_file():
+            raise ConfigError(f"{key}: no such file {raw!r}")
+        return path
+
+    tls_cert_file = readable_file("QUOTA_AUTHORITY_TLS_CERT_FILE")
+    tls_key_file = readable_file("QUOTA_AUTHORITY_TLS_KEY_FILE")
+    tls_client_ca_file = readable_file("QUOTA_AUTHORITY_TLS_CLIENT_CA_FILE")
+    if (tls_cert_file is None) != (tls_key_file is None):
+        raise ConfigError(
+            "QUOTA_AUTHORITY_TLS_CERT_FILE and QUOTA_AUTHORITY_TLS_KEY_FILE: set both or neither"
+        )
+    if tls_client_ca_file is not None and tls_cert_file is None:
+        raise ConfigError(
+            "QUOTA_AUTHORITY_TLS_CLIENT_CA_FILE: mutual TLS needs QUOTA_AUTHORITY_TLS_CERT_FILE "
+            "and QUOTA_AUTHORITY_TLS_KEY_FILE"
+        )
+    callers_file = readable_file("QUOTA_AUTHORITY_CALLERS_FILE")
+    allow_remote = text("QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE", "false").lower()
+    if allow_remote not in ("true", "false"):
+        raise ConfigError(
+            f"QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE: expected true or false, "
+            f"got {allow_remote!r}"
+        )
+    settings = Settings(
         listen=listen,
         database_url=database_url,
         data_dir=Path(text("QUOTA_AUTHORITY_DATA_DIR", str(defaults.data_dir))),
@@ -190,6 +257,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         statement_timeout_ms=number(
             "QUOTA_AUTHORITY_STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms, int, 1
         ),
+        max_deadline_ms=number("QUOTA_AUTHORITY_MAX_DEADLINE_MS", defaults.max_deadline_ms, int, 1),
         shutdown_grace_s=number(
             "QUOTA_AUTHORITY_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s, float, 0
         ),
@@ -210,8 +278,92 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         batch_fill_wait_ms=number(
             "QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS", defaults.batch_fill_wait_ms, float, 0
         ),
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
+        tls_client_ca_file=tls_client_ca_file,
+        callers=load_callers(callers_file) if callers_file else None,
+        allow_unauthenticated_remote=allow_remote == "true",
         policy=load_policy(config_path) if config_path else Policy(),
     )
+    problem = unsafe_listen(settings)
+    if problem:
+        raise ConfigError(problem)
+    return settings
+
+
+def unsafe_listen(settings: Settings) -> str | None:
+    """Why the server must not start as configured, if it must not: without callers, anyone
+    who can reach the port could consume any seller's quota, so only a loopback address may
+    serve unauthenticated, unless ``allow_unauthenticated_remote`` says otherwise."""
+    if settings.callers is not None or settings.allow_unauthenticated_remote:
+        return None
+    host = settings.listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve beyond loopback
+    return (
+        f"QUOTA_AUTHORITY_LISTEN: {settings.listen} is not a loopback address, and serving it "
+        "without authentication would let anyone who reaches it spend any seller's quota. Set "
+        "QUOTA_AUTHORITY_CALLERS_FILE, or QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE=true "
+        "to serve it unauthenticated anyway"
+    )
+
+
+def load_callers(path: Path) -> tuple[Caller, ...]:
+    """The callers in the TOML file at ``path``: ``[[callers]]`` tables with ``name``,
+    ``roles`` and a ``token`` (at least 16 characters) or a ``certificate_identity``."""
+    where = "QUOTA_AUTHORITY_CALLERS_FILE"
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    _only(data, where, {"callers"})
+    raw = data.get("callers", [])
+    if not isinstance(raw, list):
+        raise ConfigError("callers: expected an array of tables ([[callers]])")
+    callers: list[Caller] = []
+    for i, entry in enumerate(raw):
+        at = f"callers[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at}: expected a table")
+        _only(entry, at, {"name", "roles", "token", "certificate_identity"})
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{at}.name: expected a non-empty string")
+        roles = entry.get("roles")
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+            raise ConfigError(f"{at}.roles: expected a non-empty array of role names")
+        for role in roles:
+            if role not in ROLES:
+                raise ConfigError(f"{at}.roles: unknown role {role!r} (expected one of {ROLES})")
+        token = entry.get("token")
+        if token is not None and (not isinstance(token, str) or len(token.strip()) < 16):
+            raise ConfigError(f"{at}.token: expected a string of at least 16 characters")
+        identity = entry.get("certificate_identity")
+        if identity is not None and (not isinstance(identity, str) or not identity.strip()):
+            raise ConfigError(f"{at}.certificate_identity: expected a non-empty string")
+        if token is None and identity is None:
+            raise ConfigError(f"{at}: needs a token or a certificate_identity")
+        callers.append(Caller(name.strip(), frozenset(roles), token, identity))
+    for i, caller in enumerate(callers):
+        for j, earlier in enumerate(callers[:i]):
+            if caller.name == earlier.name:
+                raise ConfigError(f"callers[{i}].name: duplicate of callers[{j}]")
+            if caller.token is not None and caller.token == earlier.token:
+                raise ConfigError(f"callers[{i}].token: the same token as callers[{j}]")
+            if (
+                caller.certificate_identity is not None
+                and caller.certificate_identity == earlier.certificate_identity
+            ):
+                raise ConfigError(f"callers[{i}].certificate_identity: duplicate of callers[{j}]")
+    return tuple(callers)
 
 
 def load_policy(path: Path) -> Policy:

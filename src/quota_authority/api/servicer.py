@@ -29,8 +29,11 @@ _PARTY_NAMES = _names(PARTIES, pb.Party)
 
 
 class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
-    def __init__(self, service: QuotaService) -> None:
+    """The service's RPCs over ``service``; no call runs longer than ``max_deadline_s``."""
+
+    def __init__(self, service: QuotaService, max_deadline_s: float = 10.0) -> None:
         self._service = service
+        self.max_deadline_s = max_deadline_s
 
     @mapped_errors
     async def CheckAndConsume(

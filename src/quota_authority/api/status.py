@@ -1,4 +1,4 @@
-"""Errors mapped to gRPC status, in this one place.
+"""Errors mapped to gRPC status, in this one place, and each call's deadline.
 
 ==========================  ===================  ==========================================
 error                       code                 details
@@ -6,12 +6,16 @@ error                       code                 details
 InvalidArgument             INVALID_ARGUMENT     google.rpc.BadRequest, one violation a field
 RequestIdReused             FAILED_PRECONDITION  google.rpc.ErrorInfo reason REQUEST_ID_REUSED
 Unavailable (any subclass)  UNAVAILABLE          google.rpc.RetryInfo; retry, same request_id
+DeadlineExceeded            DEADLINE_EXCEEDED    the server's cap passed; retry, same request_id
+Unauthenticated             UNAUTHENTICATED      (from ``auth``)
+PermissionDenied            PERMISSION_DENIED    (from ``auth``)
 anything else               INTERNAL             logged with its stack; the caller sees none
 ==========================  ===================  ==========================================
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,9 +26,18 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..errors import InvalidArgument, RequestIdReused, Unavailable
+from ..engine.deadlines import deadline_at
+from ..errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    QuotaAuthorityError,
+    RequestIdReused,
+    Unauthenticated,
+    Unavailable,
+)
 
-__all__ = ["DOMAIN", "mapped_errors"]
+__all__ = ["DOMAIN", "abort", "mapped_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +87,56 @@ def _to_status(error: Exception) -> status_pb2.Status:
             f"{error}; nothing was granted, retry with the same request_id",
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=100_000_000)),
         )
+    if isinstance(error, DeadlineExceeded):
+        return _status(code_pb2.DEADLINE_EXCEEDED, str(error))
+    if isinstance(error, Unauthenticated):
+        return _status(code_pb2.UNAUTHENTICATED, str(error))
+    if isinstance(error, PermissionDenied):
+        return _status(code_pb2.PERMISSION_DENIED, str(error))
     return _status(code_pb2.INTERNAL, "internal error")
 
 
+async def abort(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:
+    """End the call with ``error`` as its documented status (and log it); raises."""
+    status = _to_status(error)
+    if isinstance(error, QuotaAuthorityError):
+        log.info(
+            "call refused",
+            extra={"method": method, "code": code_pb2.Code.Name(status.code), "error": str(error)},
+        )
+    else:
+        log.error("unexpected error", exc_info=error, extra={"method": method})
+    grpc_status = rpc_status.to_status(status)
+    await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
 def mapped_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Wrap a servicer method so every error leaves as a documented gRPC status."""
+    """Wrap a servicer method so that it runs under its deadline — the caller's, capped at
+    the servicer's ``max_deadline_s`` — and every error leaves as a documented gRPC status."""
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        cap: float = self.max_deadline_s
+        remaining = context.time_remaining()
         try:
-            return await handler(self, request, context)
-        except (InvalidArgument, RequestIdReused, Unavailable) as e:
-            status = _to_status(e)
-            log.info(
-                "call refused",
-                extra={
-                    "method": handler.__name__,
-                    "code": code_pb2.Code.Name(status.code),
-                    "error": str(e),
-                },
-            )
+            if remaining is not None and remaining <= cap:
+                # gRPC cancels the call at the caller's own deadline.
+                with deadline_at(asyncio.get_running_loop().time() + remaining):
+                    return await handler(self, request, context)
+            try:
+                async with asyncio.timeout(cap) as timeout:
+                    with deadline_at(timeout.when()):
+                        return await handler(self, request, context)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                raise DeadlineExceeded(
+                    f"the call ran past the server's limit of {cap * 1000:.0f} ms; its outcome "
+                    "is unknown: retry with the same request_id"
+                ) from None
         except Exception as e:
-            log.exception("unexpected error", extra={"method": handler.__name__})
-            status = _to_status(e)
-        grpc_status = rpc_status.to_status(status)
-        await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+            await abort(context, handler.__name__, e)
+            raise AssertionError("unreachable: abort raises") from None  # pragma: no cover
 
     return wrapper

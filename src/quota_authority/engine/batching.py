@@ -15,8 +15,11 @@ Contracts:
   batch, so one bad request (a stuck lock, a violated constraint) never fails its
   neighbours. A batch whose commit failed (``CommitOutcomeUnknown``) may have landed: its
   items all fail with that error, and callers retry with their request_ids.
-* A caller that gives up (cancellation, deadline) leaves its item in the batch: batches are
-  never torn, so the ledger never holds half a batch.
+* A caller that gives up (cancellation, deadline) before its batch starts takes its item
+  with it: nobody waits for that answer. Once a batch has started, a caller that gives up
+  leaves its item in it: batches are never torn, so the ledger never holds half a batch.
+* A batch runs under the latest deadline of its callers (``deadlines.latest``): the
+  transaction serves whoever still waits for it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from ..errors import CommitOutcomeUnknown
+from . import deadlines
 
 __all__ = ["BUSY_SIZE", "MicroBatcher"]
 
@@ -54,7 +58,7 @@ class MicroBatcher(Generic[T, R]):
         self._max_size = max_size
         self._max_in_flight = max_in_flight
         self._fill_wait_s = fill_wait_s
-        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._queue: list[tuple[T, asyncio.Future[R], float | None]] = []
         self._in_flight = 0
         self._last_size = 0
         self._dispatch: asyncio.Handle | None = None
@@ -64,7 +68,7 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Decide ``item`` in the next batch; its result, or its error raised."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
+        self._queue.append((item, future, deadlines.current_deadline()))
         self._schedule_dispatch()
         return await future
 
@@ -90,12 +94,16 @@ class MicroBatcher(Generic[T, R]):
     def _start_batches(self) -> None:
         self._dispatch = None
         self._filling = False
+        # Callers that gave up while queued are owed nothing.
+        self._queue = [entry for entry in self._queue if not entry[1].done()]
         while self._queue and self._in_flight < self._max_in_flight:
-            batch = self._queue[: self._max_size]
+            entries = self._queue[: self._max_size]
             del self._queue[: self._max_size]
-            self._last_size = len(batch)
+            self._last_size = len(entries)
             self._in_flight += 1
-            task = asyncio.create_task(self._run(batch))
+            batch = [(item, future) for item, future, _ in entries]
+            context = deadlines.context_with(deadlines.latest(d for _, _, d in entries))
+            task = asyncio.create_task(self._run(batch), context=context)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -189,14 +189,20 @@ class OutreachTransaction(Protocol):
 
 
 class LedgerStore(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[LedgerTransaction]:
-        """One READ COMMITTED transaction."""
+    def transaction(
+        self, timeout_s: float | None = None
+    ) -> AbstractAsyncContextManager[LedgerTransaction]:
+        """One READ COMMITTED transaction, for a caller that waits at most ``timeout_s`` more
+        seconds (None: no limit but the store's own): no lock wait and no statement in it
+        lasts longer. A deadline already passed raises ``StoreUnavailable`` at once."""
         ...
 
-    def outreach_transaction(self) -> AbstractAsyncContextManager[OutreachTransaction]:
-        """One READ COMMITTED transaction for a batch of decisions. Leaving it normally
-        commits; a failure while committing raises ``CommitOutcomeUnknown``: the changes
-        may or may not have landed."""
+    def outreach_transaction(
+        self, timeout_s: float | None = None
+    ) -> AbstractAsyncContextManager[OutreachTransaction]:
+        """One READ COMMITTED transaction for a batch of decisions, bounded by ``timeout_s``
+        like ``transaction``. Leaving it normally commits; a failure while committing raises
+        ``CommitOutcomeUnknown``: the changes may or may not have landed."""
         ...
 
     async def purge_responses(self, older_than: datetime) -> int:

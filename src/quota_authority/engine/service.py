@@ -10,6 +10,9 @@ CheckAndConsume, the hot path, decides concurrent calls together (``MicroBatcher
     write every effect, audit record (R13) and stored response in one statement
     COMMIT
 
+Every transaction is bounded by what its caller still waits (``deadlines``): its lock waits
+and statements never outlast the call.
+
 Mutations other than CheckAndConsume take no seller-week lock; duplicates of one request_id
 are serialised by the unique key of the stored response instead (``idempotency``).
 """
@@ -38,6 +41,7 @@ from ..domain import (
 from ..settings import Policy
 from . import rules
 from .batching import MicroBatcher
+from .deadlines import time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
 from .outreach import Outcome, decide_batch
 from .ports import LedgerStore, LedgerTransaction, OutreachKey
@@ -93,7 +97,7 @@ class QuotaService:
 
         async def attempt() -> list[Outcome] | set[str]:
             """The outcomes, or the sellers that have no week yet (nothing written then)."""
-            async with self._store.outreach_transaction() as tx:
+            async with self._store.outreach_transaction(time_left()) as tx:
                 locked = await tx.lock_outreach(now, keys)
                 missing = {
                     k.seller_id for k, row in zip(keys, locked, strict=True) if row.week is None
@@ -110,7 +114,7 @@ class QuotaService:
             if not isinstance(decided, set):
                 return decided
             for seller_id in sorted(decided):
-                async with self._store.transaction() as tx:
+                async with self._store.transaction(time_left()) as tx:
                     await self._current_week(tx, seller_id, now)
         raise AssertionError("a seller-week is missing right after it was created")
 
@@ -118,7 +122,7 @@ class QuotaService:
 
     async def get_status(self, seller_id: str) -> QuotaStatus:
         """The seller's status for the current week, snapshotting the week if new (R2)."""
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(time_left()) as tx:
             week = await self._current_week(tx, seller_id, self._clock.now())
             return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
 
@@ -237,7 +241,7 @@ class QuotaService:
     ) -> R:
 
         async def once() -> R:
-            async with self._store.transaction() as tx:
+            async with self._store.transaction(time_left()) as tx:
                 if request_id is not None:
                     stored = await tx.stored_response(seller_id, request_id)
                     if stored is not None:

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..domain import Party, SellerWeek, StoredResponse
 from ..engine.ports import SellerRecord
 from ..errors import CommitOutcomeUnknown, StoreUnavailable
+from ..settings import Settings
 from .migrate import head_revision
 from .outreach import OutreachTransaction
 from .tables import (
@@ -75,6 +76,13 @@ _CREATE_WEEK = text(
 )
 
 
+# A transaction's lock and statement timeouts, shortened to what its caller still waits.
+_SET_TIMEOUTS = text(
+    "SELECT set_config('lock_timeout', :lock, true), "
+    "set_config('statement_timeout', :statement, true)"
+)
+
+
 def _unavailable(error: BaseException) -> StoreUnavailable:
     """A database failure as callers see it, logged once here for every path."""
     log.warning("database call failed", extra={"error": f"{type(error).__name__}: {error}"})
@@ -97,36 +105,65 @@ def _week(row: Any) -> SellerWeek:
 
 
 class PostgresLedger:
-    """The ledger on one ``AsyncEngine``."""
+    """The ledger on one ``AsyncEngine``. Every transaction waits for a lock at most
+    ``settings.lock_timeout_ms`` and runs a statement at most ``settings.statement_timeout_ms``,
+    or less when its caller will not wait that long (``timeout_s``)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
         self._engine = engine
+        settings = settings or Settings()
+        self._lock_timeout_ms = settings.lock_timeout_ms
+        self._statement_timeout_ms = settings.statement_timeout_ms
+
+    def _timeouts_ms(self, timeout_s: float | None) -> tuple[int, int] | None:
+        """(lock_timeout, statement_timeout) for a caller that waits ``timeout_s`` more, or
+        None when the session's own settings are no longer than that."""
+        if timeout_s is None:
+            return None
+        if timeout_s <= 0:
+            raise StoreUnavailable("the call's deadline passed before its transaction began")
+        budget_ms = max(1, int(timeout_s * 1000))
+        if budget_ms >= self._statement_timeout_ms and budget_ms >= self._lock_timeout_ms:
+            return None
+        return min(budget_ms, self._lock_timeout_ms), min(budget_ms, self._statement_timeout_ms)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_Transaction]:
+    async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[_Transaction]:
+        timeouts = self._timeouts_ms(timeout_s)
         try:
             async with self._engine.begin() as conn:
+                if timeouts is not None:
+                    await conn.execute(
+                        _SET_TIMEOUTS, {"lock": f"{timeouts[0]}ms", "statement": f"{timeouts[1]}ms"}
+                    )
                 yield _Transaction(conn)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
 
     @asynccontextmanager
-    async def outreach_transaction(self) -> AsyncIterator[OutreachTransaction]:
+    async def outreach_transaction(
+        self, timeout_s: float | None = None
+    ) -> AsyncIterator[OutreachTransaction]:
+        # One round trip, timeouts included (simple query protocol; integers only).
+        begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+        timeouts = self._timeouts_ms(timeout_s)
+        if timeouts is not None:
+            begin += f"; SET LOCAL lock_timeout = {timeouts[0]:d}"
+            begin += f"; SET LOCAL statement_timeout = {timeouts[1]:d}"
         try:
             async with self._engine.connect() as pooled:
                 conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
                 try:
-                    transaction = conn.transaction()  # raises if the connection died
-                    await transaction.start()
+                    await conn.execute(begin)  # raises if the connection died
                     yield OutreachTransaction(conn)
                     try:
-                        await transaction.commit()
+                        await conn.execute("COMMIT")
                     except _UNAVAILABLE as e:
                         raise CommitOutcomeUnknown(f"commit failed: {type(e).__name__}") from e
                 except BaseException:
                     if conn.is_in_transaction() and not conn.is_closed():
                         with contextlib.suppress(*_UNAVAILABLE):
-                            await transaction.rollback()
+                            await conn.execute("ROLLBACK")
                     raise
                 finally:
                     # Never hand the pool a connection that is dead or still in this transaction.
