@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
+from quota_authority.engine.ports import LedgerStore
 from quota_authority.server import QuotaAuthorityServer
 from quota_authority.settings import Policy, Settings
-from quota_authority.store import EmbeddedPostgres, create_engine
+from quota_authority.store import EmbeddedPostgres, PostgresLedger, create_engine
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 StartServer = Callable[..., Awaitable[tuple[QuotaAuthorityServer, str]]]
@@ -64,15 +65,18 @@ def test_settings(**overrides: Any) -> Settings:
 
 @pytest.fixture(scope="session")
 async def start_server(database_url: str, session_clock: FakeClock) -> AsyncIterator[StartServer]:
-    """Start extra servers (say, with another policy) on the session's database; each is
-    stopped at the end of the session unless the test stops it first."""
+    """Start extra servers (say, with another policy, or a ledger with faults injected) on
+    the session's database; each is stopped at the end of the session unless the test stops
+    it first."""
     started: list[QuotaAuthorityServer] = []
 
     async def start(
-        policy: Policy | None = None, **overrides: Any
+        policy: Policy | None = None,
+        ledger: Callable[[AsyncEngine, Settings], LedgerStore] = PostgresLedger,
+        **overrides: Any,
     ) -> tuple[QuotaAuthorityServer, str]:
         settings = test_settings(policy=policy or Policy(), **overrides)
-        server = QuotaAuthorityServer(settings, database_url, session_clock)
+        server = QuotaAuthorityServer(settings, database_url, session_clock, ledger)
         port = await server.start()
         started.append(server)
         return server, f"127.0.0.1:{port}"
