@@ -37,7 +37,7 @@ lint: $(GENERATED)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
-	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py
+	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py
 
 install: $(STAMP)
 
