@@ -174,6 +174,23 @@ async def test_request_id_of_a_block_reused_by_an_unblock_is_request_id_reused(s
     assert not (await stub.CheckAndConsume(invite(seller, "c1"))).allowed
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry-run"])
+async def test_a_request_id_reused_by_a_seller_without_a_week_creates_no_week(
+    stub, seller, db, clock, dry_run
+):
+    # A request_id first used by RecordGmv: the seller exists, its week does not yet.
+    await stub.RecordGmv(
+        pb.RecordGmvRequest(seller_id=seller, day="2026-11-01", gmv_minor=5, request_id="r-1")
+    )
+    before = await everything_of(db, seller)
+
+    await assert_request_id_reused(
+        stub.CheckAndConsume(invite(seller, "c1", request_id="r-1", dry_run=dry_run))
+    )
+
+    assert await everything_of(db, seller) == before  # no week snapshotted, no pack granted
+
+
 async def test_request_ids_are_per_seller(stub, seller, clock):
     other = f"{seller}-other"
 

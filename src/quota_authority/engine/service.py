@@ -99,8 +99,12 @@ class QuotaService:
             """The outcomes, or the sellers that have no week yet (nothing written then)."""
             async with self._store.outreach_transaction(time_left()) as tx:
                 locked = await tx.lock_outreach(now, keys)
+                # A request answered from its stored response (a replay, or a reused
+                # request_id refused) needs no week: creating one would be a change.
                 missing = {
-                    k.seller_id for k, row in zip(keys, locked, strict=True) if row.week is None
+                    k.seller_id
+                    for k, row in zip(keys, locked, strict=True)
+                    if row.week is None and row.stored is None
                 }
                 if missing:
                     return missing
