@@ -9,13 +9,21 @@ from datetime import date
 from ..errors import FieldViolation, InvalidArgument
 from ..settings import valid_time_zone
 
-__all__ = ["Validator"]
+__all__ = ["MAX_DAILY_GMV_MINOR", "Validator"]
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-# Protobuf int64 is wider than PostgreSQL bigint needs; keep counts in bigint range.
-_MAX_INT64 = 2**63 - 1
+# One day's GMV in cents (10 trillion USD): 30 days of it still sum within a bigint.
+MAX_DAILY_GMV_MINOR = 10**15
+# Longest part of a bad value echoed back: errors travel in headers, which are small.
+_ECHO = 40
+
+
+def _echo(value: object) -> str:
+    """``value`` as an error message quotes it, cut short if long."""
+    text = repr(value)
+    return text if len(text) <= _ECHO else f"{text[: _ECHO - 1]}… ({len(str(value))} chars)"
 
 
 class Validator:
@@ -45,9 +53,11 @@ class Validator:
             self.bad(field, f"must be one of {names}; got {value}")
         return value
 
-    def non_negative(self, field: str, value: int) -> int:
+    def non_negative(self, field: str, value: int, maximum: int | None = None) -> int:
         if value < 0:
             self.bad(field, f"must be >= 0; got {value}")
+        elif maximum is not None and value > maximum:
+            self.bad(field, f"must be at most {maximum}; got {value}")
         return value
 
     def day(self, field: str, value: str) -> date | None:
@@ -56,14 +66,16 @@ class Validator:
                 return date.fromisoformat(value)
             except ValueError:
                 pass
-        self.bad(field, f"must be a calendar date as YYYY-MM-DD; got {value!r}")
+        self.bad(field, f"must be a calendar date as YYYY-MM-DD; got {_echo(value)}")
         return None
 
     def time_zone(self, field: str, value: str) -> str | None:
         if value == "":
             return None
         if not valid_time_zone(value):
-            self.bad(field, f"must be an IANA time zone such as America/Los_Angeles; got {value!r}")
+            self.bad(
+                field, f"must be an IANA time zone such as America/Los_Angeles; got {_echo(value)}"
+            )
         return value
 
     def done(self) -> None:
