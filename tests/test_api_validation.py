@@ -10,6 +10,7 @@ import pytest
 from google.rpc import error_details_pb2
 from support import everything_of, failure_details, invite, ledger_counts, message
 
+from quota_authority.api.validation import MAX_DAILY_GMV_MINOR
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 TOO_LONG_ID = "a" * 65
@@ -268,6 +269,56 @@ async def test_negative_gmv_is_invalid_argument_naming_gmv_minor(stub, seasoned,
 
     assert fields == ["gmv_minor"]
     assert await everything_of(db, seasoned) == before
+
+
+async def test_gmv_over_the_daily_maximum_is_invalid_argument_naming_gmv_minor(stub, seasoned, db):
+    """Thirty days of the maximum still sum within the ledger's 64-bit integers; beyond it a
+    seller's tier could not be computed again, and every later call would fail."""
+    before = await everything_of(db, seasoned)
+
+    fields = await invalid_argument_fields(call(stub, gmv(seller_id=seasoned, gmv_minor=2**62)))
+    accepted = await stub.RecordGmv(
+        pb.RecordGmvRequest(seller_id=seasoned, day="2026-11-01", gmv_minor=MAX_DAILY_GMV_MINOR)
+    )
+
+    assert fields == ["gmv_minor"]
+    assert accepted is not None
+    assert (await everything_of(db, seasoned))["daily_gmv"] != before["daily_gmv"]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda s: gmv(seller_id=s, day="a" * 5000),
+        lambda s: ("UpsertSeller", pb.UpsertSellerRequest(seller_id=s, time_zone="Z" * 5000)),
+    ],
+    ids=["day", "time_zone"],
+)
+async def test_a_long_bad_value_is_quoted_short_in_the_error(stub, seasoned, db, build):
+    """Errors travel in response headers, which clients cap at a few kilobytes: a bad value
+    is quoted cut short, so the caller still gets INVALID_ARGUMENT and its BadRequest."""
+    details = await failure_details(
+        call(stub, build(seasoned)), grpc.StatusCode.INVALID_ARGUMENT, error_details_pb2.BadRequest
+    )
+
+    (violation,) = details[0].field_violations
+    assert len(violation.description) < 200
+    assert "(5000 chars)" in violation.description
+
+
+@pytest.mark.parametrize("method", ["CheckAndConsume", "RecordGmv", "GetStatus"])
+async def test_bytes_that_are_no_request_message_are_invalid_argument_naming_request(
+    channel, method
+):
+    send = channel.unary_unary(f"/quota_authority.v1.QuotaAuthorityService/{method}")
+
+    details = await failure_details(
+        send(b"\xff\xff\xff\xff", timeout=5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        error_details_pb2.BadRequest,
+    )
+
+    assert [v.field for v in details[0].field_violations] == ["request"]
 
 
 @pytest.mark.parametrize(

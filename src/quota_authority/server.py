@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .api import QuotaAuthorityServicer
+from .api import QuotaAuthorityServicer, add_to_server
 from .api.auth import Authorizer
 from .clock import Clock, SystemClock
 from .engine import QuotaService
@@ -32,7 +32,6 @@ from .errors import ConfigError
 from .settings import Settings, unsafe_listen
 from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
 from .v1 import quota_authority_pb2 as pb
-from .v1 import quota_authority_pb2_grpc as pb_grpc
 
 __all__ = [
     "SERVICE_NAME",
@@ -136,7 +135,7 @@ class QuotaAuthorityServer:
             batch_fill_wait_s=self.settings.batch_fill_wait_ms / 1000,
         )
         self._server = new_grpc_server(self.settings)
-        pb_grpc.add_QuotaAuthorityServiceServicer_to_server(
+        add_to_server(
             QuotaAuthorityServicer(self.service, self.settings.max_deadline_ms / 1000),
             self._server,
         )

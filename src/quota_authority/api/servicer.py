@@ -1,19 +1,27 @@
 """``QuotaAuthorityServicer``: validates each request, turns it into a domain request, asks
-the engine, and turns the answer back into protobuf. Errors leave through ``mapped_errors``."""
+the engine, and turns the answer back into protobuf. Errors leave through ``mapped_errors``.
+
+``add_to_server`` registers it with request parsing that never fails: bytes that do not
+decode as the request message reach the method as ``Malformed`` and are answered
+INVALID_ARGUMENT, where gRPC's own parsing would answer UNKNOWN."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError, Message
 
 from ..domain import BlockChange, GmvRecord, Outreach, ReplyRecord, SellerUpsert
 from ..engine import QuotaService
 from ..v1 import quota_authority_pb2 as pb
 from ..v1 import quota_authority_pb2_grpc as pb_grpc
 from .convert import ACTIONS, PARTIES, SOURCES, decision_to_proto, status_to_proto
-from .status import mapped_errors
-from .validation import Validator
+from .status import Malformed, mapped_errors
+from .validation import MAX_DAILY_GMV_MINOR, Validator
 
-__all__ = ["QuotaAuthorityServicer"]
+__all__ = ["QuotaAuthorityServicer", "add_to_server"]
 
 # grpc ships no type stubs; the context is untyped either way.
 Context: TypeAlias = Any
@@ -137,7 +145,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         v = Validator()
         v.identifier("seller_id", request.seller_id)
         day = v.day("day", request.day)
-        v.non_negative("gmv_minor", request.gmv_minor)
+        v.non_negative("gmv_minor", request.gmv_minor, MAX_DAILY_GMV_MINOR)
         request_id = v.request_id("request_id", request.request_id)
         v.done()
         assert day is not None  # done() raised otherwise
@@ -166,3 +174,31 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         return pb.UpsertSellerResponse(
             created=result.created, time_zone=result.time_zone, replayed=result.replayed
         )
+
+
+def _lenient(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as e:
+            return Malformed(message_type.DESCRIPTOR.name, str(e))
+
+    return parse
+
+
+def add_to_server(servicer: QuotaAuthorityServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer``'s RPCs on ``server``, as the generated ``add_…_to_server`` does, but
+    with lenient request parsing."""
+    service = pb.DESCRIPTOR.services_by_name["QuotaAuthorityService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

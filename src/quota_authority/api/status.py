@@ -29,6 +29,7 @@ from grpc_status import rpc_status
 from ..engine.deadlines import deadline_at
 from ..errors import (
     DeadlineExceeded,
+    FieldViolation,
     InvalidArgument,
     PermissionDenied,
     QuotaAuthorityError,
@@ -37,7 +38,7 @@ from ..errors import (
     Unavailable,
 )
 
-__all__ = ["DOMAIN", "abort", "mapped_errors"]
+__all__ = ["DOMAIN", "Malformed", "abort", "mapped_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,13 @@ DOMAIN = "quota-authority"
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+class Malformed:
+    """A request whose bytes do not decode as its message (``servicer.add_to_server``)."""
+
+    def __init__(self, message: str, error: str) -> None:
+        self.violation = FieldViolation("request", f"is not a valid {message} message: {error}")
 
 
 def _status(code: int, message: str, *details: Any) -> status_pb2.Status:
@@ -120,6 +128,8 @@ def mapped_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
         cap: float = self.max_deadline_s
         remaining = context.time_remaining()
         try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument([request.violation])
             if remaining is not None and remaining <= cap:
                 # gRPC cancels the call at the caller's own deadline.
                 with deadline_at(asyncio.get_running_loop().time() + remaining):
