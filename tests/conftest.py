@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,14 +32,20 @@ StartServer = Callable[..., Awaitable[tuple[QuotaAuthorityServer, str]]]
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A PostgreSQL URL for the whole session: the configured one, or an embedded server."""
     configured = os.environ.get("QUOTA_AUTHORITY_DATABASE_URL")
     if configured:
         yield configured
         return
-    with EmbeddedPostgres(Path(tmp_path_factory.mktemp("pgdata"))) as embedded:
-        yield embedded.url
+    # Outside pytest's temporary root: every pytest session that starts makes that root
+    # readable by its owner only, and PostgreSQL may run as another user (pgserver's).
+    data_dir = Path(tempfile.mkdtemp(prefix="quota-authority-tests-"))
+    try:
+        with EmbeddedPostgres(data_dir / "pgdata") as embedded:
+            yield embedded.url
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
