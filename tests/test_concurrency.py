@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from support import BASE_TIME, invite, ledger_counts, message
+from sqlalchemy import text
+from support import BASE_TIME, invite, ledger_counts, message, new_id
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -151,3 +152,42 @@ async def test_concurrent_invites_past_the_weekly_limit_draw_the_starter_pack_ex
     assert charges == {"CHARGE_WEEKLY": 10, "CHARGE_STARTER_PACK": 15, "CHARGE_NONE": 35}
     assert status.starter_pack_remaining == 0
     assert (await ledger_counts(db, seller))["used"] == 25
+
+
+async def test_a_week_created_while_a_batch_waits_for_its_locks_is_not_read_unlocked(
+    stub, db, clock
+):
+    """A batch locks its sellers' current weeks in one statement and reads in the next. A
+    week another call creates in between must read as missing (the batch then creates-or-
+    finds it and runs again, locking it), never as a week the batch may charge unlocked.
+    Made deterministic here: the lock statement waits on another seller's week while the
+    first seller's week is created."""
+    new_seller, busy_seller = new_id("a-new"), new_id("b-busy")
+    await stub.GetStatus(pb.GetStatusRequest(seller_id=busy_seller))  # its week exists
+    lock_and_read = text(
+        "SELECT o_week_start FROM lock_outreach_state(:at, :sellers, :creators, :requests)"
+    )
+    async with db.connect() as holder, db.connect() as batch:
+        await holder.execute(
+            text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": busy_seller}
+        )
+        reading = asyncio.create_task(
+            batch.execute(
+                lock_and_read,
+                {
+                    "at": BASE_TIME,
+                    "sellers": [new_seller, busy_seller],
+                    "creators": ["c-1", "c-1"],
+                    "requests": ["r-1", "r-2"],
+                },
+            )
+        )
+        await asyncio.sleep(0.3)  # the batch now waits for the busy seller's week
+        assert not reading.done()
+        await stub.GetStatus(pb.GetStatusRequest(seller_id=new_seller))  # creates its week
+        await holder.rollback()
+        weeks = [row.o_week_start for row in await reading]
+        await batch.rollback()
+
+    assert weeks[0] is None  # created after the locks were taken: not locked, not read
+    assert weeks[1] is not None
