@@ -31,8 +31,7 @@ from quota_authority.domain import (
     Reason,
     ReplyRecord,
 )
-from quota_authority.engine import QuotaService
-from quota_authority.engine import deadlines
+from quota_authority.engine import QuotaService, deadlines
 from quota_authority.engine.batching import BUSY_SIZE, MicroBatcher
 from quota_authority.engine.ports import OutreachTransaction
 from quota_authority.errors import CommitOutcomeUnknown, RequestIdReused, StoreUnavailable
