@@ -32,9 +32,14 @@ from quota_authority.domain import (
     ReplyRecord,
 )
 from quota_authority.engine import QuotaService, deadlines
-from quota_authority.engine.batching import BUSY_SIZE, MicroBatcher
+from quota_authority.engine.batching import BUSY_SIZE, RERUN_GRACE_S, MicroBatcher
 from quota_authority.engine.ports import OutreachTransaction
-from quota_authority.errors import CommitOutcomeUnknown, RequestIdReused, StoreUnavailable
+from quota_authority.errors import (
+    CommitOutcomeUnknown,
+    LockTimeout,
+    RequestIdReused,
+    StoreUnavailable,
+)
 from quota_authority.settings import Policy, Settings
 from quota_authority.store import PostgresLedger, create_engine, migrate
 
@@ -100,6 +105,70 @@ async def test_a_failing_call_fails_alone_and_its_neighbours_are_decided():
     assert isinstance(results[2], StoreUnavailable)
     assert recorder.batches[0] == [0, 1, 2, 3]
     assert sorted(map(tuple, recorder.batches[1:])) == [(0,), (1,), (2,), (3,)]
+
+
+async def test_a_failed_batch_is_run_again_one_batch_per_group_first():
+    recorder = Recorder(fail_on="a2")
+    batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1, group=lambda item: item[0])
+
+    items = ["a1", "b1", "a2", "b2"]
+    results = await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
+
+    assert results[1] == "decided b1" and results[3] == "decided b2"
+    assert isinstance(results[2], StoreUnavailable) and results[0] == "decided a1"
+    # the whole batch, then a batch per seller, then a's items one by one
+    assert recorder.batches[0] == items
+    assert sorted(map(tuple, recorder.batches[1:3])) == [("a1", "a2"), ("b1", "b2")]
+    assert sorted(map(tuple, recorder.batches[3:])) == [("a1",), ("a2",)]
+
+
+async def test_a_group_that_timed_out_on_its_lock_is_not_split():
+    recorder = Recorder(fail_on="a2", error=LockTimeout("lock timeout"))
+    batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1, group=lambda item: item[0])
+
+    items = ["a1", "b1", "a2"]
+    results = await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
+
+    assert results[1] == "decided b1"
+    assert all(isinstance(results[i], LockTimeout) for i in (0, 2))
+    assert ["a1", "a2"] in recorder.batches and ["a1"] not in recorder.batches
+
+
+async def test_a_batch_run_again_gets_at_least_the_rerun_grace():
+    seen: list[float | None] = []
+
+    async def decide(batch: Sequence[object]) -> list[object]:
+        seen.append(deadlines.time_left())
+        if len(batch) > 1:
+            raise StoreUnavailable("statement timeout")
+        return list(batch)
+
+    batcher = MicroBatcher(decide, max_size=64, max_in_flight=1)
+    passed = asyncio.get_running_loop().time() - 1  # the callers' time went by in the queue
+    with deadlines.deadline_at(passed):
+        await asyncio.gather(batcher.submit(1), batcher.submit(2))
+
+    assert seen[0] is not None and seen[0] < 0
+    assert all(left is not None and 0 < left <= RERUN_GRACE_S for left in seen[1:])
+
+
+async def test_a_stalled_batch_lets_the_next_one_start():
+    release = asyncio.Event()
+    started: list[object] = []
+
+    async def decide(batch: Sequence[object]) -> list[object]:
+        started.extend(batch)
+        if "stuck" in batch:
+            await release.wait()
+        return list(batch)
+
+    batcher = MicroBatcher(decide, max_size=64, max_in_flight=1, stall_after_s=0.05)
+    stuck = asyncio.ensure_future(batcher.submit("stuck"))
+    await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(batcher.submit("other"), timeout=1) == "other"
+    release.set()
+
+    assert await stuck == "stuck"
 
 
 async def test_a_batch_whose_commit_failed_is_not_redone():

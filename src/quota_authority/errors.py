@@ -7,6 +7,7 @@
     ├── RequestIdReused        same request_id, other parameters     -> FAILED_PRECONDITION
     ├── Unavailable            the outcome is unknown; retry it      -> UNAVAILABLE
     │   └── StoreUnavailable   the database failed or timed out
+    │       ├── LockTimeout    a row lock was not granted in time
     │       └── CommitOutcomeUnknown   it failed while committing: changes may have landed
     ├── DeadlineExceeded       the server's deadline cap passed      -> DEADLINE_EXCEEDED
     ├── Unauthenticated        no credentials, or unknown ones       -> UNAUTHENTICATED
@@ -26,6 +27,7 @@ __all__ = [
     "DeadlineExceeded",
     "FieldViolation",
     "InvalidArgument",
+    "LockTimeout",
     "PermissionDenied",
     "QuotaAuthorityError",
     "RequestIdReused",
@@ -73,6 +75,12 @@ class Unavailable(QuotaAuthorityError):
 
 class StoreUnavailable(Unavailable):
     """The database failed, timed out or could not take a lock in time."""
+
+
+class LockTimeout(StoreUnavailable):
+    """A row lock was not granted within the lock timeout: another transaction holds it.
+    Every call that needs the same lock would wait again, so none is retried on the
+    caller's behalf."""
 
 
 class CommitOutcomeUnknown(StoreUnavailable):

@@ -133,6 +133,7 @@ class QuotaAuthorityServer:
             batch_max_size=self.settings.batch_max_size,
             batch_max_in_flight=self.settings.batch_max_in_flight,
             batch_fill_wait_s=self.settings.batch_fill_wait_ms / 1000,
+            outreach_wait_s=self.settings.lock_timeout_ms / 1000,
         )
         self._server = new_grpc_server(self.settings)
         add_to_server(

@@ -11,10 +11,19 @@ is full). Bigger batches cost less per request; a lightly loaded service never w
 Contracts:
 
 * Each item's result or error reaches only that item's caller.
-* A batch that failed before its commit changed nothing; its items are run again one per
-  batch, so one bad request (a stuck lock, a violated constraint) never fails its
-  neighbours. A batch whose commit failed (``CommitOutcomeUnknown``) may have landed: its
-  items all fail with that error, and callers retry with their request_ids.
+* A batch that failed before its commit changed nothing; its items are run again, so one
+  bad request (a stuck lock, a violated constraint) never fails its neighbours: first one
+  batch per ``group`` (the items that need the same locks: one seller's), then, within a
+  group that fails again, one batch per item. A group that failed on a lock it waited for
+  in vain (``LockTimeout``) is not split: every item of it would wait for that lock again.
+  Each batch run again does so under its own callers' latest deadline, but with at least
+  ``RERUN_GRACE_S`` left, so calls that waited behind a stuck neighbour still get a chance.
+  A batch whose commit failed (``CommitOutcomeUnknown``) may have landed: its items all
+  fail with that error, and callers retry with their request_ids.
+* A batch still running after ``stall_after_s`` is stalled (waiting for a lock another
+  transaction holds, most likely); each stalled batch frees a slot for one more batch, up
+  to ``STALL_SLOTS`` more, so one stuck seller does not hold up every other seller's calls
+  for the whole lock timeout.
 * A caller that gives up (cancellation, deadline) before its batch starts takes its item
   with it: nobody waits for that answer. Once a batch has started, a caller that gives up
   leaves its item in it: batches are never torn, so the ledger never holds half a batch.
@@ -25,26 +34,33 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeAlias, TypeVar
 
-from ..errors import CommitOutcomeUnknown
+from ..errors import CommitOutcomeUnknown, LockTimeout
 from . import deadlines
 
-__all__ = ["BUSY_SIZE", "MicroBatcher"]
+__all__ = ["BUSY_SIZE", "RERUN_GRACE_S", "STALL_SLOTS", "MicroBatcher"]
 
 # A batch of at least this many requests means requests arrive faster than batches run.
 BUSY_SIZE = 8
+# Most extra batches started while others are stalled.
+STALL_SLOTS = 4
+# Least time a batch run again after a failure gets, whatever its callers' deadlines.
+RERUN_GRACE_S = 0.1
 
 T = TypeVar("T")
 R = TypeVar("R")
+# One submitted item: the item, its caller's future, its caller's deadline.
+_Entry: TypeAlias = tuple[T, "asyncio.Future[R]", float | None]
 
 
 class MicroBatcher(Generic[T, R]):
     """Runs ``decide`` over batches of up to ``max_size`` submitted items, with at most
     ``max_in_flight`` batches running at once, waiting up to ``fill_wait_s`` for a batch to
-    fill when under load. ``decide`` returns one result or error per item, in order, or
-    raises when the whole batch failed."""
+    fill when under load, and opening a slot for each batch stalled past ``stall_after_s``.
+    ``decide`` returns one result or error per item, in order, or raises when the whole
+    batch failed; ``group`` names the items that need the same locks."""
 
     def __init__(
         self,
@@ -53,12 +69,17 @@ class MicroBatcher(Generic[T, R]):
         max_size: int,
         max_in_flight: int,
         fill_wait_s: float = 0.0,
+        group: Callable[[T], Hashable] = id,
+        stall_after_s: float | None = None,
     ) -> None:
         self._decide = decide
         self._max_size = max_size
         self._max_in_flight = max_in_flight
         self._fill_wait_s = fill_wait_s
-        self._queue: list[tuple[T, asyncio.Future[R], float | None]] = []
+        self._group = group
+        self._stall_after_s = stall_after_s
+        self._stalled = 0
+        self._queue: list[_Entry[T, R]] = []
         self._in_flight = 0
         self._last_size = 0
         self._dispatch: asyncio.Handle | None = None
@@ -72,8 +93,11 @@ class MicroBatcher(Generic[T, R]):
         self._schedule_dispatch()
         return await future
 
+    def _has_slot(self) -> bool:
+        return self._in_flight < self._max_in_flight + min(self._stalled, STALL_SLOTS)
+
     def _schedule_dispatch(self) -> None:
-        if not self._queue or self._in_flight >= self._max_in_flight:
+        if not self._queue or not self._has_slot():
             return
         wait = (
             self._fill_wait_s > 0
@@ -96,42 +120,77 @@ class MicroBatcher(Generic[T, R]):
         self._filling = False
         # Callers that gave up while queued are owed nothing.
         self._queue = [entry for entry in self._queue if not entry[1].done()]
-        while self._queue and self._in_flight < self._max_in_flight:
+        while self._queue and self._has_slot():
             entries = self._queue[: self._max_size]
             del self._queue[: self._max_size]
             self._last_size = len(entries)
             self._in_flight += 1
-            batch = [(item, future) for item, future, _ in entries]
             context = deadlines.context_with(deadlines.latest(d for _, _, d in entries))
-            task = asyncio.create_task(self._run(batch), context=context)
+            task = asyncio.create_task(self._run(entries), context=context)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _run(self, batch: list[_Entry[T, R]]) -> None:
+        stalled = False
+
+        def stall() -> None:
+            nonlocal stalled
+            stalled = True
+            self._stalled += 1
+            self._schedule_dispatch()
+
+        timer = None
+        if self._stall_after_s is not None:
+            timer = asyncio.get_running_loop().call_later(self._stall_after_s, stall)
         try:
             await self._settle(batch)
         finally:
+            if timer is not None:
+                timer.cancel()
+            if stalled:
+                self._stalled -= 1
             self._in_flight -= 1
             self._schedule_dispatch()
 
-    async def _settle(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _settle(self, batch: list[_Entry[T, R]]) -> None:
         try:
-            outcomes = await self._decide([item for item, _ in batch])
+            outcomes = await self._decide([item for item, _, _ in batch])
         except asyncio.CancelledError:
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.cancel()
             raise
         except CommitOutcomeUnknown as e:
-            for _, future in batch:
+            for _, future, _ in batch:
                 _resolve(future, e)
         except Exception as e:
             if len(batch) == 1:
                 _resolve(batch[0][1], e)
                 return
-            await asyncio.gather(*(self._settle([entry]) for entry in batch))
+            groups: dict[Hashable, list[_Entry[T, R]]] = {}
+            for entry in batch:
+                groups.setdefault(self._group(entry[0]), []).append(entry)
+            if len(groups) > 1:
+                await self._rerun(list(groups.values()))
+            elif isinstance(e, LockTimeout):
+                for _, future, _ in batch:
+                    _resolve(future, e)
+            else:
+                await self._rerun([[entry] for entry in batch])
         else:
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
+            for (_, future, _), outcome in zip(batch, outcomes, strict=True):
                 _resolve(future, outcome)
+
+    async def _rerun(self, batches: list[list[_Entry[T, R]]]) -> None:
+        """Run ``batches`` at once, each under its own callers' deadline, and at least
+        ``RERUN_GRACE_S`` from now: calls whose time went by waiting behind a failed
+        neighbour still get a short chance, and a seller still stuck fails fast."""
+        floor = asyncio.get_running_loop().time() + RERUN_GRACE_S
+        tasks = []
+        for batch in batches:
+            deadline = deadlines.latest(d for _, _, d in batch)
+            context = deadlines.context_with(None if deadline is None else max(deadline, floor))
+            tasks.append(asyncio.create_task(self._settle(batch), context=context))
+        await asyncio.gather(*tasks)
 
 
 def _resolve(future: asyncio.Future[R], outcome: R | Exception) -> None:

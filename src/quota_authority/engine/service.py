@@ -19,7 +19,8 @@ are serialised by the unique key of the stored response instead (``idempotency``
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -41,7 +42,7 @@ from ..domain import (
 from ..settings import Policy
 from . import rules
 from .batching import MicroBatcher
-from .deadlines import time_left
+from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
 from .outreach import Outcome, decide_batch
 from .ports import LedgerStore, LedgerTransaction, OutreachKey
@@ -51,13 +52,37 @@ __all__ = ["QuotaService"]
 
 
 R = TypeVar("R", bound=Result)
+T = TypeVar("T")
+
+
+async def _unabandoned(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even if the caller gives up (a deadline, a cancelled call).
+
+    Cancelling a transaction mid-statement leaves its connection to be thrown away, which
+    took seconds while the session sat idle in an aborted transaction holding its locks.
+    Left to finish, the transaction ends in moments (its lock waits and statements are
+    bounded by the caller's deadline) and hands its connection back clean; the answer is
+    dropped. Batches of CheckAndConsume are never cancelled by callers for the same reason.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_discard_outcome)
+        raise
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so never reported as unhandled; the caller has gone
 
 
 class QuotaService:
     """Applies the rules of PRODUCT.md over a ``LedgerStore``, with time from ``clock``.
     CheckAndConsume calls are decided in batches of up to ``batch_max_size``, with at most
-    ``batch_max_in_flight`` batches (transactions) at once; under load a batch waits up to
-    ``batch_fill_wait_s`` to fill (``MicroBatcher``)."""
+    ``batch_max_in_flight`` batches (transactions) at once, plus one for each batch stalled
+    past ``batch_stall_after_s`` (a batch normally takes milliseconds); under load a batch
+    waits up to ``batch_fill_wait_s`` to fill (``MicroBatcher``)."""
 
     def __init__(
         self,
@@ -68,23 +93,36 @@ class QuotaService:
         batch_max_size: int = 64,
         batch_max_in_flight: int = 1,
         batch_fill_wait_s: float = 0.0,
+        batch_stall_after_s: float | None = 0.25,
+        outreach_wait_s: float | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
         self._clock = clock
+        self._outreach_wait_s = outreach_wait_s
         self._outreach: MicroBatcher[Outreach, OutreachDecision] = MicroBatcher(
             self._decide_batch,
             max_size=batch_max_size,
             max_in_flight=batch_max_in_flight,
             fill_wait_s=batch_fill_wait_s,
+            group=lambda outreach: outreach.seller_id,
+            stall_after_s=batch_stall_after_s,
         )
 
     # --- CheckAndConsume ---------------------------------------------------------------
 
     async def check_and_consume(self, outreach: Outreach) -> OutreachDecision:
         """Decide one invite or message and, unless a dry run, charge for it (R3–R12).
-        Concurrent calls are decided together, in arrival order."""
-        return await self._outreach.submit(outreach)
+        Concurrent calls are decided together, in arrival order. A call waits for the
+        database at most ``outreach_wait_s`` from its arrival, queued or waiting for a lock,
+        then fails ``StoreUnavailable``: a seller whose week another transaction holds fails
+        within that time, however its calls were batched."""
+        if self._outreach_wait_s is None:
+            return await self._outreach.submit(outreach)
+        until = asyncio.get_running_loop().time() + self._outreach_wait_s
+        deadline = current_deadline()
+        with deadline_at(until if deadline is None else min(deadline, until)):
+            return await self._outreach.submit(outreach)
 
     async def _decide_batch(self, batch: Sequence[Outreach]) -> list[Outcome]:
         """One transaction for the batch, at one instant. A seller without a week for that
@@ -126,9 +164,13 @@ class QuotaService:
 
     async def get_status(self, seller_id: str) -> QuotaStatus:
         """The seller's status for the current week, snapshotting the week if new (R2)."""
-        async with self._store.transaction(time_left()) as tx:
-            week = await self._current_week(tx, seller_id, self._clock.now())
-            return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
+
+        async def read() -> QuotaStatus:
+            async with self._store.transaction(time_left()) as tx:
+                week = await self._current_week(tx, seller_id, self._clock.now())
+                return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
+
+        return await _unabandoned(read())
 
     async def _current_week(
         self, tx: LedgerTransaction, seller_id: str, now: datetime
@@ -257,4 +299,4 @@ class QuotaService:
                     raise RequestIdTaken
                 return result
 
-        return await until_key_settles(once)
+        return await _unabandoned(until_key_settles(once))

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..domain import Party, SellerWeek, StoredResponse
 from ..engine.ports import SellerRecord
-from ..errors import CommitOutcomeUnknown, StoreUnavailable
+from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
 from .migrate import head_revision
 from .outreach import OutreachTransaction
@@ -86,6 +86,10 @@ _SET_TIMEOUTS = text(
 def _unavailable(error: BaseException) -> StoreUnavailable:
     """A database failure as callers see it, logged once here for every path."""
     log.warning("database call failed", extra={"error": f"{type(error).__name__}: {error}"})
+    if isinstance(error, asyncpg.LockNotAvailableError) or isinstance(
+        getattr(error, "orig", None), asyncpg.LockNotAvailableError
+    ):
+        return LockTimeout("a row lock was not granted within the lock timeout")
     return StoreUnavailable(f"database unavailable: {type(error).__name__}")
 
 
@@ -161,7 +165,8 @@ class PostgresLedger:
                     except _UNAVAILABLE as e:
                         raise CommitOutcomeUnknown(f"commit failed: {type(e).__name__}") from e
                 except BaseException:
-                    if conn.is_in_transaction() and not conn.is_closed():
+                    # is_closed first: a terminated connection cannot say whether it is.
+                    if not conn.is_closed() and conn.is_in_transaction():
                         with contextlib.suppress(*_UNAVAILABLE):
                             await conn.execute("ROLLBACK")
                     raise
