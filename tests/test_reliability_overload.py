@@ -36,7 +36,7 @@ from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.reliability
 
-LIMIT = scale(32, 200)
+LIMIT = scale(32, 64)
 OFFERED = 2 * LIMIT
 SECONDS = scale(2.0, 6.0)
 HOT_SELLERS = 4

@@ -76,6 +76,8 @@ _CREATE_WEEK = text(
 )
 
 
+# How much longer than a shortened lock timeout its statement timeout is.
+_STATEMENT_AFTER_LOCK_MS = 50
 # A transaction's lock and statement timeouts, shortened to what its caller still waits.
 _SET_TIMEOUTS = text(
     "SELECT set_config('lock_timeout', :lock, true), "
@@ -129,7 +131,12 @@ class PostgresLedger:
         budget_ms = max(1, int(timeout_s * 1000))
         if budget_ms >= self._statement_timeout_ms and budget_ms >= self._lock_timeout_ms:
             return None
-        return min(budget_ms, self._lock_timeout_ms), min(budget_ms, self._statement_timeout_ms)
+        # The statement's bound a little after the lock's, so that a lock wait ends as a lock
+        # timeout (LockTimeout: the seller is stuck) rather than as a statement timeout.
+        return (
+            min(budget_ms, self._lock_timeout_ms),
+            min(budget_ms + _STATEMENT_AFTER_LOCK_MS, self._statement_timeout_ms),
+        )
 
     @asynccontextmanager
     async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[_Transaction]:
