@@ -179,7 +179,7 @@ class OutreachTransaction(Protocol):
         concurrent batches never deadlock), then read, for each key in order, the week, the
         seller's starter pack, the pair's state that week and the response stored for its
         request_id: everything committed before the locks were granted. A lock not granted
-        within the lock timeout raises ``StoreUnavailable``."""
+        within the lock timeout (or the statement timeout) raises ``LockTimeout``."""
         ...
 
     async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:

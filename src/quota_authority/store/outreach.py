@@ -19,6 +19,7 @@ import asyncpg
 
 from ..domain import PairState, SellerWeek, StoredResponse
 from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites
+from ..errors import LockTimeout
 
 __all__ = ["OutreachTransaction"]
 
@@ -75,13 +76,18 @@ class OutreachTransaction:
     async def lock_outreach(
         self, at: datetime, keys: Sequence[OutreachKey]
     ) -> list[LockedOutreach]:
-        rows = await self._conn.fetch(
-            _LOCK_AND_READ,
-            at,
-            [k.seller_id for k in keys],
-            [k.creator_id for k in keys],
-            [k.request_id for k in keys],
-        )
+        try:
+            rows = await self._conn.fetch(
+                _LOCK_AND_READ,
+                at,
+                [k.seller_id for k in keys],
+                [k.creator_id for k in keys],
+                [k.request_id for k in keys],
+            )
+        except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as e:
+            # Waiting for a week's lock is what makes this statement long; PostgreSQL times
+            # each lock wait of a statement apart, so the statement timeout often ends it.
+            raise LockTimeout("a seller-week lock was not granted in time") from e
         return [_locked(key, row) for key, row in zip(keys, rows, strict=True)]
 
     async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
