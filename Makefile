@@ -7,7 +7,7 @@ PROTO := protos/quota_authority/v1/quota_authority.proto
 GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto install clean bench reliability
+.PHONY: run test lint proto proto-lint install clean bench reliability
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
@@ -33,11 +33,28 @@ $(GHZ):
 	mkdir -p .bench/bin
 	GOBIN=$(CURDIR)/.bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
-lint: $(GENERATED)
+lint: $(GENERATED) proto-lint
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py
+
+# The proto against Buf's STANDARD lint rules, and against the main branch for breaking
+# changes (buf.yaml). buf comes from npm, pinned, into .tools.
+BUF := .tools/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+
+proto-lint: $(BUF)
+	$(BUF) lint
+	@if git rev-parse --verify --quiet main >/dev/null; then \
+		echo "$(BUF) breaking --against '.git#branch=main'"; \
+		$(BUF) breaking --against '.git#branch=main'; \
+	else \
+		echo "no local main branch: buf breaking skipped"; \
+	fi
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 install: $(STAMP)
 
@@ -60,5 +77,5 @@ $(GENERATED): $(PROTO) $(STAMP)
 	$(MAKE) proto
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
 	rm -f src/quota_authority/v1/*_pb2*.py src/quota_authority/v1/*_pb2*.pyi
