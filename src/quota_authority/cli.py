@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
 from .errors import ConfigError
 from .logs import configure_logging
 from .settings import Settings, load_settings
+from .v1 import quota_authority_pb2 as pb
 
 __all__ = ["main"]
 
@@ -34,16 +36,21 @@ def _migrate(settings: Settings) -> None:
     print(f"schema at revision {revision}")
 
 
-def _status(target: str, seller_id: str) -> int:
-    from .v1 import quota_authority_pb2 as pb
-    from .v1 import quota_authority_pb2_grpc as pb_grpc
+def _status(target: str, seller_id: str, token_file: Path | None, ca_file: Path | None) -> int:
+    from .client import QuotaClient
+
+    try:
+        token = None if token_file is None else token_file.read_text().strip()
+        root_certificates = None if ca_file is None else ca_file.read_bytes()
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
     async def ask() -> pb.QuotaStatus:
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = pb_grpc.QuotaAuthorityServiceStub(channel)
-            response = await stub.GetStatus(pb.GetStatusRequest(seller_id=seller_id), timeout=10)
-            status: pb.QuotaStatus = response.status
-            return status
+        async with QuotaClient(
+            target, token=token, root_certificates=root_certificates, timeout=10
+        ) as client:
+            return await client.get_status(seller_id)
 
     try:
         s = asyncio.run(ask())
@@ -82,6 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument(
         "--target", help="host:port of the server (default: QUOTA_AUTHORITY_LISTEN)"
     )
+    status.add_argument(
+        "--token-file", type=Path, help="file holding a bearer token of a 'reader' caller"
+    )
+    status.add_argument(
+        "--ca-file", type=Path, help="CA bundle (PEM) to verify the server's TLS certificate"
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -97,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         _migrate(settings)
         return 0
-    return _status(args.target or settings.listen, args.seller_id)
+    return _status(args.target or settings.listen, args.seller_id, args.token_file, args.ca_file)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,210 @@
+"""``QuotaClient``: a small typed async client for Python services that call quota-authority.
+
+It speaks the generated protobuf messages, adds the caller's credentials (a bearer token,
+TLS, a client certificate) and a deadline to every call, and retries a call that answered
+``UNAVAILABLE`` with the same request_id, as the API asks: a retry is answered from the
+stored response or decided once, never charged twice. A mutating call made without a
+request_id gets one generated here, so that its retries are safe too.
+
+::
+
+    async with QuotaClient("quota.internal:50051", token=token, root_certificates=ca) as quota:
+        reply = await quota.check_and_consume("seller-1", "creator-9", "invite",
+                                              creator_follower_count=1200)
+        if reply.allowed:
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Literal, TypeVar
+
+import grpc
+
+from .v1 import quota_authority_pb2 as pb
+from .v1 import quota_authority_pb2_grpc as pb_grpc
+
+__all__ = ["QuotaClient"]
+
+T = TypeVar("T")
+
+_ACTIONS = {"invite": pb.ACTION_INVITE, "message": pb.ACTION_MESSAGE}
+_PARTIES = {"seller": pb.PARTY_SELLER, "creator": pb.PARTY_CREATOR}
+_SOURCES = {
+    "reply": pb.CONNECTION_SOURCE_REPLY,
+    "creator_initiated": pb.CONNECTION_SOURCE_CREATOR_INITIATED,
+    "showcase": pb.CONNECTION_SOURCE_SHOWCASE,
+    "video": pb.CONNECTION_SOURCE_VIDEO,
+}
+
+
+class QuotaClient:
+    """A channel to one quota-authority target. Each call gets ``timeout`` seconds per
+    attempt and up to ``attempts`` attempts while it answers ``UNAVAILABLE``, waiting
+    ``backoff`` seconds, doubled each time, in between. Other errors are raised at once as
+    ``grpc.aio.AioRpcError``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        client_certificate: tuple[bytes, bytes] | None = None,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        backoff: float = 0.1,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if root_certificates is None and client_certificate is None:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            key, chain = (None, None) if client_certificate is None else client_certificate[::-1]
+            self._channel = grpc.aio.secure_channel(
+                target,
+                grpc.ssl_channel_credentials(
+                    root_certificates=root_certificates, private_key=key, certificate_chain=chain
+                ),
+            )
+        self._stub = pb_grpc.QuotaAuthorityServiceStub(self._channel)
+        self._metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout
+        self._attempts = attempts
+        self._backoff = backoff
+
+    async def __aenter__(self) -> QuotaClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, send: Callable[..., Awaitable[T]], request: object) -> T:
+        delay = self._backoff
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await send(request, timeout=self._timeout, metadata=self._metadata)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts:
+                    raise
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def check_and_consume(
+        self,
+        seller_id: str,
+        creator_id: str,
+        action: Literal["invite", "message"],
+        *,
+        creator_follower_count: int | None = None,
+        request_id: str | None = None,
+        dry_run: bool = False,
+    ) -> pb.CheckAndConsumeResponse:
+        """May this invite or message go out now? Charges for it unless ``dry_run``."""
+        request = pb.CheckAndConsumeRequest(
+            seller_id=seller_id,
+            creator_id=creator_id,
+            action=_ACTIONS[action],
+            request_id=request_id or ("" if dry_run else _new_request_id()),
+            dry_run=dry_run,
+        )
+        if creator_follower_count is not None:
+            request.creator_follower_count = creator_follower_count
+        return await self._call(self._stub.CheckAndConsume, request)
+
+    async def record_reply(
+        self,
+        seller_id: str,
+        creator_id: str,
+        source: Literal["reply", "creator_initiated", "showcase", "video"] = "reply",
+        *,
+        request_id: str | None = None,
+    ) -> pb.RecordReplyResponse:
+        """The creator replied (or connected another way): connected for good (R4)."""
+        request = pb.RecordReplyRequest(
+            seller_id=seller_id,
+            creator_id=creator_id,
+            source=_SOURCES[source],
+            request_id=request_id or _new_request_id(),
+        )
+        return await self._call(self._stub.RecordReply, request)
+
+    async def block(
+        self,
+        seller_id: str,
+        creator_id: str,
+        blocked_by: Literal["seller", "creator"],
+        *,
+        request_id: str | None = None,
+    ) -> pb.BlockResponse:
+        """Place ``blocked_by``'s block on the pair (R8)."""
+        request = pb.BlockRequest(
+            seller_id=seller_id,
+            creator_id=creator_id,
+            blocked_by=_PARTIES[blocked_by],
+            request_id=request_id or _new_request_id(),
+        )
+        return await self._call(self._stub.Block, request)
+
+    async def unblock(
+        self,
+        seller_id: str,
+        creator_id: str,
+        blocked_by: Literal["seller", "creator"],
+        *,
+        request_id: str | None = None,
+    ) -> pb.UnblockResponse:
+        """Lift ``blocked_by``'s block on the pair (R8)."""
+        request = pb.UnblockRequest(
+            seller_id=seller_id,
+            creator_id=creator_id,
+            blocked_by=_PARTIES[blocked_by],
+            request_id=request_id or _new_request_id(),
+        )
+        return await self._call(self._stub.Unblock, request)
+
+    async def get_status(self, seller_id: str) -> pb.QuotaStatus:
+        """The seller's quota status this week."""
+        response: pb.GetStatusResponse = await self._call(
+            self._stub.GetStatus, pb.GetStatusRequest(seller_id=seller_id)
+        )
+        status: pb.QuotaStatus = response.status
+        return status
+
+    async def record_gmv(
+        self, seller_id: str, day: str, gmv_minor: int, *, request_id: str | None = None
+    ) -> pb.RecordGmvResponse:
+        """Set the seller's GMV (USD cents) for ``day`` (YYYY-MM-DD)."""
+        request = pb.RecordGmvRequest(
+            seller_id=seller_id,
+            day=day,
+            gmv_minor=gmv_minor,
+            request_id=request_id or _new_request_id(),
+        )
+        return await self._call(self._stub.RecordGmv, request)
+
+    async def upsert_seller(
+        self, seller_id: str, time_zone: str = "", *, request_id: str | None = None
+    ) -> pb.UpsertSellerResponse:
+        """Create the seller, or change its IANA time zone (from its next week)."""
+        request = pb.UpsertSellerRequest(
+            seller_id=seller_id, time_zone=time_zone, request_id=request_id or _new_request_id()
+        )
+        return await self._call(self._stub.UpsertSeller, request)
+
+
+def _new_request_id() -> str:
+    return f"qa-client-{uuid.uuid4().hex}"

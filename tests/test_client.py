@@ -1,0 +1,137 @@
+"""``quota_authority.client.QuotaClient``, as another Python service would use it: every RPC
+through it, credentials and TLS, and retries that reuse the request_id on UNAVAILABLE so a
+lost answer is replayed, never charged twice. The CLI's ``status`` goes through it too."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pki import Authority
+from support import ledger_counts
+
+from quota_authority.client import QuotaClient
+from quota_authority.errors import StoreUnavailable
+from quota_authority.settings import Caller
+from quota_authority.store import PostgresLedger
+
+
+async def test_every_rpc_goes_through_the_client(target, seller, clock):
+    async with QuotaClient(target) as quota:
+        granted = await quota.check_and_consume(seller, "c-1", "invite", creator_follower_count=100)
+        await quota.block(seller, "c-2", "creator")
+        blocked = await quota.check_and_consume(seller, "c-2", "message")
+        unblocked = await quota.unblock(seller, "c-2", "creator")
+        replied = await quota.record_reply(seller, "c-3")
+        gmv = await quota.record_gmv(seller, "2026-11-20", 100)
+        upserted = await quota.upsert_seller(seller, "Europe/Paris")
+        dry = await quota.check_and_consume(seller, "c-4", "message", dry_run=True)
+        status = await quota.get_status(seller)
+
+    assert granted.allowed and not granted.replayed
+    assert not blocked.allowed
+    assert not unblocked.blocked_by_creator
+    assert replied.newly_connected
+    assert not gmv.replayed and not upserted.created
+    assert dry.allowed
+    assert status.used_this_week == 1
+
+
+async def test_a_call_the_server_refuses_is_raised_without_retrying(target, clock):
+    async with QuotaClient(target) as quota:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await quota.get_status("not a seller id")
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+class LosesTheFirstAnswer(PostgresLedger):
+    """Commits the first batch, then reports the database unavailable: the change landed,
+    the caller hears UNAVAILABLE."""
+
+    lost = 0
+
+    @asynccontextmanager
+    async def outreach_transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+        async with super().outreach_transaction(timeout_s) as tx:
+            yield tx
+        if LosesTheFirstAnswer.lost == 0:
+            LosesTheFirstAnswer.lost += 1
+            raise StoreUnavailable("the answer was lost after the commit")
+
+
+async def test_unavailable_is_retried_with_the_same_request_id_and_replays(
+    start_server, db, seller, clock
+):
+    _, address = await start_server(ledger=LosesTheFirstAnswer)
+    async with QuotaClient(address, backoff=0.01) as quota:
+        await quota.get_status(seller)  # the week exists: the first batch decides and commits
+        reply = await quota.check_and_consume(seller, "c-1", "invite", creator_follower_count=1)
+
+    assert LosesTheFirstAnswer.lost == 1
+    assert reply.allowed and reply.replayed  # the retry found the first attempt's answer
+    assert (await ledger_counts(db, seller))["used"] == 1
+
+
+async def test_the_client_gives_up_after_its_attempts(clock):
+    async with QuotaClient("127.0.0.1:9", attempts=2, backoff=0.01, timeout=1) as quota:
+        with pytest.raises(grpc.aio.AioRpcError) as unavailable:
+            await quota.get_status("s-1")
+
+    assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.fixture
+async def guarded_tls(start_server, tmp_path: Path) -> tuple[str, Authority]:
+    """A TLS server that knows one reader, by token."""
+    authority = Authority(tmp_path)
+    cert = authority.issue("quota-authority.test", server=True)
+    _, address = await start_server(
+        callers=(Caller("dashboards", frozenset({"reader"}), token="t" * 32),),
+        tls_cert_file=cert.cert_file,
+        tls_key_file=cert.key_file,
+    )
+    return address, authority
+
+
+async def test_the_client_sends_its_token_over_tls(guarded_tls, seller):
+    address, authority = guarded_tls
+    async with QuotaClient(address, token="t" * 32, root_certificates=authority.cert) as quota:
+        status = await quota.get_status(seller)
+    async with QuotaClient(address, root_certificates=authority.cert) as anonymous:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await anonymous.get_status(seller)
+
+    assert status.seller_id == seller
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_cli_status_reads_a_token_file_and_a_ca_file(guarded_tls, seller, tmp_path):
+    address, authority = guarded_tls
+    token = tmp_path / "token"
+    token.write_text("t" * 32 + "\n")
+    status = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "quota_authority.cli",
+        "status",
+        seller,
+        "--target",
+        address,
+        "--token-file",
+        str(token),
+        "--ca-file",
+        str(authority.cert_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(status.communicate(), timeout=30)
+
+    assert status.returncode == 0, stderr.decode()
+    assert seller in stdout.decode()
