@@ -131,6 +131,7 @@ def test_environment_overrides_process_settings(tmp_path: Path) -> None:
             "QUOTA_AUTHORITY_BATCH_FILL_WAIT_MS": "0",
             "QUOTA_AUTHORITY_MAX_DEADLINE_MS": "3000",
             "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE": "true",
+            "QUOTA_AUTHORITY_METRICS_LISTEN": "0.0.0.0:9464",
         }
     )
 
@@ -149,6 +150,7 @@ def test_environment_overrides_process_settings(tmp_path: Path) -> None:
     assert settings.batch_fill_wait_ms == 0
     assert settings.max_deadline_ms == 3000
     assert settings.allow_unauthenticated_remote
+    assert settings.metrics_listen == "0.0.0.0:9464"
 
 
 def test_listen_accepts_an_ipv6_address() -> None:
@@ -181,6 +183,7 @@ def test_listen_accepts_an_ipv6_address() -> None:
         ("QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE", "yes"),
         ("QUOTA_AUTHORITY_TLS_CERT_FILE", "/no/such/cert.pem"),
         ("QUOTA_AUTHORITY_CALLERS_FILE", "/no/such/callers.toml"),
+        ("QUOTA_AUTHORITY_METRICS_LISTEN", "9464"),
     ],
 )
 def test_bad_environment_value_is_refused_naming_the_variable(key: str, value: str) -> None:

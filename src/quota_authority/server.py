@@ -29,6 +29,7 @@ from .clock import Clock, SystemClock
 from .engine import QuotaService
 from .engine.ports import LedgerStore
 from .errors import ConfigError
+from .metrics import Metrics, TimedLedger
 from .settings import Settings, unsafe_listen
 from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
 from .v1 import quota_authority_pb2 as pb
@@ -111,7 +112,8 @@ def add_port(server: grpc.aio.Server, settings: Settings) -> int:
 class QuotaAuthorityServer:
     """A running server over an open database; ``start`` binds, ``stop`` drains.
     ``ledger`` builds the store over the engine (tests put faults and broken variants
-    there)."""
+    there). With ``settings.metrics_listen``, Prometheus metrics are served there
+    (``metrics_port``)."""
 
     settings: Settings
     database_url: str
@@ -125,7 +127,13 @@ class QuotaAuthorityServer:
             raise ConfigError(problem)
         self._engine = create_engine(self.database_url, self.settings)
         await migrate(self._engine)
-        self._ledger = self.ledger(self._engine, self.settings)
+        ledger = self.ledger(self._engine, self.settings)
+        self.metrics = Metrics() if self.settings.metrics_listen else None
+        if self.metrics is not None:
+            ledger = TimedLedger(ledger, self.metrics)
+            pool = self._engine.pool
+            self.metrics.pool_in_use(lambda: float(pool.checkedout()))  # type: ignore[attr-defined]
+        self._ledger = ledger
         self.service = QuotaService(
             self._ledger,
             self.settings.policy,
@@ -134,10 +142,13 @@ class QuotaAuthorityServer:
             batch_max_in_flight=self.settings.batch_max_in_flight,
             batch_fill_wait_s=self.settings.batch_fill_wait_ms / 1000,
             outreach_wait_s=self.settings.lock_timeout_ms / 1000,
+            on_batch=None if self.metrics is None else self.metrics.batch,
         )
         self._server = new_grpc_server(self.settings)
         add_to_server(
-            QuotaAuthorityServicer(self.service, self.settings.max_deadline_ms / 1000),
+            QuotaAuthorityServicer(
+                self.service, self.settings.max_deadline_ms / 1000, self.metrics
+            ),
             self._server,
         )
         self._health = health.aio.HealthServicer()
@@ -149,6 +160,10 @@ class QuotaAuthorityServer:
         )
         port = add_port(self._server, self.settings)
         await self._server.start()
+        self._metrics_http = None
+        if self.metrics is not None and self.settings.metrics_listen is not None:
+            self._metrics_http = self.metrics.serve(self.settings.metrics_listen)
+            self.metrics_port: int = self._metrics_http.server_port
         self._serving: bool | None = None
         await self._check_health()
         self._tasks = [
@@ -198,6 +213,9 @@ class QuotaAuthorityServer:
         await self._set_health(False)
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         await self._engine.dispose()
         log.info("stopped")
 

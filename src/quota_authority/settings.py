@@ -167,6 +167,9 @@ class Settings:
     callers: tuple[Caller, ...] | None = None
     # Serve unauthenticated beyond loopback anyway (QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE).
     allow_unauthenticated_remote: bool = False
+    # host:port serving Prometheus metrics at /metrics; None serves none
+    # (QUOTA_AUTHORITY_METRICS_LISTEN).
+    metrics_listen: str | None = None
     # asyncio event loop: "uvloop" (faster) or "asyncio" (QUOTA_AUTHORITY_EVENT_LOOP).
     event_loop: str = "uvloop"
     # Most CheckAndConsume calls decided in one transaction (QUOTA_AUTHORITY_BATCH_MAX_SIZE).
@@ -200,10 +203,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{key}: must be at least {minimum}, got {raw!r}")
         return value
 
-    listen = text("QUOTA_AUTHORITY_LISTEN", defaults.listen)
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"QUOTA_AUTHORITY_LISTEN: expected host:port, got {listen!r}")
+    def host_port(key: str, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{key}: expected host:port, got {value!r}")
+        return value
+
+    listen = host_port("QUOTA_AUTHORITY_LISTEN", text("QUOTA_AUTHORITY_LISTEN", defaults.listen))
+    metrics_listen = env.get("QUOTA_AUTHORITY_METRICS_LISTEN", "").strip() or None
+    if metrics_listen is not None:
+        host_port("QUOTA_AUTHORITY_METRICS_LISTEN", metrics_listen)
     database_url = env.get("QUOTA_AUTHORITY_DATABASE_URL", "").strip() or None
     if database_url is not None and not database_url.startswith(("postgresql", "postgres:")):
         raise ConfigError("QUOTA_AUTHORITY_DATABASE_URL: expected a postgresql:// URL")
@@ -283,6 +292,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tls_client_ca_file=tls_client_ca_file,
         callers=load_callers(callers_file) if callers_file else None,
         allow_unauthenticated_remote=allow_remote == "true",
+        metrics_listen=metrics_listen,
         policy=load_policy(config_path) if config_path else Policy(),
     )
     problem = unsafe_listen(settings)

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..domain import BlockChange, GmvRecord, Outreach, ReplyRecord, SellerUpsert
 from ..engine import QuotaService
+from ..metrics import Metrics
 from ..v1 import quota_authority_pb2 as pb
 from ..v1 import quota_authority_pb2_grpc as pb_grpc
 from .convert import ACTIONS, PARTIES, SOURCES, decision_to_proto, status_to_proto
@@ -37,11 +38,15 @@ _PARTY_NAMES = _names(PARTIES, pb.Party)
 
 
 class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
-    """The service's RPCs over ``service``; no call runs longer than ``max_deadline_s``."""
+    """The service's RPCs over ``service``; no call runs longer than ``max_deadline_s``.
+    With ``metrics``, every RPC's time and code and every decision are counted."""
 
-    def __init__(self, service: QuotaService, max_deadline_s: float = 10.0) -> None:
+    def __init__(
+        self, service: QuotaService, max_deadline_s: float = 10.0, metrics: Metrics | None = None
+    ) -> None:
         self._service = service
         self.max_deadline_s = max_deadline_s
+        self.metrics = metrics
 
     @mapped_errors
     async def CheckAndConsume(
@@ -70,6 +75,10 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
                 dry_run=request.dry_run,
             )
         )
+        if self.metrics is not None:
+            self.metrics.decision(
+                ACTIONS[request.action].value, decision.reason.value, decision.allowed
+            )
         return decision_to_proto(decision)
 
     @mapped_errors

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
+from ..metrics import Metrics
 
 __all__ = ["DOMAIN", "Malformed", "abort", "mapped_errors"]
 
@@ -119,34 +121,55 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], method: str, error:
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
+async def _under_deadline(
+    handler: Handler[Req, Resp],
+    servicer: Any,
+    request: Req,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> Resp:
+    """``handler``'s answer, run under the caller's deadline capped at the servicer's
+    ``max_deadline_s``; errors raised as they are."""
+    if isinstance(request, Malformed):
+        raise InvalidArgument([request.violation])
+    cap: float = servicer.max_deadline_s
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= cap:
+        # gRPC cancels the call at the caller's own deadline.
+        with deadline_at(asyncio.get_running_loop().time() + remaining):
+            return await handler(servicer, request, context)
+    try:
+        async with asyncio.timeout(cap) as timeout:
+            with deadline_at(timeout.when()):
+                return await handler(servicer, request, context)
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise DeadlineExceeded(
+            f"the call ran past the server's limit of {cap * 1000:.0f} ms; its outcome "
+            "is unknown: retry with the same request_id"
+        ) from None
+
+
 def mapped_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Wrap a servicer method so that it runs under its deadline — the caller's, capped at
-    the servicer's ``max_deadline_s`` — and every error leaves as a documented gRPC status."""
+    the servicer's ``max_deadline_s`` — every error leaves as a documented gRPC status, and,
+    with the servicer's ``metrics``, its time and code are observed."""
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        cap: float = self.max_deadline_s
-        remaining = context.time_remaining()
+        metrics: Metrics | None = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
+        code = "CANCELLED"  # unless it ends otherwise
         try:
-            if isinstance(request, Malformed):
-                raise InvalidArgument([request.violation])
-            if remaining is not None and remaining <= cap:
-                # gRPC cancels the call at the caller's own deadline.
-                with deadline_at(asyncio.get_running_loop().time() + remaining):
-                    return await handler(self, request, context)
-            try:
-                async with asyncio.timeout(cap) as timeout:
-                    with deadline_at(timeout.when()):
-                        return await handler(self, request, context)
-            except TimeoutError:
-                if not timeout.expired():
-                    raise
-                raise DeadlineExceeded(
-                    f"the call ran past the server's limit of {cap * 1000:.0f} ms; its outcome "
-                    "is unknown: retry with the same request_id"
-                ) from None
+            response = await _under_deadline(handler, self, request, context)
+            code = "OK"
+            return response
         except Exception as e:
+            code = code_pb2.Code.Name(_to_status(e).code)
             await abort(context, handler.__name__, e)
             raise AssertionError("unreachable: abort raises") from None  # pragma: no cover
+        finally:
+            if metrics is not None:
+                metrics.rpc(handler.__name__, code, time.perf_counter() - started)
 
     return wrapper

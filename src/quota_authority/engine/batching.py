@@ -60,7 +60,8 @@ class MicroBatcher(Generic[T, R]):
     ``max_in_flight`` batches running at once, waiting up to ``fill_wait_s`` for a batch to
     fill when under load, and opening a slot for each batch stalled past ``stall_after_s``.
     ``decide`` returns one result or error per item, in order, or raises when the whole
-    batch failed; ``group`` names the items that need the same locks."""
+    batch failed; ``group`` names the items that need the same locks; ``on_batch`` hears
+    each batch's size as it starts."""
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class MicroBatcher(Generic[T, R]):
         fill_wait_s: float = 0.0,
         group: Callable[[T], Hashable] = id,
         stall_after_s: float | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._decide = decide
         self._max_size = max_size
@@ -78,6 +80,7 @@ class MicroBatcher(Generic[T, R]):
         self._fill_wait_s = fill_wait_s
         self._group = group
         self._stall_after_s = stall_after_s
+        self._on_batch = on_batch
         self._stalled = 0
         self._queue: list[_Entry[T, R]] = []
         self._in_flight = 0
@@ -124,6 +127,8 @@ class MicroBatcher(Generic[T, R]):
             entries = self._queue[: self._max_size]
             del self._queue[: self._max_size]
             self._last_size = len(entries)
+            if self._on_batch is not None:
+                self._on_batch(len(entries))
             self._in_flight += 1
             context = deadlines.context_with(deadlines.latest(d for _, _, d in entries))
             task = asyncio.create_task(self._run(entries), context=context)

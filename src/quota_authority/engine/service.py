@@ -95,6 +95,7 @@ class QuotaService:
         batch_fill_wait_s: float = 0.0,
         batch_stall_after_s: float | None = 0.25,
         outreach_wait_s: float | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
@@ -107,6 +108,7 @@ class QuotaService:
             fill_wait_s=batch_fill_wait_s,
             group=lambda outreach: outreach.seller_id,
             stall_after_s=batch_stall_after_s,
+            on_batch=on_batch,
         )
 
     # --- CheckAndConsume ---------------------------------------------------------------

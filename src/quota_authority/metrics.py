@@ -1,0 +1,129 @@
+"""Prometheus metrics, served on ``QUOTA_AUTHORITY_METRICS_LISTEN`` when it is set.
+
+==========================================  =========  ===================================
+metric                                      type       labels
+==========================================  =========  ===================================
+quota_authority_decisions_total             counter    action, reason, allowed
+quota_authority_rpc_duration_seconds        histogram  method, code
+quota_authority_db_transaction_seconds      histogram  kind (outreach: a batch; other)
+quota_authority_db_pool_connections_in_use  gauge
+quota_authority_batch_size                  histogram  (CheckAndConsume calls a batch)
+==========================================  =========  ===================================
+
+Each server has a registry of its own, so several servers in one process (tests) never mix
+their figures. The layers stay unaware of Prometheus: the servicer, the batcher and the
+store are handed plain callables, or wrapped (``TimedLedger``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .engine.ports import LedgerStore, LedgerTransaction, OutreachTransaction
+
+__all__ = ["Metrics", "TimedLedger"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    """The service's metrics on a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._decisions = Counter(
+            "quota_authority_decisions",
+            "CheckAndConsume decisions, allowed or denied, by action and reason.",
+            ["action", "reason", "allowed"],
+            registry=self.registry,
+        )
+        self._rpc = Histogram(
+            "quota_authority_rpc_duration_seconds",
+            "Time to answer an RPC, by method and status code.",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._transactions = Histogram(
+            "quota_authority_db_transaction_seconds",
+            "Time a database transaction was open, by kind (outreach: a batch).",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._pool = Gauge(
+            "quota_authority_db_pool_connections_in_use",
+            "Database connections checked out of the pool.",
+            registry=self.registry,
+        )
+        self._batch = Histogram(
+            "quota_authority_batch_size",
+            "CheckAndConsume calls decided in one transaction.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def decision(self, action: str, reason: str, allowed: bool) -> None:
+        self._decisions.labels(action, reason, "true" if allowed else "false").inc()
+
+    def rpc(self, method: str, code: str, seconds: float) -> None:
+        self._rpc.labels(method, code).observe(seconds)
+
+    def transaction(self, kind: str, seconds: float) -> None:
+        self._transactions.labels(kind).observe(seconds)
+
+    def batch(self, size: int) -> None:
+        self._batch.observe(size)
+
+    def pool_in_use(self, read: Callable[[], float]) -> None:
+        """Read the pool's connections in use with ``read`` at every scrape."""
+        self._pool.set_function(read)
+
+    def serve(self, listen: str) -> Any:
+        """Serve ``/metrics`` on ``listen`` (host:port, port 0 picks one) from a thread; the
+        HTTP server (``.server_port``, ``.shutdown()``)."""
+        host, _, port = listen.rpartition(":")
+        server, _thread = start_http_server(int(port), host.strip("[]"), self.registry)
+        return server
+
+
+class TimedLedger:
+    """``ledger``, with the time each transaction is open observed."""
+
+    def __init__(self, ledger: LedgerStore, metrics: Metrics) -> None:
+        self._ledger = ledger
+        self._metrics = metrics
+
+    @asynccontextmanager
+    async def _timed(
+        self, kind: str, transaction: AbstractAsyncContextManager[Any]
+    ) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        try:
+            async with transaction as tx:
+                yield tx
+        finally:
+            self._metrics.transaction(kind, time.perf_counter() - started)
+
+    def transaction(
+        self, timeout_s: float | None = None
+    ) -> AbstractAsyncContextManager[LedgerTransaction]:
+        return self._timed("other", self._ledger.transaction(timeout_s))
+
+    def outreach_transaction(
+        self, timeout_s: float | None = None
+    ) -> AbstractAsyncContextManager[OutreachTransaction]:
+        return self._timed("outreach", self._ledger.outreach_transaction(timeout_s))
+
+    async def purge_responses(self, older_than: datetime) -> int:
+        return await self._ledger.purge_responses(older_than)
+
+    async def ping(self) -> bool:
+        return await self._ledger.ping()

@@ -1,0 +1,64 @@
+"""The Prometheus endpoint (QUOTA_AUTHORITY_METRICS_LISTEN), scraped after real calls:
+decisions by action and reason, RPC latency by method and code, database transaction time,
+pool connections in use, and batch sizes."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import invite, message
+
+from quota_authority.v1 import quota_authority_pb2 as pb
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on the endpoint, by name and sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_the_metrics_endpoint_counts_what_the_service_did(start_server, seller, clock):
+    server, address = await start_server(metrics_listen="127.0.0.1:0")
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        await asyncio.gather(*(stub.CheckAndConsume(invite(seller, f"c-{i}")) for i in range(3)))
+        await stub.Block(
+            pb.BlockRequest(seller_id=seller, creator_id="c-9", blocked_by=pb.PARTY_SELLER)
+        )
+        denied = await stub.CheckAndConsume(message(seller, "c-9"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.GetStatus(pb.GetStatusRequest(seller_id="not a seller"))
+
+    samples = await asyncio.to_thread(scrape, server.metrics_port)
+
+    assert not denied.allowed
+    decisions = "quota_authority_decisions_total"
+    new = (("action", "invite"), ("allowed", "true"), ("reason", "new_creator"))
+    blocked = (("action", "message"), ("allowed", "false"), ("reason", "blocked_by_seller"))
+    assert samples[(decisions, new)] == 3
+    assert samples[(decisions, blocked)] == 1
+    rpc = "quota_authority_rpc_duration_seconds_count"
+    assert samples[(rpc, (("code", "OK"), ("method", "CheckAndConsume")))] == 4
+    assert samples[(rpc, (("code", "INVALID_ARGUMENT"), ("method", "GetStatus")))] == 1
+    batches = samples[("quota_authority_batch_size_count", ())]
+    assert 2 <= batches <= 4  # the three invites may share a batch; the message has its own
+    assert samples[("quota_authority_batch_size_sum", ())] == 4
+    assert samples[("quota_authority_db_transaction_seconds_count", (("kind", "outreach"),))] >= 2
+    assert samples[("quota_authority_db_transaction_seconds_count", (("kind", "other"),))] >= 1
+    assert samples[("quota_authority_db_pool_connections_in_use", ())] == 0
+    await server.stop(grace=0)
+
+
+async def test_without_a_metrics_listen_address_nothing_is_served(start_server, clock):
+    server, _ = await start_server()
+    assert server.metrics is None
