@@ -88,9 +88,9 @@ _SET_TIMEOUTS = text(
 def _unavailable(error: BaseException) -> StoreUnavailable:
     """A database failure as callers see it, logged once here for every path."""
     log.warning("database call failed", extra={"error": f"{type(error).__name__}: {error}"})
-    if isinstance(error, asyncpg.LockNotAvailableError) or isinstance(
-        getattr(error, "orig", None), asyncpg.LockNotAvailableError
-    ):
+    # Only the hot path's raw asyncpg errors are told apart: SQLAlchemy's arrive translated,
+    # and only the batcher acts on a LockTimeout.
+    if isinstance(error, asyncpg.LockNotAvailableError):
         return LockTimeout("a row lock was not granted within the lock timeout")
     return StoreUnavailable(f"database unavailable: {type(error).__name__}")
 
