@@ -327,26 +327,12 @@ def load_callers(path: Path) -> tuple[Caller, ...]:
     """The callers in the TOML file at ``path``: ``[[callers]]`` tables with ``name``,
     ``roles`` and a ``token`` (at least 16 characters) or a ``certificate_identity``."""
     where = "QUOTA_AUTHORITY_CALLERS_FILE"
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: {path} is not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    data = _read_toml(path, where)
     _only(data, where, {"callers"})
-    raw = data.get("callers", [])
-    if not isinstance(raw, list):
-        raise ConfigError("callers: expected an array of tables ([[callers]])")
     callers: list[Caller] = []
-    for i, entry in enumerate(raw):
-        at = f"callers[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{at}: expected a table")
+    for at, entry in _array_of_tables(data.get("callers", []), "callers", non_empty=False):
         _only(entry, at, {"name", "roles", "token", "certificate_identity"})
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{at}.name: expected a non-empty string")
+        name = _name(entry, at)
         roles = entry.get("roles")
         if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
             raise ConfigError(f"{at}.roles: expected a non-empty array of role names")
@@ -378,14 +364,40 @@ def load_callers(path: Path) -> tuple[Caller, ...]:
 
 def load_policy(path: Path) -> Policy:
     """The policy in the TOML file at ``path``; missing sections keep their defaults."""
+    return policy_from_mapping(_read_toml(path, "QUOTA_AUTHORITY_CONFIG"))
+
+
+def _read_toml(path: Path, key: str) -> dict[str, Any]:
+    """The TOML document at ``path``; errors name ``key``, the variable that gave the path."""
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"QUOTA_AUTHORITY_CONFIG: no such file {str(path)!r}") from None
+        raise ConfigError(f"{key}: no such file {str(path)!r}") from None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"QUOTA_AUTHORITY_CONFIG: {path} is not valid TOML: {e}") from None
-    return policy_from_mapping(data)
+        raise ConfigError(f"{key}: {path} is not valid TOML: {e}") from None
+
+
+def _array_of_tables(raw: Any, key: str, *, non_empty: bool) -> list[tuple[str, Mapping[str, Any]]]:
+    """Each table of the ``[[key]]`` array ``raw``, with the path errors name it by."""
+    if not isinstance(raw, list) or (non_empty and not raw):
+        kind = "a non-empty array" if non_empty else "an array"
+        raise ConfigError(f"{key}: expected {kind} of tables ([[{key}]])")
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{key}[{i}]: expected a table")
+        tables.append((f"{key}[{i}]", entry))
+    return tables
+
+
+def _name(table: Mapping[str, Any], where: str) -> str:
+    name = table.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}.name: expected a non-empty string")
+    return name
 
 
 def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
@@ -452,17 +464,10 @@ def _int(
 
 
 def _tiers(raw: Any) -> tuple[TierPolicy, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("tiers: expected a non-empty array of tables ([[tiers]])")
     tiers: list[TierPolicy] = []
-    for i, entry in enumerate(raw):
-        where = f"tiers[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: expected a table")
+    for where, entry in _array_of_tables(raw, "tiers", non_empty=True):
         _only(entry, where, {"name", "min_gmv_30d_minor", "weekly_limit", "max_creator_followers"})
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{where}.name: expected a non-empty string")
+        name = _name(entry, where)
         if "min_gmv_30d_minor" not in entry:
             raise ConfigError(f"{where}.min_gmv_30d_minor: required")
         tiers.append(
