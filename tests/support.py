@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pytest
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quota_authority.clock import Clock
 from quota_authority.engine.ports import LedgerStore
@@ -76,6 +77,38 @@ async def ledger_counts(db: AsyncEngine, seller_id: str) -> dict[str, int]:
             )
         ).one()
     return {k: int(v) for k, v in row._mapping.items()}
+
+
+@asynccontextmanager
+async def row_locked(db: AsyncEngine, sql: str, **params: Any) -> AsyncIterator[AsyncConnection]:
+    """Another transaction takes a row lock with ``sql`` and holds it, as a stuck caller
+    would, until the block ends."""
+    async with db.connect() as holder:
+        transaction = await holder.begin()
+        await holder.execute(text(sql), params)
+        try:
+            yield holder
+        finally:
+            await transaction.rollback()
+
+
+def seller_week_locked(db: AsyncEngine, seller_id: str) -> Any:
+    """``row_locked`` on the seller's week (it must exist: call GetStatus first)."""
+    return row_locked(db, "SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE", s=seller_id)
+
+
+async def charges_by_creator(db: AsyncEngine, sellers: Collection[str]) -> Counter[tuple[str, str]]:
+    """(seller, creator) -> audit records of a charge, for ``sellers``: more than one is a
+    creator charged twice."""
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT seller_id, creator_id, COUNT(*) FROM audit_log"
+                " WHERE seller_id = ANY(:s) AND charged <> 'none' GROUP BY 1, 2"
+            ),
+            {"s": list(sellers)},
+        )
+        return Counter({(seller, creator): int(n) for seller, creator, n in rows})
 
 
 async def everything_of(db: AsyncEngine, seller_id: str) -> dict[str, list[tuple[str, ...]]]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import BASE_TIME, ledger_counts, new_id
+from support import BASE_TIME, ledger_counts, new_id, seller_week_locked
 
 from quota_authority.clock import FakeClock
 from quota_authority.domain import (
@@ -454,17 +454,12 @@ async def test_a_stuck_seller_week_fails_only_its_own_calls(service, ledger, sel
     neighbour = new_id("neighbour")
     await seller_with_gmv(service, neighbour)
 
-    async with db.connect() as holder:
-        transaction = await holder.begin()
-        await holder.execute(
-            text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": seller}
-        )
+    async with seller_week_locked(db, seller):
         stuck, free = await asyncio.gather(
             service.check_and_consume(outreach(seller, "c-1")),
             service.check_and_consume(outreach(neighbour, "c-1")),
             return_exceptions=True,
         )
-        await transaction.rollback()
 
     assert isinstance(stuck, StoreUnavailable)
     assert free.allowed and free.status.used_this_week == 1

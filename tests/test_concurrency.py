@@ -11,7 +11,7 @@ from datetime import timedelta
 import grpc
 import pytest
 from sqlalchemy import text
-from support import BASE_TIME, invite, ledger_counts, message, new_id
+from support import BASE_TIME, invite, ledger_counts, message, new_id, seller_week_locked
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -167,25 +167,22 @@ async def test_a_week_created_while_a_batch_waits_for_its_locks_is_not_read_unlo
     lock_and_read = text(
         "SELECT o_week_start FROM lock_outreach_state(:at, :sellers, :creators, :requests)"
     )
-    async with db.connect() as holder, db.connect() as batch:
-        await holder.execute(
-            text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": busy_seller}
-        )
-        reading = asyncio.create_task(
-            batch.execute(
-                lock_and_read,
-                {
-                    "at": BASE_TIME,
-                    "sellers": [new_seller, busy_seller],
-                    "creators": ["c-1", "c-1"],
-                    "requests": ["r-1", "r-2"],
-                },
+    async with db.connect() as batch:
+        async with seller_week_locked(db, busy_seller):
+            reading = asyncio.create_task(
+                batch.execute(
+                    lock_and_read,
+                    {
+                        "at": BASE_TIME,
+                        "sellers": [new_seller, busy_seller],
+                        "creators": ["c-1", "c-1"],
+                        "requests": ["r-1", "r-2"],
+                    },
+                )
             )
-        )
-        await asyncio.sleep(0.3)  # the batch now waits for the busy seller's week
-        assert not reading.done()
-        await stub.GetStatus(pb.GetStatusRequest(seller_id=new_seller))  # creates its week
-        await holder.rollback()
+            await asyncio.sleep(0.3)  # the batch now waits for the busy seller's week
+            assert not reading.done()
+            await stub.GetStatus(pb.GetStatusRequest(seller_id=new_seller))  # creates its week
         weeks = [row.o_week_start for row in await reading]
         await batch.rollback()
 

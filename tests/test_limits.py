@@ -7,8 +7,7 @@ import asyncio
 
 import grpc
 import pytest
-from sqlalchemy import text
-from support import invite, ledger_counts
+from support import invite, ledger_counts, seller_week_locked
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -40,11 +39,7 @@ async def test_calls_over_the_concurrency_limit_are_refused_at_once(
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
         await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))  # create the week
 
-        async with db.connect() as holder:
-            transaction = await holder.begin()
-            await holder.execute(
-                text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": seller}
-            )
+        async with seller_week_locked(db, seller):
             held = [
                 asyncio.ensure_future(stub.CheckAndConsume(invite(seller, f"c-{i}"), timeout=10))
                 for i in range(2)
@@ -55,7 +50,6 @@ async def test_calls_over_the_concurrency_limit_are_refused_at_once(
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.CheckAndConsume(invite(seller, "c-over"), timeout=10)
             refused_after = loop.time() - started
-            await transaction.rollback()
         accepted = await asyncio.gather(*held)
 
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

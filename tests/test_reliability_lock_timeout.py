@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -21,7 +19,7 @@ from broken_faults import IgnoresTimeouts
 from reliability import report, scale
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from support import invite, ledger_counts, new_id
+from support import invite, ledger_counts, new_id, row_locked, seller_week_locked
 
 from quota_authority.store import PostgresLedger
 from quota_authority.v1 import quota_authority_pb2 as pb
@@ -39,22 +37,6 @@ OUTCOME_UNKNOWN = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABL
 BATCHED_CALLS = scale(8, 32)  # concurrent calls on one held seller-week
 BATCHED_LOCK_TIMEOUT_MS = 1000  # long enough that a second wait shows above the slack
 BATCHED_SLACK_S = 0.5
-
-
-@asynccontextmanager
-async def stuck(db: AsyncEngine, sql: str, **params: Any) -> AsyncIterator[AsyncConnection]:
-    """A transaction that takes a row lock with ``sql`` and then hangs, until released."""
-    async with db.connect() as holder:
-        transaction = await holder.begin()
-        await holder.execute(text(sql), params)
-        try:
-            yield holder
-        finally:
-            await transaction.rollback()
-
-
-def stuck_seller_week(db: AsyncEngine, seller: str) -> Any:
-    return stuck(db, "SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE", s=seller)
 
 
 async def timed(call: Any) -> tuple[float, grpc.StatusCode, Any]:
@@ -101,7 +83,7 @@ async def stuck_week_fails_fast_and_retry_grants_once(
                 await stub.GetStatus(pb.GetStatusRequest(seller_id=seller), timeout=10)
                 request = invite(seller, "creator-1", request_id=f"stuck-{round_}")
 
-                async with stuck_seller_week(db, seller):
+                async with seller_week_locked(db, seller):
                     # The caller waits longer than the limit: the server must answer first.
                     took, code, _ = await timed(stub.CheckAndConsume(request, timeout=limit_s + 1))
                     charged = await ledger_counts(db, seller)
@@ -144,7 +126,7 @@ async def concurrent_calls_on_a_stuck_week_each_fail_fast(
             requests = [
                 invite(seller, f"c-{i}", request_id=f"batched-{i}") for i in range(BATCHED_CALLS)
             ]
-            async with stuck_seller_week(db, seller):
+            async with seller_week_locked(db, seller):
                 calls = [
                     asyncio.ensure_future(timed(stub.CheckAndConsume(r, timeout=10)))
                     for r in requests
@@ -218,7 +200,7 @@ async def short_deadline_leaves_no_lock_wait(
                 ),
             }
             for name, (method, request, lock) in calls.items():
-                async with stuck(db, lock, s=seller) as holder:
+                async with row_locked(db, lock, s=seller) as holder:
                     _, code, _ = await timed(method(request, timeout=SHORT_DEADLINE_S))
                     # The server's own bound may answer first: either way, outcome unknown.
                     assert code in OUTCOME_UNKNOWN, f"{name}: {code.name}"

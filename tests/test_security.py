@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pki import Authority
 from sqlalchemy import text
-from support import everything_of, invite, ledger_counts, new_id
+from support import everything_of, invite, ledger_counts, new_id, seller_week_locked
 
 from quota_authority.errors import ConfigError
 from quota_authority.server import QuotaAuthorityServer
@@ -352,22 +351,6 @@ def test_a_bad_callers_file_is_refused_naming_the_key(tmp_path: Path, body: str,
 # --- the deadline cap -------------------------------------------------------------------------
 
 
-async def hold_week_lock(db, seller: str) -> Callable[[], Any]:
-    """Lock the seller's current week from another connection; the returned coroutine
-    function releases it."""
-    conn = await db.connect()
-    transaction = await conn.begin()
-    await conn.execute(
-        text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": seller}
-    )
-
-    async def release() -> None:
-        await transaction.rollback()
-        await conn.close()
-
-    return release
-
-
 async def test_a_call_without_a_deadline_ends_at_the_servers_cap_and_charges_nothing(
     start_server, db, seller
 ):
@@ -375,14 +358,11 @@ async def test_a_call_without_a_deadline_ends_at_the_servers_cap_and_charges_not
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
         await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))  # the week exists
-        release = await hold_week_lock(db, seller)
-        try:
+        async with seller_week_locked(db, seller):
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as capped:
                 await stub.CheckAndConsume(invite(seller, "c-1", request_id="r-1"))
             elapsed = time.monotonic() - started
-        finally:
-            await release()
         retried = await stub.CheckAndConsume(invite(seller, "c-1", request_id="r-1"), timeout=5)
 
     # The lock wait, shortened to the cap, and the cap itself end together: either way the
@@ -401,8 +381,7 @@ async def test_a_lock_wait_ends_with_the_callers_deadline(start_server, db, sell
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
         await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))
-        release = await hold_week_lock(db, seller)
-        try:
+        async with seller_week_locked(db, seller):
             with pytest.raises(grpc.aio.AioRpcError) as expired:
                 await stub.CheckAndConsume(invite(seller, "c-1"), timeout=0.3)
             await asyncio.sleep(0.5)
@@ -413,8 +392,6 @@ async def test_a_lock_wait_ends_with_the_callers_deadline(start_server, db, sell
                         "WHERE application_name = 'quota-authority' AND wait_event_type = 'Lock'"
                     )
                 )
-        finally:
-            await release()
 
     # The database gives up the wait at the deadline, so the answer may beat the deadline.
     assert expired.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)

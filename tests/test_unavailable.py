@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from sqlalchemy import text
-from support import invite, ledger_counts
+from support import invite, ledger_counts, seller_week_locked
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -21,14 +20,9 @@ async def test_a_held_seller_week_lock_gives_unavailable_and_a_retry_grants_once
         await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))  # create the week
         request = invite(seller, "creator-1", request_id="retry-1")
 
-        async with db.connect() as holder:
-            transaction = await holder.begin()
-            await holder.execute(
-                text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": seller}
-            )
+        async with seller_week_locked(db, seller):
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 await stub.CheckAndConsume(request, timeout=10)
-            await transaction.rollback()
 
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
         assert (await ledger_counts(db, seller))["used"] == 0
