@@ -23,9 +23,8 @@ import grpc
 import pytest
 from broken import NoLock, replicas
 from reliability import report, scale
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import invite, ledger_counts, message
+from support import charges_by_creator, invite, ledger_counts, message
 
 from quota_authority.settings import Policy
 from quota_authority.store import PostgresLedger
@@ -89,19 +88,6 @@ class Hammered:
         return found
 
 
-async def charged_creators(db: AsyncEngine, seller: str) -> Counter[str]:
-    """Creator -> audit records of a charge, for the seller."""
-    async with db.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT creator_id, COUNT(*) FROM audit_log"
-                " WHERE seller_id = :s AND charged <> 'none' GROUP BY creator_id"
-            ),
-            {"s": seller},
-        )
-        return Counter({creator: int(n) for creator, n in rows})
-
-
 async def hammer(start_server, db: AsyncEngine, seller: str, ledger=PostgresLedger) -> Hammered:
     """Run the hammer against two replicas with ``ledger``; what it saw. Raises
     AssertionError, naming every promise broken, when the figures do not add up."""
@@ -146,7 +132,9 @@ async def hammer(start_server, db: AsyncEngine, seller: str, ledger=PostgresLedg
         status_used=status.used_this_week,
         audits=counts["audits"],
         audit_grants=counts["charged_audits"],
-        audited_creators=await charged_creators(db, seller),
+        audited_creators=Counter(
+            {creator: n for (_, creator), n in (await charges_by_creator(db, [seller])).items()}
+        ),
         seconds=seconds,
     )
     violations = seen.violations()

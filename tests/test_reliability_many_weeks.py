@@ -30,7 +30,7 @@ from broken import NoLock, replicas
 from reliability import report, scale
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import BASE_TIME, invite, message, new_id
+from support import BASE_TIME, charges_by_creator, invite, message, new_id
 
 from quota_authority.settings import Policy, TierPolicy
 from quota_authority.store import PostgresLedger
@@ -143,15 +143,8 @@ async def read_ledger(db: AsyncEngine, weeks: dict[str, SellerWeekSeen]) -> None
         )
         for seller, limit, used in rows:
             weeks[seller].ledger_limit, weeks[seller].ledger_used = limit, used
-        rows = await conn.execute(
-            text(
-                "SELECT seller_id, creator_id, COUNT(*) FROM audit_log"
-                " WHERE seller_id = ANY(:s) AND charged <> 'none' GROUP BY 1, 2"
-            ),
-            {"s": sellers},
-        )
-        for seller, creator, n in rows:
-            weeks[seller].audited[creator] = int(n)
+    for (seller, creator), n in (await charges_by_creator(db, sellers)).items():
+        weeks[seller].audited[creator] = n
 
 
 async def many_weeks(start_server, db: AsyncEngine, ledger=PostgresLedger) -> ManyWeeks:

@@ -23,7 +23,7 @@ from broken import NoIdempotency, replicas
 from reliability import report, scale
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import invite, message, new_id
+from support import charges_by_creator, invite, message, new_id
 
 from quota_authority.settings import Policy, TierPolicy
 from quota_authority.store import PostgresLedger
@@ -114,7 +114,6 @@ async def read_ledger(db: AsyncEngine, storm: dict[str, Stormed]) -> tuple[int, 
     """Fill in each request_id's executions and stored responses; the sellers' used units
     and charged audit records by (seller, creator)."""
     sellers = sorted({r.seller for r in storm.values()})
-    charged: Counter[tuple[str, str]] = Counter()
     async with db.connect() as conn:
         rows = await conn.execute(
             text(
@@ -135,14 +134,6 @@ async def read_ledger(db: AsyncEngine, storm: dict[str, Stormed]) -> tuple[int, 
         )
         for request_id, stored in rows:
             storm[request_id].stored = stored
-        rows = await conn.execute(
-            text(
-                "SELECT seller_id, creator_id, COUNT(*) FROM audit_log"
-                " WHERE seller_id = ANY(:s) AND charged <> 'none' GROUP BY 1, 2"
-            ),
-            {"s": sellers},
-        )
-        charged.update({(seller, creator): n for seller, creator, n in rows})
         used = await conn.scalar(
             text(
                 "SELECT COALESCE(SUM(weekly_used + pack_used), 0) FROM seller_weeks"
@@ -150,7 +141,7 @@ async def read_ledger(db: AsyncEngine, storm: dict[str, Stormed]) -> tuple[int, 
             ),
             {"s": sellers},
         )
-    return int(used), charged
+    return int(used), await charges_by_creator(db, sellers)
 
 
 def random_request(seller: str, rng: random.Random, request_id: str) -> pb.CheckAndConsumeRequest:
