@@ -8,6 +8,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ async def test_every_rpc_goes_through_the_client(target, seller, clock):
         upserted = await quota.upsert_seller(seller, "Europe/Paris")
         dry = await quota.check_and_consume(seller, "c-4", "message", dry_run=True)
         status = await quota.get_status(seller)
+        decisions = [d async for d in quota.list_decisions(seller, page_size=1)]
 
     assert granted.allowed and not granted.replayed
     assert not blocked.allowed
@@ -41,6 +43,20 @@ async def test_every_rpc_goes_through_the_client(target, seller, clock):
     assert not gmv.replayed and not upserted.created
     assert dry.allowed
     assert status.used_this_week == 1
+    assert [(d.creator_id, d.allowed) for d in decisions] == [("c-1", True), ("c-2", False)]
+
+
+async def test_list_decisions_walks_every_page_of_a_week(target, seller, clock):
+    async with QuotaClient(target) as quota:
+        for n in range(5):
+            await quota.check_and_consume(seller, f"c-{n}", "message")
+        status = await quota.get_status(seller)
+        week = status.week_start.ToDatetime(tzinfo=UTC)
+        decisions = [d async for d in quota.list_decisions(seller, week_time=week, page_size=2)]
+        before = [d async for d in quota.list_decisions(seller, end_time=week)]
+
+    assert [d.creator_id for d in decisions] == [f"c-{n}" for n in range(5)]
+    assert before == []
 
 
 async def test_a_call_the_server_refuses_is_raised_without_retrying(target, clock):

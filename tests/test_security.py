@@ -49,6 +49,7 @@ def _requests(seller: str) -> dict[str, Any]:
             seller_id=seller, creator_id="creator-1", blocked_by=pb.PARTY_SELLER
         ),
         "GetStatus": pb.GetStatusRequest(seller_id=seller),
+        "ListDecisions": pb.ListDecisionsRequest(seller_id=seller),
         "RecordGmv": pb.RecordGmvRequest(seller_id=seller, day="2026-11-20", gmv_minor=100),
         "UpsertSeller": pb.UpsertSellerRequest(seller_id=seller, time_zone="UTC"),
     }
@@ -60,7 +61,7 @@ OPENS = {
     "engagement": {"RecordReply"},
     "safety": {"Block", "Unblock"},
     "data": {"RecordGmv", "UpsertSeller"},
-    "reader": {"GetStatus"},
+    "reader": {"GetStatus", "ListDecisions"},
     "admin": set(RPCS),
 }
 

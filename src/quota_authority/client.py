@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Literal, TypeVar
 
@@ -204,6 +205,34 @@ class QuotaClient:
             seller_id=seller_id, time_zone=time_zone, request_id=request_id or _new_request_id()
         )
         return await self._call(self._stub.UpsertSeller, request)
+
+    async def list_decisions(
+        self,
+        seller_id: str,
+        *,
+        week_time: datetime | None = None,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[pb.Decision]:
+        """The seller's recorded decisions, oldest first, fetched a page at a time: those of
+        the seller's week containing ``week_time``, or made in ``[start_time, end_time)``,
+        or all of them. Aware datetimes only."""
+        request = pb.ListDecisionsRequest(seller_id=seller_id, page_size=page_size)
+        for field, instant in (
+            ("week_time", week_time),
+            ("start_time", start_time),
+            ("end_time", end_time),
+        ):
+            if instant is not None:
+                getattr(request, field).FromDatetime(instant)
+        while True:
+            page: pb.ListDecisionsResponse = await self._call(self._stub.ListDecisions, request)
+            for decision in page.decisions:
+                yield decision
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
 
 def _new_request_id() -> str:

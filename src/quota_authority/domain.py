@@ -16,10 +16,13 @@ from typing import Any
 
 __all__ = [
     "Action",
+    "AuditEntry",
     "BlockChange",
     "BlockResult",
     "Charge",
     "ConnectionSource",
+    "DecisionPage",
+    "DecisionQuery",
     "GmvRecord",
     "GmvResult",
     "Outreach",
@@ -28,6 +31,7 @@ __all__ = [
     "Party",
     "QuotaStatus",
     "Reason",
+    "RecordedDecision",
     "ReplyRecord",
     "ReplyResult",
     "SellerUpsert",
@@ -363,3 +367,54 @@ class StoredResponse:
 
     fingerprint: str
     response: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """R13: one decision, allowed or denied."""
+
+    seller_id: str
+    week_start: datetime
+    creator_id: str
+    action: Action
+    allowed: bool
+    reason: Reason
+    charged: Charge
+    tier: str
+    request_id: str | None
+    decided_at: datetime
+
+
+@dataclass(frozen=True)
+class RecordedDecision:
+    """R13: one decision as the audit log keeps it; ``audit_id`` orders decisions made at
+    the same instant."""
+
+    audit_id: int
+    entry: AuditEntry
+
+    @property
+    def position(self) -> tuple[datetime, int]:
+        """Where the decision sits in a listing: (decided_at, audit_id)."""
+        return self.entry.decided_at, self.audit_id
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    """Which of a seller's recorded decisions to list: those of the seller's week that
+    contains ``week_time``, or those made in ``[start_time, end_time)`` (either bound may be
+    open), or, with none of the three, all of them."""
+
+    seller_id: str
+    week_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DecisionPage:
+    """One page of a listing, oldest first; ``next_after`` is the position of its last
+    decision when more follow, else None."""
+
+    decisions: list[RecordedDecision]
+    next_after: tuple[datetime, int] | None

@@ -47,6 +47,7 @@ METHOD_ROLES: dict[str, str] = {
     _SERVICE + "RecordGmv": "data",
     _SERVICE + "UpsertSeller": "data",
     _SERVICE + "GetStatus": "reader",
+    _SERVICE + "ListDecisions": "reader",
 }
 _PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 _ANY_CALLER_PREFIXES = ("/grpc.reflection.",)

@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ..domain import Action, Charge, ConnectionSource, OutreachDecision, Party, QuotaStatus, Reason
+from ..domain import (
+    Action,
+    Charge,
+    ConnectionSource,
+    OutreachDecision,
+    Party,
+    QuotaStatus,
+    Reason,
+    RecordedDecision,
+)
 from ..v1 import quota_authority_pb2 as pb
 
 __all__ = [
@@ -14,6 +23,7 @@ __all__ = [
     "PARTIES",
     "SOURCES",
     "decision_to_proto",
+    "recorded_decision_to_proto",
     "status_to_proto",
 ]
 
@@ -25,6 +35,7 @@ SOURCES = {
     pb.CONNECTION_SOURCE_VIDEO: ConnectionSource.VIDEO,
 }
 PARTIES = {pb.PARTY_SELLER: Party.SELLER, pb.PARTY_CREATOR: Party.CREATOR}
+_ACTION_NUMBERS = {action: number for number, action in ACTIONS.items()}
 _REASONS = {
     Reason.NEW_CREATOR: pb.REASON_NEW_CREATOR,
     Reason.CONNECTED_CREATOR: pb.REASON_CONNECTED_CREATOR,
@@ -78,4 +89,20 @@ def decision_to_proto(decision: OutreachDecision) -> pb.CheckAndConsumeResponse:
         status=status_to_proto(decision.status),
         messages_before_reply_remaining=decision.messages_before_reply_remaining,
         replayed=decision.replayed,
+    )
+
+
+def recorded_decision_to_proto(recorded: RecordedDecision) -> pb.Decision:
+    entry = recorded.entry
+    return pb.Decision(
+        seller_id=entry.seller_id,
+        creator_id=entry.creator_id,
+        action=_ACTION_NUMBERS[entry.action],
+        allowed=entry.allowed,
+        reason=_REASONS[entry.reason],
+        charged=_CHARGES[entry.charged],
+        tier=entry.tier,
+        request_id=entry.request_id or "",
+        decided_at=_timestamp(entry.decided_at),
+        week_start=_timestamp(entry.week_start),
     )

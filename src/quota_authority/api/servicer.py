@@ -13,12 +13,20 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from ..domain import BlockChange, GmvRecord, Outreach, ReplyRecord, SellerUpsert
+from ..domain import BlockChange, DecisionQuery, GmvRecord, Outreach, ReplyRecord, SellerUpsert
 from ..engine import QuotaService
 from ..metrics import Metrics
 from ..v1 import quota_authority_pb2 as pb
 from ..v1 import quota_authority_pb2_grpc as pb_grpc
-from .convert import ACTIONS, PARTIES, SOURCES, decision_to_proto, status_to_proto
+from .convert import (
+    ACTIONS,
+    PARTIES,
+    SOURCES,
+    decision_to_proto,
+    recorded_decision_to_proto,
+    status_to_proto,
+)
+from .pagination import decode_page_token, encode_page_token
 from .status import Malformed, mapped_errors
 from .validation import MAX_DAILY_GMV_MINOR, Validator
 
@@ -182,6 +190,31 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         )
         return pb.UpsertSellerResponse(
             created=result.created, time_zone=result.time_zone, replayed=result.replayed
+        )
+
+    @mapped_errors
+    async def ListDecisions(
+        self, request: pb.ListDecisionsRequest, context: Context
+    ) -> pb.ListDecisionsResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        week_time = v.timestamp("week_time", request.week_time, request.HasField("week_time"))
+        start_time = v.timestamp("start_time", request.start_time, request.HasField("start_time"))
+        end_time = v.timestamp("end_time", request.end_time, request.HasField("end_time"))
+        if week_time is not None and (start_time is not None or end_time is not None):
+            v.bad("week_time", "cannot be combined with start_time or end_time")
+        if start_time is not None and end_time is not None and end_time <= start_time:
+            v.bad("end_time", "must be after start_time")
+        page_size = v.page_size("page_size", request.page_size)
+        v.done()
+        query = DecisionQuery(request.seller_id, week_time, start_time, end_time)
+        after = decode_page_token(query, request.page_token)
+        page = await self._service.list_decisions(query, after, page_size)
+        return pb.ListDecisionsResponse(
+            decisions=[recorded_decision_to_proto(d) for d in page.decisions],
+            next_page_token=""
+            if page.next_after is None
+            else encode_page_token(query, page.next_after),
         )
 
 

@@ -4,18 +4,23 @@ before anything is read or changed."""
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..errors import FieldViolation, InvalidArgument
 from ..settings import valid_time_zone
 
-__all__ = ["MAX_DAILY_GMV_MINOR", "Validator"]
+__all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator"]
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 # One day's GMV in cents (10 trillion USD): 30 days of it still sum within a bigint.
 MAX_DAILY_GMV_MINOR = 10**15
+# AIP-158: the page size used when a caller sets none, and the most a page holds.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 # Longest part of a bad value echoed back: errors travel in headers, which are small.
 _ECHO = 40
 
@@ -77,6 +82,26 @@ class Validator:
                 field, f"must be an IANA time zone such as America/Los_Angeles; got {_echo(value)}"
             )
         return value
+
+    def timestamp(self, field: str, value: Timestamp, present: bool) -> datetime | None:
+        """The instant ``value`` holds, or None when the field is ``present`` = False."""
+        if not present:
+            return None
+        try:
+            if not 0 <= value.nanos < 1_000_000_000:
+                raise ValueError("nanos out of range")
+            return value.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError, OSError):
+            self.bad(field, "must be a valid timestamp between 0001-01-01 and 9999-12-31")
+            return None
+
+    def page_size(self, field: str, value: int) -> int:
+        """AIP-158: 0 means the default, and anything above the maximum means the maximum."""
+        if value < 0:
+            self.bad(field, f"must be >= 0; got {value}")
+        if value <= 0:
+            return DEFAULT_PAGE_SIZE
+        return min(value, MAX_PAGE_SIZE)
 
     def done(self) -> None:
         if self._violations:

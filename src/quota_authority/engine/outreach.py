@@ -9,11 +9,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..domain import Outreach, OutreachDecision, PairState, QuotaStatus, SellerWeek, StoredResponse
+from ..domain import (
+    AuditEntry,
+    Outreach,
+    OutreachDecision,
+    PairState,
+    QuotaStatus,
+    SellerWeek,
+    StoredResponse,
+)
 from ..errors import RequestIdReused
 from . import rules
 from .idempotency import replay
-from .ports import AuditEntry, LockedOutreach, OutreachWrites, ResponseToStore
+from .ports import LockedOutreach, OutreachWrites, ResponseToStore
 
 __all__ = ["Outcome", "decide_batch"]
 

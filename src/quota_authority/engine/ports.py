@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
 
-from ..domain import Action, Charge, PairState, Party, Reason, SellerWeek, StoredResponse
+from ..domain import (
+    AuditEntry,
+    PairState,
+    Party,
+    RecordedDecision,
+    SellerWeek,
+    StoredResponse,
+)
 
 __all__ = [
-    "AuditEntry",
     "LedgerStore",
     "LedgerTransaction",
     "LockedOutreach",
@@ -83,25 +89,23 @@ class OutreachWrites:
     responses: list[ResponseToStore] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class AuditEntry:
-    """R13: one decision, allowed or denied."""
-
-    seller_id: str
-    week_start: datetime
-    creator_id: str
-    action: Action
-    allowed: bool
-    reason: Reason
-    charged: Charge
-    tier: str
-    request_id: str | None
-    decided_at: datetime
-
-
 class LedgerTransaction(Protocol):
     async def find_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
         """The seller-week containing ``at`` (the latest-starting one if several do), or None."""
+        ...
+
+    async def decisions(
+        self,
+        seller_id: str,
+        since: datetime | None,
+        until: datetime | None,
+        week_start: datetime | None,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[RecordedDecision]:
+        """At most ``limit`` of the seller's recorded decisions, ordered by (decided_at,
+        audit_id): those decided in ``[since, until)`` (None: unbounded), of the week
+        starting at ``week_start`` if given, and after the position ``after`` if given."""
         ...
 
     async def previous_week_end(self, seller_id: str, at: datetime) -> datetime | None:

@@ -28,6 +28,8 @@ from ..clock import Clock
 from ..domain import (
     BlockChange,
     BlockResult,
+    DecisionPage,
+    DecisionQuery,
     GmvRecord,
     GmvResult,
     Outreach,
@@ -171,6 +173,32 @@ class QuotaService:
             async with self._store.transaction(time_left()) as tx:
                 week = await self._current_week(tx, seller_id, self._clock.now())
                 return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
+
+        return await _unabandoned(read())
+
+    # --- ListDecisions (R13) -------------------------------------------------------------
+
+    async def list_decisions(
+        self, query: DecisionQuery, after: tuple[datetime, int] | None, page_size: int
+    ) -> DecisionPage:
+        """Up to ``page_size`` of the decisions ``query`` selects, oldest first, after the
+        position ``after`` (None: from the first). Reads only: a week that does not exist
+        yet has no decisions and is not created."""
+
+        async def read() -> DecisionPage:
+            since, until, week_start = query.start_time, query.end_time, None
+            async with self._store.transaction(time_left()) as tx:
+                if query.week_time is not None:
+                    week = await tx.find_week(query.seller_id, query.week_time)
+                    if week is None:
+                        return DecisionPage([], None)
+                    since, until, week_start = week.week_start, week.week_end, week.week_start
+                found = await tx.decisions(
+                    query.seller_id, since, until, week_start, after, page_size + 1
+                )
+            page = found[:page_size]
+            more = len(found) > page_size
+            return DecisionPage(page, page[-1].position if more else None)
 
         return await _unabandoned(read())
 

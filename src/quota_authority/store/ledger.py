@@ -17,18 +17,28 @@ from datetime import date, datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, func, literal, select, text, tuple_, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..domain import Party, SellerWeek, StoredResponse
+from ..domain import (
+    Action,
+    AuditEntry,
+    Charge,
+    Party,
+    Reason,
+    RecordedDecision,
+    SellerWeek,
+    StoredResponse,
+)
 from ..engine.ports import SellerRecord
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
 from .migrate import head_revision
 from .outreach import OutreachTransaction
 from .tables import (
+    audit_log,
     daily_gmv,
     pairs,
     request_responses,
@@ -107,6 +117,24 @@ def _week(row: Any) -> SellerWeek:
         gmv_30d_minor=row.gmv_30d_minor,
         weekly_used=row.weekly_used,
         pack_used=row.pack_used,
+    )
+
+
+def _recorded(row: Any) -> RecordedDecision:
+    return RecordedDecision(
+        audit_id=row.id,
+        entry=AuditEntry(
+            seller_id=row.seller_id,
+            week_start=row.week_start,
+            creator_id=row.creator_id,
+            action=Action(row.action),
+            allowed=row.allowed,
+            reason=Reason(row.reason),
+            charged=Charge(row.charged),
+            tier=row.tier,
+            request_id=row.request_id,
+            decided_at=row.decided_at,
+        ),
     )
 
 
@@ -219,6 +247,31 @@ class _Transaction:
         )
         row = (await self.conn.execute(stmt)).first()
         return None if row is None else _week(row)
+
+    async def decisions(
+        self,
+        seller_id: str,
+        since: datetime | None,
+        until: datetime | None,
+        week_start: datetime | None,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[RecordedDecision]:
+        a = audit_log.c
+        stmt = select(audit_log).where(a.seller_id == seller_id)
+        if since is not None:
+            stmt = stmt.where(a.decided_at >= since)
+        if until is not None:
+            stmt = stmt.where(a.decided_at < until)
+        if week_start is not None:
+            stmt = stmt.where(a.week_start == week_start)
+        if after is not None:
+            decided_at, audit_id = after
+            stmt = stmt.where(
+                tuple_(a.decided_at, a.id) > tuple_(literal(decided_at), literal(audit_id))
+            )
+        stmt = stmt.order_by(a.decided_at, a.id).limit(limit)
+        return [_recorded(row) for row in await self.conn.execute(stmt)]
 
     async def previous_week_end(self, seller_id: str, at: datetime) -> datetime | None:
         w = seller_weeks.c

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Identity,
+    Index,
     Integer,
     MetaData,
     Table,
@@ -126,4 +127,6 @@ audit_log = Table(
     Column("tier", Text, nullable=False),
     Column("request_id", Text, nullable=True),
     Column("decided_at", DateTime(timezone=True), nullable=False),
+    # ListDecisions pages through a seller's decisions in this order (migration 0004).
+    Index("audit_log_seller_decided_at", "seller_id", "decided_at", "id"),
 )
