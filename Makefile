@@ -7,7 +7,7 @@ PROTO := protos/quota_authority/v1/quota_authority.proto
 GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto proto-lint install clean bench reliability
+.PHONY: run test lint proto proto-lint install clean bench reliability clients interop docs
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
@@ -37,7 +37,8 @@ lint: $(GENERATED) proto-lint
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
-	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py
+	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py \
+		scripts/interop.py scripts/api_reference.py
 
 # The proto against Buf's STANDARD lint rules, and against the main branch for breaking
 # changes (buf.yaml). buf comes from npm, pinned, into .tools.
@@ -55,6 +56,21 @@ proto-lint: $(BUF)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+# Clients in other languages, generated from the proto by buf (each directory's
+# buf.gen.yaml) with pinned plugins; see clients/go/README.md, clients/typescript/README.md.
+-include clients/go/client.mk
+-include clients/typescript/client.mk
+
+clients: go-client ts-client
+
+# Both clients' interop tests against a freshly started server on a fresh embedded database.
+interop: $(GENERATED) clients
+	$(BIN)/python scripts/interop.py go-interop ts-interop
+
+# The API reference, generated from the proto's comments; tests/test_docs.py checks it.
+docs: $(STAMP)
+	$(BIN)/python scripts/api_reference.py > docs/api.md
 
 install: $(STAMP)
 

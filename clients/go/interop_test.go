@@ -1,0 +1,173 @@
+// The interop test: the example's scenario (package scenario) against a live server at
+// $QUOTA_AUTHORITY_TARGET, with every answer asserted. `make interop` (or
+// `.venv/bin/python scripts/interop.py go-interop`) starts a fresh server and runs it.
+package interop_test
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/quota-authority/quota-authority/clients/go/gen/quota_authority/v1"
+	"github.com/quota-authority/quota-authority/clients/go/scenario"
+)
+
+// The default policy for a new seller: tier T0, 50 new creators a week, a starter pack of
+// 1000, invites capped at 20,000 followers, 5 messages before a reply.
+const (
+	weeklyLimit  = 50
+	starterPack  = 1000
+	followerCap  = 20000
+	maxMessages  = 5
+	creator      = "creator-1"
+	sellerPrefix = "interop-go"
+)
+
+func TestScenario(t *testing.T) {
+	target := os.Getenv("QUOTA_AUTHORITY_TARGET")
+	if target == "" {
+		t.Fatal("QUOTA_AUTHORITY_TARGET is not set: the interop test needs a live server. " +
+			"Run `make interop` (or `.venv/bin/python scripts/interop.py go-interop`) from " +
+			"the repository root, which starts one and sets it.")
+	}
+	conn, err := scenario.Dial(target, os.Getenv("QUOTA_AUTHORITY_TOKEN"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	seller := scenario.NewSellerID(sellerPrefix)
+	t.Logf("target %s, seller %s, creator %s", target, seller, creator)
+
+	report := func(step string, answer any) {
+		if m, ok := answer.(proto.Message); ok {
+			t.Logf("%s: %s", step, protojson.MarshalOptions{EmitUnpopulated: true}.Format(m))
+		} else {
+			t.Logf("%s: %v", step, answer)
+		}
+	}
+	r, err := scenario.Run(context.Background(), pb.NewQuotaAuthorityServiceClient(conn),
+		seller, creator, report)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("1 invite a new creator", func(t *testing.T) {
+		checkDecision(t, r.Invite, true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, false)
+		checkMessagesLeft(t, r.Invite, maxMessages) // invites do not count toward the five
+		s := r.Invite.GetStatus()
+		eq(t, "status.seller_id", s.GetSellerId(), seller)
+		eq(t, "status.tier", s.GetTier(), "T0")
+		eq(t, "status.unlimited", s.GetUnlimited(), false)
+		eq(t, "status.weekly_limit", s.GetWeeklyLimit(), int64(weeklyLimit))
+		eq(t, "status.used_this_week", s.GetUsedThisWeek(), int64(1))
+		eq(t, "status.remaining_this_week", s.GetRemainingThisWeek(), int64(weeklyLimit-1+starterPack))
+		eq(t, "status.starter_pack_remaining", s.GetStarterPackRemaining(), int64(starterPack))
+		if s.MaxCreatorFollowers == nil {
+			t.Error("status.max_creator_followers is absent, want 20000")
+		} else {
+			eq(t, "status.max_creator_followers", s.GetMaxCreatorFollowers(), int64(followerCap))
+		}
+		if !s.GetNextRefresh().AsTime().After(s.GetWeekStart().AsTime()) {
+			t.Errorf("status.next_refresh %v is not after week_start %v",
+				s.GetNextRefresh().AsTime(), s.GetWeekStart().AsTime())
+		}
+	})
+	t.Run("2 message the creator counted this week", func(t *testing.T) {
+		checkDecision(t, r.Message, true, pb.Reason_REASON_ALREADY_COUNTED_THIS_WEEK, pb.Charge_CHARGE_NONE, false)
+		checkMessagesLeft(t, r.Message, maxMessages-1)
+		eq(t, "status.used_this_week", r.Message.GetStatus().GetUsedThisWeek(), int64(1))
+	})
+	t.Run("3 status", func(t *testing.T) {
+		s := r.Status.GetStatus()
+		eq(t, "status.seller_id", s.GetSellerId(), seller)
+		eq(t, "status.tier", s.GetTier(), "T0")
+		eq(t, "status.used_this_week", s.GetUsedThisWeek(), int64(1))
+		eq(t, "status.remaining_this_week", s.GetRemainingThisWeek(), int64(weeklyLimit-1+starterPack))
+		eq(t, "status.starter_pack_remaining", s.GetStarterPackRemaining(), int64(starterPack))
+	})
+	t.Run("4 the creator replies", func(t *testing.T) {
+		eq(t, "newly_connected", r.Reply.GetNewlyConnected(), true)
+		eq(t, "replayed", r.Reply.GetReplayed(), false)
+	})
+	t.Run("5 message the connected creator", func(t *testing.T) {
+		checkDecision(t, r.Connected, true, pb.Reason_REASON_CONNECTED_CREATOR, pb.Charge_CHARGE_NONE, false)
+		eq(t, "status.used_this_week", r.Connected.GetStatus().GetUsedThisWeek(), int64(1))
+	})
+	t.Run("6 the creator blocks the seller", func(t *testing.T) {
+		eq(t, "blocked_by_creator", r.Block.GetBlockedByCreator(), true)
+		eq(t, "blocked_by_seller", r.Block.GetBlockedBySeller(), false)
+		eq(t, "replayed", r.Block.GetReplayed(), false)
+	})
+	t.Run("7 a blocked message is denied", func(t *testing.T) {
+		checkDecision(t, r.Blocked, false, pb.Reason_REASON_BLOCKED_BY_CREATOR, pb.Charge_CHARGE_NONE, false)
+	})
+	t.Run("8 the first invite again is replayed", func(t *testing.T) {
+		checkDecision(t, r.InviteRetry, true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, true)
+		eq(t, "status.used_this_week", r.InviteRetry.GetStatus().GetUsedThisWeek(), int64(1))
+		eq(t, "status.remaining_this_week", r.InviteRetry.GetStatus().GetRemainingThisWeek(),
+			int64(weeklyLimit-1+starterPack))
+	})
+	t.Run("9 an empty seller_id is INVALID_ARGUMENT naming seller_id", func(t *testing.T) {
+		if r.InvalidErr == nil {
+			t.Fatal("no error, want INVALID_ARGUMENT")
+		}
+		st, ok := status.FromError(r.InvalidErr)
+		if !ok {
+			t.Fatalf("not a gRPC status: %v", r.InvalidErr)
+		}
+		eq(t, "code", st.Code(), codes.InvalidArgument)
+		var fields []string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					fields = append(fields, v.GetField())
+				}
+			}
+		}
+		found := false
+		for _, f := range fields {
+			found = found || f == "seller_id"
+		}
+		if !found {
+			t.Errorf("BadRequest field violations name %q, want one naming seller_id (details %v)",
+				fields, st.Details())
+		}
+	})
+}
+
+// checkDecision asserts a CheckAndConsume answer.
+func checkDecision(t *testing.T, got *pb.CheckAndConsumeResponse, allowed bool, reason pb.Reason,
+	charged pb.Charge, replayed bool) {
+	t.Helper()
+	if got == nil {
+		t.Fatal("no answer")
+	}
+	eq(t, "allowed", got.GetAllowed(), allowed)
+	eq(t, "reason", got.GetReason(), reason)
+	eq(t, "charged", got.GetCharged(), charged)
+	eq(t, "replayed", got.GetReplayed(), replayed)
+}
+
+// checkMessagesLeft asserts messages_before_reply_remaining, which is set only for
+// unconnected creators.
+func checkMessagesLeft(t *testing.T, got *pb.CheckAndConsumeResponse, want int64) {
+	t.Helper()
+	if got.MessagesBeforeReplyRemaining == nil {
+		t.Errorf("messages_before_reply_remaining is absent, want %d", want)
+		return
+	}
+	eq(t, "messages_before_reply_remaining", got.GetMessagesBeforeReplyRemaining(), want)
+}
+
+func eq[T comparable](t *testing.T, field string, got, want T) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s = %v, want %v", field, got, want)
+	}
+}
