@@ -1,0 +1,128 @@
+// The interop scenario (src/scenario.ts, the one the example runs) against a live server at
+// QUOTA_AUTHORITY_TARGET. `make interop` starts a fresh server and sets the variable.
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { test } from "node:test";
+import { promisify } from "node:util";
+
+import * as grpc from "@grpc/grpc-js";
+
+import { QuotaClient } from "../client.js";
+import { fieldViolations } from "../errors.js";
+import { Charge, Reason } from "../gen/quota_authority/v1/quota_authority.js";
+import { runScenario } from "../scenario.js";
+
+const target = process.env.QUOTA_AUTHORITY_TARGET;
+const NOT_SET =
+  "QUOTA_AUTHORITY_TARGET is not set. Run `make interop` (or `.venv/bin/python scripts/interop.py " +
+  "ts-interop`) from the repository root: it starts a server and sets it; or set it to a running server.";
+
+/** Asserts the fields named in `expected` (recursively), ignoring the others. */
+function assertFields(actual: unknown, expected: Record<string, unknown>, path = "answer"): void {
+  assert.ok(actual !== null && typeof actual === "object", `${path} is not a message`);
+  for (const [key, want] of Object.entries(expected)) {
+    const got: unknown = (actual as Record<string, unknown>)[key];
+    if (want !== null && typeof want === "object" && !(want instanceof Date)) {
+      assertFields(got, want as Record<string, unknown>, `${path}.${key}`);
+    } else {
+      assert.deepStrictEqual(got, want, `${path}.${key}`);
+    }
+  }
+}
+
+test("the scenario against a live quota-authority", async () => {
+  assert.ok(target, NOT_SET);
+  const sellerId = `interop-ts-${randomBytes(8).toString("hex")}`;
+  const creatorId = "creator-1";
+  const quota = new QuotaClient(target, { timeoutMs: 5000 });
+  const started = new Date();
+  try {
+    const answers = await runScenario(quota, sellerId, creatorId);
+    const newSeller = {
+      sellerId,
+      tier: "T0",
+      unlimited: false,
+      weeklyLimit: 50,
+      usedThisWeek: 1,
+      remainingThisWeek: 1049,
+      starterPackRemaining: 1000,
+      maxCreatorFollowers: 20000,
+      gmv30dMinor: 0,
+    };
+
+    // 1. The first invite is charged to the weekly quota.
+    assertFields(answers.invite, {
+      allowed: true,
+      reason: Reason.REASON_NEW_CREATOR,
+      charged: Charge.CHARGE_WEEKLY,
+      status: newSeller,
+      messagesBeforeReplyRemaining: 5, // invites do not count toward the five (R6)
+      replayed: false,
+    });
+    const { weekStart, nextRefresh } = answers.invite.status!;
+    assert.ok(weekStart instanceof Date && nextRefresh instanceof Date, "week_start and next_refresh are Dates");
+    assert.ok(weekStart <= started && started < nextRefresh, `${started.toISOString()} is in the week`);
+    assert.equal(nextRefresh.getTime() - weekStart.getTime(), 7 * 24 * 3600 * 1000, "a UTC week is 7 days");
+
+    // 2. A message to the same creator this week is free, and counts toward the five.
+    assertFields(answers.messageCounted, {
+      allowed: true,
+      reason: Reason.REASON_ALREADY_COUNTED_THIS_WEEK,
+      charged: Charge.CHARGE_NONE,
+      status: newSeller,
+      messagesBeforeReplyRemaining: 4,
+      replayed: false,
+    });
+
+    // 3. The status shows the one charged creator.
+    assertFields(answers.status, { status: newSeller });
+
+    // 4. The creator replies: connected for good.
+    assertFields(answers.reply, { newlyConnected: true, replayed: false });
+
+    // 5. Outreach to a connected creator is free and not limited to five messages.
+    assertFields(answers.messageConnected, {
+      allowed: true,
+      reason: Reason.REASON_CONNECTED_CREATOR,
+      charged: Charge.CHARGE_NONE,
+      status: newSeller,
+      messagesBeforeReplyRemaining: undefined,
+    });
+
+    // 6. The creator blocks the seller.
+    assertFields(answers.block, { blockedByCreator: true, blockedBySeller: false, replayed: false });
+
+    // 7. A blocked pair gets no outreach, connected or not: a denial, not an error.
+    assertFields(answers.messageBlocked, {
+      allowed: false,
+      reason: Reason.REASON_BLOCKED_BY_CREATOR,
+      status: newSeller,
+    });
+
+    // 8. Step 1's request_id again: the stored answer, replayed, even though the pair is blocked now.
+    assert.deepStrictEqual(answers.inviteReplayed, { ...answers.invite, replayed: true });
+
+    // 9. A missing seller_id is INVALID_ARGUMENT, with a google.rpc.BadRequest naming the field.
+    assert.equal(answers.invalid.code, grpc.status.INVALID_ARGUMENT, answers.invalid.message);
+    assert.deepStrictEqual(
+      fieldViolations(answers.invalid).map((violation) => violation.field),
+      ["seller_id"],
+    );
+  } finally {
+    quota.close();
+  }
+});
+
+test("the example runs the scenario and prints its nine answers", async () => {
+  assert.ok(target, NOT_SET);
+  const { stdout } = await promisify(execFile)(process.execPath, [join(__dirname, "..", "example.js")], {
+    env: { ...process.env, QUOTA_AUTHORITY_TARGET: target },
+    timeout: 60_000,
+  });
+  const answers = stdout.split("\n").filter((line) => /^\d\. /.test(line));
+  assert.equal(answers.length, 9, stdout);
+  assert.match(answers[0], /"reason":"REASON_NEW_CREATOR"/);
+  assert.match(answers[8], /"code":"INVALID_ARGUMENT".*"field":"seller_id"/);
+});
