@@ -1,21 +1,34 @@
-"""The ``quota-authority`` command as operators run it: a real process, real signals."""
+"""The ``quota-authority`` command as operators run it: ``serve`` and ``migrate`` as real
+processes with real signals; the client commands in-process against a real server."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
+from support import everything_of, invite, ledger_counts, message
 
-from quota_authority.store import head_revision
+from quota_authority import _import_gmv
+from quota_authority.cli import main
+from quota_authority.errors import StoreUnavailable
+from quota_authority.store import PostgresLedger, head_revision
+from quota_authority.v1 import quota_authority_pb2 as pb
 
 CLI = [sys.executable, "-m", "quota_authority.cli"]
 
@@ -138,3 +151,533 @@ async def test_cli_module_is_importable_without_a_server():
     stdout, _ = await process.communicate()
     assert process.returncode == 0
     assert b"serve" in stdout and b"migrate" in stdout and b"status" in stdout
+
+
+# --- the client commands, run in-process against the session's server ------------------
+
+
+async def run_cli(*args: str) -> int:
+    """``main(args)``'s exit status, argparse's usage errors included. It runs in a worker
+    thread with its own event loop: the servers under test serve on this one."""
+
+    def call() -> int:
+        try:
+            return main(list(args))
+        except SystemExit as e:  # argparse
+            return int(e.code or 0)
+
+    return await asyncio.to_thread(call)
+
+
+def table(output: str) -> dict[str, str]:
+    """The ``label  value`` lines the commands print, as a dict."""
+    rows = (re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in output.splitlines())
+    return {row[0]: row[1] for row in rows if len(row) == 2}
+
+
+async def test_check_an_allowed_invite_prints_the_decision_and_exits_0(
+    target, seller, clock, capsys
+):
+    code = await run_cli(
+        "check", seller, "c-1", "--invite", "--followers", "100", "--target", target
+    )
+
+    printed = table(capsys.readouterr().out)
+    assert code == 0
+    assert printed["decision"] == "allowed"
+    assert printed["reason"] == "new creator"
+    assert printed["charged"] == "weekly quota"
+    assert printed["used this week"] == "1"
+    assert printed["remaining this week"] == "1049"  # 49 weekly + the starter pack's 1000
+    assert printed["messages before reply"] == "5"
+    assert printed["replayed"] == "no"
+    assert printed["request id"].startswith("cli-")
+
+
+async def test_check_a_denied_invite_exits_3_with_the_reason_in_words(
+    target, seller, clock, capsys
+):
+    code = await run_cli(
+        "check", seller, "c-1", "--invite", "--followers", "30000", "--target", target
+    )
+
+    printed = table(capsys.readouterr().out)
+    assert code == 3
+    assert printed["decision"] == "denied"
+    assert printed["reason"] == "follower limit exceeded"
+    assert printed["charged"] == "nothing"
+
+
+async def test_check_with_the_same_request_id_replays_and_charges_once(
+    target, db, seller, clock, capsys
+):
+    for _ in range(2):
+        code = await run_cli(
+            "check", seller, "c-1", "--message", "--request-id", "r-1", "--target", target
+        )
+        assert code == 0
+
+    assert table(capsys.readouterr().out)["replayed"] == "yes"
+    assert (await ledger_counts(db, seller))["used"] == 1
+
+
+async def test_check_dry_run_changes_nothing(target, db, seller, clock, capsys):
+    await run_cli("status", seller, "--target", target)  # the seller and its week exist
+    before = await everything_of(db, seller)
+
+    code = await run_cli("check", seller, "c-1", "--message", "--dry-run", "--target", target)
+
+    printed = table(capsys.readouterr().out)
+    assert code == 0
+    assert printed["decision"] == "allowed" and printed["would charge"] == "weekly quota"
+    assert printed["dry run"].startswith("yes")
+    assert "request id" not in printed
+    assert await everything_of(db, seller) == before
+
+
+async def test_check_an_invite_without_followers_is_a_usage_error(target, seller, capsys):
+    code = await run_cli("check", seller, "c-1", "--invite", "--target", target)
+
+    assert code == 2
+    assert "--invite needs --followers" in capsys.readouterr().err
+
+
+async def test_check_of_a_bad_creator_id_exits_1_with_the_field_violation(target, seller, capsys):
+    code = await run_cli("check", seller, "bad creator", "--message", "--target", target)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: INVALID_ARGUMENT: ")
+    assert "\n  creator_id: must be 1-64 characters" in err
+
+
+async def test_block_prints_the_blocks_and_then_check_is_denied(target, seller, clock, capsys):
+    blocked = await run_cli("block", seller, "c-1", "--by", "creator", "--target", target)
+    blocks = table(capsys.readouterr().out)
+    checked = await run_cli("check", seller, "c-1", "--message", "--target", target)
+
+    assert blocked == 0
+    assert blocks["blocked by creator"] == "yes" and blocks["blocked by seller"] == "no"
+    assert checked == 3
+    assert table(capsys.readouterr().out)["reason"] == "blocked by creator"
+
+
+async def test_unblock_lifts_only_that_partys_block(target, seller, clock, capsys):
+    await run_cli("block", seller, "c-1", "--by", "creator", "--target", target)
+    await run_cli("block", seller, "c-1", "--by", "seller", "--target", target)
+    capsys.readouterr()
+
+    code = await run_cli("unblock", seller, "c-1", "--by", "creator", "--target", target)
+
+    blocks = table(capsys.readouterr().out)
+    assert code == 0
+    assert blocks["blocked by creator"] == "no" and blocks["blocked by seller"] == "yes"
+    assert await run_cli("unblock", seller, "c-1", "--by", "seller", "--target", target) == 0
+    assert await run_cli("check", seller, "c-1", "--message", "--target", target) == 0
+
+
+# --- import-gmv -------------------------------------------------------------------------
+
+
+def write_csv(path: Path, *lines: str) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+async def daily_gmv(db, seller_id: str) -> dict[tuple[str, str], int]:
+    """``(seller_id, day) -> gmv_minor`` for ``seller_id`` and the sellers named after it."""
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT seller_id, day::text, gmv_minor FROM daily_gmv "
+                "WHERE seller_id = :s OR seller_id LIKE :s || '.%'"
+            ),
+            {"s": seller_id},
+        )
+        return {(s, day): int(gmv) for s, day, gmv in rows}
+
+
+async def stored_request_ids(db, seller_id: str) -> int:
+    async with db.connect() as conn:
+        return int(
+            (
+                await conn.execute(
+                    text("SELECT COUNT(*) FROM request_responses WHERE seller_id = :s"),
+                    {"s": seller_id},
+                )
+            ).scalar_one()
+        )
+
+
+async def test_import_gmv_imports_every_row_and_prints_a_summary(
+    target, db, seller, tmp_path, capsys
+):
+    other = f"{seller}.2"
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        f"{seller},2026-11-01,1500",
+        f"{seller},2026-11-02,0",
+        f"{other},2026-11-01,250000",
+    )
+
+    code = await run_cli("import-gmv", str(csv_file), "--target", target)
+
+    summary = table(capsys.readouterr().out)
+    assert code == 0
+    assert summary["rows imported"].startswith("3 ")
+    assert summary["bad rows"] == "0"
+    assert summary["time"].endswith("rows/s)")
+    assert await daily_gmv(db, seller) == {
+        (seller, "2026-11-01"): 1500,
+        (seller, "2026-11-02"): 0,
+        (other, "2026-11-01"): 250000,
+    }
+
+
+async def test_import_gmv_reports_bad_rows_by_line_and_imports_the_good_ones(
+    target, db, seller, tmp_path, capsys
+):
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",  # 1
+        f"{seller},2026-11-01,100",  # 2
+        f"{seller},2026-11-02",  # 3: two columns
+        f"{seller},2026-13-01,5",  # 4: no such date
+        f"{seller},2026-11-03,1.5",  # 5: not whole cents
+        f"{seller},2026-11-04,-7",  # 6: negative
+        "bad seller,2026-11-05,1",  # 7: the server refuses the seller_id
+        "",  # 8: blank, skipped
+        f'"{seller}\nx",2026-11-06,1',  # 9-10: a quoted newline in the seller_id
+        f"{seller},2026-11-07,{10**15 + 1}",  # 11: above the server's daily maximum
+        f"{seller},2026-11-08,300",  # 12
+    )
+
+    code = await run_cli("import-gmv", str(csv_file), "--target", target)
+
+    out, err = capsys.readouterr()
+    reported = dict(re.findall(r"^line (\d+): (.*)$", err, re.MULTILINE))
+    assert code == 1
+    assert sorted(reported, key=int) == ["3", "4", "5", "6", "7", "9", "11"]
+    assert "expected 3 columns" in reported["3"]
+    assert "day must be a calendar date" in reported["4"]
+    assert "whole number of USD cents" in reported["5"]
+    assert "must not be negative" in reported["6"]
+    assert reported["7"].startswith("seller_id: ")
+    assert reported["9"].startswith("seller_id: ")
+    assert reported["11"].startswith("gmv_minor: must be at most")
+    assert table(out)["bad rows"] == "7"
+    assert await daily_gmv(db, seller) == {
+        (seller, "2026-11-01"): 100,
+        (seller, "2026-11-08"): 300,
+    }
+
+
+async def test_import_gmv_with_a_bad_header_sends_nothing(target, db, seller, tmp_path, capsys):
+    csv_file = write_csv(tmp_path / "gmv.csv", "seller,day,gmv", f"{seller},2026-11-01,100")
+
+    code = await run_cli("import-gmv", str(csv_file), "--target", target)
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "line 1: expected the header seller_id,day,gmv_minor, got 'seller,day,gmv'" in err
+    assert out == ""
+    assert await daily_gmv(db, seller) == {}
+
+
+async def test_import_gmv_of_a_missing_file_is_a_clear_error(target, tmp_path, capsys):
+    code = await run_cli("import-gmv", str(tmp_path / "nowhere.csv"), "--target", target)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == f"error: cannot read {tmp_path / 'nowhere.csv'}: No such file or directory\n"
+
+
+async def test_import_gmv_rerun_with_the_same_run_id_changes_nothing(
+    target, stub, db, seller, tmp_path, capsys
+):
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        f"{seller},2026-11-01,100",
+        f"{seller},2026-11-02,200",
+    )
+    await run_cli("import-gmv", str(csv_file), "--run-id", "run-1", "--target", target)
+    stored = await stored_request_ids(db, seller)
+    # Someone corrects a day after the import: re-running the import must not undo it.
+    await stub.RecordGmv(pb.RecordGmvRequest(seller_id=seller, day="2026-11-01", gmv_minor=7))
+    capsys.readouterr()
+
+    code = await run_cli("import-gmv", str(csv_file), "--run-id", "run-1", "--target", target)
+
+    assert code == 0
+    assert table(capsys.readouterr().out)["rows imported"] == "2 (2 replayed from an earlier run)"
+    assert await stored_request_ids(db, seller) == stored
+    assert await daily_gmv(db, seller) == {
+        (seller, "2026-11-01"): 7,
+        (seller, "2026-11-02"): 200,
+    }
+
+
+class GmvFaults(PostgresLedger):
+    """RecordGmv answers UNAVAILABLE for a seller whose id ends in ``-down``, and a GMV of
+    exactly 1 cent takes 0.3 s longer to record than any other."""
+
+    @asynccontextmanager
+    async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+        async with super().transaction(timeout_s) as tx:
+            record_gmv = tx.record_gmv
+
+            async def faulty(seller_id: str, day: date, gmv_minor: int, *args: Any) -> None:
+                if seller_id.endswith("-down"):
+                    raise StoreUnavailable("down for the test")
+                if gmv_minor == 1:
+                    await asyncio.sleep(0.3)
+                await record_gmv(seller_id, day, gmv_minor, *args)
+
+            tx.record_gmv = faulty
+            yield tx
+
+
+async def test_import_gmv_a_later_row_for_the_same_day_wins(start_server, db, seller, tmp_path):
+    _, slow_first = await start_server(ledger=GmvFaults)  # the row of 1 cent is slow
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        f"{seller},2026-11-01,1",
+        f"{seller},2026-11-01,2",
+    )
+
+    code = await run_cli("import-gmv", str(csv_file), "--concurrency", "2", "--target", slow_first)
+
+    assert code == 0
+    assert await daily_gmv(db, seller) == {(seller, "2026-11-01"): 2}
+
+
+async def test_import_gmv_prints_progress_lines_when_stderr_is_not_a_terminal(
+    target, seller, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(_import_gmv, "PROGRESS_EVERY_ROWS", 2)
+    rows = [f"{seller},2026-11-{day:02},100" for day in range(1, 6)]
+    csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", *rows)
+
+    await run_cli("import-gmv", str(csv_file), "--concurrency", "1", "--target", target)
+
+    progress = re.findall(r"^progress: (.*)$", capsys.readouterr().err, re.MULTILINE)
+    assert len(progress) == 2
+    assert progress[0].startswith("2 rows done (2 imported, 0 bad), ")
+    assert progress[1].startswith("4 rows done (4 imported, 0 bad), ")
+    assert "\r" not in "".join(progress)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_import_gmv_redraws_one_progress_line_on_a_terminal(
+    target, seller, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(_import_gmv, "REDRAW_EVERY_S", 0.0)
+    monkeypatch.setattr(sys, "stderr", terminal := Terminal())
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        f"{seller},2026-11-01,100",
+        f"{seller},2026-11-02,x",
+        f"{seller},2026-11-03,300",
+    )
+
+    await run_cli("import-gmv", str(csv_file), "--batch-size", "1", "--target", target)
+
+    screen = terminal.getvalue()
+    assert "\r\x1b[K3 rows done (2 imported, 1 bad)" in screen
+    assert "\r\x1b[Kline 3: gmv_minor must be a whole number" in screen  # over the bar
+    assert screen.endswith("\n") and "progress:" not in screen
+    # Everything after the run id's line is one redrawn line, bar the bad row's note.
+    assert screen.count("\n") == 3
+
+
+async def test_import_gmv_streams_the_file_batch_by_batch(target, db, seller, tmp_path):
+    fifo = tmp_path / "gmv.csv"
+    os.mkfifo(fifo)
+    importing = asyncio.ensure_future(
+        run_cli("import-gmv", str(fifo), "--batch-size", "2", "--target", target)
+    )
+    writer = await asyncio.to_thread(open, fifo, "w")
+    try:
+        writer.write(f"seller_id,day,gmv_minor\n{seller},2026-11-01,1\n{seller},2026-11-02,2\n")
+        writer.flush()
+        # The first batch lands while the rest of the file is not even written.
+        for _ in range(500):  # up to 10 s
+            if (landed_early := len(await daily_gmv(db, seller))) == 2:
+                break
+            await asyncio.sleep(0.02)
+        writer.write(f"{seller},2026-11-03,3\n")
+    finally:
+        writer.close()
+
+    assert await importing == 0
+    assert landed_early == 2
+    assert len(await daily_gmv(db, seller)) == 3
+
+
+async def test_import_gmv_of_many_rows_in_many_batches(target, db, seller, tmp_path, capsys):
+    csv_file = tmp_path / "gmv.csv"
+    with csv_file.open("w") as f:
+        f.write("seller_id,day,gmv_minor\n")
+        for n in range(1_000):
+            f.write(f"{seller}.{n % 50},{date(2025, 1, 1) + timedelta(days=n // 50)},{n}\n")
+
+    code = await run_cli("import-gmv", str(csv_file), "--batch-size", "100", "--target", target)
+
+    assert code == 0, capsys.readouterr().err
+    assert table(capsys.readouterr().out)["rows imported"].startswith("1000 ")
+    assert len(await daily_gmv(db, seller)) == 1_000
+
+
+class CountingClient:
+    """Stands in for ``QuotaClient``: records how many rows had been read at each call."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.read_ahead: list[int] = []
+
+    async def record_gmv(self, seller_id: str, day: str, gmv_minor: int, **_: Any) -> Any:
+        self.read_ahead.append(self.read - len(self.read_ahead))
+        await asyncio.sleep(0)
+        return pb.RecordGmvResponse()
+
+
+async def test_import_gmv_reads_at_most_one_batch_ahead_of_what_it_sent(tmp_path, capsys):
+    csv_file = tmp_path / "gmv.csv"
+    with csv_file.open("w") as f:
+        f.write("seller_id,day,gmv_minor\n")
+        for n in range(20_000):
+            f.write(f"s.{n % 100},{date(2020, 1, 1) + timedelta(days=n // 100)},{n}\n")
+    client = CountingClient()
+
+    def counted(rows: Iterator[Any]) -> Iterator[Any]:
+        for row in rows:
+            client.read += 1
+            yield row
+
+    with _import_gmv.GmvCsv.open(csv_file) as source:
+        job = _import_gmv.GmvImport(
+            counted(source.rows()), "r", _import_gmv.Progress(io.StringIO()), batch_size=500
+        )
+        code = await job.run(client)
+
+    assert code == 0 and job.tally.imported == 20_000
+    assert max(client.read_ahead) == 500
+
+
+async def test_an_import_stopped_by_an_error_says_how_to_resume_and_resumes(
+    start_server, target, db, seller, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(_import_gmv, "ATTEMPTS", 1)
+    _, failing = await start_server(ledger=GmvFaults)
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        f"{seller},2026-11-01,1",
+        f"{seller},2026-11-02,2",
+        f"{seller}-down,2026-11-03,3",  # line 4
+        f"{seller},2026-11-04,4",
+    )
+    common = ["--batch-size", "2", "--concurrency", "1", "--run-id", "r1"]
+
+    stopped = await run_cli("import-gmv", str(csv_file), *common, "--target", failing)
+    err = capsys.readouterr().err
+    landed = await daily_gmv(db, seller)
+    resumed = await run_cli(
+        "import-gmv", str(csv_file), *common, "--from-line", "4", "--target", target
+    )
+
+    assert stopped == 1
+    assert "error: stopped at line 4: UNAVAILABLE: " in err
+    assert "every line before line 4 is done" in err
+    assert "--run-id r1 --from-line 4" in err
+    assert sorted(landed) == [(seller, "2026-11-01"), (seller, "2026-11-02")]
+    assert resumed == 0
+    assert table(capsys.readouterr().out)["rows imported"].startswith("2 ")
+    assert len(await daily_gmv(db, seller)) == 3
+    assert len(await daily_gmv(db, f"{seller}-down")) == 1
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+async def test_audit_lists_every_decision_oldest_first_as_a_table(
+    target, stub, seller, clock, capsys
+):
+    await stub.CheckAndConsume(invite(seller, "c-1", request_id="r-1"))
+    clock.advance(timedelta(seconds=1))
+    await stub.CheckAndConsume(invite(seller, "c-2", followers=50_000))
+
+    code = await run_cli("audit", seller, "--request-ids", "--target", target)
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[0].split() == [
+        "decided", "at", "action", "creator", "decision", "reason", "charged", "tier",
+        "request", "id",
+    ]  # fmt: skip
+    assert re.split(r"\s{2,}", lines[1]) == [
+        "2026-11-25T12:00:00Z", "invite", "c-1", "allowed", "new creator", "weekly quota",
+        "T0", "r-1",
+    ]  # fmt: skip
+    assert re.split(r"\s{2,}", lines[2]) == [
+        "2026-11-25T12:00:01Z", "invite", "c-2", "denied", "follower limit exceeded",
+        "nothing", "T0",
+    ]  # fmt: skip
+    assert lines[3] == "2 decisions"
+
+
+async def test_audit_week_lists_only_the_week_containing_that_day_across_pages(
+    target, stub, seller, clock, capsys
+):
+    await stub.CheckAndConsume(invite(seller, "last-week"))
+    clock.advance(timedelta(days=7))
+    for n in range(3):
+        await stub.CheckAndConsume(message(seller, f"c-{n}"))
+
+    code = await run_cli(
+        "audit", seller, "--week", "2026-12-02", "--page-size", "2", "--target", target
+    )
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert [line.split()[2] for line in lines[1:-1]] == ["c-0", "c-1", "c-2"]
+    assert lines[-1] == "3 decisions"
+
+
+async def test_audit_since_and_until_select_a_half_open_range(target, stub, seller, clock, capsys):
+    for n in range(3):
+        await stub.CheckAndConsume(message(seller, f"c-{n}"))
+        clock.advance(timedelta(minutes=1))
+
+    code = await run_cli(
+        "audit", seller, "--since", "2026-11-25T12:01:00Z", "--until", "2026-11-25T12:02:00",
+        "--target", target,
+    )  # fmt: skip
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert [line.split()[2] for line in lines[1:-1]] == ["c-1"]
+
+
+async def test_audit_week_with_since_is_a_usage_error(target, seller, capsys):
+    code = await run_cli("audit", seller, "--week", "--since", "2026-11-25", "--target", target)
+
+    assert code == 2
+    assert "--week cannot be combined" in capsys.readouterr().err
+
+
+async def test_audit_of_a_bad_seller_id_exits_1_with_the_field_violation(target, capsys):
+    code = await run_cli("audit", "not a seller", "--target", target)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: INVALID_ARGUMENT" in err
+    assert "seller_id" in err
