@@ -7,6 +7,8 @@ import grpc
 import pytest
 from support import invite, ledger_counts, seller_week_locked
 
+from quota_authority.api.status import _to_status
+from quota_authority.errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
@@ -33,3 +35,18 @@ async def test_a_held_seller_week_lock_gives_unavailable_and_a_retry_grants_once
     assert first.allowed and not first.replayed
     assert retry.allowed and retry.replayed
     assert (await ledger_counts(db, seller))["used"] == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (LockTimeout("a row lock was not granted"), "nothing was granted"),
+        (StoreUnavailable("database unavailable"), "nothing was granted"),
+        (CommitOutcomeUnknown("commit failed"), "it may or may not have landed"),
+    ],
+)
+def test_unavailable_says_nothing_was_granted_only_when_nothing_was(error, says):
+    status = _to_status(error)
+
+    assert status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert f"{says}, retry with the same request_id" in status.message

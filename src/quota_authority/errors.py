@@ -70,7 +70,8 @@ class RequestIdReused(QuotaAuthorityError):
 
 
 class Unavailable(QuotaAuthorityError):
-    """The outcome is unknown (nothing was granted); retry with the same request_id."""
+    """No answer: nothing was granted (but see ``CommitOutcomeUnknown``); retry with the
+    same request_id."""
 
 
 class StoreUnavailable(Unavailable):

@@ -29,6 +29,7 @@ from grpc_status import rpc_status
 
 from ..engine.deadlines import deadline_at
 from ..errors import (
+    CommitOutcomeUnknown,
     DeadlineExceeded,
     FieldViolation,
     InvalidArgument,
@@ -92,9 +93,14 @@ def _to_status(error: Exception) -> status_pb2.Status:
             ),
         )
     if isinstance(error, Unavailable):
+        outcome = (
+            "it may or may not have landed"
+            if isinstance(error, CommitOutcomeUnknown)
+            else "nothing was granted"
+        )
         return _status(
             code_pb2.UNAVAILABLE,
-            f"{error}; nothing was granted, retry with the same request_id",
+            f"{error}; {outcome}, retry with the same request_id",
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=100_000_000)),
         )
     if isinstance(error, DeadlineExceeded):
