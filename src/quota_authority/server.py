@@ -1,7 +1,8 @@
 """The gRPC server: the servicer, health checking, reflection, and a graceful stop.
 
 Health reports SERVING for the whole server and for ``quota_authority.v1.QuotaAuthorityService``
-only while the database answers and is migrated to this code's head revision; a watcher
+only while the database answers and its schema is at this code's head revision or a newer
+one (``store.migrate``); a watcher
 re-checks every ``health_interval_s``. Stopping first reports NOT_SERVING, then lets in-flight
 calls finish within the grace period.
 """

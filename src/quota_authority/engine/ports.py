@@ -214,5 +214,6 @@ class LedgerStore(Protocol):
         ...
 
     async def ping(self) -> bool:
-        """True when the database answers and its schema is migrated to the latest revision."""
+        """True when the database answers and its schema is at this code's latest revision,
+        or at a newer one (migrations are additive: ``store.migrate``)."""
         ...

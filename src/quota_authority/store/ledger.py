@@ -35,7 +35,7 @@ from ..domain import (
 from ..engine.ports import SellerRecord
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
-from .migrate import head_revision
+from .migrate import serves_revision
 from .outreach import OutreachTransaction
 from .tables import (
     audit_log,
@@ -228,7 +228,7 @@ class PostgresLedger:
                 version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
         except Exception:  # any failure means "not serving"
             return False
-        return bool(version == head_revision())
+        return serves_revision(version)
 
 
 class _Transaction:

@@ -2,10 +2,17 @@
 
 Concurrent migrators (several servers starting at once) are serialised by a transaction-level
 advisory lock, so each revision is applied exactly once.
+
+Migrations are additive (expand only): code keeps working on a schema migrated by a newer
+release. So a schema at a revision this code does not know is taken to be newer and is
+served as it is, never migrated, and a rolling upgrade (migrate, then replace replicas) or
+a rollback of the code never leaves a replica refusing to serve. A schema at an older known
+revision is not served until migrated.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from pathlib import Path
 
@@ -13,9 +20,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
-__all__ = ["head_revision", "migrate"]
+__all__ = ["head_revision", "migrate", "serves_revision"]
+
+log = logging.getLogger(__name__)
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x51A_0001  # pg_advisory_xact_lock key, arbitrary but fixed
@@ -36,6 +46,19 @@ def head_revision() -> str:
     return head
 
 
+@cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(r.revision for r in ScriptDirectory.from_config(_config()).walk_revisions())
+
+
+def serves_revision(revision: str | None) -> bool:
+    """True when this code may serve a schema at ``revision``: its head, or a newer revision
+    it does not know (migrations are additive)."""
+    return revision is not None and (
+        revision == head_revision() or revision not in _known_revisions()
+    )
+
+
 def _upgrade(connection: Connection) -> None:
     config = _config()
     config.attributes["connection"] = connection
@@ -43,8 +66,42 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def migrate(engine: AsyncEngine) -> str:
-    """Bring the schema to the head revision; returns it."""
-    async with engine.begin() as conn:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        await conn.run_sync(_upgrade)
+    """Bring the schema to the head revision, unless a newer release already migrated it
+    further; the schema's revision afterwards.
+
+    It runs on a connection of its own, without the service's lock and statement timeouts:
+    a migration may take long (an index on a large table) and may wait for another
+    replica's migration to finish. The service's transactions are short, so the locks a
+    migration waits for are released soon."""
+    unbounded = create_async_engine(
+        engine.url,
+        poolclass=NullPool,
+        connect_args={
+            "server_settings": {
+                "application_name": "quota-authority-migrate",
+                "lock_timeout": "0",
+                "statement_timeout": "0",
+            }
+        },
+    )
+    try:
+        async with unbounded.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            current = await _revision(conn)
+            if current is not None and current not in _known_revisions():
+                log.warning(
+                    "schema at a revision newer than this code's; not migrating",
+                    extra={"revision": current, "head": head_revision()},
+                )
+                return current
+            await conn.run_sync(_upgrade)
+    finally:
+        await unbounded.dispose()
     return head_revision()
+
+
+async def _revision(conn: AsyncConnection) -> str | None:
+    if await conn.scalar(text("SELECT to_regclass('alembic_version')")) is None:
+        return None
+    revision: str | None = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    return revision
