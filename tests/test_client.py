@@ -151,3 +151,19 @@ async def test_cli_status_reads_a_token_file_and_a_ca_file(guarded_tls, seller, 
 
     assert status.returncode == 0, stderr.decode()
     assert seller in stdout.decode()
+
+
+async def test_channel_options_reach_the_channel(target, seller, clock):
+    async with QuotaClient(target, options=[("grpc.max_receive_message_length", 16)]) as quota:
+        with pytest.raises(grpc.aio.AioRpcError) as too_large:
+            await quota.get_status(seller)
+
+    assert too_large.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_round_robin_client_over_dns_reaches_the_server(target, seller, clock):
+    options = [("grpc.lb_policy_name", "round_robin")]
+    async with QuotaClient(f"dns:///{target}", options=options) as quota:
+        status = await quota.get_status(seller)
+
+    assert status.seller_id == seller

@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 import pytest
-from support import invite, ledger_counts, seller_week_locked
+from support import eventually, invite, ledger_counts, seller_week_locked
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -56,3 +56,21 @@ async def test_calls_over_the_concurrency_limit_are_refused_at_once(
     assert refused_after < 1.0
     assert [r.allowed for r in accepted] == [True, True]
     assert (await ledger_counts(db, seller))["used"] == 2
+
+
+async def test_a_connection_older_than_the_maximum_age_is_closed_and_calls_reconnect(
+    start_server, seller, clock
+):
+    _, address = await start_server(max_connection_age_s=0.2, shutdown_grace_s=1)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        await stub.GetStatus(pb.GetStatusRequest(seller_id=seller), timeout=5)
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+
+        async def closed_by_the_server() -> bool:
+            return channel.get_state() != grpc.ChannelConnectivity.READY
+
+        await eventually(closed_by_the_server, within_s=5)
+        again = await stub.GetStatus(pb.GetStatusRequest(seller_id=seller), timeout=5)
+
+    assert again.status.seller_id == seller

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -47,7 +47,9 @@ class QuotaClient:
     """A channel to one quota-authority target. Each call gets ``timeout`` seconds per
     attempt and up to ``attempts`` attempts while it answers ``UNAVAILABLE``, waiting
     ``backoff`` seconds, doubled each time, in between. Other errors are raised at once as
-    ``grpc.aio.AioRpcError``."""
+    ``grpc.aio.AioRpcError``. ``options`` are gRPC channel options: to spread calls over
+    several replicas, give a ``dns:///host:port`` target and
+    ``[("grpc.lb_policy_name", "round_robin")]``."""
 
     def __init__(
         self,
@@ -59,11 +61,12 @@ class QuotaClient:
         timeout: float = 5.0,
         attempts: int = 3,
         backoff: float = 0.1,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         if root_certificates is None and client_certificate is None:
-            self._channel = grpc.aio.insecure_channel(target)
+            self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
             key, chain = (None, None) if client_certificate is None else client_certificate[::-1]
             self._channel = grpc.aio.secure_channel(
@@ -71,6 +74,7 @@ class QuotaClient:
                 grpc.ssl_channel_credentials(
                     root_certificates=root_certificates, private_key=key, certificate_chain=chain
                 ),
+                options=options,
             )
         self._stub = pb_grpc.QuotaAuthorityServiceStub(self._channel)
         self._metadata = () if token is None else (("authorization", f"Bearer {token}"),)

@@ -72,6 +72,17 @@ class _ReflectionPool:
         return getattr(self._pool, name)
 
 
+def _connection_age(settings: Settings) -> list[tuple[str, int]]:
+    """Options that send each connection a GOAWAY after ``max_connection_age_s`` (gRPC adds
+    up to 10% jitter), giving its calls the shutdown grace to finish; none for 0."""
+    if settings.max_connection_age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", max(1, round(settings.max_connection_age_s * 1000))),
+        ("grpc.max_connection_age_grace_ms", round(settings.shutdown_grace_s * 1000)),
+    ]
+
+
 def new_grpc_server(settings: Settings) -> grpc.aio.Server:
     """The gRPC server every process of ours runs, with its options and its authorization
     in this one place (the benchmark's baseline server is built here too, so the two differ
@@ -84,6 +95,7 @@ def new_grpc_server(settings: Settings) -> grpc.aio.Server:
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            *_connection_age(settings),
         ],
         # Calls beyond this are refused at once with RESOURCE_EXHAUSTED, not queued.
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

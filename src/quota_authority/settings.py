@@ -155,6 +155,9 @@ class Settings:
     max_message_bytes: int = 1 << 20
     # Calls served at once; more get RESOURCE_EXHAUSTED (QUOTA_AUTHORITY_MAX_CONCURRENT_RPCS).
     max_concurrent_rpcs: int = 1000
+    # Seconds before a client connection is asked to reconnect, so clients spread onto new
+    # replicas behind DNS or an L4 balancer; 0 never (QUOTA_AUTHORITY_MAX_CONNECTION_AGE_S).
+    max_connection_age_s: float = 0.0
     # Server certificate chain, PEM; with tls_key_file, serves TLS (QUOTA_AUTHORITY_TLS_CERT_FILE).
     tls_cert_file: Path | None = None
     # Private key of tls_cert_file, PEM (QUOTA_AUTHORITY_TLS_KEY_FILE).
@@ -278,6 +281,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         max_concurrent_rpcs=number(
             "QUOTA_AUTHORITY_MAX_CONCURRENT_RPCS", defaults.max_concurrent_rpcs, int, 1
+        ),
+        max_connection_age_s=number(
+            "QUOTA_AUTHORITY_MAX_CONNECTION_AGE_S", defaults.max_connection_age_s, float, 0
         ),
         event_loop=event_loop,
         batch_max_size=number("QUOTA_AUTHORITY_BATCH_MAX_SIZE", defaults.batch_max_size, int, 1),
