@@ -92,6 +92,6 @@ proto: $(STAMP)
 $(GENERATED): $(PROTO) $(STAMP)
 	$(MAKE) proto
 
-clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+clean: ts-clean
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache src/*.egg-info clients/go/gen
 	rm -f src/quota_authority/v1/*_pb2*.py src/quota_authority/v1/*_pb2*.pyi

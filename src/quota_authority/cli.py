@@ -387,7 +387,7 @@ def _connection_options() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="file holding the bearer token of a caller with the command's role "
-        "(status: reader, check: outreach, block/unblock: safety, import-gmv: data)",
+        "(status, audit: reader; check: outreach; block, unblock: safety; import-gmv: data)",
     )
     group.add_argument(
         "--ca-file",

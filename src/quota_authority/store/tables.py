@@ -1,5 +1,6 @@
-"""The schema, as SQLAlchemy Core tables. Every table is keyed by ``seller_id`` first and
-every transaction touches one seller, so the schema can be distributed by ``seller_id``.
+"""The schema, as SQLAlchemy Core tables. Every table is keyed by ``seller_id`` first, and
+every transaction but a batch of CheckAndConsume touches one seller; docs/operations.md says
+what distributing the schema by ``seller_id`` on Citus would take.
 CHECK constraints back up the invariants the engine keeps: counts are never negative, the
 weekly quota is never exceeded, the starter pack never goes below zero.
 

@@ -1,0 +1,389 @@
+"""The documentation matches the code: the API reference is what the generator makes of the
+proto now, the configuration reference names every setting and nothing else, every metric
+and every rule is described, and relative links lead somewhere. No server, no database."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+
+from quota_authority import settings as settings_module
+from quota_authority.metrics import Metrics
+from quota_authority.settings import Settings, load_settings
+from quota_authority.v1 import quota_authority_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import api_reference  # noqa: E402
+
+# Settings fields that no environment variable sets, and where they come from instead.
+FIELDS_WITHOUT_VARIABLE = {"policy": "the policy file that QUOTA_AUTHORITY_CONFIG names"}
+VARIABLE = re.compile(r"QUOTA_AUTHORITY_[A-Z0-9_]+")
+FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)
+LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def read(name: str) -> str:
+    return (DOCS / name).read_text(encoding="utf-8")
+
+
+def without_code_blocks(text: str) -> str:
+    return FENCE.sub("", text)
+
+
+def section(text: str, heading: str) -> str:
+    """The part of ``text`` under the heading ``heading`` (e.g. ``"## Metrics"``), code blocks
+    included, up to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = text.splitlines()
+    start, end, fenced = None, len(lines), False
+    for i, line in enumerate(lines):
+        if re.match(r"[ \t]*(```|~~~)", line):
+            fenced = not fenced
+        elif fenced:
+            continue
+        elif start is None:
+            if line.strip() == heading:
+                start = i + 1
+        else:
+            match = re.match(r"(#{1,6})\s", line)
+            if match and len(match.group(1)) <= level:
+                end = i
+                break
+    assert start is not None, f"no section {heading!r}"
+    return "\n".join(lines[start:end])
+
+
+# --- the API reference ------------------------------------------------------------------
+
+
+def test_api_reference_is_what_the_generator_makes_of_the_proto_now() -> None:
+    expected = api_reference.render()
+    actual = read("api.md")
+
+    diff = "".join(
+        list(
+            difflib.unified_diff(
+                actual.splitlines(keepends=True),
+                expected.splitlines(keepends=True),
+                "docs/api.md",
+                "generated",
+            )
+        )[:40]
+    )
+    assert actual == expected, (
+        "docs/api.md is out of date with the proto; regenerate it with "
+        f"`{api_reference.REGENERATE}`:\n{diff}"
+    )
+
+
+def test_api_reference_check_mode_accepts_the_current_file_and_refuses_a_stale_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = tmp_path / "api.md"
+    stale.write_text(read("api.md").replace("CheckAndConsume", "CheckAndConsum", 1))
+
+    assert api_reference.main(["--check", str(DOCS / "api.md")]) == 0
+    assert api_reference.main(["--check", str(stale)]) == 1
+    assert "out of date" in capsys.readouterr().err
+
+
+def test_api_reference_handles_nested_messages_oneofs_maps_enums_and_streams(
+    tmp_path: Path,
+) -> None:
+    proto = tmp_path / "x" / "v1" / "x.proto"
+    proto.parent.mkdir(parents=True)
+    proto.write_text(
+        """syntax = "proto3";
+package x.v1;
+import "google/protobuf/duration.proto";
+
+// Watcher watches.
+service Watcher {
+  // Watch streams | both ways.
+  rpc Watch(stream Outer) returns (stream Outer.Inner);
+}
+
+// Outer holds everything.
+message Outer {
+  // Inner is nested.
+  message Inner {
+    // A value.
+    int32 v = 1;
+  }
+  // Color is a nested enum.
+  enum Color {
+    // Not set.
+    COLOR_UNSPECIFIED = 0;
+    COLOR_RED = 1; // Red, said after the value.
+  }
+  // Many inners.
+  repeated Inner inners = 1;
+  // Inners by name.
+  map<string, Inner> by_name = 2;
+  // One or the other.
+  oneof choice {
+    // A string.
+    string text = 3;
+    // A color.
+    Color color = 4;
+  }
+  // How long.
+  optional google.protobuf.Duration wait = 5;
+}
+""",
+        encoding="utf-8",
+    )
+
+    markdown = api_reference.render(proto, tmp_path)
+
+    assert "`rpc Watch(stream Outer) returns (stream Outer.Inner)`" in markdown
+    assert "Watch streams \\| both ways." in markdown  # a pipe inside a table cell
+    assert "### Outer.Inner" in markdown
+    assert "### Outer.Color" in markdown
+    assert "| `inners` | 1 | repeated [`Outer.Inner`](#outerinner) | Many inners. |" in markdown
+    assert "map<`string`, [`Outer.Inner`](#outerinner)>" in markdown
+    assert "| `color` | 4 | enum [`Outer.Color`](#outercolor) (oneof `choice`) |" in markdown
+    assert "Oneof `choice`: at most one of `text`, `color` is set." in markdown
+    assert "optional [`google.protobuf.Duration`](" in markdown
+    assert "| `COLOR_RED` | 1 | Red, said after the value. |" in markdown
+    assert "ByNameEntry" not in markdown  # map entries are not messages of their own
+    assert markdown == api_reference.render(proto, tmp_path)  # deterministic
+
+
+# --- the configuration reference --------------------------------------------------------
+
+
+class _RecordingEnvironment(dict[str, str]):
+    """An empty environment that remembers every variable asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def variables_read_by_load_settings() -> set[str]:
+    environment = _RecordingEnvironment()
+    load_settings(environment)
+    return environment.asked
+
+
+def variable_of_each_field() -> dict[str, set[str]]:
+    """Each ``Settings`` field and the variables named in the comment just above it, which is
+    how settings.py says which variable sets which field."""
+    source = inspect.getsource(Settings)
+    names = {f.name for f in dataclasses.fields(Settings)}
+    found: dict[str, set[str]] = {}
+    comment: list[str] = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped)
+            continue
+        match = re.match(r"(\w+)\s*:", stripped)
+        if match and match.group(1) in names:
+            found[match.group(1)] = set(VARIABLE.findall(" ".join(comment)))
+        comment = []
+    return found
+
+
+def configuration_reference() -> str:
+    return section(read("operations.md"), "## Configuration reference")
+
+
+def test_every_settings_field_is_set_by_one_variable_that_load_settings_reads() -> None:
+    read_by_code = variables_read_by_load_settings()
+
+    for field, variables in variable_of_each_field().items():
+        if field in FIELDS_WITHOUT_VARIABLE:
+            assert not variables, f"{field} now has a variable: document it"
+            continue
+        assert len(variables) == 1, (
+            f"Settings.{field}: its comment should name the one QUOTA_AUTHORITY_* variable "
+            f"that sets it, found {sorted(variables)}"
+        )
+        assert variables <= read_by_code, f"Settings.{field}: load_settings never reads {variables}"
+
+
+def test_every_variable_and_its_field_are_in_the_configuration_reference() -> None:
+    reference = configuration_reference()
+    rows = {
+        VARIABLE.search(line).group(0): line  # type: ignore[union-attr]
+        for line in reference.splitlines()
+        if line.startswith("| `QUOTA_AUTHORITY_")
+    }
+
+    missing = sorted(variables_read_by_load_settings() - set(rows))
+    assert not missing, f"docs/operations.md's configuration reference lacks {missing}"
+    for field, variables in variable_of_each_field().items():
+        for variable in variables:
+            assert f"`{field}`" in rows[variable], (
+                f"the row of {variable} should name its Settings field `{field}`"
+            )
+
+
+def test_every_variable_named_in_operations_exists() -> None:
+    named = set(VARIABLE.findall(read("operations.md")))
+
+    unknown = sorted(named - variables_read_by_load_settings())
+    assert not unknown, f"docs/operations.md names variables the code does not read: {unknown}"
+
+
+def keys_accepted_by_the_policy_and_callers_files() -> set[str]:
+    """Every section and key settings.py accepts in the two TOML files: the sets it passes to
+    ``_only`` and the sections ``policy_from_mapping`` knows."""
+    tree = ast.parse(Path(settings_module.__file__).read_text(encoding="utf-8"))
+    keys: set[str] = set()
+    for node in ast.walk(tree):
+        sets: list[ast.expr] = []
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_only":
+            sets.append(node.args[2])
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "known" for t in node.targets
+        ):
+            sets.append(node.value)
+        for literal in sets:
+            assert isinstance(literal, ast.Set), ast.dump(literal)
+            keys.update(e.value for e in literal.elts if isinstance(e, ast.Constant))
+    assert {"tiers", "week", "callers", "max_before_reply"} <= keys  # the walk found them
+    return keys
+
+
+def test_every_key_of_the_policy_and_callers_files_is_in_the_configuration_reference() -> None:
+    reference = configuration_reference()
+
+    missing = sorted(
+        key
+        for key in keys_accepted_by_the_policy_and_callers_files()
+        if not re.search(rf"(`|\[){re.escape(key)}(`|\])", reference)
+    )
+    assert not missing, f"docs/operations.md's configuration reference lacks the keys {missing}"
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def registered_metrics() -> dict[str, tuple[str, ...]]:
+    """Each metric name as Prometheus exposes it, with its label names."""
+    metrics = Metrics()
+    exposed: dict[str, tuple[str, ...]] = {}
+    for collector in vars(metrics).values():
+        if not isinstance(collector, MetricWrapperBase):
+            continue
+        (family,) = collector.describe()
+        name = family.name + ("_total" if family.type == "counter" else "")
+        exposed[name] = tuple(getattr(collector, "_labelnames", ()))
+    names = {family.name for family in metrics.registry.collect()}
+    assert len(exposed) == len(names), "a metric is registered outside Metrics' attributes"
+    return exposed
+
+
+def test_every_metric_and_its_labels_are_in_operations() -> None:
+    metrics_section = section(read("operations.md"), "## Metrics")
+
+    for name, labels in registered_metrics().items():
+        rows = [line for line in metrics_section.splitlines() if f"`{name}`" in line]
+        assert rows, f"docs/operations.md's Metrics section lacks {name}"
+        for label in labels:
+            assert f"`{label}`" in rows[0], f"the row of {name} lacks its label `{label}`"
+
+
+def test_every_metric_named_in_operations_is_registered() -> None:
+    metrics_section = section(read("operations.md"), "## Metrics")
+    registered = set(registered_metrics())
+    series = {
+        base + suffix
+        for base in registered
+        for suffix in ("", "_bucket", "_count", "_sum", "_created")
+    }
+
+    named = set(re.findall(r"quota_authority_[a-z0-9_]+", metrics_section))
+    unknown = sorted(named - series)
+    assert not unknown, f"docs/operations.md names metrics the code does not register: {unknown}"
+
+
+# --- rules ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", range(1, 14))
+def test_every_rule_has_a_section_in_rules(number: int) -> None:
+    headings = re.findall(r"^## (R\d+)\b", read("rules.md"), re.MULTILINE)
+
+    assert f"R{number}" in headings, f"docs/rules.md has no '## R{number} …' section"
+
+
+def test_every_reason_the_service_answers_is_in_rules() -> None:
+    rules = read("rules.md")
+
+    missing = [
+        value.name
+        for value in pb.Reason.DESCRIPTOR.values
+        if value.number != 0 and f"`{value.name}`" not in rules
+    ]
+    assert not missing, f"docs/rules.md never mentions {missing}"
+
+
+# --- links ------------------------------------------------------------------------------
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading's text."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # links: their text
+    text = text.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    found: set[str] = set()
+    for _, heading in HEADING.findall(without_code_blocks(path.read_text(encoding="utf-8"))):
+        base = slug(heading)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def relative_links(path: Path) -> list[str]:
+    text = without_code_blocks(path.read_text(encoding="utf-8"))
+    text = re.sub(r"`[^`\n]*`", "", text)  # inline code is not a link
+    return [
+        target
+        for _, target in LINK.findall(text)
+        if not re.match(r"[a-z][a-z0-9+.-]*:", target)  # http:, https:, mailto:, …
+    ]
+
+
+@pytest.mark.parametrize("document", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_relative_links_lead_to_files_and_headings_that_exist(document: Path) -> None:
+    broken = []
+    for target in relative_links(document):
+        file_part, _, fragment = target.partition("#")
+        linked = (document.parent / file_part).resolve() if file_part else document
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
+            broken.append(f"{target}: no heading with that anchor in {linked.name}")
+
+    assert not broken, f"{document.name}: broken links: {broken}"
+
+
+def test_the_documents_exist() -> None:
+    for name in ("api.md", "architecture.md", "operations.md", "rules.md"):
+        assert (DOCS / name).is_file(), f"docs/{name} is missing"
