@@ -25,6 +25,7 @@ RPCS = [
     "GetStatus",
     "RecordGmv",
     "UpsertSeller",
+    "ListDecisions",
 ]
 
 
