@@ -246,7 +246,7 @@ def measure(
 # --- servers ----------------------------------------------------------------------------
 
 
-def _wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -281,7 +281,7 @@ def running(
     }
     process = subprocess.Popen(command, env=environ, cwd=ROOT)
     try:
-        _wait_until_serving(target, process, timeout_s=60)
+        wait_until_serving(target, process, timeout_s=60)
         yield Server(target, process.pid, postgres_dir, postgres_url)
     finally:
         process.terminate()

@@ -12,55 +12,29 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from bench import free_port, wait_until_serving  # the benchmark's server helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120.0  # a first embedded PostgreSQL start, with initdb, takes a while
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_serving(target: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit(f"interop: the server exited with {server.returncode}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise SystemExit(f"interop: the server was not SERVING within {START_TIMEOUT_S:.0f} s")
 
 
 def main(targets: list[str]) -> int:
     if not targets:
         print("usage: interop.py MAKE_TARGET...", file=sys.stderr)
         return 2
-    target = f"127.0.0.1:{_free_port()}"
+    target = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory(prefix="quota-authority-interop-") as data_dir:
         env = dict(os.environ, QUOTA_AUTHORITY_LISTEN=target, QUOTA_AUTHORITY_DATA_DIR=data_dir)
         for name in ("QUOTA_AUTHORITY_CONFIG", "QUOTA_AUTHORITY_CALLERS_FILE"):
             env.pop(name, None)  # the scenarios expect the default policy and no callers
         server = subprocess.Popen([str(ROOT / ".venv/bin/quota-authority"), "serve"], env=env)
         try:
-            _wait_serving(target, server)
+            wait_until_serving(target, server, START_TIMEOUT_S)
             print(f"interop: server SERVING on {target}", flush=True)
             failed = 0
             for make_target in targets:
