@@ -665,6 +665,7 @@ async def test_audit_since_and_until_select_a_half_open_range(target, stub, sell
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     assert [line.split()[2] for line in lines[1:-1]] == ["c-1"]
+    assert lines[-1] == "1 decision"
 
 
 async def test_audit_week_with_since_is_a_usage_error(target, seller, capsys):

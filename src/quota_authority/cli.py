@@ -323,7 +323,8 @@ def _audit(args: argparse.Namespace) -> int:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        print(f"{len(rows) - 1} decisions")
+        count = len(rows) - 1
+        print(f"{count} decision{'' if count == 1 else 's'}")
         return OK
 
     return _with_client(args, list_them)
