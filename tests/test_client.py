@@ -17,7 +17,7 @@ import pytest
 from pki import Authority
 from support import ledger_counts
 
-from quota_authority.client import QuotaClient
+from quota_authority.client import QuotaClient, field_violations
 from quota_authority.errors import StoreUnavailable
 from quota_authority.settings import Caller
 from quota_authority.store import PostgresLedger
@@ -65,6 +65,14 @@ async def test_a_call_the_server_refuses_is_raised_without_retrying(target, cloc
             await quota.get_status("not a seller id")
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_field_violations_names_each_bad_field_of_a_refused_call(target, clock):
+    async with QuotaClient(target) as quota:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await quota.check_and_consume("not a seller id", "", "message")
+
+    assert [field for field, _ in field_violations(refused.value)] == ["seller_id", "creator_id"]
 
 
 class LosesTheFirstAnswer(PostgresLedger):

@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from .client import field_violations
 
 if TYPE_CHECKING:
     from .client import QuotaClient
@@ -48,7 +48,6 @@ __all__ = [
     "Row",
     "Tally",
     "add_parser",
-    "field_violations",
     "run",
 ]
 
@@ -270,18 +269,6 @@ def _describe(tally: Tally) -> str:
     )
 
 
-def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
-    """The ``field: description`` lines of the google.rpc.BadRequest ``error`` carries."""
-    status = rpc_status.from_call(error)
-    lines = []
-    for detail in [] if status is None else status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            lines += [f"{v.field}: {v.description}" for v in bad.field_violations]
-    return lines
-
-
 @dataclass(frozen=True)
 class _Stop:
     line: int
@@ -357,7 +344,8 @@ class GmvImport:
             )
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                self._bad(BadRow(row.line, "; ".join(field_violations(e)) or str(e.details())))
+                violations = "; ".join(f"{f}: {d}" for f, d in field_violations(e))
+                self._bad(BadRow(row.line, violations or str(e.details())))
             elif e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 reason = f"request_id {request_id} was used before for other values"
                 self._bad(BadRow(row.line, f"{reason} (did the file change since that run?)"))

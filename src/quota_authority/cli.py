@@ -21,7 +21,6 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import _import_gmv
-from ._import_gmv import field_violations
 from .errors import ConfigError
 from .logs import configure_logging
 from .settings import Settings, load_settings
@@ -149,8 +148,10 @@ _UNKNOWN_OUTCOME = {
 def _print_rpc_error(error: grpc.aio.AioRpcError) -> None:
     """``error: CODE: details`` on stderr, then one line per field violation."""
     print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-    for line in field_violations(error):
-        print(f"  {line}", file=sys.stderr)
+    from .client import field_violations
+
+    for field, description in field_violations(error):
+        print(f"  {field}: {description}", file=sys.stderr)
 
 
 def _print_table(rows: Sequence[tuple[str, str]]) -> None:

@@ -25,11 +25,13 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from .v1 import quota_authority_pb2 as pb
 from .v1 import quota_authority_pb2_grpc as pb_grpc
 
-__all__ = ["QuotaClient"]
+__all__ = ["QuotaClient", "field_violations"]
 
 T = TypeVar("T")
 
@@ -237,6 +239,19 @@ class QuotaClient:
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """The (field, description) pairs of the google.rpc.BadRequest an INVALID_ARGUMENT
+    ``error`` carries; empty for any other error."""
+    status = rpc_status.from_call(error)
+    pairs = []
+    for detail in [] if status is None else status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            pairs += [(v.field, v.description) for v in bad.field_violations]
+    return pairs
 
 
 def _new_request_id() -> str:

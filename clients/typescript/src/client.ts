@@ -70,7 +70,7 @@ export interface QuotaClient extends QuotaMethods {}
  * A channel to one quota-authority target.
  *
  * Every call gets a deadline of `timeoutMs` per attempt and is retried while it answers
- * UNAVAILABLE (the outcome was unknown and nothing was granted), up to `attempts` attempts in
+ * UNAVAILABLE (no answer came back: retrying is safe), up to `attempts` attempts in
  * all, with the same request. A mutating call made without a `requestId` gets a generated one
  * first (except dry runs, which change nothing), so its retries are replayed by the service,
  * never charged twice. Other errors reject at once with the grpc-js `ServiceError`.
