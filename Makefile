@@ -40,19 +40,15 @@ lint: $(GENERATED) proto-lint
 	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py \
 		scripts/interop.py scripts/api_reference.py
 
-# The proto against Buf's STANDARD lint rules, and against the main branch for breaking
-# changes (buf.yaml). buf comes from npm, pinned, into .tools.
+# The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against
+# the proto callers may have generated clients from (scripts/buf_breaking.sh says which).
+# buf comes from npm, pinned, into .tools.
 BUF := .tools/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 
 proto-lint: $(BUF)
 	$(BUF) lint
-	@if git rev-parse --verify --quiet main >/dev/null; then \
-		echo "$(BUF) breaking --against '.git#branch=main'"; \
-		$(BUF) breaking --against '.git#branch=main'; \
-	else \
-		echo "no local main branch: buf breaking skipped"; \
-	fi
+	scripts/buf_breaking.sh $(BUF)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
