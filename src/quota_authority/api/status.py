@@ -114,7 +114,16 @@ def _to_status(error: Exception) -> status_pb2.Status:
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:
     """End the call with ``error`` as its documented status (and log it); raises."""
-    status = _to_status(error)
+    await _abort(context, method, error, _to_status(error))
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    error: Exception,
+    status: status_pb2.Status,
+) -> None:
+    """``abort`` with ``error`` already mapped to ``status``."""
     if isinstance(error, QuotaAuthorityError):
         log.info(
             "call refused",
@@ -171,8 +180,9 @@ def mapped_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             code = "OK"
             return response
         except Exception as e:
-            code = code_pb2.Code.Name(_to_status(e).code)
-            await abort(context, handler.__name__, e)
+            status = _to_status(e)
+            code = code_pb2.Code.Name(status.code)
+            await _abort(context, handler.__name__, e, status)
             raise AssertionError("unreachable: abort raises") from None  # pragma: no cover
         finally:
             if metrics is not None:
