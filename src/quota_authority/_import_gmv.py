@@ -26,13 +26,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
 import grpc
 
+from .api.validation import calendar_day, quoted
 from .client import field_violations
 
 if TYPE_CHECKING:
@@ -60,12 +60,9 @@ REDRAW_EVERY_S = 0.1
 # A long import rides out a short outage: attempts of each call while it is UNAVAILABLE.
 ATTEMPTS = 5
 
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _INTEGER = re.compile(r"-?[0-9]+")
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _INT64_MAX = 2**63 - 1
-# Longest part of a bad value quoted back in a report.
-_ECHO = 40
 
 EXIT_OK, EXIT_BAD_ROWS = 0, 1
 
@@ -92,39 +89,24 @@ class BadRow:
     reason: str
 
 
-def _echo(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= _ECHO else f"{text[: _ECHO - 1]}… ({len(value)} chars)"
-
-
 def parse_row(line: int, cells: list[str]) -> Row | BadRow:
     """The row at ``line`` from its CSV ``cells``, or why it is bad (every problem)."""
     if len(cells) != len(HEADER):
         return BadRow(line, f"expected 3 columns ({','.join(HEADER)}), got {len(cells)}")
     seller_id, day, gmv = (cell.strip() for cell in cells)
     problems = []
-    if not _is_day(day):
-        problems.append(f"day must be a calendar date as YYYY-MM-DD, got {_echo(day)}")
+    if calendar_day(day) is None:
+        problems.append(f"day must be a calendar date as YYYY-MM-DD, got {quoted(day)}")
     value = int(gmv) if _INTEGER.fullmatch(gmv) else None
     if value is None:
-        problems.append(f"gmv_minor must be a whole number of USD cents, got {_echo(gmv)}")
+        problems.append(f"gmv_minor must be a whole number of USD cents, got {quoted(gmv)}")
     elif value < 0:
         problems.append(f"gmv_minor must not be negative, got {value}")
     elif value > _INT64_MAX:
-        problems.append(f"gmv_minor is too large: {_echo(gmv)}")
+        problems.append(f"gmv_minor is too large: {quoted(gmv)}")
     if problems or value is None:
         return BadRow(line, "; ".join(problems))
     return Row(line, seller_id, day, value)
-
-
-def _is_day(text: str) -> bool:
-    if not _DAY.fullmatch(text):
-        return False
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
 
 
 class GmvCsv:
@@ -173,7 +155,7 @@ class GmvCsv:
         if tuple(cell.strip() for cell in header) != HEADER:
             raise BadHeader(
                 f"{self.path} line 1: expected the header {','.join(HEADER)}, "
-                f"got {_echo(','.join(header))}"
+                f"got {quoted(','.join(header))}"
             )
 
     def rows(self, from_line: int = 2) -> Iterator[Row | BadRow]:

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ..errors import FieldViolation, InvalidArgument
 from ..settings import valid_time_zone
 
-__all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator"]
+__all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator", "calendar_day", "quoted"]
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -25,10 +25,20 @@ MAX_PAGE_SIZE = 1000
 _ECHO = 40
 
 
-def _echo(value: object) -> str:
+def quoted(value: object) -> str:
     """``value`` as an error message quotes it, cut short if long."""
     text = repr(value)
     return text if len(text) <= _ECHO else f"{text[: _ECHO - 1]}… ({len(str(value))} chars)"
+
+
+def calendar_day(text: str) -> date | None:
+    """The calendar date ``text`` spells as YYYY-MM-DD, or None."""
+    if _DAY.fullmatch(text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    return None
 
 
 class Validator:
@@ -66,20 +76,17 @@ class Validator:
         return value
 
     def day(self, field: str, value: str) -> date | None:
-        if _DAY.fullmatch(value):
-            try:
-                return date.fromisoformat(value)
-            except ValueError:
-                pass
-        self.bad(field, f"must be a calendar date as YYYY-MM-DD; got {_echo(value)}")
-        return None
+        day = calendar_day(value)
+        if day is None:
+            self.bad(field, f"must be a calendar date as YYYY-MM-DD; got {quoted(value)}")
+        return day
 
     def time_zone(self, field: str, value: str) -> str | None:
         if value == "":
             return None
         if not valid_time_zone(value):
             self.bad(
-                field, f"must be an IANA time zone such as America/Los_Angeles; got {_echo(value)}"
+                field, f"must be an IANA time zone such as America/Los_Angeles; got {quoted(value)}"
             )
         return value
 
