@@ -215,13 +215,17 @@ _CHARGES = {
 }
 
 
+def _reason_words(reason: pb.Reason.ValueType) -> str:
+    """A ``Reason`` in lower-case words: ``REASON_NEW_CREATOR`` is "new creator"."""
+    return pb.Reason.Name(reason).removeprefix("REASON_").lower().replace("_", " ")
+
+
 def _decision_rows(reply: pb.CheckAndConsumeResponse, dry_run: bool) -> list[tuple[str, str]]:
     """The decision as ``(label, value)`` rows: the reason in lower-case words."""
     s = reply.status
-    reason = pb.Reason.Name(reply.reason).removeprefix("REASON_").lower().replace("_", " ")
     rows = [
         ("decision", "allowed" if reply.allowed else "denied"),
-        ("reason", reason),
+        ("reason", _reason_words(reply.reason)),
         ("would charge" if dry_run else "charged", _CHARGES.get(reply.charged, "nothing")),
         ("used this week", str(s.used_this_week)),
         ("remaining this week", "unlimited" if s.unlimited else str(s.remaining_this_week)),
@@ -306,14 +310,13 @@ def _audit(args: argparse.Namespace) -> int:
             end_time=args.until,
             page_size=args.page_size,
         ):
-            reason = pb.Reason.Name(d.reason).removeprefix("REASON_").lower().replace("_", " ")
             rows.append(
                 (
                     _when(d.decided_at),
                     pb.Action.Name(d.action).removeprefix("ACTION_").lower(),
                     d.creator_id,
                     "allowed" if d.allowed else "denied",
-                    reason,
+                    _reason_words(d.reason),
                     _CHARGES.get(d.charged, "nothing"),
                     d.tier,
                 )
