@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from functools import cache
 from pathlib import Path
+from typing import TypeGuard
 
 from alembic import command
 from alembic.config import Config
@@ -51,12 +52,15 @@ def _known_revisions() -> frozenset[str]:
     return frozenset(r.revision for r in ScriptDirectory.from_config(_config()).walk_revisions())
 
 
+def _newer_than_code(revision: str | None) -> TypeGuard[str]:
+    """True for a revision this code does not know: a newer release's."""
+    return revision is not None and revision not in _known_revisions()
+
+
 def serves_revision(revision: str | None) -> bool:
     """True when this code may serve a schema at ``revision``: its head, or a newer revision
     it does not know (migrations are additive)."""
-    return revision is not None and (
-        revision == head_revision() or revision not in _known_revisions()
-    )
+    return revision == head_revision() or _newer_than_code(revision)
 
 
 def _upgrade(connection: Connection) -> None:
@@ -88,7 +92,7 @@ async def migrate(engine: AsyncEngine) -> str:
         async with unbounded.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             current = await _revision(conn)
-            if current is not None and current not in _known_revisions():
+            if _newer_than_code(current):
                 log.warning(
                     "schema at a revision newer than this code's; not migrating",
                     extra={"revision": current, "head": head_revision()},
