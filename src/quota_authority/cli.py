@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import _import_gmv
-from .errors import ConfigError
+from .errors import ConfigError, StartupError
 from .logs import configure_logging
 from .settings import Settings, load_settings
 from .v1 import quota_authority_pb2 as pb
@@ -520,16 +520,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_commands[args.command](args)
     try:
         settings = load_settings()
-    except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr)
-        return USAGE
-    configure_logging(settings.log_level)
-    if args.command == "serve":
-        from .server import serve
+        configure_logging(settings.log_level)
+        if args.command == "serve":
+            from .server import serve
 
-        serve(settings)
-        return OK
-    _migrate(settings)
+            serve(settings)
+        else:
+            _migrate(settings)
+    except StartupError as e:
+        print(f"{e.label}: {e}", file=sys.stderr)
+        return e.exit_status
     return OK
 
 

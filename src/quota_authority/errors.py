@@ -12,7 +12,11 @@
     ├── DeadlineExceeded       the server's deadline cap passed      -> DEADLINE_EXCEEDED
     ├── Unauthenticated        no credentials, or unknown ones       -> UNAUTHENTICATED
     ├── PermissionDenied       a known caller without the role       -> PERMISSION_DENIED
-    └── ConfigError            bad settings, refused at start (never reaches a caller)
+    └── StartupError           the process cannot start; one line, an exit status (never
+        │                      reaches a caller; ``cli`` prints it and exits with it)
+        ├── ConfigError        bad settings; names the key                   -> exit 2
+        ├── DatabaseUnreachable  QUOTA_AUTHORITY_DATABASE_URL fails to connect -> exit 3
+        └── CannotListen       QUOTA_AUTHORITY_LISTEN cannot be bound        -> exit 4
 
 A denial (quota exhausted, blocked, ...) is an answer, not an error, and has no class here.
 """
@@ -22,8 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CannotListen",
     "CommitOutcomeUnknown",
     "ConfigError",
+    "DatabaseUnreachable",
     "DeadlineExceeded",
     "FieldViolation",
     "InvalidArgument",
@@ -31,6 +37,7 @@ __all__ = [
     "PermissionDenied",
     "QuotaAuthorityError",
     "RequestIdReused",
+    "StartupError",
     "StoreUnavailable",
     "Unauthenticated",
     "Unavailable",
@@ -102,5 +109,32 @@ class PermissionDenied(QuotaAuthorityError):
     """The caller is known but has no role that opens this RPC; nothing was read or changed."""
 
 
-class ConfigError(QuotaAuthorityError):
+class StartupError(QuotaAuthorityError):
+    """The process cannot start as configured. The message is one line that names the
+    setting at fault (and never a password); ``exit_status`` is the process's documented
+    exit status (docs/operations.md, "Command line")."""
+
+    exit_status = 1
+    # How the one line printed on stderr begins.
+    label = "error"
+
+
+class ConfigError(StartupError):
     """The settings are invalid; the message names the offending key."""
+
+    exit_status = 2
+    label = "configuration error"
+
+
+class DatabaseUnreachable(StartupError):
+    """The database at start could not be connected to or refused us; the message names
+    ``QUOTA_AUTHORITY_DATABASE_URL`` (its password hidden) and what failed."""
+
+    exit_status = 3
+
+
+class CannotListen(StartupError):
+    """The listen address cannot be bound (in use, not this machine's, not permitted); the
+    message names ``QUOTA_AUTHORITY_LISTEN``."""
+
+    exit_status = 4
