@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import grpc
 
-from .api.validation import calendar_day, quoted
 from .client import field_violations
+from .formats import calendar_day, quoted
 
 if TYPE_CHECKING:
     from .client import QuotaClient

@@ -9,36 +9,18 @@ from datetime import UTC, date, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..errors import FieldViolation, InvalidArgument
+from ..formats import calendar_day, quoted
 from ..settings import valid_time_zone
 
-__all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator", "calendar_day", "quoted"]
+__all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator"]
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 # One day's GMV in cents (10 trillion USD): 30 days of it still sum within a bigint.
 MAX_DAILY_GMV_MINOR = 10**15
 # AIP-158: the page size used when a caller sets none, and the most a page holds.
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# Longest part of a bad value echoed back: errors travel in headers, which are small.
-_ECHO = 40
-
-
-def quoted(value: object) -> str:
-    """``value`` as an error message quotes it, cut short if long."""
-    text = repr(value)
-    return text if len(text) <= _ECHO else f"{text[: _ECHO - 1]}… ({len(str(value))} chars)"
-
-
-def calendar_day(text: str) -> date | None:
-    """The calendar date ``text`` spells as YYYY-MM-DD, or None."""
-    if _DAY.fullmatch(text):
-        try:
-            return date.fromisoformat(text)
-        except ValueError:
-            pass
-    return None
 
 
 class Validator:
