@@ -33,7 +33,8 @@ $(GHZ):
 	mkdir -p .bench/bin
 	GOBIN=$(CURDIR)/.bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
-lint: $(GENERATED) proto-lint
+# go-client-check (clients/go/client.mk): the committed Go code is what the proto generates.
+lint: $(GENERATED) proto-lint go-client-check
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
@@ -55,6 +56,7 @@ $(BUF):
 
 # Clients in other languages, generated from the proto by buf (each directory's
 # buf.gen.yaml) with pinned plugins; see clients/go/README.md, clients/typescript/README.md.
+# The Go module's generated code is committed (so `go get` works), the TypeScript client's is not.
 -include clients/go/client.mk
 -include clients/typescript/client.mk
 
@@ -88,6 +90,8 @@ proto: $(STAMP)
 $(GENERATED): $(PROTO) $(STAMP)
 	$(MAKE) proto
 
+# The Python and TypeScript generated code goes; the Go client's clients/go/gen is committed
+# and stays.
 clean: ts-clean
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache src/*.egg-info clients/go/gen
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
 	rm -f src/quota_authority/v1/*_pb2*.py src/quota_authority/v1/*_pb2*.pyi
