@@ -10,7 +10,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -57,7 +59,7 @@ func main() {
 func printAnswer(step string, answer any) {
 	switch a := answer.(type) {
 	case proto.Message:
-		fmt.Printf("%s\n  %s\n", step, protojson.MarshalOptions{EmitUnpopulated: true}.Format(a))
+		fmt.Printf("%s\n  %s\n", step, compactJSON(a))
 	case error:
 		st := status.Convert(a)
 		fmt.Printf("%s\n  error %s: %s\n", step, st.Code(), st.Message())
@@ -71,4 +73,20 @@ func printAnswer(step string, answer any) {
 	case nil:
 		fmt.Printf("%s\n  no error\n", step)
 	}
+}
+
+// compactJSON is m in proto JSON without insignificant whitespace. protojson puts a space
+// after some commas or not depending on the binary that runs it (on purpose, so that nobody
+// depends on its exact bytes); compacting it makes the example print the same bytes whatever
+// Go version or build runs it, and so the output in the README.
+func compactJSON(m proto.Message) string {
+	b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(m)
+	if err != nil {
+		return fmt.Sprintf("(cannot encode %T: %v)", m, err)
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		return string(b)
+	}
+	return out.String()
 }
