@@ -7,7 +7,7 @@ import grpc
 import pytest
 from support import invite, ledger_counts, seller_week_locked
 
-from quota_authority.api.status import _to_status
+from quota_authority.api.error_mapping import to_status
 from quota_authority.errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -46,7 +46,7 @@ async def test_a_held_seller_week_lock_gives_unavailable_and_a_retry_grants_once
     ],
 )
 def test_unavailable_says_nothing_was_granted_only_when_nothing_was(error, says):
-    status = _to_status(error)
+    status = to_status(error)
 
     assert status.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert f"{says}, retry with the same request_id" in status.message

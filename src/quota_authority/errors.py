@@ -1,4 +1,4 @@
-"""The error hierarchy, drawn once; ``api.status`` maps it to gRPC codes in one place.
+"""The error hierarchy, drawn once; ``api.error_mapping`` maps it to gRPC codes in one place.
 
 ::
 

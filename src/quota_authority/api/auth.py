@@ -32,7 +32,7 @@ import grpc
 
 from ..errors import PermissionDenied, Unauthenticated
 from ..settings import Caller
-from .status import abort
+from .error_mapping import abort
 
 __all__ = ["METHOD_ROLES", "Authorizer"]
 

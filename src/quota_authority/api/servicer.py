@@ -1,5 +1,6 @@
 """``QuotaAuthorityServicer``: validates each request, turns it into a domain request, asks
-the engine, and turns the answer back into protobuf. Errors leave through ``mapped_errors``.
+the engine, and turns the answer back into protobuf. Every method is an ``rpc_method``: its
+deadline capped, its errors mapped to status, its time and code observed.
 
 ``add_to_server`` registers it with request parsing that never fails: bytes that do not
 decode as the request message reach the method as ``Malformed`` and are answered
@@ -27,7 +28,7 @@ from .convert import (
     status_to_proto,
 )
 from .pagination import decode_page_token, encode_page_token
-from .status import Malformed, mapped_errors
+from .rpc_method import Malformed, rpc_method
 from .validation import MAX_DAILY_GMV_MINOR, Validator
 
 __all__ = ["QuotaAuthorityServicer", "add_to_server"]
@@ -56,7 +57,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         self.max_deadline_s = max_deadline_s
         self.metrics = metrics
 
-    @mapped_errors
+    @rpc_method
     async def CheckAndConsume(
         self, request: pb.CheckAndConsumeRequest, context: Context
     ) -> pb.CheckAndConsumeResponse:
@@ -89,7 +90,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
             )
         return decision_to_proto(decision)
 
-    @mapped_errors
+    @rpc_method
     async def RecordReply(
         self, request: pb.RecordReplyRequest, context: Context
     ) -> pb.RecordReplyResponse:
@@ -131,21 +132,21 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         )
         return result.blocked_by_seller, result.blocked_by_creator, result.replayed
 
-    @mapped_errors
+    @rpc_method
     async def Block(self, request: pb.BlockRequest, context: Context) -> pb.BlockResponse:
         by_seller, by_creator, replayed = await self._change_block(request, blocked=True)
         return pb.BlockResponse(
             blocked_by_seller=by_seller, blocked_by_creator=by_creator, replayed=replayed
         )
 
-    @mapped_errors
+    @rpc_method
     async def Unblock(self, request: pb.UnblockRequest, context: Context) -> pb.UnblockResponse:
         by_seller, by_creator, replayed = await self._change_block(request, blocked=False)
         return pb.UnblockResponse(
             blocked_by_seller=by_seller, blocked_by_creator=by_creator, replayed=replayed
         )
 
-    @mapped_errors
+    @rpc_method
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: Context
     ) -> pb.GetStatusResponse:
@@ -155,7 +156,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         status = await self._service.get_status(request.seller_id)
         return pb.GetStatusResponse(status=status_to_proto(status))
 
-    @mapped_errors
+    @rpc_method
     async def RecordGmv(
         self, request: pb.RecordGmvRequest, context: Context
     ) -> pb.RecordGmvResponse:
@@ -176,7 +177,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         )
         return pb.RecordGmvResponse(replayed=result.replayed)
 
-    @mapped_errors
+    @rpc_method
     async def UpsertSeller(
         self, request: pb.UpsertSellerRequest, context: Context
     ) -> pb.UpsertSellerResponse:
@@ -192,7 +193,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
             created=result.created, time_zone=result.time_zone, replayed=result.replayed
         )
 
-    @mapped_errors
+    @rpc_method
     async def ListDecisions(
         self, request: pb.ListDecisionsRequest, context: Context
     ) -> pb.ListDecisionsResponse:
