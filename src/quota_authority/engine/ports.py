@@ -122,9 +122,11 @@ class LedgerTransaction(Protocol):
         ...
 
     async def create_week(self, week: SellerWeek, starter_pack_grant: int) -> None:
-        """Insert the seller-week unless one with the same start exists. Only the call that
-        inserts it grants ``starter_pack_grant`` units (if > 0) and marks the pack granted,
-        so the pack is granted at most once per seller, whatever the concurrency."""
+        """Insert the seller-week unless one with the same start exists, and grant
+        ``starter_pack_grant`` units (if > 0: ``rules.r10_starter_pack_grant`` decided it),
+        marking the pack granted. The grant lands only while the seller is still marked
+        never granted and never having had GMV, re-checked under its row lock: the race
+        guard that keeps the pack granted at most once per seller, whatever the concurrency."""
         ...
 
     async def starter_pack_remaining(self, seller_id: str) -> int:

@@ -53,7 +53,13 @@ def r1_tier_for_gmv(gmv_30d_minor: int, tiers: tuple[TierPolicy, ...]) -> TierPo
 
 def r10_starter_pack_grant(has_had_gmv: bool, already_granted: bool, size: int) -> int:
     """R10 Starter's Pack: units granted when a seller's first week is created — ``size`` for a
-    seller that never had GMV above zero and never received the pack, else 0."""
+    seller that never had GMV above zero and never received the pack, else 0.
+
+    Eligibility is decided here. The store's ``_CREATE_WEEK`` (``store/ledger.py``) checks
+    the same two flags again, as a race guard and not as a second rule: two transactions
+    creating a seller's first week at once (or a RecordGmv committing meanwhile) both read
+    the seller before either grants, so the grant re-reads the flags under the seller's row
+    lock and lands at most once."""
     return 0 if has_had_gmv or already_granted else size
 
 

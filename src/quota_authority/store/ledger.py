@@ -62,9 +62,12 @@ _UNAVAILABLE = (
     asyncio.TimeoutError,
 )
 
-# R10 grant and R2 snapshot in one statement. The UPDATE grants at most once per seller (its
-# WHERE re-checks the flags under the row lock); the INSERT's snapshot of the pack takes the
-# granted amount from the UPDATE, whose effect the INSERT's own snapshot cannot see.
+# R10 grant and R2 snapshot in one statement. Whether the seller gets the pack is decided by
+# ``engine.rules.r10_starter_pack_grant`` (``:grant``). The UPDATE's WHERE repeats its two
+# flags only as the race guard: two transactions creating a seller's first week at once (or
+# a RecordGmv committing meanwhile) both read the seller before either grants; re-checked
+# under the seller's row lock, the pack is granted at most once. The INSERT's snapshot of the
+# pack takes the granted amount from the UPDATE, whose effect its own snapshot cannot see.
 _CREATE_WEEK = text(
     """
     WITH granted AS (
