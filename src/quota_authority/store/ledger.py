@@ -37,6 +37,7 @@ from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
 from .migrate import serves_revision
 from .outreach import OutreachTransaction
+from .rows import seller_week
 from .tables import (
     audit_log,
     daily_gmv,
@@ -106,21 +107,6 @@ def _unavailable(error: BaseException) -> StoreUnavailable:
     if isinstance(error, asyncpg.LockNotAvailableError):
         return LockTimeout("a row lock was not granted within the lock timeout")
     return StoreUnavailable(f"database unavailable: {type(error).__name__}")
-
-
-def _week(row: Any) -> SellerWeek:
-    return SellerWeek(
-        seller_id=row.seller_id,
-        week_start=row.week_start,
-        week_end=row.week_end,
-        time_zone=row.time_zone,
-        tier=row.tier,
-        weekly_limit=row.weekly_limit,
-        max_creator_followers=row.max_creator_followers,
-        gmv_30d_minor=row.gmv_30d_minor,
-        weekly_used=row.weekly_used,
-        pack_used=row.pack_used,
-    )
 
 
 def _recorded(row: Any) -> RecordedDecision:
@@ -249,7 +235,7 @@ class _Transaction:
             .limit(1)
         )
         row = (await self.conn.execute(stmt)).first()
-        return None if row is None else _week(row)
+        return None if row is None else seller_week(row._mapping)
 
     async def decisions(
         self,

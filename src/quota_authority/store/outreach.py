@@ -17,9 +17,10 @@ from typing import Any
 
 import asyncpg
 
-from ..domain import PairState, SellerWeek, StoredResponse
+from ..domain import PairState, StoredResponse
 from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites
 from ..errors import LockTimeout
+from .rows import seller_week
 
 __all__ = ["OutreachTransaction"]
 
@@ -33,18 +34,7 @@ _WRITE = (
 def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
     week = None
     if row["o_week_start"] is not None:
-        week = SellerWeek(
-            seller_id=key.seller_id,
-            week_start=row["o_week_start"],
-            week_end=row["o_week_end"],
-            time_zone=row["o_time_zone"],
-            tier=row["o_tier"],
-            weekly_limit=row["o_weekly_limit"],
-            max_creator_followers=row["o_max_creator_followers"],
-            gmv_30d_minor=row["o_gmv_30d_minor"],
-            weekly_used=row["o_weekly_used"],
-            pack_used=row["o_pack_used"],
-        )
+        week = seller_week(row, "o_", seller_id=key.seller_id)
     stored = None
     if row["o_fingerprint"] is not None:
         response = row["o_response"]
