@@ -4,6 +4,10 @@ schema that newer code has already migrated further.
 
 Migrations are additive, so code serves a schema at its head revision or at a newer one it
 does not know; a schema behind its head is not served until migrated.
+
+Only the migrator gets the service's tight timeouts (``TIGHT``): what a test sets up and
+checks (a revision written, a ``ping``) runs with timeouts that no machine's load trips
+(``ROOMY``), so a test fails only when what it tests is broken.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
@@ -23,20 +28,40 @@ from quota_authority.store.database import to_async_url
 
 # Far shorter than any migration: the service's own timeouts must not bind migrations.
 TIGHT = Settings(lock_timeout_ms=1, statement_timeout_ms=1)
+# For everything else: set-up and checks must not fail because the machine is slow.
+ROOMY = Settings(lock_timeout_ms=60_000, statement_timeout_ms=60_000)
+# How long the migrator must have waited for the held migration lock, by the database's
+# clock, before the test lets it go: a hundred times ``TIGHT``'s timeouts.
+LOCK_WAIT = timedelta(milliseconds=100)
+WAIT_LIMIT_S = 60.0  # room for a loaded machine; a working migrator needs far less
+
+
+class Scratch:
+    """A new empty database: ``engine`` with the service's settings at ``ROOMY`` for set-up
+    and checks, ``tight`` with them at ``TIGHT`` for the migrator under test."""
+
+    def __init__(self, name: str, engine: AsyncEngine, tight: AsyncEngine) -> None:
+        self.name = name
+        self.engine = engine
+        self.tight = tight
+
+    def ledger(self) -> PostgresLedger:
+        return PostgresLedger(self.engine, ROOMY)
 
 
 @pytest.fixture
-async def scratch(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine, with the service's settings at ``TIGHT``, on a new empty database."""
+async def scratch(database_url: str) -> AsyncIterator[Scratch]:
     name = f"scratch_{uuid.uuid4().hex[:12]}"
     admin = create_async_engine(to_async_url(database_url), isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(to_async_url(database_url)).set(database=name)
-    engine = create_engine(url.render_as_string(hide_password=False), TIGHT)
+    url = make_url(to_async_url(database_url)).set(database=name).render_as_string(False)
+    engine = create_engine(url, ROOMY)
+    tight = create_engine(url, TIGHT)
     try:
-        yield engine
+        yield Scratch(name, engine, tight)
     finally:
+        await tight.dispose()
         await engine.dispose()
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
@@ -51,41 +76,63 @@ async def set_revision(engine: AsyncEngine, revision: str) -> None:
 async def test_an_empty_database_is_migrated_to_head_despite_the_services_tight_timeouts(
     scratch,
 ):
-    assert await migrate(scratch) == head_revision()
-    assert await PostgresLedger(scratch, TIGHT).ping()
+    assert await migrate(scratch.tight) == head_revision()
+    assert await scratch.ledger().ping()
 
 
 async def test_a_migrator_waits_for_another_migrators_lock_past_the_lock_timeout(scratch):
-    await migrate(scratch)
-    other = create_async_engine(scratch.url)
+    """Another migrator holds the migration lock until ours has waited for it a hundred
+    times the lock timeout, by the database's own clock; then ours must go on and finish."""
+    await migrate(scratch.tight)
+    other = create_async_engine(scratch.engine.url)
     try:
-        async with other.begin() as conn:
+        async with other.begin() as conn, scratch.engine.connect() as probe:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x51A_0001})
-            waiting = asyncio.create_task(migrate(scratch))
-            await asyncio.sleep(0.3)  # 300 times the lock timeout
-            assert not waiting.done()
-        assert await waiting == head_revision()
+            waiting = asyncio.create_task(migrate(scratch.tight))
+
+            async def waited_past_the_timeout() -> bool:
+                # A transaction of its own each time: pg_stat_activity is read once a
+                # transaction.
+                async with probe.begin():
+                    waited = await probe.scalar(
+                        text(
+                            "SELECT bool_or(clock_timestamp() - query_start > :wait)"
+                            " FROM pg_stat_activity WHERE datname = :db"
+                            " AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                        ),
+                        {"db": scratch.name, "wait": LOCK_WAIT},
+                    )
+                return bool(waited)
+
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + WAIT_LIMIT_S
+            while not await waited_past_the_timeout():
+                if waiting.done():  # it gave up on the lock, or took it: either is wrong
+                    pytest.fail(f"the migrator did not wait for the lock: {waiting!r}")
+                assert loop.time() < give_up, "the migrator never waited for the lock"
+                await asyncio.sleep(0.02)
+        assert await asyncio.wait_for(waiting, WAIT_LIMIT_S) == head_revision()
     finally:
         await other.dispose()
 
 
 async def test_a_schema_migrated_by_newer_code_is_served_and_left_as_it_is(scratch):
-    await migrate(scratch)
-    await set_revision(scratch, "9001_from_a_newer_release")
+    await migrate(scratch.tight)
+    await set_revision(scratch.engine, "9001_from_a_newer_release")
 
-    assert await migrate(scratch) == "9001_from_a_newer_release"
-    assert await PostgresLedger(scratch, TIGHT).ping()
+    assert await migrate(scratch.tight) == "9001_from_a_newer_release"
+    assert await scratch.ledger().ping()
 
 
 async def test_a_schema_behind_this_codes_head_is_not_served_until_migrated(scratch):
-    await migrate(scratch)
-    await set_revision(scratch, "0003")
-    ledger = PostgresLedger(scratch, TIGHT)
+    await migrate(scratch.tight)
+    await set_revision(scratch.engine, "0003")
+    ledger = scratch.ledger()
 
     assert not await ledger.ping()
-    await set_revision(scratch, head_revision())
+    await set_revision(scratch.engine, head_revision())
     assert await ledger.ping()
 
 
 async def test_a_database_never_migrated_is_not_served(scratch):
-    assert not await PostgresLedger(scratch, TIGHT).ping()
+    assert not await scratch.ledger().ping()
