@@ -1,6 +1,6 @@
 """R2 Week: a seller's week starts at the configured weekday and local time in the seller's
-IANA zone, computed with ``zoneinfo`` so that weeks holding a daylight-saving change are
-23 × 7 ± 1 hours long, as the local calendar says.
+IANA zone, computed with ``zoneinfo`` so that a week holding a daylight-saving change is
+24 × 7 ± 1 hours long (167 or 169), as the local calendar says.
 
 Local times that do not exist (a spring-forward gap) resolve as ``zoneinfo`` does with
 ``fold=0``: the offset in force before the change, which lands just after the gap.
