@@ -31,7 +31,7 @@ ITEMS: list[tuple[str, str, str]] = [
     ("8", "cancellation storm", "calls with 1–50 ms deadlines"),
     ("9", "lock timeout", "the seller-week row held by a stuck transaction"),
     ("10", "process kill|process stop", "server SIGKILL under load; SIGTERM, calls in flight"),
-    ("11", "model check", "hypothesis state machine against an in-memory model of PRODUCT.md"),
+    ("11", "model check", "hypothesis state machine against an in-memory model of docs/rules.md"),
     ("12", "input fuzz|malformed protobuf", "requests generated from the proto descriptors"),
     ("13", "overload", "twice the configured concurrency offered"),
     ("14", "sensitivity", "tests 1–9 against deliberately broken variants: each must fail"),

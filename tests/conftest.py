@@ -97,7 +97,7 @@ async def start_server(database_url: str, session_clock: FakeClock) -> AsyncIter
 
 @pytest.fixture(scope="session")
 async def target(start_server: StartServer) -> str:
-    """host:port of the session's server, with the default policy of PRODUCT.md."""
+    """host:port of the session's server, with the default policy (docs/rules.md#defaults)."""
     _, address = await start_server()
     return address
 

@@ -1,4 +1,4 @@
-"""A plain in-memory model of PRODUCT.md, written from the spec and not from the engine.
+"""A plain in-memory model of docs/rules.md, written from the rules and not from the engine.
 
 ``test_reliability_model`` drives the real server and this model with the same calls and
 requires the same answers. The model is deliberately naive: dictionaries and sets, one
@@ -11,8 +11,8 @@ snapshotted on the first GetStatus or CheckAndConsume, R3 one pool, R4 connected
 R5 once a week, R6 messages before a reply, R7 follower cap, R8 blocks, R9 exhaustion, R10
 the starter pack, R11 replays and reused request_ids, R12 dry runs.
 
-Where PRODUCT.md is silent it follows README's "Decisions where the spec is silent": dry runs
-snapshot the week too, an unlimited tier reports weekly_limit 0 and only the pack as
+Where the rules are silent it follows README.md's "Decisions where the spec is silent": dry
+runs snapshot the week too, an unlimited tier reports weekly_limit 0 and only the pack as
 remaining, messages_before_reply_remaining is absent for connected or blocked pairs, the
 follower cap applies to creators already counted, a dry run's request_id is never kept.
 

@@ -1,9 +1,10 @@
 """Every RPC through the real server on loopback, against a real PostgreSQL.
 
-Each test names one behaviour of PRODUCT.md as a caller sees it. The session server runs
-the default policy (T0: 50 a week, creators up to 20,000 followers, a 1000-unit starter
-pack); ``small`` is a server whose only tier allows 2 a week with a 3-unit starter pack, so
-that exhaustion takes a handful of calls. The clock stands at Wed 2026-11-25 12:00 UTC.
+Each test names one behaviour of docs/rules.md or docs/api.md as a caller sees it. The
+session server runs the default policy (T0: 50 a week, creators up to 20,000 followers, a
+1000-unit starter pack); ``small`` is a server whose only tier allows 2 a week with a
+3-unit starter pack, so that exhaustion takes a handful of calls. The clock stands at Wed
+2026-11-25 12:00 UTC.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The documentation matches the code: the API reference is what the generator makes of the
 proto now, the configuration reference names every setting and nothing else, every metric
-and every rule is described, and relative links lead somewhere. No server, no database."""
+and every rule is described, relative links lead somewhere, and so does every file path the
+code's docstrings and comments name. No server, no database."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import io
 import re
 import sys
+import tokenize
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from quota_authority.v1 import quota_authority_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+PACKAGE = ROOT / "src" / "quota_authority"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import api_reference  # noqa: E402
@@ -387,3 +392,72 @@ def test_relative_links_lead_to_files_and_headings_that_exist(document: Path) ->
 def test_the_documents_exist() -> None:
     for name in ("api.md", "architecture.md", "operations.md", "rules.md"):
         assert (DOCS / name).is_file(), f"docs/{name} is missing"
+
+
+# --- file paths named in the code -------------------------------------------------------
+
+# A file path: folders, a name, and the extension of a kind of file the repository holds,
+# with a heading's anchor if it has one (docs/rules.md#r10-starters-pack).
+NAMED_PATH = re.compile(
+    r"(?<![\w./:-])((?:[\w.-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:md|py|pyi|toml|sh|proto|json|ini|mako|ya?ml))"
+    r"(?:#([\w-]+))?(?![\w/])"
+)
+
+
+def docstrings_and_comments(source: str) -> Iterator[tuple[int, str]]:
+    """Each docstring (of the module, a class or a function) and comment of ``source``, with
+    the line it starts on."""
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            yield token.start[0], token.string
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring is not None:
+                yield node.body[0].lineno, docstring
+
+
+def broken_paths(files: Iterable[Path], roots: Sequence[Path]) -> list[str]:
+    """``file:line: path`` for every file path named in a docstring or comment of ``files``
+    that leads to no file under any of ``roots`` or the naming file's own folder, or, after
+    a ``#``, to no heading of that Markdown file."""
+    broken = []
+    for file in files:
+        shown = file.relative_to(ROOT) if file.is_relative_to(ROOT) else file.name
+        for line, text in docstrings_and_comments(file.read_text(encoding="utf-8")):
+            for path, fragment in NAMED_PATH.findall(text):
+                found = [base / path for base in (*roots, file.parent) if (base / path).is_file()]
+                if not found:
+                    broken.append(f"{shown}:{line}: {path}: no such file")
+                elif fragment and found[0].suffix == ".md" and fragment not in anchors(found[0]):
+                    broken.append(f"{shown}:{line}: {path}#{fragment}: no such heading")
+    return broken
+
+
+def package_sources() -> list[Path]:
+    generated = PACKAGE / "v1"
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if generated not in p.parents]
+
+
+def test_every_file_path_named_in_the_code_exists() -> None:
+    broken = broken_paths(package_sources(), roots=(ROOT, PACKAGE))
+
+    assert not broken, f"docstrings and comments name files that do not exist: {broken}"
+
+
+def test_a_made_up_path_in_a_docstring_or_comment_is_caught(tmp_path: Path) -> None:
+    source = tmp_path / "made_up.py"
+    source.write_text(
+        '"""The rules of docs/rules.md#r10-starters-pack, measured in BENCHMARKS.md;\n'
+        'see docs/no-such-page.md and docs/rules.md#r99-no-such-rule."""\n'
+        "\n"
+        "# store/ledger.py is real, scripts/made_up.py is not\n"
+        'MESSAGE = "a string that is no docstring names docs/gone.md"\n',
+        encoding="utf-8",
+    )
+
+    assert broken_paths([source], roots=(ROOT, PACKAGE)) == [
+        "made_up.py:4: scripts/made_up.py: no such file",
+        "made_up.py:1: docs/no-such-page.md: no such file",
+        "made_up.py:1: docs/rules.md#r99-no-such-rule: no such heading",
+    ]

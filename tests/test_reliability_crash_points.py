@@ -1,7 +1,7 @@
 """Reliability item 4, crash points: a fault injected at each step of a decision's
 transaction — and after its commit, with the answer lost — never loses an acknowledged
 decision, never charges twice, and a retry with the same request_id always resolves
-(PRODUCT.md: UNAVAILABLE means the outcome is unknown; retry with the same request_id).
+(README.md: UNAVAILABLE means the outcome is unknown; retry with the same request_id).
 
 ``FaultInjection`` is the real ``PostgresLedger`` with one fault point armed at a time.
 Transactions of the armed kind fail at that point until it has fired once, and then each
@@ -293,7 +293,7 @@ class Outcome:
 async def call_until_resolved(
     stub: pb_grpc.QuotaAuthorityServiceStub, method: str, request: Message
 ) -> Outcome:
-    """The caller PRODUCT.md describes: UNAVAILABLE means "outcome unknown", so send the
+    """The caller README.md describes: UNAVAILABLE means "outcome unknown", so send the
     same request (same request_id) again."""
     outcome = Outcome(method, request)
     for attempt in range(MAX_ATTEMPTS):

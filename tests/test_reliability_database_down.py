@@ -1,5 +1,5 @@
 """Reliability item 6, the database down: PostgreSQL is stopped for 30 s (3 s in ``make
-test``) while clients keep calling. The contract (PRODUCT.md): UNAVAILABLE means the outcome
+test``) while clients keep calling. The contract (README.md): UNAVAILABLE means the outcome
 is unknown and nothing was granted; never grant when unsure. So, while it is down:
 
 * nothing is granted — no reply says so, and the ledger holds nothing from the outage;

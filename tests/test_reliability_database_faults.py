@@ -4,7 +4,7 @@ CheckAndConsume, the service's database connections are killed at random
 PostgreSQL is restarted in immediate mode — a crash: no checkpoint, crash recovery on
 start — three times.
 
-The contract (PRODUCT.md): UNAVAILABLE means the outcome is unknown; the caller retries
+The contract (README.md): UNAVAILABLE means the outcome is unknown; the caller retries
 with the same request_id and gets the original answer or one fresh decision, never two
 charges; never grant when unsure. So, whatever the fault:
 

@@ -1,7 +1,7 @@
 """Reliability item 11, the model check: a hypothesis state machine sends random sequences of
 calls (invite, message, retry, reused request_id, reply, block, unblock, GMV, GetStatus, the
 clock crossing weeks) to the real server on a real PostgreSQL, and every answer must equal
-what ``model.ModelSeller``, a plain in-memory reading of PRODUCT.md, predicts: allowed,
+what ``model.ModelSeller``, a plain in-memory reading of docs/rules.md, predicts: allowed,
 reason, charged, replayed, messages left before a reply and every field of the status.
 
 The server runs a small policy so that 50 steps reach every boundary: tiers of 2 and 3 new
@@ -179,7 +179,7 @@ class Call:
 
 
 def model_answer(model: ModelSeller, call: Call, now: datetime) -> dict[str, Any] | str:
-    """What PRODUCT.md says ``call`` answers now (and the model's state after it)."""
+    """What docs/rules.md says ``call`` answers now (and the model's state after it)."""
     rid = call.request_id
     if call.method == "CheckAndConsume":
         assert call.creator is not None and call.action is not None

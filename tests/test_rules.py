@@ -1,4 +1,4 @@
-"""The rules of PRODUCT.md (R1, R3–R10) as pure functions: no database, no gRPC.
+"""The rules of docs/rules.md (R1, R3–R10) as pure functions: no database, no gRPC.
 
 Each test names the behaviour it pins down; ``decide`` runs ``decide_outreach`` with a
 tier-0 week, an unconnected, uncounted creator and no starter pack unless told otherwise.

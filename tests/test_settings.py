@@ -1,5 +1,5 @@
 """Operating it: settings from the environment and policy from the TOML file, with the
-defaults of PRODUCT.md, and bad configuration refused with a message naming the key."""
+defaults of docs/rules.md, and bad configuration refused with a message naming the key."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Layers, imported in one direction only::
 
     api      gRPC servicer: protobuf <-> domain, input validation, error mapping
       |
-    engine   the rules of PRODUCT.md (pure Python) and the use cases that apply them
+    engine   the rules of docs/rules.md (pure Python) and the use cases that apply them
       |
     store    PostgreSQL through SQLAlchemy Core: tables, transactions, locks
 

@@ -92,7 +92,7 @@ class MessagePolicy:
 
 @dataclass(frozen=True)
 class Policy:
-    """The business rules' parameters, from the TOML file (defaults: PRODUCT.md)."""
+    """The business rules' parameters, from the TOML file (defaults: docs/rules.md#defaults)."""
 
     # Tiers ordered by min_gmv_30d_minor; the first starts at 0.
     tiers: tuple[TierPolicy, ...] = DEFAULT_TIERS

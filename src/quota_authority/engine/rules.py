@@ -1,4 +1,4 @@
-"""The rules of PRODUCT.md as pure functions. Each is named after the rule it applies, and
+"""The rules of docs/rules.md as pure functions. Each is named after the rule it applies, and
 ``decide_outreach`` applies them in the order the product requires:
 
     R8 blocks  ->  R4 connected  ->  R6 awaiting reply  ->  R7 follower cap

@@ -80,7 +80,7 @@ def _discard_outcome(task: asyncio.Future[Any]) -> None:
 
 
 class QuotaService:
-    """Applies the rules of PRODUCT.md over a ``LedgerStore``, with time from ``clock``.
+    """Applies the rules of docs/rules.md over a ``LedgerStore``, with time from ``clock``.
     CheckAndConsume calls are decided in batches of up to ``batch_max_size``, with at most
     ``batch_max_in_flight`` batches (transactions) at once, plus one for each batch stalled
     past ``batch_stall_after_s`` (a batch normally takes milliseconds); under load a batch
