@@ -12,23 +12,21 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from servers import LedgerFactory, StartServer, server_settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
-from quota_authority.engine.ports import LedgerStore
 from quota_authority.server import QuotaAuthorityServer
-from quota_authority.settings import Policy, Settings
+from quota_authority.settings import Policy
 from quota_authority.store import EmbeddedPostgres, PostgresLedger, create_engine
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
-
-StartServer = Callable[..., Awaitable[tuple[QuotaAuthorityServer, str]]]
 
 
 @pytest.fixture(scope="session")
@@ -61,16 +59,6 @@ def clock(session_clock: FakeClock) -> Iterator[FakeClock]:
     session_clock.set(BASE_TIME)
 
 
-def test_settings(**overrides: Any) -> Settings:
-    defaults: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "db_pool_size": 20,
-        "health_interval_s": 0.2,
-        "shutdown_grace_s": 2.0,
-    }
-    return Settings(**{**defaults, **overrides})
-
-
 @pytest.fixture(scope="session")
 async def start_server(database_url: str, session_clock: FakeClock) -> AsyncIterator[StartServer]:
     """Start extra servers (say, with another policy, or a ledger with faults injected) on
@@ -80,10 +68,10 @@ async def start_server(database_url: str, session_clock: FakeClock) -> AsyncIter
 
     async def start(
         policy: Policy | None = None,
-        ledger: Callable[[AsyncEngine, Settings], LedgerStore] = PostgresLedger,
+        ledger: LedgerFactory = PostgresLedger,
         **overrides: Any,
     ) -> tuple[QuotaAuthorityServer, str]:
-        settings = test_settings(policy=policy or Policy(), **overrides)
+        settings = server_settings(policy=policy or Policy(), **overrides)
         server = QuotaAuthorityServer(settings, database_url, session_clock, ledger)
         port = await server.start()
         started.append(server)
@@ -116,7 +104,7 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.QuotaAuthorityServiceStub:
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     """Direct database access, for counting what the service wrote."""
-    engine = create_engine(database_url, test_settings())
+    engine = create_engine(database_url, server_settings())
     yield engine
     await engine.dispose()
 

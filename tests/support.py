@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,11 +18,6 @@ from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quota_authority.clock import Clock
-from quota_authority.engine.ports import LedgerStore
-from quota_authority.server import QuotaAuthorityServer
-from quota_authority.settings import Settings
-from quota_authority.store import PostgresLedger
 from quota_authority.store.tables import metadata
 from quota_authority.v1 import quota_authority_pb2 as pb
 
@@ -139,115 +129,6 @@ async def failure_details(
             detail.Unpack(unpacked)
             details.append(unpacked)
     return details
-
-
-# --- a PostgreSQL of a test's own, and a server on it ---------------------------------
-
-
-class OwnPostgres:
-    """A PostgreSQL of one test's own, run from pgserver's binaries, which the test may
-    stop — cleanly (``stop``) or as a crash (``crash``: ``pg_ctl -m immediate``, no
-    checkpoint, crash recovery on the next start) — and start again on the same socket, so
-    its URL never changes. ``await OwnPostgres.started()``; ``await close()`` at the end.
-
-    Why not pgserver's own server object (``EmbeddedPostgres``): when we are root it runs
-    ``pg_ctl`` as PostgreSQL's user through ``subprocess`` with ``user=``, which makes Python
-    fork() rather than vfork(); gRPC, running in this process, has fork handlers that restart
-    its threads in the child, and the child was seen to die of SIGSEGV before it exec'd.
-    Here ``setpriv`` switches the user after the exec, so Python spawns with vfork() (no fork
-    handlers), and without blocking the event loop the server under test shares. The
-    directory lies outside pytest's temporary root: every pytest session that starts
-    (another engineer's, say) makes that root readable by its owner only, and PostgreSQL,
-    run as another user, would lose its files.
-    """
-
-    USER = "pgserver"  # the user pgserver runs PostgreSQL as when we are root
-
-    def __init__(self) -> None:
-        self._root = Path(tempfile.mkdtemp(prefix="quota-authority-pg-"))
-        self._data = self._root / "pgdata"
-        self._log = self._root / "postgres.log"
-        self.url = f"postgresql://postgres:@/postgres?host={self._root}"
-
-    @classmethod
-    async def started(cls) -> OwnPostgres:
-        """A new database cluster, started."""
-        postgres = cls()
-        if os.geteuid() == 0:
-            from pgserver.utils import ensure_user_exists
-
-            ensure_user_exists(cls.USER)
-            shutil.chown(postgres._root, cls.USER, cls.USER)
-        await postgres._run(
-            "initdb", "-D", str(postgres._data), "--auth=trust", "--encoding=utf8", "-U", "postgres"
-        )
-        await postgres.start()
-        return postgres
-
-    async def _run(self, program: str, *args: str) -> None:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        command = [str(POSTGRES_BIN_PATH / program), *args]
-        if os.geteuid() == 0:
-            command = ["setpriv", f"--reuid={self.USER}", f"--regid={self.USER}", "--init-groups"]
-            command += ["--", str(POSTGRES_BIN_PATH / program), *args]
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=self._root,
-            # Not pipes: a PostgreSQL started would hold them open.
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        returncode = await asyncio.wait_for(process.wait(), timeout=60)
-        if returncode != 0:
-            log = self._log.read_text()[-2000:] if self._log.exists() else ""
-            raise RuntimeError(f"{program} {' '.join(args)} exited {returncode}; log:\n{log}")
-
-    async def _pg_ctl(self, *args: str) -> None:
-        await self._run("pg_ctl", "-D", str(self._data), "-w", *args)
-
-    async def start(self) -> None:
-        """Start on the same data and socket (after crash recovery, if it crashed); returns
-        once it accepts connections."""
-        options = f'-h "" -k {self._root}'  # the Unix socket only
-        await self._pg_ctl("-o", options, "-l", str(self._log), "start")
-
-    async def stop(self) -> None:
-        """A clean stop (``fast``): sessions are ended, then a checkpoint is written."""
-        await self._pg_ctl("-m", "fast", "stop")
-
-    async def crash(self) -> None:
-        """An immediate stop: every process quits at once, as in a crash."""
-        await self._pg_ctl("-m", "immediate", "stop")
-
-    async def close(self) -> None:
-        """Stop for good, if running, and delete the data."""
-        if (self._data / "postmaster.pid").exists():
-            await self.crash()
-        shutil.rmtree(self._root, ignore_errors=True)
-
-
-@asynccontextmanager
-async def server_on_its_own_database(
-    clock: Clock,
-    ledger: Callable[[AsyncEngine, Settings], LedgerStore] = PostgresLedger,
-    **settings: Any,
-) -> AsyncIterator[tuple[OwnPostgres, grpc.aio.Channel]]:
-    """A server (the test settings with ``settings`` over them) on a PostgreSQL of its own,
-    which the test may stop, crash and start again, and a channel to the server."""
-    from conftest import test_settings  # conftest imports this module
-
-    postgres = await OwnPostgres.started()
-    try:
-        server = QuotaAuthorityServer(test_settings(**settings), postgres.url, clock, ledger)
-        port = await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                yield postgres, channel
-        finally:
-            await server.stop(grace=0)
-    finally:
-        await postgres.close()
 
 
 async def eventually(check: Callable[[], Awaitable[object]], within_s: float) -> float:

@@ -9,7 +9,8 @@ import asyncio
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import eventually, invite, server_on_its_own_database
+from servers import server_on_its_own_database
+from support import eventually, invite
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc

@@ -29,8 +29,9 @@ import pytest
 from broken_database import FailOpen
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability import report, scale
+from servers import server_on_its_own_database, server_settings
 from sqlalchemy import text
-from support import eventually, invite, message, new_id, server_on_its_own_database
+from support import eventually, invite, message, new_id
 
 from quota_authority.clock import Clock
 from quota_authority.store import PostgresLedger, create_engine
@@ -92,9 +93,7 @@ class Outage:
 
 
 async def _totals(url: str) -> dict[str, int]:
-    from conftest import test_settings
-
-    engine = create_engine(url, test_settings())
+    engine = create_engine(url, server_settings())
     try:
         async with engine.connect() as conn:
             row = (await conn.execute(_TOTALS)).one()

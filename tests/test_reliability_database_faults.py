@@ -39,6 +39,7 @@ import pytest
 from broken_database import FailOpen
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability import report, scale
+from servers import server_on_its_own_database, server_settings
 from support import (
     BASE_TIME,
     Key,
@@ -47,7 +48,6 @@ from support import (
     invite,
     message,
     new_id,
-    server_on_its_own_database,
 )
 
 from quota_authority.clock import Clock
@@ -235,9 +235,7 @@ async def faults_under_load(clock: Clock, ledger: Any = PostgresLedger) -> Fault
             watcher.cancel()
         faults.health_at_end = health[-1][1] if health else None
 
-        from conftest import test_settings
-
-        engine = create_engine(postgres.url, test_settings())
+        engine = create_engine(postgres.url, server_settings())
         try:
             grants = faults.acknowledged_grants
             for group, limit in ((limited, LIMIT), (unlimited, None)):

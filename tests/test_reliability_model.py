@@ -25,7 +25,6 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import conftest
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -43,6 +42,7 @@ from hypothesis.stateful import (
 )
 from model import REQUEST_ID_REUSED, ModelPolicy, ModelSeller, ModelTier, week_start_of
 from reliability import report, scale
+from servers import server_settings
 from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
@@ -131,7 +131,7 @@ def served(database_url: str) -> Iterator[Served]:
     thread = threading.Thread(target=loop.run_forever, name="model-check-server", daemon=True)
     thread.start()
     server = QuotaAuthorityServer(
-        conftest.test_settings(policy=SERVER_POLICY, listen="127.0.0.1:0"), database_url, clock
+        server_settings(policy=SERVER_POLICY, listen="127.0.0.1:0"), database_url, clock
     )
     try:
         port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=60)

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pki import Authority
+from servers import server_settings
 from sqlalchemy import text
 from support import everything_of, invite, ledger_counts, new_id, seller_week_locked
 
@@ -276,9 +277,7 @@ async def test_mutual_tls_refuses_a_connection_without_a_trusted_certificate(
 async def test_serving_beyond_loopback_without_authentication_is_refused_at_start(
     database_url, clock, listen: str
 ):
-    import conftest
-
-    server = QuotaAuthorityServer(conftest.test_settings(listen=listen), database_url, clock)
+    server = QuotaAuthorityServer(server_settings(listen=listen), database_url, clock)
     with pytest.raises(ConfigError, match="QUOTA_AUTHORITY_CALLERS_FILE"):
         await server.start()
 
