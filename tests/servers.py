@@ -1,19 +1,22 @@
 """The servers the tests start, and what they run with.
 
 ``server_settings`` are every test server's settings. The ``start_server`` fixture
-(conftest.py) starts servers on the session's database; ``server_on_its_own_database``
-starts one on an ``OwnPostgres``, a PostgreSQL the test may stop, crash and restart.
+(conftest.py) starts servers on the session's database; ``replicas`` starts several there,
+as replicas behind a load balancer; ``server_on_its_own_database`` starts one on an
+``OwnPostgres``, a PostgreSQL the test may stop, crash and restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,14 @@ from quota_authority.engine.ports import LedgerStore
 from quota_authority.server import QuotaAuthorityServer
 from quota_authority.settings import Settings
 from quota_authority.store import PostgresLedger
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 __all__ = [
     "LedgerFactory",
     "OwnPostgres",
+    "Replicas",
     "StartServer",
+    "replicas",
     "server_on_its_own_database",
     "server_settings",
 ]
@@ -50,6 +56,56 @@ def server_settings(**overrides: Any) -> Settings:
         "shutdown_grace_s": 2.0,
     }
     return Settings(**{**defaults, **overrides})
+
+
+# --- replicas on the session's database ------------------------------------------------
+
+
+@dataclass
+class Replicas:
+    """Servers sharing the session's database, as replicas behind a load balancer are."""
+
+    addresses: list[str]
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def client(self, i: int) -> pb_grpc.QuotaAuthorityServiceStub:
+        """Client ``i``: a stub on a channel of its own, to replica ``i`` modulo their
+        number, so consecutive clients are spread over every replica."""
+        channel = grpc.aio.insecure_channel(self.addresses[i % len(self.addresses)])
+        self.channels.append(channel)
+        return pb_grpc.QuotaAuthorityServiceStub(channel)
+
+
+@asynccontextmanager
+async def replicas(
+    start_server: StartServer,
+    ledger: LedgerFactory = PostgresLedger,
+    *,
+    count: int = 2,
+    batch_max_in_flight: int = 2,
+    **overrides: Any,
+) -> AsyncIterator[Replicas]:
+    """``count`` servers with ``ledger`` (and any Settings field in ``overrides``, such as
+    ``policy``), each running ``batch_max_in_flight`` batch transactions at once, so batches
+    race in PostgreSQL and not only in one process. Clients' channels are closed and the
+    servers stopped on leaving."""
+    servers = []
+    addresses = []
+    for _ in range(count):
+        server, address = await start_server(
+            ledger=ledger, batch_max_in_flight=batch_max_in_flight, **overrides
+        )
+        servers.append(server)
+        addresses.append(address)
+    cluster = Replicas(addresses)
+    try:
+        yield cluster
+    finally:
+        for channel in cluster.channels:
+            await channel.close()
+        for server in servers:
+            with contextlib.suppress(Exception):
+                await server.stop(grace=0)
 
 
 # --- a PostgreSQL of a test's own, and a server on it ---------------------------------

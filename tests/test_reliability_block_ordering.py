@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from broken import CachedBlocks, replicas
+from broken.cached_blocks import CachedBlocks
 from reliability import report, scale
+from servers import replicas
 from support import invite, message, new_id
 
 from quota_authority.store import PostgresLedger

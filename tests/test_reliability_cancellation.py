@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
-from broken_faults import LeaksOnFailure
+from broken.leaks_on_failure import LeaksOnFailure
 from google.protobuf.message import Message
 from reliability import report, scale
 from sqlalchemy import text

@@ -50,7 +50,7 @@ from typing import Any
 
 import grpc
 import pytest
-from broken import NoIdempotency
+from broken.no_idempotency import NoIdempotency
 from google.protobuf.message import Message
 from reliability import report, scale
 from sqlalchemy import event, text

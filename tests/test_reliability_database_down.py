@@ -13,7 +13,7 @@ again, with no restart of the server. The calls of the outage, retried with thei
 request_ids, are decided afresh: none of them had landed.
 
 The body is ``database_outage``, the promises ``promises_kept``; the sensitivity test runs
-the same body against ``broken_database.FailOpen`` and shows that ``promises_kept`` fails.
+the same body against ``broken.fail_open.FailOpen`` and shows that ``promises_kept`` fails.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 import pytest
-from broken_database import FailOpen
+from broken.fail_open import FailOpen
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability import report, scale
 from servers import server_on_its_own_database, server_settings

@@ -21,7 +21,7 @@ tested at the edge), half are unlimited (they keep granting, so every fault hits
 Clients retry UNAVAILABLE with the same request_id until answered.
 
 The body is ``faults_under_load``, the promises ``promises_kept``; the sensitivity test runs
-the same body against ``broken_database.FailOpen`` and shows that ``promises_kept`` fails.
+the same body against ``broken.fail_open.FailOpen`` and shows that ``promises_kept`` fails.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from broken_database import FailOpen
+from broken.fail_open import FailOpen
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability import report, scale
 from servers import server_on_its_own_database, server_settings

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from broken import NoLock, replicas
+from broken.no_lock import NoLock
 from reliability import report, scale
+from servers import replicas
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import charges_by_creator, invite, ledger_counts, message
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from broken_faults import IgnoresTimeouts
+from broken.ignores_timeouts import IgnoresTimeouts
 from reliability import report, scale
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine

@@ -26,8 +26,9 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from broken import NoLock, replicas
+from broken.no_lock import NoLock
 from reliability import report, scale
+from servers import replicas
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import BASE_TIME, charges_by_creator, invite, message, new_id

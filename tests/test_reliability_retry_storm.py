@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from broken import NoIdempotency, replicas
+from broken.no_idempotency import NoIdempotency
 from reliability import report, scale
+from servers import replicas
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import charges_by_creator, invite, message, new_id

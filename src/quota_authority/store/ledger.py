@@ -130,7 +130,16 @@ def _recorded(row: Any) -> RecordedDecision:
 class PostgresLedger:
     """The ledger on one ``AsyncEngine``. Every transaction waits for a lock at most
     ``settings.lock_timeout_ms`` and runs a statement at most ``settings.statement_timeout_ms``,
-    or less when its caller will not wait that long (``timeout_s``)."""
+    or less when its caller will not wait that long (``timeout_s``).
+
+    Subclassing: the reliability suite's broken variants (``tests/broken/``, RELIABILITY.md
+    item 14) are subclasses that each break one promise. They may override the public
+    methods (calling ``super()``) and the protected seam at the end of this class:
+    ``_timeouts_ms``, the timeouts every transaction sets, and ``_connection``, the pooled
+    connection under ``transaction``; to build their own, they may use ``_engine``,
+    ``_set_timeouts`` and ``_is_database_failure``. Everything else private here may change
+    without them.
+    """
 
     def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
         self._engine = engine
@@ -138,32 +147,11 @@ class PostgresLedger:
         self._lock_timeout_ms = settings.lock_timeout_ms
         self._statement_timeout_ms = settings.statement_timeout_ms
 
-    def _timeouts_ms(self, timeout_s: float | None) -> tuple[int, int] | None:
-        """(lock_timeout, statement_timeout) for a caller that waits ``timeout_s`` more, or
-        None when the session's own settings are no longer than that."""
-        if timeout_s is None:
-            return None
-        if timeout_s <= 0:
-            raise StoreUnavailable("the call's deadline passed before its transaction began")
-        budget_ms = max(1, int(timeout_s * 1000))
-        if budget_ms >= self._statement_timeout_ms and budget_ms >= self._lock_timeout_ms:
-            return None
-        # The statement's bound a little after the lock's, so that a lock wait ends as a lock
-        # timeout (LockTimeout: the seller is stuck) rather than as a statement timeout.
-        return (
-            min(budget_ms, self._lock_timeout_ms),
-            min(budget_ms + _STATEMENT_AFTER_LOCK_MS, self._statement_timeout_ms),
-        )
-
     @asynccontextmanager
     async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[_Transaction]:
         timeouts = self._timeouts_ms(timeout_s)
         try:
-            async with self._engine.begin() as conn:
-                if timeouts is not None:
-                    await conn.execute(
-                        _SET_TIMEOUTS, {"lock": f"{timeouts[0]}ms", "statement": f"{timeouts[1]}ms"}
-                    )
+            async with self._connection(timeouts) as conn:
                 yield _Transaction(conn)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
@@ -218,6 +206,51 @@ class PostgresLedger:
         except Exception:  # any failure means "not serving"
             return False
         return serves_revision(version)
+
+    # --- the protected seam (see the class docstring) -------------------------------------
+
+    def _timeouts_ms(self, timeout_s: float | None) -> tuple[int, int] | None:
+        """(lock_timeout, statement_timeout) in milliseconds, set on both kinds of
+        transaction for a caller that waits ``timeout_s`` more, or None when the session's
+        own settings are no longer than that; 0 means no limit, as in PostgreSQL. A deadline
+        already passed raises ``StoreUnavailable``."""
+        if timeout_s is None:
+            return None
+        if timeout_s <= 0:
+            raise StoreUnavailable("the call's deadline passed before its transaction began")
+        budget_ms = max(1, int(timeout_s * 1000))
+        if budget_ms >= self._statement_timeout_ms and budget_ms >= self._lock_timeout_ms:
+            return None
+        # The statement's bound a little after the lock's, so that a lock wait ends as a lock
+        # timeout (LockTimeout: the seller is stuck) rather than as a statement timeout.
+        return (
+            min(budget_ms, self._lock_timeout_ms),
+            min(budget_ms + _STATEMENT_AFTER_LOCK_MS, self._statement_timeout_ms),
+        )
+
+    @asynccontextmanager
+    async def _connection(self, timeouts: tuple[int, int] | None) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection inside a transaction with ``timeouts`` set (``_timeouts_ms``).
+        Leaving it normally commits; leaving it by an exception rolls back, and the
+        connection goes back to the pool either way. Failures leave as they are:
+        ``transaction`` turns database failures into ``StoreUnavailable``."""
+        async with self._engine.begin() as conn:
+            await self._set_timeouts(conn, timeouts)
+            yield conn
+
+    @staticmethod
+    async def _set_timeouts(conn: AsyncConnection, timeouts: tuple[int, int] | None) -> None:
+        """Set ``timeouts`` (lock, statement; ms) for the rest of ``conn``'s transaction."""
+        if timeouts is not None:
+            await conn.execute(
+                _SET_TIMEOUTS, {"lock": f"{timeouts[0]}ms", "statement": f"{timeouts[1]}ms"}
+            )
+
+    @staticmethod
+    def _is_database_failure(error: BaseException) -> bool:
+        """Whether ``error`` means the database refused, timed out or vanished: the outcome
+        is unknown, and callers hear ``StoreUnavailable``."""
+        return isinstance(error, _UNAVAILABLE)
 
 
 class _Transaction:

@@ -1,15 +1,9 @@
-"""Deliberately broken ledgers for the sensitivity checks of the cancellation and
-lock-timeout tests (reliability item 14), beside those of ``broken``: each breaks one promise
-those tests guard, so each test can show that it fails when that promise is broken.
+"""``LeaksOnFailure``: a failed transaction keeps its connection, in its transaction.
 
-* ``LeaksOnFailure``: a transaction whose statement fails (cancelled at its caller's
-  deadline, say) keeps its connection and its open transaction. (The service itself never
-  cancels a transaction for a caller that gives up — it lets it finish — so a leak on
-  cancellation alone could no longer show.)
-* ``IgnoresTimeouts``: transactions wait for locks and run statements without a limit: no
-  ``lock_timeout``, no ``statement_timeout``, whatever the caller's deadline.
-
-Each is a ``PostgresLedger`` subclass, a ``ledger`` factory for ``start_server``.
+It breaks the promise the cancellation storm (test 8) guards: a transaction whose statement
+fails (cancelled at its caller's deadline, say) gives its connection back to the pool,
+rolled back. (The service itself never cancels a transaction for a caller that gives up —
+it lets it finish — so a leak on cancellation alone could no longer show.)
 """
 
 from __future__ import annotations
@@ -25,14 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quota_authority.settings import Settings
 from quota_authority.store import PostgresLedger
-from quota_authority.store.ledger import _SET_TIMEOUTS, _UNAVAILABLE, _Transaction, _unavailable
 
-__all__ = ["IgnoresTimeouts", "LeaksOnFailure"]
+__all__ = ["LeaksOnFailure"]
 
 T = TypeVar("T")
-
-
-# --- leaks on cancellation -----------------------------------------------------------------
 
 
 class _Shield:
@@ -57,7 +47,7 @@ class _Shield:
 class _ShieldedStatements:
     """A transaction whose statements finish even when their caller is cancelled."""
 
-    def __init__(self, tx: _Transaction, shield: _Shield) -> None:
+    def __init__(self, tx: Any, shield: _Shield) -> None:
         self._tx = tx
         self._shield = shield
 
@@ -86,31 +76,27 @@ class LeaksOnFailure(PostgresLedger):
 
     @asynccontextmanager
     async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
-        timeouts = self._timeouts_ms(timeout_s)
+        async with super().transaction(timeout_s) as tx:
+            yield _ShieldedStatements(tx, self._shielded)
+
+    @asynccontextmanager
+    async def _connection(self, timeouts: tuple[int, int] | None) -> AsyncIterator[AsyncConnection]:
         conn = self._engine.connect()
         self.leaked.append(conn)  # until it is closed below
         try:
             await self._shielded(conn.start())
             await self._shielded(conn.begin())
-            if timeouts is not None:
-                await self._shielded(
-                    conn.execute(
-                        _SET_TIMEOUTS,
-                        {"lock": f"{timeouts[0]}ms", "statement": f"{timeouts[1]}ms"},
-                    )
-                )
-            yield _ShieldedStatements(_Transaction(conn), self._shielded)
+            await self._shielded(self._set_timeouts(conn, timeouts))
+            yield conn
             await self._shielded(conn.commit())
         except Exception as e:
-            if isinstance(e, _UNAVAILABLE):  # the bug: a failed statement skips the cleanup
-                raise _unavailable(e) from e
+            if self._is_database_failure(e):
+                raise  # the bug: a failed statement skips the cleanup
             self._forget(conn)
             with contextlib.suppress(Exception):
                 await conn.rollback()
             with contextlib.suppress(Exception):
                 await conn.close()
-            if isinstance(e, _UNAVAILABLE):
-                raise _unavailable(e) from e
             raise
         else:
             self._forget(conn)
@@ -139,23 +125,3 @@ class LeaksOnFailure(PostgresLedger):
             if self._shielded.pending:
                 await asyncio.wait(self._shielded.pending, timeout=0.2)
         return released
-
-
-# --- ignores its timeouts ------------------------------------------------------------------
-
-
-class IgnoresTimeouts(PostgresLedger):
-    """Lock waits and statements without a limit in every transaction: the session's
-    ``lock_timeout`` and ``statement_timeout`` and the caller's deadline all ignored."""
-
-    @asynccontextmanager
-    async def outreach_transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
-        async with super().outreach_transaction(None) as tx:
-            await tx._conn.execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
-            yield tx
-
-    @asynccontextmanager
-    async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
-        async with super().transaction(None) as tx:
-            await tx.conn.execute(_SET_TIMEOUTS, {"lock": "0", "statement": "0"})
-            yield tx

@@ -1,15 +1,11 @@
-"""A deliberately broken ledger for the sensitivity checks of the database-fault tests
-(reliability item 14): it breaks the one promise those tests guard, "never grant when
-unsure", so each test can show that it fails when that promise is broken.
+"""``FailOpen``: answers from what it last read when the database fails.
 
-* ``FailOpen``: when the database fails under a batch of decisions, the batch is decided
-  from what the ledger last read (or, for a seller it never read, a made-up week with room)
-  and its writes are taken as done, so the callers hear OK — grants included — for
-  decisions the ledger never holds.
-
-It is a ``PostgresLedger`` subclass calling ``super()``, a ``ledger`` factory for
-``QuotaAuthorityServer(..., ledger=FailOpen)``; everything but the batch path is unchanged
-(other calls still answer UNAVAILABLE, and health still reports NOT_SERVING).
+It breaks the one promise the database-fault tests (5 and 6) guard, "never grant when
+unsure": when the database fails under a batch of decisions, the batch is decided from what
+the ledger last read (or, for a seller it never read, a made-up week with room) and its
+writes are taken as done, so the callers hear OK — grants included — for decisions the
+ledger never holds. Everything but the batch path is unchanged (other calls still answer
+UNAVAILABLE, and health still reports NOT_SERVING).
 """
 
 from __future__ import annotations
