@@ -24,8 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from support import everything_of, invite, ledger_counts, message
 
-from quota_authority import _import_gmv
-from quota_authority.cli import main
+from quota_authority.cli import command_facts, gmv_csv, import_gmv, main
 from quota_authority.errors import StoreUnavailable
 from quota_authority.store import PostgresLedger, head_revision
 from quota_authority.v1 import quota_authority_pb2 as pb
@@ -276,6 +275,24 @@ async def test_unblock_lifts_only_that_partys_block(target, seller, clock, capsy
     assert await run_cli("check", seller, "c-1", "--message", "--target", target) == 0
 
 
+@pytest.mark.parametrize("name", sorted(command_facts()))
+def test_every_commands_help_lists_each_exit_status_it_declares(name, capsys):
+    with pytest.raises(SystemExit) as helped:
+        main([name, "--help"])
+
+    listed = capsys.readouterr().out.partition("\nexit status:\n")[2]
+    codes = [int(line.split()[0]) for line in listed.splitlines() if line[:5].strip().isdigit()]
+    assert helped.value.code == 0
+    assert codes == [status.code for status in command_facts()[name].statuses]
+
+
+def test_import_gmv_help_lists_exit_status_130(capsys):
+    with pytest.raises(SystemExit):
+        main(["import-gmv", "--help"])
+
+    assert "\n  130 interrupted by Ctrl-C" in capsys.readouterr().out
+
+
 # --- import-gmv -------------------------------------------------------------------------
 
 
@@ -457,7 +474,7 @@ async def test_import_gmv_a_later_row_for_the_same_day_wins(start_server, db, se
 async def test_import_gmv_prints_progress_lines_when_stderr_is_not_a_terminal(
     target, seller, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(_import_gmv, "PROGRESS_EVERY_ROWS", 2)
+    monkeypatch.setattr(import_gmv, "PROGRESS_EVERY_ROWS", 2)
     rows = [f"{seller},2026-11-{day:02},100" for day in range(1, 6)]
     csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", *rows)
 
@@ -478,7 +495,7 @@ class Terminal(io.StringIO):
 async def test_import_gmv_redraws_one_progress_line_on_a_terminal(
     target, seller, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(_import_gmv, "REDRAW_EVERY_S", 0.0)
+    monkeypatch.setattr(import_gmv, "REDRAW_EVERY_S", 0.0)
     monkeypatch.setattr(sys, "stderr", terminal := Terminal())
     csv_file = write_csv(
         tmp_path / "gmv.csv",
@@ -562,9 +579,9 @@ async def test_import_gmv_reads_at_most_one_batch_ahead_of_what_it_sent(tmp_path
             client.read += 1
             yield row
 
-    with _import_gmv.GmvCsv.open(csv_file) as source:
-        job = _import_gmv.GmvImport(
-            counted(source.rows()), "r", _import_gmv.Progress(io.StringIO()), batch_size=500
+    with gmv_csv.GmvCsv.open(csv_file) as source:
+        job = import_gmv.GmvImport(
+            counted(source.rows()), "r", import_gmv.Progress(io.StringIO()), batch_size=500
         )
         code = await job.run(client)
 
@@ -575,7 +592,7 @@ async def test_import_gmv_reads_at_most_one_batch_ahead_of_what_it_sent(tmp_path
 async def test_an_import_stopped_by_an_error_says_how_to_resume_and_resumes(
     start_server, target, db, seller, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(_import_gmv, "ATTEMPTS", 1)
+    monkeypatch.setattr(import_gmv, "ATTEMPTS", 1)
     _, failing = await start_server(ledger=GmvFaults)
     csv_file = write_csv(
         tmp_path / "gmv.csv",

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from quota_authority import settings as settings_module
+from quota_authority.cli import command_facts
 from quota_authority.metrics import Metrics
 from quota_authority.settings import Settings, load_settings
 from quota_authority.v1 import quota_authority_pb2 as pb
@@ -341,6 +342,29 @@ def test_every_reason_the_service_answers_is_in_rules() -> None:
         if value.number != 0 and f"`{value.name}`" not in rules
     ]
     assert not missing, f"docs/rules.md never mentions {missing}"
+
+
+# --- the command line -------------------------------------------------------------------
+
+# A row of a Markdown table, split on the pipes that are not escaped (``seller\|creator``).
+CELL_BORDER = re.compile(r"(?<!\\)\|")
+
+
+def test_the_table_of_commands_gives_each_its_declared_role_and_exit_statuses() -> None:
+    stated = {}
+    for line in section(read("operations.md"), "## Command line").splitlines():
+        cells = [cell.strip() for cell in CELL_BORDER.split(line)[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`"):  # command | role | what | exit status
+            stated[cells[0].strip("`").split()[0]] = (cells[1], cells[3])
+
+    declared = {
+        name: (
+            facts.role or "",
+            ", ".join(f"{status.code} {status.brief}".strip() for status in facts.statuses),
+        )
+        for name, facts in command_facts().items()
+    }
+    assert stated == declared
 
 
 # --- links ------------------------------------------------------------------------------

@@ -1,57 +1,52 @@
 """``quota-authority import-gmv FILE.csv``: daily GMV from a CSV file, through ``RecordGmv``.
 
-The file is streamed: it is read one batch of rows at a time, and each batch is sent with
-bounded concurrency before the next is read, so memory stays flat whatever the file's size.
-Row ``N`` (its physical line in the file, the header being line 1) is sent with the
-request_id ``gmv-<run id>-<N>``, so re-running with the same ``--run-id`` replays the rows
-already done instead of applying them again. Rows for the same seller and day are sent in
-file order, so a later row for a day wins, as it would in a sequential import.
+The file (``gmv_csv``) is streamed: it is read one batch of rows at a time, and each batch
+is sent with bounded concurrency before the next is read, so memory stays flat whatever the
+file's size. Row ``N`` (its physical line in the file, the header being line 1) is sent with
+the request_id ``gmv-<run id>-<N>``, so re-running with the same ``--run-id`` replays the
+rows already done instead of applying them again. Rows for the same seller and day are sent
+in file order, so a later row for a day wins, as it would in a sequential import.
 
 Bad rows (wrong column count, a bad date, a gmv_minor that is not a whole number of cents
 or is negative, and rows the server refuses with ``INVALID_ARGUMENT`` or as a reused
 request_id) are reported on stderr as ``line N: reason`` and the other rows still land. Any
-other error stops the import, saying which lines are done and how to resume.
+other error stops the import, and so does Ctrl-C (calls in flight are cancelled), saying
+which lines are done and how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import itertools
 import re
 import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 import grpc
 
-from .client import field_violations
-from .formats import calendar_day, quoted
+from ..client import QuotaClient, field_violations
+from .gmv_csv import BadHeader, BadRow, GmvCsv, Row
+from .shared import (
+    ERROR,
+    OK,
+    Commands,
+    ExitStatus,
+    add_command,
+    client_failures,
+    print_table,
+    whole_number,
+    with_client,
+)
 
-if TYPE_CHECKING:
-    from .client import QuotaClient
+__all__ = ["GmvImport", "Progress", "Tally", "add_parser"]
 
-__all__ = [
-    "HEADER",
-    "BadHeader",
-    "BadRow",
-    "GmvCsv",
-    "GmvImport",
-    "Progress",
-    "Row",
-    "Tally",
-    "add_parser",
-    "run",
-]
-
-HEADER = ("seller_id", "day", "gmv_minor")
 # Without a terminal, a progress line every this many rows or seconds, whichever is first.
 PROGRESS_EVERY_ROWS = 50_000
 PROGRESS_EVERY_S = 10.0
@@ -60,120 +55,20 @@ REDRAW_EVERY_S = 0.1
 # A long import rides out a short outage: attempts of each call while it is UNAVAILABLE.
 ATTEMPTS = 5
 
-_INTEGER = re.compile(r"-?[0-9]+")
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_INT64_MAX = 2**63 - 1
 
-EXIT_OK, EXIT_BAD_ROWS = 0, 1
-
-
-class BadHeader(ValueError):
-    """The file's first line is not the header ``seller_id,day,gmv_minor``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One good row, at physical ``line`` of the file."""
-
-    line: int
-    seller_id: str
-    day: str
-    gmv_minor: int
-
-
-@dataclass(frozen=True, slots=True)
-class BadRow:
-    """A row refused before sending, at physical ``line`` of the file, and why."""
-
-    line: int
-    reason: str
-
-
-def parse_row(line: int, cells: list[str]) -> Row | BadRow:
-    """The row at ``line`` from its CSV ``cells``, or why it is bad (every problem)."""
-    if len(cells) != len(HEADER):
-        return BadRow(line, f"expected 3 columns ({','.join(HEADER)}), got {len(cells)}")
-    seller_id, day, gmv = (cell.strip() for cell in cells)
-    problems = []
-    if calendar_day(day) is None:
-        problems.append(f"day must be a calendar date as YYYY-MM-DD, got {quoted(day)}")
-    value = int(gmv) if _INTEGER.fullmatch(gmv) else None
-    if value is None:
-        problems.append(f"gmv_minor must be a whole number of USD cents, got {quoted(gmv)}")
-    elif value < 0:
-        problems.append(f"gmv_minor must not be negative, got {value}")
-    elif value > _INT64_MAX:
-        problems.append(f"gmv_minor is too large: {quoted(gmv)}")
-    if problems or value is None:
-        return BadRow(line, "; ".join(problems))
-    return Row(line, seller_id, day, value)
-
-
-class GmvCsv:
-    """An open GMV file whose header was checked; ``rows()`` streams what follows.
-
-    ``open`` raises ``OSError`` when the file cannot be read and ``BadHeader`` when line 1
-    is not exactly ``seller_id,day,gmv_minor`` (spaces around names and a UTF-8 byte order
-    mark are allowed). Use it as a context manager to close the file."""
-
-    def __init__(self, path: Path, file: TextIO) -> None:
-        self.path = path
-        self._file = file
-        self._reader = csv.reader(file)
-
-    @classmethod
-    def open(cls, path: Path) -> GmvCsv:
-        file = path.open(encoding="utf-8-sig", errors="replace", newline="")
-        source = cls(path, file)
-        try:
-            source._check_header()
-        except BaseException:
-            file.close()
-            raise
-        return source
-
-    def __enter__(self) -> GmvCsv:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._file.close()
-
-    def _check_header(self) -> None:
-        try:
-            header = next(self._reader)
-        except StopIteration:
-            raise BadHeader(
-                f"{self.path} is empty: expected the header {','.join(HEADER)}"
-            ) from None
-        except csv.Error as e:
-            raise BadHeader(f"{self.path} line 1: not CSV: {e}") from None
-        if tuple(cell.strip() for cell in header) != HEADER:
-            raise BadHeader(
-                f"{self.path} line 1: expected the header {','.join(HEADER)}, "
-                f"got {quoted(','.join(header))}"
-            )
-
-    def rows(self, from_line: int = 2) -> Iterator[Row | BadRow]:
-        """Each row starting at ``from_line`` or later, in file order, lazily, as a ``Row``
-        or a ``BadRow``. Blank lines are skipped; a row's line is the physical line it
-        starts on (a quoted field may span lines)."""
-        while True:
-            line = self._reader.line_num + 1
-            try:
-                cells = next(self._reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                if line >= from_line:
-                    yield BadRow(line, f"not valid CSV: {e}")
-                continue
-            if cells and line >= from_line:
-                yield parse_row(line, cells)
+_STATUSES = (
+    ExitStatus(OK, "all rows", "every row was imported"),
+    *client_failures(
+        ExitStatus(
+            ERROR,
+            "bad rows or stopped",
+            "some rows were bad (reported on stderr), or the import stopped on an error "
+            "(it says which lines are done and how to resume)",
+        ),
+        after_interruption="the summary, which lines are done and how to resume are printed",
+    ),
+)
 
 
 @dataclass
@@ -281,8 +176,8 @@ class GmvImport:
         self._stop: _Stop | None = None
 
     async def run(self, client: QuotaClient) -> int:
-        """Import every row; print the summary on stdout. ``EXIT_OK`` when every row was
-        good, ``EXIT_BAD_ROWS`` otherwise or when the import stopped on an error."""
+        """Import every row; print the summary on stdout. ``OK`` when every row was good,
+        ``ERROR`` otherwise or when the import stopped on an error."""
         rows = iter(self._rows)
         while batch := list(itertools.islice(rows, self._batch_size)):
             self._resume_line = batch[0].line
@@ -295,11 +190,11 @@ class GmvImport:
             await self._send(client, good)
             if self._stop is not None:
                 self._stopped(self._stop)
-                return EXIT_BAD_ROWS
+                return ERROR
             self.tally.line = batch[-1].line
         self._resume_line = None
         self.finish()
-        return EXIT_OK if self.tally.bad == 0 else EXIT_BAD_ROWS
+        return OK if self.tally.bad == 0 else ERROR
 
     async def _send(self, client: QuotaClient, rows: list[Row]) -> None:
         """Send ``rows``: those for one seller and day in order, the rest concurrently."""
@@ -355,8 +250,7 @@ class GmvImport:
             ("time", f"{t.elapsed():.1f} s ({t.rate():,.0f} rows/s)"),
             ("run id", self.run_id),
         ]
-        for key, value in rows:
-            print(f"{key:<13}  {value}")
+        print_table(rows)
 
     def _stopped(self, stop: _Stop) -> None:
         self.finish()
@@ -389,67 +283,32 @@ def _run_id(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _from_line(text: str) -> int:
-    value = _positive(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError("line 1 is the header: expected at least 2")
-    return value
-
-
-_EPILOG = """\
+_ABOUT = """\
+Import daily GMV from a CSV file through RecordGmv, streaming it.
 The file starts with the header seller_id,day,gmv_minor; each row sets one seller's GMV
 for one local day (YYYY-MM-DD) in USD cents. Bad rows are reported on stderr as
 'line N: reason' and the other rows still land. Row N is sent with the request_id
 gmv-<run id>-N, so re-running with the same --run-id never applies a row twice. An
 import stopped by an error or Ctrl-C says which lines are done and the --run-id and
 --from-line that resume it.
-
-exit status:
-  0  every row was imported
-  1  some rows were bad (reported on stderr), or the import stopped on an error
-     (it says which lines are done and how to resume)
-  2  usage error
 """
 
 
-def add_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    parent: argparse.ArgumentParser,
-) -> None:
-    """Add ``import-gmv`` to ``commands``, with the connection options of ``parent``."""
-    command = commands.add_parser(
-        "import-gmv",
-        parents=[parent],
-        help="import daily GMV from a CSV file (seller_id,day,gmv_minor)",
-        description="Import daily GMV from a CSV file through RecordGmv, streaming it.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_parser(commands: Commands) -> None:
+    """Add ``import-gmv`` to ``commands``."""
+    command = add_command(commands, "import-gmv", _import, _STATUSES, about=_ABOUT, role="data")
     command.add_argument("file", type=Path, metavar="FILE.csv")
-    command.add_argument(
-        "--batch-size",
-        type=_positive,
-        default=500,
-        metavar="N",
-        help="rows read and sent at a time (default: 500)",
-    )
-    command.add_argument(
-        "--concurrency",
-        type=_positive,
-        default=16,
-        metavar="N",
-        help="calls in flight at once (default: 16)",
-    )
+    for option, default, what in (
+        ("--batch-size", 500, "rows read and sent at a time"),
+        ("--concurrency", 16, "calls in flight at once"),
+    ):
+        command.add_argument(
+            option,
+            type=whole_number(1),
+            default=default,
+            metavar="N",
+            help=f"{what} (default: {default})",
+        )
     command.add_argument(
         "--run-id",
         type=_run_id,
@@ -459,21 +318,21 @@ def add_parser(
     )
     command.add_argument(
         "--from-line",
-        type=_from_line,
+        type=whole_number(2, "line 1 is the header"),
         default=2,
         metavar="N",
         help="skip the rows before line N (to resume; default: 2)",
     )
 
 
-def run(args: argparse.Namespace, with_client: Callable[..., int]) -> int:
+def _import(args: argparse.Namespace) -> int:
     """The ``import-gmv`` command: its exit status. The header is checked before anything
-    is sent; ``with_client`` (``cli._with_client``) connects and runs the import."""
+    is sent."""
     try:
         source = GmvCsv.open(args.file)
     except (OSError, BadHeader) as e:
         print(f"error: {_reason(e)}", file=sys.stderr)
-        return 1
+        return ERROR
     with source:
         run_id = args.run_id or secrets.token_hex(6)
         print(f"import run id {run_id}", file=sys.stderr)

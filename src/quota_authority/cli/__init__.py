@@ -1,0 +1,75 @@
+"""The ``quota-authority`` command: the server's ``serve`` and ``migrate``, and the
+operator's client commands, which call a running server through ``quota_authority.client``
+like any other caller.
+
+One module a command (``serve`` for serve and migrate, ``blocks`` for block and unblock);
+``shared`` holds what they share: exit statuses, connection options, ``with_client``, the
+argparse number type and the table printer. Each command module's ``add_parser`` adds it
+with ``shared.add_command``, which records on its parser the function that runs it, the
+role its calls need and the exit statuses it may end with; ``main`` dispatches on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import audit, blocks, check, import_gmv, serve, status
+from .shared import Commands, ExitStatus, UsageError
+
+__all__ = ["CommandFacts", "command_facts", "main"]
+
+_DESCRIPTION = """\
+The server: serve and migrate. The operator's client: status, check, block, unblock,
+import-gmv and audit, which share the connection options --target, --token-file and
+--ca-file. 'quota-authority COMMAND --help' has each command's options and exit statuses.
+"""
+
+
+def _parser() -> tuple[argparse.ArgumentParser, Commands]:
+    """The command's parser, and the action that holds its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="quota-authority",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve.add_parsers(commands)
+    status.add_parser(commands)
+    check.add_parser(commands)
+    blocks.add_parsers(commands)
+    import_gmv.add_parser(commands)
+    audit.add_parser(commands)
+    return parser, commands
+
+
+@dataclass(frozen=True)
+class CommandFacts:
+    """What a command declares: the role its calls need (None for serve and migrate) and
+    the exit statuses it may end with."""
+
+    role: str | None
+    statuses: tuple[ExitStatus, ...]
+
+
+def command_facts() -> dict[str, CommandFacts]:
+    """Each command's declared facts, by name: what its ``--help`` says, and what
+    docs/operations.md's table of commands must say."""
+    _, commands = _parser()
+    return {
+        name: CommandFacts(parser.get_default("role"), parser.get_default("statuses"))
+        for name, parser in commands.choices.items()
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command that ``argv`` (default: the process's arguments) names; its exit
+    status. Usage errors exit through argparse (``SystemExit(2)``)."""
+    parser, _ = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except UsageError as e:
+        args.command_parser.error(str(e))
+    return code

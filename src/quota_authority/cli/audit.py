@@ -1,0 +1,106 @@
+"""``quota-authority audit SELLER``: the seller's recorded decisions, oldest first
+(``ListDecisions``; R13), page after page, as one table. It reads only."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, date, datetime, time
+
+from ..client import QuotaClient
+from ..v1 import quota_authority_pb2 as pb
+from .shared import (
+    CHARGES,
+    OK,
+    SELLER,
+    Commands,
+    UsageError,
+    add_command,
+    print_table,
+    reading_statuses,
+    reason_words,
+    when,
+    whole_number,
+    with_client,
+)
+
+__all__ = ["add_parser"]
+
+_ABOUT = """\
+List a seller's recorded decisions (R13), oldest first.
+Through ListDecisions: all of them, one week's, or those made in [--since, --until). Dry
+runs are not recorded. Listing changes nothing.
+"""
+_STATUSES = reading_statuses("the decisions are printed")
+_COLUMNS = ("decided at", "action", "creator", "decision", "reason", "charged", "tier")
+
+
+def _instant(text: str) -> datetime:
+    """An argparse type: an ISO 8601 instant, or a date meaning 12:00 UTC that day; a time
+    without an offset is UTC."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(12), UTC)
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected YYYY-MM-DD or an ISO 8601 time, got {text!r}"
+        ) from None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    if args.week is not None and (args.since or args.until):
+        raise UsageError("--week cannot be combined with --since or --until")
+    week_time = datetime.now(UTC) if args.week == "current" else args.week
+
+    async def list_them(client: QuotaClient) -> int:
+        rows: list[tuple[str, ...]] = [_COLUMNS + (("request id",) if args.request_ids else ())]
+        async for d in client.list_decisions(
+            args.seller_id,
+            week_time=week_time,
+            start_time=args.since,
+            end_time=args.until,
+            page_size=args.page_size,
+        ):
+            rows.append(
+                (
+                    when(d.decided_at),
+                    pb.Action.Name(d.action).removeprefix("ACTION_").lower(),
+                    d.creator_id,
+                    "allowed" if d.allowed else "denied",
+                    reason_words(d.reason),
+                    CHARGES.get(d.charged, "nothing"),
+                    d.tier,
+                )
+                + ((d.request_id,) if args.request_ids else ())
+            )
+        print_table(rows)
+        count = len(rows) - 1
+        print(f"{count} decision{'' if count == 1 else 's'}")
+        return OK
+
+    return with_client(args, list_them)
+
+
+def add_parser(commands: Commands) -> None:
+    """Add ``audit`` to ``commands``."""
+    audit = add_command(
+        commands, "audit", _audit, _STATUSES, about=_ABOUT, role="reader", operands=SELLER
+    )
+    audit.add_argument(
+        "--week",
+        nargs="?",
+        const="current",
+        type=lambda text: text if text == "current" else _instant(text),
+        metavar="WHEN",
+        help="only the seller's week that contains WHEN: YYYY-MM-DD (12:00 UTC that day), an "
+        "ISO 8601 time, or nothing for the current week",
+    )
+    audit.add_argument("--since", type=_instant, metavar="WHEN", help="made at or after WHEN")
+    audit.add_argument("--until", type=_instant, metavar="WHEN", help="made before WHEN")
+    audit.add_argument(
+        "--page-size", type=whole_number(0), default=500, metavar="N", help="decisions per call"
+    )
+    audit.add_argument(
+        "--request-ids", action="store_true", help="add a column with each call's request_id"
+    )

@@ -1,0 +1,111 @@
+"""``quota-authority check SELLER CREATOR``: may this invite or message go out now?
+(``CheckAndConsume``; it charges unless ``--dry-run``.) A denial is an answer: exit 3."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..client import QuotaClient
+from ..v1 import quota_authority_pb2 as pb
+from .shared import (
+    CHARGES,
+    DENIED,
+    OK,
+    PAIR,
+    Commands,
+    ExitStatus,
+    UsageError,
+    add_command,
+    add_request_id,
+    client_failures,
+    new_request_id,
+    print_table,
+    reason_words,
+    retry_hint,
+    when,
+    whole_number,
+    with_client,
+    yes,
+)
+
+__all__ = ["add_parser"]
+
+_ABOUT = """\
+May this invite or message go out now? (It charges unless --dry-run.)
+Asks CheckAndConsume, and prints the decision and its reason in words.
+"""
+_STATUSES = (
+    ExitStatus(OK, "allowed", "allowed"),
+    ExitStatus(DENIED, "denied", "denied (an answer, not an error: the reason is printed)"),
+    *client_failures(),
+)
+
+
+def _decision_rows(reply: pb.CheckAndConsumeResponse, dry_run: bool) -> list[tuple[str, str]]:
+    """The decision as ``(label, value)`` rows: the reason in lower-case words."""
+    s = reply.status
+    rows = [
+        ("decision", "allowed" if reply.allowed else "denied"),
+        ("reason", reason_words(reply.reason)),
+        ("would charge" if dry_run else "charged", CHARGES.get(reply.charged, "nothing")),
+        ("used this week", str(s.used_this_week)),
+        ("remaining this week", "unlimited" if s.unlimited else str(s.remaining_this_week)),
+    ]
+    if reply.HasField("messages_before_reply_remaining"):
+        rows.append(("messages before reply", str(reply.messages_before_reply_remaining)))
+    rows += [("next refresh", when(s.next_refresh)), ("replayed", yes(reply.replayed))]
+    return rows
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.action == "invite" and args.followers is None:
+        raise UsageError("--invite needs --followers N")
+    request_id: str = args.request_id or ("" if args.dry_run else new_request_id())
+
+    async def ask(client: QuotaClient) -> int:
+        reply = await client.check_and_consume(
+            args.seller_id,
+            args.creator_id,
+            args.action,
+            creator_follower_count=args.followers,
+            request_id=request_id or None,
+            dry_run=args.dry_run,
+        )
+        rows = _decision_rows(reply, args.dry_run)
+        if args.dry_run:
+            rows.append(("dry run", "yes: nothing was charged or recorded"))
+        if request_id:
+            rows.append(("request id", request_id))
+        print_table(rows)
+        return OK if reply.allowed else DENIED
+
+    hint = "" if args.dry_run else retry_hint(request_id)
+    return with_client(args, ask, unknown_outcome=hint)
+
+
+def add_parser(commands: Commands) -> None:
+    """Add ``check`` to ``commands``."""
+    check = add_command(
+        commands, "check", _check, _STATUSES, about=_ABOUT, role="outreach", operands=PAIR
+    )
+    action = check.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--invite",
+        dest="action",
+        action="store_const",
+        const="invite",
+        help="a target invitation (needs --followers)",
+    )
+    action.add_argument(
+        "--message", dest="action", action="store_const", const="message", help="an instant message"
+    )
+    check.add_argument(
+        "--followers",
+        type=whole_number(0),
+        metavar="N",
+        help="the creator's follower count (required with --invite)",
+    )
+    check.add_argument(
+        "--dry-run", action="store_true", help="answer what would happen; change and record nothing"
+    )
+    add_request_id(check, charges=True)

@@ -1,0 +1,58 @@
+"""``quota-authority status SELLER``: the seller's quota this week (``GetStatus``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..client import QuotaClient
+from .shared import (
+    OK,
+    SELLER,
+    Commands,
+    add_command,
+    print_table,
+    reading_statuses,
+    when,
+    with_client,
+)
+
+__all__ = ["add_parser"]
+
+_ABOUT = """\
+Print a seller's quota status this week.
+Through GetStatus, which like any GetStatus creates an unknown seller and snapshots its week.
+"""
+_STATUSES = reading_statuses("the status is printed")
+
+
+def _status(args: argparse.Namespace) -> int:
+    async def ask(client: QuotaClient) -> int:
+        s = await client.get_status(args.seller_id)
+        limit = "unlimited" if s.unlimited else str(s.weekly_limit)
+        cap = str(s.max_creator_followers) if s.HasField("max_creator_followers") else "no cap"
+        remaining = "unlimited" if s.unlimited else str(s.remaining_this_week)
+        print_table(
+            [
+                ("seller", s.seller_id),
+                ("tier", s.tier),
+                ("weekly limit", limit),
+                ("used this week", str(s.used_this_week)),
+                ("remaining this week", remaining),
+                ("starter pack remaining", str(s.starter_pack_remaining)),
+                ("max creator followers", cap),
+                ("30-day GMV (USD)", f"{s.gmv_30d_minor / 100:,.2f}"),
+                ("time zone", s.time_zone),
+                ("week start", when(s.week_start)),
+                ("next refresh", when(s.next_refresh)),
+            ]
+        )
+        return OK
+
+    return with_client(args, ask)
+
+
+def add_parser(commands: Commands) -> None:
+    """Add ``status`` to ``commands``."""
+    add_command(
+        commands, "status", _status, _STATUSES, about=_ABOUT, role="reader", operands=SELLER
+    )
