@@ -30,6 +30,7 @@ from quota_authority.store import PostgresLedger, head_revision
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 CLI = [sys.executable, "-m", "quota_authority.cli"]
+QUOTA_AUTHORITY = Path(sys.executable).with_name("quota-authority")  # the console script
 
 
 def free_port() -> int:
@@ -290,7 +291,7 @@ def test_import_gmv_help_lists_exit_status_130(capsys):
     with pytest.raises(SystemExit):
         main(["import-gmv", "--help"])
 
-    assert "\n  130 interrupted by Ctrl-C" in capsys.readouterr().out
+    assert "\n  130 interrupted by Ctrl-C (SIGINT) or SIGTERM" in capsys.readouterr().out
 
 
 # --- import-gmv -------------------------------------------------------------------------
@@ -620,6 +621,85 @@ async def test_an_import_stopped_by_an_error_says_how_to_resume_and_resumes(
     assert table(capsys.readouterr().out)["rows imported"].startswith("2 ")
     assert len(await daily_gmv(db, seller)) == 3
     assert len(await daily_gmv(db, f"{seller}-down")) == 1
+
+
+async def test_sigterm_stops_an_import_as_ctrl_c_does_and_its_resume_applies_no_row_twice(
+    start_server, target, db, seller, tmp_path
+):
+    # systemd and Kubernetes stop a process with SIGTERM. The import must then stop as it
+    # does on Ctrl-C: say which lines are done and how to resume, and exit 130. The gate
+    # holds the call for line 9 in flight until SIGTERM has been sent, so the import is
+    # certainly still running then, whatever the machine's speed.
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    class Gate(PostgresLedger):
+        """RecordGmv for a seller whose id ends in ``-gate`` waits for ``release``, then
+        fails: it is in flight for as long as the test wants, and never lands."""
+
+        @asynccontextmanager
+        async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+            async with super().transaction(timeout_s) as tx:
+                record_gmv = tx.record_gmv
+
+                async def gated(seller_id: str, *args: Any) -> None:
+                    if seller_id.endswith("-gate"):
+                        entered.set()
+                        await release.wait()
+                        raise StoreUnavailable("the gate")
+                    await record_gmv(seller_id, *args)
+
+                tx.record_gmv = gated
+                yield tx
+
+    _, gated_target = await start_server(ledger=Gate)
+    days = [f"2026-10-{day:02}" for day in range(1, 12)]
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        *(f"{seller},{day},{n}" for n, day in enumerate(days[:7], 2)),  # lines 2-8
+        f"{seller}-gate,2026-10-31,9",  # line 9, the last of the second batch
+        *(f"{seller},{day},{n}" for n, day in enumerate(days[7:], 10)),  # lines 10-13
+    )
+    common = ["--batch-size", "4", "--concurrency", "1", "--run-id", "r1"]
+    importing = await asyncio.create_subprocess_exec(
+        QUOTA_AUTHORITY, "import-gmv", csv_file, *common, "--target", gated_target,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(entered.wait(), timeout=60)
+        landed = await daily_gmv(db, seller)  # one call at a time: lines 2-8 are done
+        importing.send_signal(signal.SIGTERM)
+        out, err = (text.decode() for text in await asyncio.wait_for(importing.communicate(), 60))
+    finally:
+        release.set()
+        if importing.returncode is None:
+            importing.kill()
+            await importing.communicate()
+    resume = re.search(r"--run-id (\S+) --from-line (\d+)", err)
+    assert resume is not None, f"exit status {importing.returncode}, stderr: {err!r}"
+    resuming = await asyncio.create_subprocess_exec(
+        QUOTA_AUTHORITY, "import-gmv", csv_file, *common[:4], *resume.group(0).split(),
+        "--target", target,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    resumed_out, resumed_err = (
+        text.decode() for text in await asyncio.wait_for(resuming.communicate(), 60)
+    )
+
+    assert len(landed) == 7
+    assert importing.returncode == 130, err
+    assert "interrupted; every line before line 6 is done" in err
+    assert resume.groups() == ("r1", "6")
+    assert table(out)["rows imported"].startswith("7 ")
+    assert resuming.returncode == 0, resumed_err
+    # Lines 6-8 had landed before the signal: resuming replays them instead of applying
+    # them again, and every row is stored once.
+    assert table(resumed_out)["rows imported"] == "8 (3 replayed from an earlier run)"
+    assert len(await daily_gmv(db, seller)) == 11
+    assert await daily_gmv(db, f"{seller}-gate") == {(f"{seller}-gate", "2026-10-31"): 9}
+    assert await stored_request_ids(db, seller) == 11
 
 
 # --- audit ------------------------------------------------------------------------------

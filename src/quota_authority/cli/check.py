@@ -8,6 +8,7 @@ import argparse
 from ..client import QuotaClient
 from ..v1 import quota_authority_pb2 as pb
 from .shared import (
+    ASK_AGAIN,
     CHARGES,
     DENIED,
     OK,
@@ -37,7 +38,7 @@ Asks CheckAndConsume, and prints the decision and its reason in words.
 _STATUSES = (
     ExitStatus(OK, "allowed", "allowed"),
     ExitStatus(DENIED, "denied", "denied (an answer, not an error: the reason is printed)"),
-    *client_failures(),
+    *client_failures(after_interruption=f"{ASK_AGAIN} (unless --dry-run)"),
 )
 
 

@@ -10,8 +10,8 @@ in file order, so a later row for a day wins, as it would in a sequential import
 Bad rows (wrong column count, a bad date, a gmv_minor that is not a whole number of cents
 or is negative, and rows the server refuses with ``INVALID_ARGUMENT`` or as a reused
 request_id) are reported on stderr as ``line N: reason`` and the other rows still land. Any
-other error stops the import, and so does Ctrl-C (calls in flight are cancelled), saying
-which lines are done and how to resume.
+other error stops the import, and so do Ctrl-C and SIGTERM (calls in flight are cancelled),
+saying which lines are done and how to resume.
 """
 
 from __future__ import annotations
@@ -289,8 +289,8 @@ The file starts with the header seller_id,day,gmv_minor; each row sets one selle
 for one local day (YYYY-MM-DD) in USD cents. Bad rows are reported on stderr as
 'line N: reason' and the other rows still land. Row N is sent with the request_id
 gmv-<run id>-N, so re-running with the same --run-id never applies a row twice. An
-import stopped by an error or Ctrl-C says which lines are done and the --run-id and
---from-line that resume it.
+import stopped by an error, Ctrl-C or SIGTERM says which lines are done and the --run-id
+and --from-line that resume it.
 """
 
 

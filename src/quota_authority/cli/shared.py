@@ -1,6 +1,6 @@
 """What every ``quota-authority`` command shares: exit statuses, declared once and rendered
 into each command's ``--help``; the connection options and ``with_client``, which connects,
-runs one command's calls and turns errors and Ctrl-C into exit statuses; the
+runs one command's calls and turns errors, Ctrl-C and SIGTERM into exit statuses; the
 argparse number type; and the one table printer.
 
 A command module adds itself with ``add_command``, which records its run function, its
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import textwrap
+import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeAlias, TypeVar
@@ -29,6 +32,7 @@ from ..settings import load_settings
 from ..v1 import quota_authority_pb2 as pb
 
 __all__ = [
+    "ASK_AGAIN",
     "CALL_FAILED",
     "CHARGES",
     "DENIED",
@@ -89,7 +93,7 @@ def client_failures(
 ) -> tuple[ExitStatus, ...]:
     """How any client command can end badly: ``failed``, a usage error, or interrupted,
     ``after_interruption`` saying what it then prints."""
-    interrupted = "interrupted by Ctrl-C: calls in flight are cancelled"
+    interrupted = "interrupted by Ctrl-C (SIGINT) or SIGTERM: calls in flight are cancelled"
     return (
         failed,
         ExitStatus(USAGE, "usage", "usage error, or without --target a bad QUOTA_AUTHORITY_LISTEN"),
@@ -99,6 +103,10 @@ def client_failures(
             f"{interrupted}; {after_interruption}" if after_interruption else interrupted,
         ),
     )
+
+
+# What a mutating command prints when interrupted, as ``after_interruption``.
+ASK_AGAIN = "the outcome is unknown, and the --request-id that asks again safely is printed"
 
 
 def reading_statuses(done: str) -> tuple[ExitStatus, ...]:
@@ -201,6 +209,41 @@ def _connection(args: argparse.Namespace) -> _Connection:
     return _Connection(target, token, certificates)
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived while a command's calls were running."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside a running event loop: SIGTERM (what systemd and Kubernetes send) cancels the
+    current task as ``asyncio.run`` does on Ctrl-C, and leaves the block as ``_Terminated``.
+    A second SIGTERM ends the process at once. Signals reach only the main thread, so
+    elsewhere (a test calling ``main`` in a thread) nothing changes."""
+    task = asyncio.current_task()
+    if threading.current_thread() is not threading.main_thread() or task is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    received = False
+
+    def on_sigterm() -> None:
+        nonlocal received
+        received = True
+        loop.remove_signal_handler(signal.SIGTERM)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        raise _Terminated from None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def with_client(
     args: argparse.Namespace,
     call: Callable[[QuotaClient], Awaitable[int]],
@@ -211,8 +254,8 @@ def with_client(
 ) -> int:
     """Run ``call`` with a client connected as ``args`` says; its exit status. An RPC error
     is printed on stderr and is ``ERROR``; ``unknown_outcome`` is added when the error
-    leaves the outcome unknown. Ctrl-C cancels the calls in flight, prints
-    ``interrupted()`` and is ``INTERRUPTED``."""
+    leaves the outcome unknown. Ctrl-C or SIGTERM cancels the calls in flight, prints
+    ``interrupted()`` (and ``unknown_outcome``) and is ``INTERRUPTED``."""
     try:
         connection = _connection(args)
     except ConfigError as e:
@@ -223,14 +266,15 @@ def with_client(
         return ERROR
 
     async def run() -> int:
-        async with QuotaClient(
-            connection.target,
-            token=connection.token,
-            root_certificates=connection.root_certificates,
-            timeout=_TIMEOUT_S,
-            attempts=attempts,
-        ) as client:
-            return await call(client)
+        with _sigterm_interrupts():
+            async with QuotaClient(
+                connection.target,
+                token=connection.token,
+                root_certificates=connection.root_certificates,
+                timeout=_TIMEOUT_S,
+                attempts=attempts,
+            ) as client:
+                return await call(client)
 
     try:
         return asyncio.run(run())
@@ -239,8 +283,10 @@ def with_client(
         if unknown_outcome and e.code() in _UNKNOWN_OUTCOME:
             print(unknown_outcome, file=sys.stderr)
         return ERROR
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         print(interrupted(), file=sys.stderr)
+        if unknown_outcome:
+            print(unknown_outcome, file=sys.stderr)
         return INTERRUPTED
 
 
@@ -303,7 +349,7 @@ def add_change_command(
 ) -> argparse.ArgumentParser:
     """``add_command`` for a command that makes one change through ``run_mutation``: it
     exits 0 when ``done``, and takes ``--request-id``."""
-    statuses = (ExitStatus(OK, "", done), *client_failures())
+    statuses = (ExitStatus(OK, "", done), *client_failures(after_interruption=ASK_AGAIN))
     parser = add_command(commands, name, run, statuses, about=about, role=role, operands=operands)
     add_request_id(parser)
     return parser
