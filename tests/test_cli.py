@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
@@ -274,6 +275,94 @@ async def test_unblock_lifts_only_that_partys_block(target, seller, clock, capsy
     assert blocks["blocked by creator"] == "no" and blocks["blocked by seller"] == "yes"
     assert await run_cli("unblock", seller, "c-1", "--by", "seller", "--target", target) == 0
     assert await run_cli("check", seller, "c-1", "--message", "--target", target) == 0
+
+
+async def test_record_reply_connects_the_creator_so_outreach_is_free(target, seller, clock, capsys):
+    code = await run_cli(
+        "record-reply", seller, "c-1", "--source", "creator-initiated", "--target", target
+    )
+    recorded = table(capsys.readouterr().out)
+    checked = await run_cli(
+        "check", seller, "c-1", "--invite", "--followers", "50000", "--target", target
+    )
+
+    assert code == 0
+    assert recorded["newly connected"] == "yes" and recorded["replayed"] == "no"
+    assert recorded["request id"].startswith("cli-")
+    assert checked == 0  # connected: above the follower cap, and free
+    decision = table(capsys.readouterr().out)
+    assert decision["reason"] == "connected creator" and decision["charged"] == "nothing"
+
+
+async def test_record_reply_with_the_same_request_id_replays(target, seller, clock, capsys):
+    for source in ("showcase", "showcase"):
+        code = await run_cli(
+            "record-reply", seller, "c-1", "--source", source, "--request-id", "r-1",
+            "--target", target,
+        )  # fmt: skip
+        assert code == 0
+
+    replayed = table(capsys.readouterr().out)
+    assert replayed["newly connected"] == "yes" and replayed["replayed"] == "yes"
+    assert replayed["request id"] == "r-1"
+
+
+async def test_record_reply_needs_a_known_source(target, seller, capsys):
+    code = await run_cli("record-reply", seller, "c-1", "--source", "email", "--target", target)
+
+    assert code == 2
+    assert "invalid choice: 'email'" in capsys.readouterr().err
+
+
+async def test_upsert_seller_creates_the_seller_in_its_zone(target, seller, clock, capsys):
+    code = await run_cli("upsert-seller", seller, "--time-zone", "Asia/Tokyo", "--target", target)
+    upserted = table(capsys.readouterr().out)
+    await run_cli("status", seller, "--target", target)
+
+    assert code == 0
+    assert upserted["seller"] == seller
+    assert upserted["created"] == "yes" and upserted["time zone"] == "Asia/Tokyo"
+    assert upserted["replayed"] == "no" and upserted["request id"].startswith("cli-")
+    assert table(capsys.readouterr().out)["time zone"] == "Asia/Tokyo"
+
+
+async def test_upsert_seller_of_a_bad_time_zone_exits_1_naming_the_field(target, seller, capsys):
+    code = await run_cli("upsert-seller", seller, "--time-zone", "Mars/Olympus", "--target", target)
+
+    error, *violations = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert error.startswith("error: INVALID_ARGUMENT: ")
+    assert [line.split(": ", 1) for line in violations] == [
+        ["  time_zone", "must be an IANA time zone such as America/Los_Angeles; got 'Mars/Olympus'"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["record-reply", "s-1", "c-1", "--source", "reply"],
+        ["upsert-seller", "s-1", "--time-zone", "UTC"],
+        ["block", "s-1", "c-1", "--by", "seller"],
+    ],
+)
+async def test_a_change_whose_outcome_is_unknown_prints_how_to_ask_again(command, capsys):
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens: UNAVAILABLE, after every attempt
+
+    code = await run_cli(*command, "--request-id", "r-7", "--target", nobody)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: UNAVAILABLE: ")
+    assert "run the command again with --request-id r-7" in err
+
+
+def test_version_prints_the_packages_version():
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+
+    result = subprocess.run([QUOTA_AUTHORITY, "--version"], capture_output=True, text=True)
+
+    assert result.returncode == 0
+    assert result.stdout == f"quota-authority {project['project']['version']}\n"
 
 
 @pytest.mark.parametrize("name", sorted(command_facts()))

@@ -14,17 +14,26 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 
-from . import audit, blocks, check, import_gmv, serve, status
+from . import audit, blocks, check, import_gmv, record_reply, serve, status, upsert_seller
 from .shared import Commands, ExitStatus, UsageError
 
 __all__ = ["CommandFacts", "command_facts", "main"]
 
 _DESCRIPTION = """\
 The server: serve and migrate. The operator's client: status, check, block, unblock,
-import-gmv and audit, which share the connection options --target, --token-file and
---ca-file. 'quota-authority COMMAND --help' has each command's options and exit statuses.
+record-reply, upsert-seller, import-gmv and audit, which share the connection options
+--target, --token-file and --ca-file. 'quota-authority COMMAND --help' has each command's
+options and exit statuses.
 """
+
+
+def _version() -> str:
+    try:
+        return metadata.version("quota-authority")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _parser() -> tuple[argparse.ArgumentParser, Commands]:
@@ -34,11 +43,14 @@ def _parser() -> tuple[argparse.ArgumentParser, Commands]:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve.add_parsers(commands)
     status.add_parser(commands)
     check.add_parser(commands)
     blocks.add_parsers(commands)
+    record_reply.add_parser(commands)
+    upsert_seller.add_parser(commands)
     import_gmv.add_parser(commands)
     audit.add_parser(commands)
     return parser, commands
