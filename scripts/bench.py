@@ -33,7 +33,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quota_authority.engine.rules import r1_tier_for_gmv
 from quota_authority.engine.weeks import Week, week_containing
-from quota_authority.settings import Policy, Settings
+from quota_authority.policy import Policy
+from quota_authority.settings import Settings
 from quota_authority.store import EmbeddedPostgres, create_engine, migrate
 
 ROOT = Path(__file__).resolve().parents[1]

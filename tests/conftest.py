@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
+from quota_authority.policy import Policy
 from quota_authority.server import QuotaAuthorityServer
-from quota_authority.settings import Policy
 from quota_authority.store import EmbeddedPostgres, PostgresLedger, create_engine
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 

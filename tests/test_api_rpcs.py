@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from support import invite, ledger_counts, message, new_id
 
-from quota_authority.settings import Policy, TierPolicy
+from quota_authority.policy import Policy, TierPolicy
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from support import BASE_TIME, invite
 
 from quota_authority.engine.weeks import week_containing
-from quota_authority.settings import Policy, Settings
+from quota_authority.policy import Policy
+from quota_authority.settings import Settings
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 

@@ -17,9 +17,9 @@ import pytest
 from pki import Authority
 from support import ledger_counts
 
+from quota_authority.api.callers import Caller
 from quota_authority.client import QuotaClient, field_violations
 from quota_authority.errors import StoreUnavailable
-from quota_authority.settings import Caller
 from quota_authority.store import PostgresLedger
 
 

@@ -136,7 +136,7 @@ async def test_concurrent_duplicates_of_a_reply_connect_once(stub, clients, sell
 async def test_concurrent_invites_past_the_weekly_limit_draw_the_starter_pack_exactly(
     start_server, seller, db, clock
 ):
-    from quota_authority.settings import Policy, TierPolicy
+    from quota_authority.policy import Policy, TierPolicy
 
     _, address = await start_server(
         Policy(tiers=(TierPolicy("T0", 0, 10, None),), starter_pack_size=15)

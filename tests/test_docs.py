@@ -6,9 +6,7 @@ code's docstrings and comments name. No server, no database."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
-import inspect
 import io
 import re
 import sys
@@ -19,10 +17,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from quota_authority import settings as settings_module
+from quota_authority import policy as policy_module
+from quota_authority.api import callers as callers_module
 from quota_authority.cli import command_facts
 from quota_authority.metrics import Metrics
-from quota_authority.settings import Settings, load_settings
+from quota_authority.settings import Variable, documented_default, load_settings, variables
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +31,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import api_reference  # noqa: E402
 
-# Settings fields that no environment variable sets, and where they come from instead.
-FIELDS_WITHOUT_VARIABLE = {"policy": "the policy file that QUOTA_AUTHORITY_CONFIG names"}
 VARIABLE = re.compile(r"QUOTA_AUTHORITY_[A-Z0-9_]+")
 FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)
 LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -189,58 +186,60 @@ def variables_read_by_load_settings() -> set[str]:
     return environment.asked
 
 
-def variable_of_each_field() -> dict[str, set[str]]:
-    """Each ``Settings`` field and the variables named in the comment just above it, which is
-    how settings.py says which variable sets which field."""
-    source = inspect.getsource(Settings)
-    names = {f.name for f in dataclasses.fields(Settings)}
-    found: dict[str, set[str]] = {}
-    comment: list[str] = []
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            comment.append(stripped)
-            continue
-        match = re.match(r"(\w+)\s*:", stripped)
-        if match and match.group(1) in names:
-            found[match.group(1)] = set(VARIABLE.findall(" ".join(comment)))
-        comment = []
-    return found
-
-
 def configuration_reference() -> str:
     return section(read("operations.md"), "## Configuration reference")
 
 
-def test_every_settings_field_is_set_by_one_variable_that_load_settings_reads() -> None:
-    read_by_code = variables_read_by_load_settings()
-
-    for field, variables in variable_of_each_field().items():
-        if field in FIELDS_WITHOUT_VARIABLE:
-            assert not variables, f"{field} now has a variable: document it"
-            continue
-        assert len(variables) == 1, (
-            f"Settings.{field}: its comment should name the one QUOTA_AUTHORITY_* variable "
-            f"that sets it, found {sorted(variables)}"
-        )
-        assert variables <= read_by_code, f"Settings.{field}: load_settings never reads {variables}"
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The cells of each table row that starts with a variable, by that variable."""
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("| `QUOTA_AUTHORITY_"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+            rows[cells[0].strip("`")] = cells
+    return rows
 
 
-def test_every_variable_and_its_field_are_in_the_configuration_reference() -> None:
-    reference = configuration_reference()
-    rows = {
-        VARIABLE.search(line).group(0): line  # type: ignore[union-attr]
-        for line in reference.splitlines()
-        if line.startswith("| `QUOTA_AUTHORITY_")
-    }
+def shown(default: str) -> str:
+    return default if default == "unset" else f"`{default}`"
 
-    missing = sorted(variables_read_by_load_settings() - set(rows))
-    assert not missing, f"docs/operations.md's configuration reference lacks {missing}"
-    for field, variables in variable_of_each_field().items():
-        for variable in variables:
-            assert f"`{field}`" in rows[variable], (
-                f"the row of {variable} should name its Settings field `{field}`"
-            )
+
+def minimum_note(variable: Variable) -> str | None:
+    """How the docs write the variable's minimum: ``(≥ 1)``."""
+    if variable.minimum is None:
+        return None
+    minimum = variable.minimum
+    return f"(≥ {int(minimum) if float(minimum).is_integer() else minimum})"
+
+
+def test_load_settings_reads_every_declared_variable_and_no_other() -> None:
+    declared = {variable.name for variable in variables().values()}
+    assert variables_read_by_load_settings() == declared
+
+
+def test_the_configuration_reference_has_each_variable_with_its_field_default_and_minimum():
+    rows = table_rows(configuration_reference())
+
+    for field, variable in variables().items():
+        assert variable.name in rows, f"docs/operations.md lacks {variable.name}"
+        _, documented_field, default, meaning = rows[variable.name]
+        assert documented_field.startswith(f"`{field}`"), (variable.name, documented_field)
+        assert default == shown(documented_default(field)), (variable.name, default)
+        note = minimum_note(variable)
+        assert note is None or note in meaning, f"{variable.name}: the docs lack {note}"
+    assert set(rows) == {v.name for v in variables().values()}
+
+
+def test_the_readme_table_has_each_variable_with_its_default_and_minimum() -> None:
+    rows = table_rows(section((ROOT / "README.md").read_text(encoding="utf-8"), "## Configuration"))
+
+    for field, variable in variables().items():
+        assert variable.name in rows, f"the README's table lacks {variable.name}"
+        _, default, meaning = rows[variable.name]
+        assert default == shown(documented_default(field)), (variable.name, default)
+        note = minimum_note(variable)
+        assert note is None or note in meaning, f"{variable.name}: the README lacks {note}"
+    assert set(rows) == {v.name for v in variables().values()}
 
 
 def test_every_variable_named_in_operations_exists() -> None:
@@ -251,13 +250,20 @@ def test_every_variable_named_in_operations_exists() -> None:
 
 
 def keys_accepted_by_the_policy_and_callers_files() -> set[str]:
-    """Every section and key settings.py accepts in the two TOML files: the sets it passes to
-    ``_only`` and the sections ``policy_from_mapping`` knows."""
-    tree = ast.parse(Path(settings_module.__file__).read_text(encoding="utf-8"))
+    """Every section and key the two TOML files accept: the sets policy.py and
+    api/callers.py pass to ``only`` and the sections ``policy_from_mapping`` knows."""
     keys: set[str] = set()
-    for node in ast.walk(tree):
+    for module in (policy_module, callers_module):
+        keys |= _keys_accepted_by(Path(module.__file__ or "").read_text(encoding="utf-8"))
+    assert {"tiers", "week", "callers", "max_before_reply"} <= keys  # the walk found them
+    return keys
+
+
+def _keys_accepted_by(source: str) -> set[str]:
+    keys: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
         sets: list[ast.expr] = []
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_only":
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "only":
             sets.append(node.args[2])
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "known" for t in node.targets
@@ -266,7 +272,6 @@ def keys_accepted_by_the_policy_and_callers_files() -> set[str]:
         for literal in sets:
             assert isinstance(literal, ast.Set), ast.dump(literal)
             keys.update(e.value for e in literal.elts if isinstance(e, ast.Constant))
-    assert {"tiers", "week", "callers", "max_before_reply"} <= keys  # the walk found them
     return keys
 
 

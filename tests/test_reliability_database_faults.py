@@ -51,7 +51,7 @@ from support import (
 )
 
 from quota_authority.clock import Clock
-from quota_authority.settings import Policy, TierPolicy
+from quota_authority.policy import Policy, TierPolicy
 from quota_authority.store import PostgresLedger, create_engine
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc

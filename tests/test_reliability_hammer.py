@@ -27,7 +27,7 @@ from servers import replicas
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import charges_by_creator, invite, ledger_counts, message
 
-from quota_authority.settings import Policy
+from quota_authority.policy import Policy
 from quota_authority.store import PostgresLedger
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc

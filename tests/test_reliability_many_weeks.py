@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import BASE_TIME, charges_by_creator, invite, message, new_id
 
-from quota_authority.settings import Policy, TierPolicy
+from quota_authority.policy import Policy, TierPolicy
 from quota_authority.store import PostgresLedger
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc

@@ -46,8 +46,8 @@ from servers import server_settings
 from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
+from quota_authority.policy import MessagePolicy, Policy, TierPolicy
 from quota_authority.server import QuotaAuthorityServer
-from quota_authority.settings import MessagePolicy, Policy, TierPolicy
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 

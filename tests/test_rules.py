@@ -17,7 +17,7 @@ from quota_authority.engine.rules import (
     r1_tier_for_gmv,
     r10_starter_pack_grant,
 )
-from quota_authority.settings import Policy
+from quota_authority.policy import Policy
 
 INVITE = Action.INVITE
 MESSAGE = Action.MESSAGE

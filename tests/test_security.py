@@ -21,9 +21,9 @@ from servers import server_settings
 from sqlalchemy import text
 from support import everything_of, invite, ledger_counts, new_id, seller_week_locked
 
+from quota_authority.api.callers import ROLES, Caller, load_callers
 from quota_authority.errors import ConfigError
 from quota_authority.server import QuotaAuthorityServer
-from quota_authority.settings import ROLES, Caller, load_callers
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
@@ -282,10 +282,26 @@ async def test_serving_beyond_loopback_without_authentication_is_refused_at_star
         await server.start()
 
 
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "quota.example.internal:0"])
+async def test_bearer_tokens_without_tls_beyond_loopback_are_refused_at_start(
+    database_url, clock, listen: str
+):
+    """Anyone on the network path could read a token sent in plaintext."""
+    server = QuotaAuthorityServer(
+        server_settings(listen=listen, callers=CALLERS), database_url, clock
+    )
+    with pytest.raises(ConfigError, match="QUOTA_AUTHORITY_ALLOW_PLAINTEXT_TOKENS"):
+        await server.start()
+
+
 @pytest.mark.parametrize(
     "overrides",
-    [{"allow_unauthenticated_remote": True}, {"callers": CALLERS}],
-    ids=["explicitly allowed", "with callers"],
+    [
+        {"allow_unauthenticated_remote": True},
+        {"callers": CALLERS, "allow_plaintext_tokens": True},
+        {"callers": (Caller("pipeline", frozenset({"data"}), certificate_identity="p.internal"),)},
+    ],
+    ids=["explicitly allowed", "tokens explicitly allowed in plaintext", "no tokens"],
 )
 async def test_serving_beyond_loopback_starts_when_allowed_or_authenticated(
     start_server, overrides: dict[str, Any]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from quota_authority.errors import ConfigError
-from quota_authority.settings import Policy, Settings, TierPolicy, load_settings
+from quota_authority.policy import Policy, TierPolicy
+from quota_authority.settings import Settings, load_settings
 
 MONDAY, SUNDAY = 0, 6
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from quota_authority.clock import FakeClock
 from quota_authority.engine.weeks import Week, gmv_window, week_containing
-from quota_authority.settings import WeekPolicy
+from quota_authority.policy import WeekPolicy
 
 LA = "America/Los_Angeles"
 TOKYO = "Asia/Tokyo"

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 from ..errors import PermissionDenied, Unauthenticated
-from ..settings import Caller
+from .callers import Caller
 from .error_mapping import abort
 
 __all__ = ["METHOD_ROLES", "Authorizer"]

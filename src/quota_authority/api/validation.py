@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..errors import FieldViolation, InvalidArgument
 from ..formats import calendar_day, quoted
-from ..settings import valid_time_zone
+from ..policy import valid_time_zone
 
 __all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..domain import Action, Charge, PairState, Reason, SellerWeek
-from ..settings import TierPolicy
+from ..policy import TierPolicy
 
 __all__ = [
     "OutreachVerdict",

@@ -41,7 +41,7 @@ from ..domain import (
     SellerUpsertResult,
     SellerWeek,
 )
-from ..settings import Policy
+from ..policy import Policy
 from . import rules
 from .batching import MicroBatcher
 from .deadlines import current_deadline, deadline_at, time_left

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from ..settings import WeekPolicy
+from ..policy import WeekPolicy
 
 __all__ = ["GMV_WINDOW_DAYS", "Week", "after_previous", "gmv_window", "week_containing"]
 
