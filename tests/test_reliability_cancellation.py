@@ -155,7 +155,7 @@ class Watch:
                 self.longest_idle is None or s.for_s > self.longest_idle.for_s
             ):
                 self.longest_idle = s
-        return self._server._engine.pool.checkedout(), sessions
+        return self._server.engine.pool.checkedout(), sessions
 
     async def during(self, storm: asyncio.Future[Any]) -> None:
         while not storm.done():
@@ -289,8 +289,8 @@ async def storm_leaves_nothing_behind(
             )
         return figures
     finally:
-        if isinstance(server._ledger, LeaksOnFailure):
-            await server._ledger.release_leaks()
+        if isinstance(server.store, LeaksOnFailure):
+            await server.store.release_leaks()
         await server.stop(grace=0)
 
 

@@ -184,7 +184,7 @@ async def test_twice_the_concurrency_limit_is_shed_fast_and_leaks_nothing(start_
         while True:
             sessions = await session_states(db, others)
             busy = sessions["active"] + sessions["idle in transaction"]
-            checked_out = server._engine.pool.checkedout()
+            checked_out = server.engine.pool.checkedout()
             if (busy, checked_out) == (0, 0) or time.monotonic() > settle_until:
                 break
             await asyncio.sleep(0.1)

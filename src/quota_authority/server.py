@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -29,16 +31,20 @@ from .api.auth import Authorizer
 from .clock import Clock, SystemClock
 from .engine import QuotaService
 from .engine.ports import LedgerStore
-from .errors import ConfigError
+from .errors import CannotListen, ConfigError
+from .health import HealthServicer
 from .metrics import Metrics, TimedLedger
 from .settings import Settings, unsafe_listen
 from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
+from .store.database import unreachable_at_start
 from .v1 import quota_authority_pb2 as pb
 
 __all__ = [
     "SERVICE_NAME",
     "QuotaAuthorityServer",
     "add_port",
+    "check_can_listen",
+    "migrate_schema",
     "new_grpc_server",
     "run_event_loop",
     "serve",
@@ -102,53 +108,124 @@ def new_grpc_server(settings: Settings) -> grpc.aio.Server:
     )
 
 
+def check_can_listen(listen: str) -> None:
+    """Raise ``CannotListen`` when ``listen`` cannot be bound now: its port is in use, or
+    its host is not an address of this machine. Checked before the slow part of starting
+    (the embedded PostgreSQL, migrations) so that the operator learns at once; the server's
+    own bind (``add_port``) is checked again. Port 0 (any free port) always binds."""
+    host, _, port = listen.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as e:
+        raise CannotListen(
+            f"QUOTA_AUTHORITY_LISTEN: cannot listen on {listen}: the host does not resolve "
+            f"({e.strerror})"
+        ) from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC binds: connections of an earlier server in TIME_WAIT do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                failures.append(e)
+    # gRPC serves a name that resolves to several addresses on those it can bind, but a
+    # port in use on any of them fails its bind.
+    in_use = [e for e in failures if e.errno == errno.EADDRINUSE]
+    if in_use or (failures and len(failures) == len(addresses)):
+        reason = (in_use or failures)[0].strerror
+        raise CannotListen(f"QUOTA_AUTHORITY_LISTEN: cannot listen on {listen}: {reason}")
+
+
 def add_port(server: grpc.aio.Server, settings: Settings) -> int:
     """Listen on ``settings.listen``, over TLS when a certificate is configured (mutual TLS
     when a client CA is too); the bound port. Certificates are read once, here: replacing
-    them takes a restart."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        port: int = server.add_insecure_port(settings.listen)
-    else:
-        client_ca = settings.tls_client_ca_file
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-            root_certificates=None if client_ca is None else client_ca.read_bytes(),
-            require_client_auth=client_ca is not None,
-        )
-        port = server.add_secure_port(settings.listen, credentials)
+    them takes a restart. Raises ``CannotListen`` when the address cannot be bound."""
+    try:
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            port: int = server.add_insecure_port(settings.listen)
+        else:
+            client_ca = settings.tls_client_ca_file
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+                root_certificates=None if client_ca is None else client_ca.read_bytes(),
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError as e:  # grpc's "Failed to bind to address ..."
+        raise CannotListen(
+            f"QUOTA_AUTHORITY_LISTEN: cannot listen on {settings.listen}: {e}"
+        ) from e
     if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise CannotListen(f"QUOTA_AUTHORITY_LISTEN: cannot listen on {settings.listen}")
     return port
 
 
 @dataclass
 class QuotaAuthorityServer:
-    """A running server over an open database; ``start`` binds, ``stop`` drains.
-    ``ledger`` builds the store over the engine (tests put faults and broken variants
-    there). With ``settings.metrics_listen``, Prometheus metrics are served there
-    (``metrics_port``)."""
+    """A server over a database: ``start`` migrates, binds and serves, ``stop`` drains and
+    closes. ``stop`` may be called at any point, before or after ``start`` and more than once;
+    a ``start`` that fails undoes what it did. ``ledger`` builds the store over the engine
+    (tests put faults and broken variants there); ``database_setting`` names where
+    ``database_url`` came from, for the one line printed when it cannot be reached. With
+    ``settings.metrics_listen``, Prometheus metrics are served there (``metrics_port``)."""
 
     settings: Settings
     database_url: str
     clock: Clock
     ledger: Callable[[AsyncEngine, Settings], LedgerStore] = PostgresLedger
+    database_setting: str = "QUOTA_AUTHORITY_DATABASE_URL"
+
+    # Set by start(); None before it and after stop().
+    engine: AsyncEngine | None = field(default=None, init=False)
+    store: LedgerStore | None = field(default=None, init=False)
+    service: QuotaService | None = field(default=None, init=False)
+    metrics: Metrics | None = field(default=None, init=False)
+    metrics_port: int | None = field(default=None, init=False)
+    _server: grpc.aio.Server | None = field(default=None, init=False)
+    _health: HealthServicer | None = field(default=None, init=False)
+    _metrics_http: Any = field(default=None, init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    # Health as last reported (None: not yet); only changes are logged.
+    _serving: bool | None = field(default=None, init=False)
+    # Set to end the drain delay early (a second SIGTERM).
+    _drain_cut: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def start(self) -> int:
-        """Refuse an unsafe configuration, migrate, bind and serve; the bound port."""
+        """Refuse an unsafe configuration, migrate, bind and serve; the bound port. Raises
+        ``ConfigError``, ``DatabaseUnreachable`` or ``CannotListen`` (``StartupError``s) when
+        it cannot start as configured."""
+        if self.engine is not None:
+            raise RuntimeError("the server is already started")
         problem = unsafe_listen(self.settings)
         if problem:
             raise ConfigError(problem)
-        self._engine = create_engine(self.database_url, self.settings)
-        await migrate(self._engine)
-        ledger = self.ledger(self._engine, self.settings)
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> int:
+        self.engine = create_engine(self.database_url, self.settings)
+        async with unreachable_at_start(self.database_url, self.database_setting):
+            await migrate(self.engine)
+        store = self.ledger(self.engine, self.settings)
         self.metrics = Metrics() if self.settings.metrics_listen else None
         if self.metrics is not None:
-            ledger = TimedLedger(ledger, self.metrics)
-            pool = self._engine.pool
+            store = TimedLedger(store, self.metrics)
+            pool = self.engine.pool
             self.metrics.pool_in_use(lambda: float(pool.checkedout()))  # type: ignore[attr-defined]
-        self._ledger = ledger
+        self.store = store
         self.service = QuotaService(
-            self._ledger,
+            store,
             self.settings.policy,
             self.clock,
             batch_max_size=self.settings.batch_max_size,
@@ -164,7 +241,7 @@ class QuotaAuthorityServer:
             ),
             self._server,
         )
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -173,11 +250,9 @@ class QuotaAuthorityServer:
         )
         port = add_port(self._server, self.settings)
         await self._server.start()
-        self._metrics_http = None
         if self.metrics is not None and self.settings.metrics_listen is not None:
             self._metrics_http = self.metrics.serve(self.settings.metrics_listen)
-            self.metrics_port: int = self._metrics_http.server_port
-        self._serving: bool | None = None
+            self.metrics_port = self._metrics_http.server_port
         await self._check_health()
         self._tasks = [
             asyncio.create_task(self._watch_health(), name="health-watcher"),
@@ -187,6 +262,7 @@ class QuotaAuthorityServer:
         return port
 
     async def _set_health(self, serving: bool) -> None:
+        assert self._health is not None
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -199,7 +275,8 @@ class QuotaAuthorityServer:
         self._serving = serving
 
     async def _check_health(self) -> None:
-        await self._set_health(await self._ledger.ping())
+        assert self.store is not None
+        await self._set_health(await self.store.ping())
 
     async def _watch_health(self) -> None:
         while True:
@@ -207,6 +284,7 @@ class QuotaAuthorityServer:
             await self._check_health()
 
     async def _purge_responses(self) -> None:
+        assert self.service is not None
         while True:
             try:
                 purged = await self.service.purge_expired_responses()
@@ -216,37 +294,74 @@ class QuotaAuthorityServer:
                 log.warning("purging expired request_ids failed", exc_info=True)
             await asyncio.sleep(_PURGE_EVERY_S)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, finish in-flight calls within ``grace`` seconds, close."""
+    async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """Stop serving, in this order: health reports NOT_SERVING; for ``drain`` seconds
+        (default ``settings.drain_delay_s``) calls are still served, so that load balancers
+        see the change and stop sending first (``cut_drain`` ends that early); health
+        watches end; then in-flight calls get ``grace`` seconds (default
+        ``settings.shutdown_grace_s``) to finish, and everything is closed. Safe at any
+        point and more than once."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._set_health(False)
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        self._tasks = []
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+            if self._serving is not False:
+                log.info("health changed", extra={"serving": False})
+            self._serving = False
+        if self._server is not None:
+            delay = self.settings.drain_delay_s if drain is None else drain
+            if delay > 0:
+                log.info(
+                    "draining: still serving while balancers see NOT_SERVING",
+                    extra={"drain_delay_s": delay},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drain_cut.wait(), delay)
+            assert self._health is not None
+            await self._health.close_watches()
+            await self._server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+            self._server = None
+            log.info("stopped")
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
-        await self._engine.dispose()
-        log.info("stopped")
+            self._metrics_http = None
+        if self.engine is not None:
+            await self.engine.dispose()
+            self.engine = None
+
+    def cut_drain(self) -> None:
+        """End the drain delay of a ``stop`` in progress (or the next one) now."""
+        self._drain_cut.set()
 
     async def wait(self) -> None:
-        await self._server.wait_for_termination()
+        if self._server is not None:
+            await self._server.wait_for_termination()
 
 
-async def _serve_until_signal(settings: Settings, database_url: str) -> None:
-    server = QuotaAuthorityServer(settings, database_url, SystemClock())
+async def _serve_until_signal(settings: Settings, database_url: str, database_setting: str) -> None:
+    server = QuotaAuthorityServer(
+        settings, database_url, SystemClock(), database_setting=database_setting
+    )
     await server.start()
     # Everything allocated so far (modules, the server, the pools) lives as long as the
     # process: frozen, a full garbage collection no longer walks it. Unfrozen, one took
     # 16 ms, a pause every call in flight shared (fixed_rate p99 in BENCHMARKS.md).
     gc.freeze()
     stopping = asyncio.Event()
+
+    def on_signal() -> None:
+        if stopping.is_set():  # a second signal: stop draining
+            server.cut_drain()
+        stopping.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signum, on_signal)
     await stopping.wait()
     log.info("signal received, stopping")
     await server.stop()
@@ -263,10 +378,37 @@ def run_event_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, on the configured database or an embedded one."""
+def migrate_schema(settings: Settings) -> str:
+    """Bring the configured database, or the embedded one, to the latest schema; its
+    revision. Raises ``DatabaseUnreachable`` (a ``StartupError``) when it cannot connect."""
+
+    async def run(url: str, where: str) -> str:
+        engine = create_engine(url, settings)
+        try:
+            async with unreachable_at_start(url, where):
+                return await migrate(engine)
+        finally:
+            await engine.dispose()
+
     if settings.database_url is not None:
-        run_event_loop(settings, _serve_until_signal(settings, settings.database_url))
+        return asyncio.run(run(settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL"))
+    with EmbeddedPostgres(settings.data_dir) as embedded:
+        return asyncio.run(run(embedded.url, _embedded_where(settings)))
+
+
+def _embedded_where(settings: Settings) -> str:
+    return f"the embedded PostgreSQL in {settings.data_dir} (QUOTA_AUTHORITY_DATA_DIR)"
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, on the configured database or an embedded one. Raises
+    a ``StartupError`` when it cannot start; the listen address is checked first, before
+    the embedded PostgreSQL starts."""
+    check_can_listen(settings.listen)
+    if settings.database_url is not None:
+        main = _serve_until_signal(settings, settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL")
+        run_event_loop(settings, main)
         return
     with EmbeddedPostgres(settings.data_dir) as embedded:
-        run_event_loop(settings, _serve_until_signal(settings, embedded.url))
+        main = _serve_until_signal(settings, embedded.url, _embedded_where(settings))
+        run_event_loop(settings, main)

@@ -4,7 +4,6 @@ stderr and its exit status (``errors.py`` gives each cause its status)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable
 
@@ -67,21 +66,9 @@ def _serve(settings: Settings) -> None:
 
 
 def _migrate(settings: Settings) -> None:
-    from ..store import EmbeddedPostgres, create_engine, migrate
+    from ..server import migrate_schema
 
-    async def run(url: str) -> str:
-        engine = create_engine(url, settings)
-        try:
-            return await migrate(engine)
-        finally:
-            await engine.dispose()
-
-    if settings.database_url is not None:
-        revision = asyncio.run(run(settings.database_url))
-    else:
-        with EmbeddedPostgres(settings.data_dir) as embedded:
-            revision = asyncio.run(run(embedded.url))
-    print(f"schema at revision {revision}")
+    print(f"schema at revision {migrate_schema(settings)}")
 
 
 def add_parsers(commands: Commands) -> None:

@@ -1,18 +1,36 @@
-"""Connections: the async SQLAlchemy engine on asyncpg, and the embedded PostgreSQL that
-serves when no URL is configured."""
+"""Connections: the async SQLAlchemy engine on asyncpg, the embedded PostgreSQL that
+serves when no URL is configured, and what a failure to reach either says at start."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import socket
+import subprocess
+import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import asyncpg
+import psutil
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ..errors import DatabaseUnreachable
 from ..settings import Settings
 
-__all__ = ["EmbeddedPostgres", "create_engine", "to_async_url"]
+__all__ = [
+    "EmbeddedPostgres",
+    "create_engine",
+    "redacted",
+    "to_async_url",
+    "unreachable_at_start",
+]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +41,45 @@ def to_async_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError(f"not a PostgreSQL URL: {url!r}")
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``: fit for a log or an error."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a URL that does not parse)"
+
+
+def _connect_failure(error: BaseException) -> str | None:
+    """Why connecting failed, in words, when ``error`` is a failure to reach the database or
+    to be let in; None for any other error."""
+    if isinstance(error, socket.gaierror):
+        return f"the host does not resolve ({error.strerror})"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (is PostgreSQL running there?)"
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return str(error)  # e.g. 'password authentication failed for user "quota"'
+    return None
+
+
+@contextlib.asynccontextmanager
+async def unreachable_at_start(url: str, where: str) -> AsyncIterator[None]:
+    """Turn a failure to connect to ``url`` inside the block into ``DatabaseUnreachable``:
+    one line naming ``where`` (the setting that gave the URL), the URL without its password,
+    and what failed. Meant for the first connection a process makes, at start; later
+    failures are ``StoreUnavailable``, answered per call."""
+    try:
+        yield
+    except Exception as e:
+        reason = _connect_failure(e)
+        if reason is None:
+            raise
+        raise DatabaseUnreachable(f"{where}: cannot connect to {redacted(url)}: {reason}") from e
 
 
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
@@ -50,10 +107,26 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
     )
 
 
+# pgserver's file in the data directory listing the processes that use its server.
+_HOLDERS_FILE = ".handle_pids.json"
+
+
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:  # no such process, or gone while we asked
+        return False
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server in ``data_dir``, started with pgserver on entry, stopped on exit.
 
-    Processes sharing a data directory share one server; it stops when the last one leaves.
+    Processes sharing a data directory share one server, and it stops when the last one
+    leaves. pgserver keeps the processes using it in a list in the data directory; one that
+    was killed (SIGKILL, a crash) never takes itself off, and pgserver would then never stop
+    the server again. So on entry and exit the holders that no longer run are pruned, under
+    pgserver's own inter-process lock.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -67,13 +140,17 @@ class EmbeddedPostgres:
         return str(self._server.get_uri())
 
     def __enter__(self) -> EmbeddedPostgres:
-        import pgserver
-
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        log.info("starting embedded PostgreSQL", extra={"data_dir": str(self._data_dir)})
-        self._server = pgserver.get_server(  # type: ignore[attr-defined]
-            self._data_dir, cleanup_mode="stop"
-        )
+        pgserver = _import_pgserver()
+        try:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._live_holders(pgserver)
+            log.info("starting embedded PostgreSQL", extra={"data_dir": str(self._data_dir)})
+            self._server = pgserver.get_server(self._data_dir, cleanup_mode="stop")
+        except (OSError, subprocess.SubprocessError) as e:
+            raise DatabaseUnreachable(
+                f"QUOTA_AUTHORITY_DATA_DIR: cannot start the embedded PostgreSQL in "
+                f"{self._data_dir}: {e}"
+            ) from e
         return self
 
     def __exit__(
@@ -82,7 +159,46 @@ class EmbeddedPostgres:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None:
+        if self._server is None:
+            return
+        pgserver = _import_pgserver()
+        others = [pid for pid in self._live_holders(pgserver) if pid != os.getpid()]
+        if others:
+            log.info(
+                "leaving embedded PostgreSQL running for the other processes using it",
+                extra={"pids": others},
+            )
+        else:
             log.info("stopping embedded PostgreSQL")
-            self._server.cleanup()
-            self._server = None
+        # pgserver stops the server when this process is the last in its list.
+        self._server.cleanup()
+        self._server = None
+
+    def _live_holders(self, pgserver: Any) -> list[int]:
+        """The processes in pgserver's list that still run, after taking the others off it."""
+        path = self._data_dir / _HOLDERS_FILE
+        with pgserver.PostgresServer._lock:
+            if not path.exists():
+                return []
+            holders = [int(pid) for pid in json.loads(path.read_text())]
+            live = [pid for pid in holders if _alive(pid)]
+            if live != holders:
+                path.write_text(json.dumps(live))
+                log.info(
+                    "pruned processes that no longer run from the embedded PostgreSQL's users",
+                    extra={"pids": sorted(set(holders) - set(live))},
+                )
+            return live
+
+
+def _import_pgserver() -> Any:
+    """pgserver, imported without the warning platformdirs gives at import when
+    ``XDG_RUNTIME_DIR`` is unset (pgserver then keeps its lock file in /tmp/runtime-UID,
+    which serves as well)."""
+    from platformdirs import RuntimeDirWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeDirWarning)
+        import pgserver
+
+    return pgserver
