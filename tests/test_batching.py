@@ -40,7 +40,8 @@ from quota_authority.errors import (
     RequestIdReused,
     StoreUnavailable,
 )
-from quota_authority.settings import Policy, Settings
+from quota_authority.policy import Policy
+from quota_authority.settings import Settings
 from quota_authority.store import PostgresLedger, create_engine, migrate
 
 # --- MicroBatcher -----------------------------------------------------------------------
@@ -154,18 +155,20 @@ async def test_a_batch_run_again_gets_at_least_the_rerun_grace():
 
 async def test_a_stalled_batch_lets_the_next_one_start():
     release = asyncio.Event()
-    started: list[object] = []
+    stuck_started = asyncio.Event()
 
     async def decide(batch: Sequence[object]) -> list[object]:
-        started.extend(batch)
         if "stuck" in batch:
+            stuck_started.set()
             await release.wait()
         return list(batch)
 
     batcher = MicroBatcher(decide, max_size=64, max_in_flight=1, stall_after_s=0.05)
     stuck = asyncio.ensure_future(batcher.submit("stuck"))
-    await asyncio.sleep(0.01)
-    assert await asyncio.wait_for(batcher.submit("other"), timeout=1) == "other"
+    await stuck_started.wait()
+    # "stuck" is released only after "other" is decided: without the stall's slot, "other"
+    # would wait for ever (here, for the generous timeout).
+    assert await asyncio.wait_for(batcher.submit("other"), timeout=30) == "other"
     release.set()
 
     assert await stuck == "stuck"
@@ -238,25 +241,28 @@ async def test_a_batch_runs_under_the_latest_deadline_of_its_callers():
 
 
 async def test_under_load_a_short_batch_waits_to_fill():
+    """The wait (60 s) is far longer than the pause before the others arrive, however slow
+    the machine; the batch then starts the moment it is full."""
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1, fill_wait_s=0.05)
+    batcher = MicroBatcher(recorder, max_size=BUSY_SIZE, max_in_flight=1, fill_wait_s=60.0)
     await asyncio.gather(*(batcher.submit(i) for i in range(BUSY_SIZE)))  # a busy batch
 
     first = asyncio.ensure_future(batcher.submit("first"))
-    await asyncio.sleep(0.01)  # within the wait: the batch has not started
-    later = asyncio.ensure_future(batcher.submit("later"))
-    await asyncio.gather(first, later)
+    await asyncio.sleep(0.05)  # a batch that did not wait would have started with "first"
+    later = [asyncio.ensure_future(batcher.submit(f"later-{i}")) for i in range(BUSY_SIZE - 1)]
+    await asyncio.wait_for(asyncio.gather(first, *later), timeout=30)
 
-    assert recorder.batches[-1] == ["first", "later"]
+    assert recorder.batches[-1] == ["first"] + [f"later-{i}" for i in range(BUSY_SIZE - 1)]
 
 
 async def test_a_full_batch_starts_without_waiting():
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, max_size=BUSY_SIZE, max_in_flight=1, fill_wait_s=10.0)
+    # A wait of 600 s: ending within 30 s shows the full batch did not wait, on any machine.
+    batcher = MicroBatcher(recorder, max_size=BUSY_SIZE, max_in_flight=1, fill_wait_s=600.0)
     await asyncio.gather(*(batcher.submit(i) for i in range(BUSY_SIZE)))  # a busy batch
 
     await asyncio.wait_for(
-        asyncio.gather(*(batcher.submit(i) for i in range(BUSY_SIZE))), timeout=1.0
+        asyncio.gather(*(batcher.submit(i) for i in range(BUSY_SIZE))), timeout=30
     )
 
     assert [len(b) for b in recorder.batches] == [BUSY_SIZE, BUSY_SIZE]
@@ -264,10 +270,11 @@ async def test_a_full_batch_starts_without_waiting():
 
 async def test_a_lightly_loaded_batcher_never_waits():
     recorder = Recorder()
-    batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1, fill_wait_s=10.0)
+    # A wait of 600 s: ending within 30 s shows the batch did not wait, on any machine.
+    batcher = MicroBatcher(recorder, max_size=64, max_in_flight=1, fill_wait_s=600.0)
 
     for i in range(3):  # each batch holds one call: no sign of load
-        assert await asyncio.wait_for(batcher.submit(i), timeout=1.0) == f"decided {i}"
+        assert await asyncio.wait_for(batcher.submit(i), timeout=30) == f"decided {i}"
 
     assert recorder.batches == [[0], [1], [2]]
 
@@ -490,7 +497,10 @@ async def test_concurrent_batches_from_two_servers_never_deadlock(database_url, 
     each batch listing them in a random order: locks are taken in seller order, so no
     batch waits on another in a cycle."""
     sellers = [new_id("s") for _ in range(8)]
-    engines = [create_engine(database_url, Settings(db_pool_size=8)) for _ in range(2)]
+    # Lock waits far longer than a slow machine's batches, so that only a deadlock (found
+    # by PostgreSQL after its deadlock_timeout, 1 s) can fail a call.
+    roomy = Settings(db_pool_size=8, lock_timeout_ms=60_000, statement_timeout_ms=60_000)
+    engines = [create_engine(database_url, roomy) for _ in range(2)]
     services = [QuotaService(PostgresLedger(e), Policy(), clock) for e in engines]
     try:
         for s in sellers:

@@ -11,7 +11,15 @@ from datetime import timedelta
 import grpc
 import pytest
 from sqlalchemy import text
-from support import BASE_TIME, invite, ledger_counts, message, new_id, seller_week_locked
+from support import (
+    BASE_TIME,
+    eventually,
+    invite,
+    ledger_counts,
+    message,
+    new_id,
+    seller_week_locked,
+)
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -168,6 +176,19 @@ async def test_a_week_created_while_a_batch_waits_for_its_locks_is_not_read_unlo
         "SELECT o_week_start FROM lock_outreach_state(:at, :sellers, :creators, :requests)"
     )
     async with db.connect() as batch:
+        pid = await batch.scalar(text("SELECT pg_backend_pid()"))
+        # It waits as long as the test holds the lock, however slow the machine.
+        await batch.execute(text("SET LOCAL lock_timeout = '60s'"))
+        await batch.execute(text("SET LOCAL statement_timeout = '60s'"))
+
+        async def waiting_for_the_lock() -> bool:
+            async with db.connect() as probe:  # a snapshot of pg_stat_activity of its own
+                waiting = await probe.scalar(
+                    text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"),
+                    {"p": pid},
+                )
+            return bool(waiting)
+
         async with seller_week_locked(db, busy_seller):
             reading = asyncio.create_task(
                 batch.execute(
@@ -180,7 +201,7 @@ async def test_a_week_created_while_a_batch_waits_for_its_locks_is_not_read_unlo
                     },
                 )
             )
-            await asyncio.sleep(0.3)  # the batch now waits for the busy seller's week
+            await eventually(waiting_for_the_lock, within_s=60)  # on the busy seller's week
             assert not reading.done()
             await stub.GetStatus(pb.GetStatusRequest(seller_id=new_seller))  # creates its week
         weeks = [row.o_week_start for row in await reading]

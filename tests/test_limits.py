@@ -4,6 +4,7 @@ at once with RESOURCE_EXHAUSTED, and change nothing; the calls already accepted 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import grpc
 import pytest
@@ -31,29 +32,48 @@ async def test_a_request_over_the_size_limit_is_refused_and_changes_nothing(
     assert (counts["audits"], counts["stored"]) == (1, 0)
 
 
+def batched_calls(metrics_port: int) -> float:
+    """CheckAndConsume calls the server has put in batches that started."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("quota_authority_batch_size_sum "):
+                return float(line.split()[1])
+    return 0.0
+
+
 async def test_calls_over_the_concurrency_limit_are_refused_at_once(
     start_server, seller, db, clock
 ):
-    _, address = await start_server(max_concurrent_rpcs=2, lock_timeout_ms=5000)
+    """The held calls would wait up to 60 s (lock timeout and deadline): a refusal well
+    within that was not a wait for the lock, however slow the machine."""
+    roomy = {"lock_timeout_ms": 60_000, "statement_timeout_ms": 60_000, "max_deadline_ms": 60_000}
+    server, address = await start_server(
+        max_concurrent_rpcs=2, metrics_listen="127.0.0.1:0", **roomy
+    )
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
         await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))  # create the week
 
         async with seller_week_locked(db, seller):
             held = [
-                asyncio.ensure_future(stub.CheckAndConsume(invite(seller, f"c-{i}"), timeout=10))
+                asyncio.ensure_future(stub.CheckAndConsume(invite(seller, f"c-{i}"), timeout=60))
                 for i in range(2)
             ]
-            await asyncio.sleep(0.3)  # both calls are in, waiting on the seller-week
+
+            async def both_in() -> bool:  # in batches, waiting on the seller-week
+                return await asyncio.to_thread(batched_calls, server.metrics_port) >= 2
+
+            await eventually(both_in, within_s=60)
             loop = asyncio.get_running_loop()
             started = loop.time()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.CheckAndConsume(invite(seller, "c-over"), timeout=10)
+                await stub.CheckAndConsume(invite(seller, "c-over"), timeout=60)
             refused_after = loop.time() - started
         accepted = await asyncio.gather(*held)
 
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert refused_after < 1.0
+    assert refused_after < 10, f"refused only after {refused_after:.1f} s"
     assert [r.allowed for r in accepted] == [True, True]
     assert (await ledger_counts(db, seller))["used"] == 2
 
@@ -64,13 +84,14 @@ async def test_a_connection_older_than_the_maximum_age_is_closed_and_calls_recon
     _, address = await start_server(max_connection_age_s=0.2, shutdown_grace_s=1)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        # The call went over a connection; by the time it returns, a slow machine may
+        # already have passed the 0.2 s age, so the connection may be gone already.
         await stub.GetStatus(pb.GetStatusRequest(seller_id=seller), timeout=5)
-        assert channel.get_state() == grpc.ChannelConnectivity.READY
 
         async def closed_by_the_server() -> bool:
             return channel.get_state() != grpc.ChannelConnectivity.READY
 
-        await eventually(closed_by_the_server, within_s=5)
+        await eventually(closed_by_the_server, within_s=60)
         again = await stub.GetStatus(pb.GetStatusRequest(seller_id=seller), timeout=5)
 
     assert again.status.seller_id == seller
