@@ -185,6 +185,9 @@ class SellerWeek:
     gmv_30d_minor: int
     weekly_used: int
     pack_used: int
+    # The digest of the policy the week was snapshotted under (``Policy.digest``); None when
+    # read by the hot path's lock, which does not return it, or made before it was recorded.
+    policy_digest: str | None = None
 
     @property
     def unlimited(self) -> bool:
@@ -228,6 +231,8 @@ class QuotaStatus:
     next_refresh: datetime
     gmv_30d_minor: int
     time_zone: str
+    # Which policy the week was snapshotted under; "" when not known (see SellerWeek).
+    policy_digest: str = ""
 
     @classmethod
     def of(cls, week: SellerWeek, starter_pack_remaining: int) -> QuotaStatus:
@@ -244,10 +249,14 @@ class QuotaStatus:
             next_refresh=week.week_end,
             gmv_30d_minor=week.gmv_30d_minor,
             time_zone=week.time_zone,
+            policy_digest=week.policy_digest or "",
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The status as a stored response holds it. Without the policy digest, which a
+        decision does not report, so a release that does not know the field can replay it."""
         data = self.__dict__.copy()
+        del data["policy_digest"]
         data["week_start"] = self.week_start.isoformat()
         data["next_refresh"] = self.next_refresh.isoformat()
         return data

@@ -7,6 +7,10 @@ parameter does to each rule, docs/operations.md ("The policy file") how to write
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
@@ -99,6 +103,14 @@ class Policy:
     messages: MessagePolicy = field(default_factory=MessagePolicy)
     # Days a request_id is kept for replay (R11); at least 14.
     idempotency_retention_days: int = 14
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """``sha256:`` and 16 hex digits naming this policy's content: equal policies have
+        equal digests, whatever file or defaults they came from. A seller-week records the
+        digest of the policy it was snapshotted under (``GetStatus`` shows it)."""
+        canonical = json.dumps(dataclasses.asdict(self), default=str, sort_keys=True)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def load_policy(path: Path) -> Policy:

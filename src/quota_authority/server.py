@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import gc
 import logging
@@ -28,15 +29,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .api import QuotaAuthorityServicer, add_to_server
 from .api.auth import Authorizer
+from .api.callers import load_callers
 from .clock import Clock, SystemClock
 from .engine import QuotaService
 from .engine.ports import LedgerStore
 from .errors import CannotListen, ConfigError
 from .health import HealthServicer
 from .metrics import Metrics, TimedLedger
+from .policy import load_policy
 from .settings import Settings, unsafe_listen
 from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
 from .store.database import unreachable_at_start
+from .tls import ServerCertificates
 from .v1 import quota_authority_pb2 as pb
 
 __all__ = [
@@ -89,11 +93,13 @@ def _connection_age(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def new_grpc_server(settings: Settings) -> grpc.aio.Server:
+def new_grpc_server(settings: Settings, authorizer: Authorizer | None = None) -> grpc.aio.Server:
     """The gRPC server every process of ours runs, with its options and its authorization
     in this one place (the benchmark's baseline server is built here too, so the two differ
-    only in their work)."""
-    interceptors = [] if settings.callers is None else [Authorizer(settings.callers)]
+    only in their work). ``authorizer`` defaults to one over ``settings.callers``."""
+    if authorizer is None and settings.callers is not None:
+        authorizer = Authorizer(settings.callers)
+    interceptors = [] if authorizer is None else [authorizer]
     return grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -144,21 +150,17 @@ def check_can_listen(listen: str) -> None:
         raise CannotListen(f"QUOTA_AUTHORITY_LISTEN: cannot listen on {listen}: {reason}")
 
 
-def add_port(server: grpc.aio.Server, settings: Settings) -> int:
-    """Listen on ``settings.listen``, over TLS when a certificate is configured (mutual TLS
-    when a client CA is too); the bound port. Certificates are read once, here: replacing
-    them takes a restart. Raises ``CannotListen`` when the address cannot be bound."""
+def add_port(
+    server: grpc.aio.Server, settings: Settings, certificates: ServerCertificates | None = None
+) -> int:
+    """Listen on ``settings.listen``, over TLS with ``certificates`` when given (mutual TLS
+    when they have a client CA); the bound port. Raises ``CannotListen`` when the address
+    cannot be bound."""
     try:
-        if settings.tls_cert_file is None or settings.tls_key_file is None:
+        if certificates is None:
             port: int = server.add_insecure_port(settings.listen)
         else:
-            client_ca = settings.tls_client_ca_file
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-                root_certificates=None if client_ca is None else client_ca.read_bytes(),
-                require_client_auth=client_ca is not None,
-            )
-            port = server.add_secure_port(settings.listen, credentials)
+            port = server.add_secure_port(settings.listen, certificates.credentials())
     except RuntimeError as e:  # grpc's "Failed to bind to address ..."
         raise CannotListen(
             f"QUOTA_AUTHORITY_LISTEN: cannot listen on {settings.listen}: {e}"
@@ -166,6 +168,14 @@ def add_port(server: grpc.aio.Server, settings: Settings) -> int:
     if port == 0:
         raise CannotListen(f"QUOTA_AUTHORITY_LISTEN: cannot listen on {settings.listen}")
     return port
+
+
+def _certificates(settings: Settings) -> ServerCertificates | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    return ServerCertificates(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    )
 
 
 @dataclass
@@ -190,6 +200,8 @@ class QuotaAuthorityServer:
     metrics: Metrics | None = field(default=None, init=False)
     metrics_port: int | None = field(default=None, init=False)
     _server: grpc.aio.Server | None = field(default=None, init=False)
+    _authorizer: Authorizer | None = field(default=None, init=False)
+    _certificates: ServerCertificates | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _metrics_http: Any = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
@@ -234,7 +246,10 @@ class QuotaAuthorityServer:
             outreach_wait_s=self.settings.lock_timeout_ms / 1000,
             on_batch=None if self.metrics is None else self.metrics.batch,
         )
-        self._server = new_grpc_server(self.settings)
+        self._certificates = _certificates(self.settings)
+        if self.settings.callers is not None:
+            self._authorizer = Authorizer(self.settings.callers)
+        self._server = new_grpc_server(self.settings, self._authorizer)
         add_to_server(
             QuotaAuthorityServicer(
                 self.service, self.settings.max_deadline_ms / 1000, self.metrics
@@ -248,7 +263,7 @@ class QuotaAuthorityServer:
             self._server,
             pool=_ReflectionPool(),
         )
-        port = add_port(self._server, self.settings)
+        port = add_port(self._server, self.settings, self._certificates)
         await self._server.start()
         if self.metrics is not None and self.settings.metrics_listen is not None:
             self._metrics_http = self.metrics.serve(self.settings.metrics_listen)
@@ -334,6 +349,50 @@ class QuotaAuthorityServer:
             await self.engine.dispose()
             self.engine = None
 
+    def reload(self) -> list[str]:
+        """Read again the files the settings name, without a restart: the policy file, the
+        callers file, the TLS certificate, key and client CA. Each that loads replaces the
+        one in use; each that does not is refused and the one in use kept, and its problem
+        (naming the key at fault) is logged and returned. A new policy makes the weeks
+        snapshotted from now on (``QuotaService.replace_policy`` says what applies when);
+        new callers and certificates apply to calls and connections from now on. Turning
+        authentication or TLS on or off takes a restart."""
+        problems: list[str] = []
+
+        def attempt(what: str, load: Callable[[], object]) -> None:
+            try:
+                load()
+            except ConfigError as e:
+                problems.append(str(e))
+                log.warning(
+                    f"refused the new {what}; the one in use stays", extra={"error": str(e)}
+                )
+            else:
+                log.info(f"reloaded the {what}")
+
+        if self.settings.config_path is not None and self.service is not None:
+            path, service = self.settings.config_path, self.service
+
+            def policy() -> None:
+                new = load_policy(path)
+                service.replace_policy(new)
+                self.settings = dataclasses.replace(self.settings, policy=new)
+                log.info("policy in use", extra={"policy_digest": new.digest})
+
+            attempt("policy file", policy)
+        if self.settings.callers_file is not None and self._authorizer is not None:
+            callers_file, authorizer = self.settings.callers_file, self._authorizer
+
+            def callers() -> None:
+                new = load_callers(callers_file)
+                authorizer.replace(new)
+                self.settings = dataclasses.replace(self.settings, callers=new)
+
+            attempt("callers file", callers)
+        if self._certificates is not None:
+            attempt("TLS certificate files", self._certificates.reload)
+        return problems
+
     def cut_drain(self) -> None:
         """End the drain delay of a ``stop`` in progress (or the next one) now."""
         self._drain_cut.set()
@@ -362,6 +421,7 @@ async def _serve_until_signal(settings: Settings, database_url: str, database_se
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await stopping.wait()
     log.info("signal received, stopping")
     await server.stop()

@@ -62,16 +62,23 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     handler runs; a refused call reads and changes nothing."""
 
     def __init__(self, callers: Sequence[Caller]) -> None:
-        self._by_token = [(_digest(c.token), c) for c in callers if c.token is not None]
-        self._by_identity = {
+        self.replace(callers)
+
+    def replace(self, callers: Sequence[Caller]) -> None:
+        """Authenticate calls that start from now on against ``callers`` (a reloaded
+        callers file); calls already authorized go on."""
+        by_token = [(_digest(c.token), c) for c in callers if c.token is not None]
+        by_identity = {
             c.certificate_identity: c for c in callers if c.certificate_identity is not None
         }
+        self._known = (by_token, by_identity)  # one assignment: never half old, half new
 
     def authenticate(
         self, metadata: Sequence[tuple[str, str | bytes]], auth_context: dict[str, list[bytes]]
     ) -> Caller | None:
         """The caller the credentials name: None when they name none we gave a role but do
         identify someone (a verified certificate); raises ``Unauthenticated`` otherwise."""
+        by_token, by_identity = self._known
         authorization = [v for k, v in metadata if k == "authorization"]
         if authorization:
             value = authorization[-1]
@@ -81,7 +88,7 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 raise Unauthenticated("authorization: expected 'Bearer <token>'")
             presented = _digest(token.strip())
             found = None
-            for digest, known in self._by_token:  # no early exit: constant time
+            for digest, known in by_token:  # no early exit: constant time
                 if hmac.compare_digest(digest, presented):
                     found = known
             if found is None:
@@ -93,7 +100,7 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if not names:
             raise Unauthenticated("no credentials: send a bearer token or a client certificate")
         for name in names:
-            caller = self._by_identity.get(name.decode(errors="replace"))
+            caller = by_identity.get(name.decode(errors="replace"))
             if caller is not None:
                 return caller
         return None

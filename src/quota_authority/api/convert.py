@@ -78,6 +78,7 @@ def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
         next_refresh=_timestamp(status.next_refresh),
         gmv_30d_minor=status.gmv_30d_minor,
         time_zone=status.time_zone,
+        policy_digest=status.policy_digest,
     )
 
 

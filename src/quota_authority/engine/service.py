@@ -113,6 +113,19 @@ class QuotaService:
             on_batch=on_batch,
         )
 
+    @property
+    def policy(self) -> Policy:
+        """The policy that weeks snapshotted from now on are made under."""
+        return self._policy
+
+    def replace_policy(self, policy: Policy) -> None:
+        """Use ``policy`` from now on (a reloaded policy file). Weeks already snapshotted
+        keep their tier, limit and cap (R2), whichever policy made them; the other
+        parameters (messages before a reply, the starter pack's size for sellers whose
+        first week is yet to come, week boundaries of weeks yet to come, request_id
+        retention) apply to the decisions made from now on."""
+        self._policy = policy
+
     # --- CheckAndConsume ---------------------------------------------------------------
 
     async def check_and_consume(self, outreach: Outreach) -> OutreachDecision:
@@ -210,7 +223,8 @@ class QuotaService:
         week = await tx.find_week(seller_id, now)
         if week is not None:
             return week
-        week_policy = self._policy.week
+        policy = self._policy  # one policy for the whole snapshot, even across a reload
+        week_policy = policy.week
         seller = await tx.ensure_seller(seller_id, week_policy.default_time_zone)
         span = after_previous(
             week_containing(now, seller.time_zone, week_policy),
@@ -218,7 +232,7 @@ class QuotaService:
         )
         first_day, last_day = gmv_window(span.start_date)
         gmv = await tx.gmv_total(seller_id, first_day, last_day)
-        tier = rules.r1_tier_for_gmv(gmv, self._policy.tiers)
+        tier = rules.r1_tier_for_gmv(gmv, policy.tiers)
         await tx.create_week(
             SellerWeek(
                 seller_id=seller_id,
@@ -231,9 +245,10 @@ class QuotaService:
                 gmv_30d_minor=gmv,
                 weekly_used=0,
                 pack_used=0,
+                policy_digest=policy.digest,
             ),
             rules.r10_starter_pack_grant(
-                seller.has_had_gmv, seller.starter_pack_granted, self._policy.starter_pack_size
+                seller.has_had_gmv, seller.starter_pack_granted, policy.starter_pack_size
             ),
         )
         week = await tx.find_week(seller_id, now)

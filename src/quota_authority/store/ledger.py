@@ -80,9 +80,10 @@ _CREATE_WEEK = text(
      RETURNING starter_pack_remaining
     )
     INSERT INTO seller_weeks (seller_id, week_start, week_end, time_zone, tier, weekly_limit,
-                              max_creator_followers, gmv_30d_minor, starter_pack_at_start)
+                              max_creator_followers, gmv_30d_minor, policy_digest,
+                              starter_pack_at_start)
     VALUES (:seller_id, :week_start, :week_end, :time_zone, :tier, :weekly_limit,
-            :max_creator_followers, :gmv_30d_minor,
+            :max_creator_followers, :gmv_30d_minor, :policy_digest,
             COALESCE((SELECT starter_pack_remaining FROM granted),
                      (SELECT starter_pack_remaining FROM sellers WHERE seller_id = :seller_id)))
     ON CONFLICT (seller_id, week_start) DO NOTHING
@@ -340,6 +341,7 @@ class _Transaction:
                 "weekly_limit": week.weekly_limit,
                 "max_creator_followers": week.max_creator_followers,
                 "gmv_30d_minor": week.gmv_30d_minor,
+                "policy_digest": week.policy_digest,
                 "grant": starter_pack_grant,
             },
         )

@@ -33,4 +33,6 @@ def seller_week(
         gmv_30d_minor=row[p + "gmv_30d_minor"],
         weekly_used=row[p + "weekly_used"],
         pack_used=row[p + "pack_used"],
+        # lock_outreach_state does not return it (docs/operations.md, migration 0005).
+        policy_digest=row.get(p + "policy_digest"),
     )

@@ -63,6 +63,8 @@ seller_weeks = Table(
     Column("starter_pack_at_start", Integer, nullable=False),
     Column("weekly_used", Integer, nullable=False, server_default="0"),
     Column("pack_used", Integer, nullable=False, server_default="0"),
+    # Policy.digest of the policy the week was snapshotted under (0005; NULL before it).
+    Column("policy_digest", Text, nullable=True),
     CheckConstraint("week_end > week_start", name="seller_weeks_end_after_start"),
     CheckConstraint("weekly_used >= 0 AND pack_used >= 0", name="seller_weeks_used_not_negative"),
     CheckConstraint(

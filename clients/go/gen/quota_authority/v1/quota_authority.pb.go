@@ -349,7 +349,12 @@ type QuotaStatus struct {
 	// The seller's GMV, in USD cents, over the 30 local days before the week started.
 	Gmv_30DMinor int64 `protobuf:"varint,11,opt,name=gmv_30d_minor,json=gmv30dMinor,proto3" json:"gmv_30d_minor,omitempty"`
 	// The IANA time zone the seller's weeks are computed in.
-	TimeZone      string `protobuf:"bytes,12,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	TimeZone string `protobuf:"bytes,12,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// Which policy the week was snapshotted under: "sha256:" and 16 hex digits of the policy's
+	// content, the same for equal policies. A reloaded policy makes only the weeks snapshotted
+	// after it. Set by GetStatus; empty in a decision's status, and for weeks snapshotted by a
+	// release before it was recorded.
+	PolicyDigest  string `protobuf:"bytes,13,opt,name=policy_digest,json=policyDigest,proto3" json:"policy_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -464,6 +469,13 @@ func (x *QuotaStatus) GetGmv_30DMinor() int64 {
 func (x *QuotaStatus) GetTimeZone() string {
 	if x != nil {
 		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *QuotaStatus) GetPolicyDigest() string {
+	if x != nil {
+		return x.PolicyDigest
 	}
 	return ""
 }
@@ -1671,7 +1683,7 @@ var File_quota_authority_v1_quota_authority_proto protoreflect.FileDescriptor
 
 const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\n" +
-	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x04\n" +
+	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x04\n" +
 	"\vQuotaStatus\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x12\n" +
 	"\x04tier\x18\x02 \x01(\tR\x04tier\x12\x1c\n" +
@@ -1686,7 +1698,8 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\fnext_refresh\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\vnextRefresh\x12\"\n" +
 	"\rgmv_30d_minor\x18\v \x01(\x03R\vgmv30dMinor\x12\x1b\n" +
-	"\ttime_zone\x18\f \x01(\tR\btimeZoneB\x18\n" +
+	"\ttime_zone\x18\f \x01(\tR\btimeZone\x12#\n" +
+	"\rpolicy_digest\x18\r \x01(\tR\fpolicyDigestB\x18\n" +
 	"\x16_max_creator_followers\"\x96\x02\n" +
 	"\x16CheckAndConsumeRequest\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x1d\n" +
