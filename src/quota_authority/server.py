@@ -273,6 +273,7 @@ class QuotaAuthorityServer:
             asyncio.create_task(self._watch_health(), name="health-watcher"),
             asyncio.create_task(self._purge_responses(), name="response-purger"),
         ]
+        log.info("policy in use", extra={"policy_digest": self.settings.policy.digest})
         log.info("serving", extra={"listen": self.settings.listen, "port": port})
         return port
 
@@ -357,9 +358,15 @@ class QuotaAuthorityServer:
         snapshotted from now on (``QuotaService.replace_policy`` says what applies when);
         new callers and certificates apply to calls and connections from now on. Turning
         authentication or TLS on or off takes a restart."""
+        reloads: list[tuple[str, Callable[[], None]]] = []
+        if self.settings.config_path is not None:
+            reloads.append(("policy file", self._reload_policy))
+        if self.settings.callers_file is not None:
+            reloads.append(("callers file", self._reload_callers))
+        if self._certificates is not None:
+            reloads.append(("TLS certificate files", self._certificates.reload))
         problems: list[str] = []
-
-        def attempt(what: str, load: Callable[[], object]) -> None:
+        for what, load in reloads:
             try:
                 load()
             except ConfigError as e:
@@ -369,29 +376,22 @@ class QuotaAuthorityServer:
                 )
             else:
                 log.info(f"reloaded the {what}")
-
-        if self.settings.config_path is not None and self.service is not None:
-            path, service = self.settings.config_path, self.service
-
-            def policy() -> None:
-                new = load_policy(path)
-                service.replace_policy(new)
-                self.settings = dataclasses.replace(self.settings, policy=new)
-                log.info("policy in use", extra={"policy_digest": new.digest})
-
-            attempt("policy file", policy)
-        if self.settings.callers_file is not None and self._authorizer is not None:
-            callers_file, authorizer = self.settings.callers_file, self._authorizer
-
-            def callers() -> None:
-                new = load_callers(callers_file)
-                authorizer.replace(new)
-                self.settings = dataclasses.replace(self.settings, callers=new)
-
-            attempt("callers file", callers)
-        if self._certificates is not None:
-            attempt("TLS certificate files", self._certificates.reload)
         return problems
+
+    def _reload_policy(self) -> None:
+        assert self.settings.config_path is not None
+        policy = load_policy(self.settings.config_path)
+        if self.service is not None:
+            self.service.replace_policy(policy)
+        self.settings = dataclasses.replace(self.settings, policy=policy)
+        log.info("policy in use", extra={"policy_digest": policy.digest})
+
+    def _reload_callers(self) -> None:
+        assert self.settings.callers_file is not None
+        callers = load_callers(self.settings.callers_file)
+        if self._authorizer is not None:
+            self._authorizer.replace(callers)
+        self.settings = dataclasses.replace(self.settings, callers=callers)
 
     def cut_drain(self) -> None:
         """End the drain delay of a ``stop`` in progress (or the next one) now."""
