@@ -461,7 +461,8 @@ def _embedded_where(settings: Settings) -> str:
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, on the configured database or an embedded one. Raises
+    """Serve until SIGTERM or SIGINT (SIGHUP reloads the files), on the configured database
+    or an embedded one. Raises
     a ``StartupError`` when it cannot start; the listen address is checked first, before
     the embedded PostgreSQL starts."""
     check_can_listen(settings.listen)

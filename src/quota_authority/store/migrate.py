@@ -81,11 +81,13 @@ async def migrate(engine: AsyncEngine) -> str:
         engine.url,
         poolclass=NullPool,
         connect_args={
+            # A database that does not answer fails the start in this long, not asyncpg's 60 s.
+            "timeout": 10,
             "server_settings": {
                 "application_name": "quota-authority-migrate",
                 "lock_timeout": "0",
                 "statement_timeout": "0",
-            }
+            },
         },
     )
     try:
