@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,13 +216,17 @@ def _postgres_running(data_dir: Path) -> bool:
 
 
 @pytest.fixture
-def embedded_data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A data directory for embedded servers; whatever the test leaves running is stopped."""
-    data_dir = tmp_path / "data"
+def embedded_data_dir() -> Iterator[Path]:
+    """A data directory for embedded servers; whatever the test leaves running is stopped.
+    Outside pytest's temporary root, as in conftest: a pytest session starting beside this
+    one makes that root readable by its owner only, and PostgreSQL runs as pgserver."""
+    root = Path(tempfile.mkdtemp(prefix="quota-authority-startup-"))
+    data_dir = root / "data"
     yield data_dir
     if _postgres_running(data_dir):
         pid = int((data_dir / "postmaster.pid").read_text().split()[0])
         os.kill(pid, signal.SIGTERM)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_after_a_server_is_killed_the_last_live_server_still_stops_postgres(
