@@ -29,14 +29,18 @@ pytestmark = pytest.mark.reliability
 
 ROUNDS = scale(2, 20)  # stuck rows, one seller each
 LOCK_TIMEOUT_MS = 300
-SLACK_S = 1.0  # for a loaded two-core machine; a call without a lock timeout waits 6 s
+# Room for a loaded two-core machine. A call that ignored the lock timeout would wait for
+# its caller's deadline, SLACK_S after the limit (lock timeout + SLACK_S).
+SLACK_S = 3.0
 SHORT_DEADLINE_S = 0.2  # a caller's deadline, well under the lock timeout below
-LONG_LOCK_TIMEOUT_MS = 2000
-WAIT_ENDS_WITHIN_S = 0.5  # after the caller's deadline; the lock timeout alone would be 1.8
+LONG_LOCK_TIMEOUT_MS = 10_000
+WAIT_ENDS_WITHIN_S = 3.0  # after the caller's deadline; the lock timeout alone would be 9.8
 OUTCOME_UNKNOWN = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
 BATCHED_CALLS = scale(8, 32)  # concurrent calls on one held seller-week
-BATCHED_LOCK_TIMEOUT_MS = 1000  # long enough that a second wait shows above the slack
-BATCHED_SLACK_S = 0.5
+# Long enough that a second wait (ending at 6 s) shows far above the slack (4.5 s), with
+# 1.5 s of room for a loaded machine under the limit.
+BATCHED_LOCK_TIMEOUT_MS = 3000
+BATCHED_SLACK_S = 1.5
 
 
 async def timed(call: Any) -> tuple[float, grpc.StatusCode, Any]:
@@ -85,7 +89,9 @@ async def stuck_week_fails_fast_and_retry_grants_once(
 
                 async with seller_week_locked(db, seller):
                     # The caller waits longer than the limit: the server must answer first.
-                    took, code, _ = await timed(stub.CheckAndConsume(request, timeout=limit_s + 1))
+                    took, code, _ = await timed(
+                        stub.CheckAndConsume(request, timeout=limit_s + SLACK_S)
+                    )
                     charged = await ledger_counts(db, seller)
                 seconds.append(took)
                 assert code == grpc.StatusCode.UNAVAILABLE, (
@@ -171,7 +177,10 @@ async def short_deadline_leaves_no_lock_wait(
     within ``WAIT_ENDS_WITHIN_S`` after its deadline no session waits on the stuck
     transaction any more. The seconds after the deadline each lock wait ended."""
     server, address = await start_server(
-        ledger=ledger, lock_timeout_ms=LONG_LOCK_TIMEOUT_MS, health_interval_s=3600
+        ledger=ledger,
+        lock_timeout_ms=LONG_LOCK_TIMEOUT_MS,
+        statement_timeout_ms=LONG_LOCK_TIMEOUT_MS + 1000,
+        health_interval_s=3600,
     )
     ended_after = []
     try:
