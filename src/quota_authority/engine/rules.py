@@ -101,7 +101,11 @@ def r5_already_counted(pair: PairState) -> bool:
 
 def r9_r10_charge_for_new_creator(week: SellerWeek, starter_pack_remaining: int) -> Charge | None:
     """R9/R10/R3: the pool that pays for a new creator — the weekly quota first, then the
-    starter pack — or None when both are used up (QUOTA_EXHAUSTED)."""
+    starter pack — or None when both are used up (QUOTA_EXHAUSTED).
+
+    Decided here. ``seller_weeks``' CHECK constraints (``store/tables.py``:
+    ``seller_weeks_weekly_within_limit``, ``seller_weeks_pack_within_pack``) repeat the two
+    bounds as a last guard, not as a second rule: a write that would over-grant fails."""
     if week.weekly_limit is None or week.weekly_used < week.weekly_limit:
         return Charge.WEEKLY
     if starter_pack_remaining > 0:
@@ -135,6 +139,7 @@ def _charged(week: SellerWeek, charge: Charge) -> SellerWeek:
         gmv_30d_minor=week.gmv_30d_minor,
         weekly_used=week.weekly_used + weekly,
         pack_used=week.pack_used + (not weekly),
+        policy_digest=week.policy_digest,
     )
 
 

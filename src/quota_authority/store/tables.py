@@ -67,6 +67,8 @@ seller_weeks = Table(
     Column("policy_digest", Text, nullable=True),
     CheckConstraint("week_end > week_start", name="seller_weeks_end_after_start"),
     CheckConstraint("weekly_used >= 0 AND pack_used >= 0", name="seller_weeks_used_not_negative"),
+    # The next two repeat R9/R10's bounds (rules.r9_r10_charge_for_new_creator decides them)
+    # as a last guard: a write that would over-grant fails instead of landing.
     CheckConstraint(
         "weekly_limit IS NULL OR weekly_used <= weekly_limit",
         name="seller_weeks_weekly_within_limit",
