@@ -21,6 +21,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -39,10 +40,13 @@ PAIRS = scale(12, 48)  # over SELLERS sellers; the even ones connected (R4), the
 SELLERS = scale(3, 8)
 CLIENTS = 16
 ROUNDS = scale(4, 10)  # Block, then Unblock, per party and pair
-# A party waits this long before each Block and each Unblock: long enough, next to a call's
-# latency under this load, that most calls are sent and answered between two changes.
+# A party waits this long before each Block and each Unblock, so that calls meet changes
+# at random moments. However slow the machine, each state is also seen: after a Block is
+# acknowledged, its party waits for a call sent since to be answered before unblocking; at
+# the end of each round, both parties wait for their Unblocks and then for such a call.
 PAUSE_S = scale((0.05, 0.2), (0.1, 0.4))
 CALLERS_PER_PAIR = 2
+SEEN_WITHIN_S = 60.0  # a call to the pair answered within this; only failing calls take long
 
 BLOCKED = {pb.REASON_BLOCKED_BY_SELLER, pb.REASON_BLOCKED_BY_CREATOR}
 PARTIES = (pb.PARTY_SELLER, pb.PARTY_CREATOR)
@@ -76,6 +80,48 @@ class Pair:
     changes: dict[int, list[Change]] = field(default_factory=lambda: {p: [] for p in PARTIES})
     # (sent, replied, reply) of each CheckAndConsume
     calls: list[tuple[float, float, pb.CheckAndConsumeResponse]] = field(default_factory=list)
+    latest_sent: float = -math.inf  # the latest "sent" of the calls answered so far
+    news: asyncio.Condition = field(default_factory=asyncio.Condition)  # a call or a change
+
+    async def answered(
+        self, sent: float, replied: float, reply: pb.CheckAndConsumeResponse
+    ) -> None:
+        self.calls.append((sent, replied, reply))
+        self.latest_sent = max(self.latest_sent, sent)
+        async with self.news:
+            self.news.notify_all()
+
+    async def acknowledged(self, change: Change) -> None:
+        change.acked = time.monotonic()
+        async with self.news:
+            self.news.notify_all()
+
+    async def _until(self, what: str, condition: Callable[[], bool]) -> None:
+        async with self.news:
+            try:
+                await asyncio.wait_for(self.news.wait_for(condition), SEEN_WITHIN_S)
+            except TimeoutError:
+                raise AssertionError(f"{self.seller}/{self.creator}: {what}") from None
+
+    async def seen_since(self, acked: float) -> None:
+        """Until a call sent after ``acked`` has been answered."""
+        await self._until(
+            f"no call answered within {SEEN_WITHIN_S:g} s", lambda: self.latest_sent > acked
+        )
+
+    async def both_lifted(self, round_: int) -> None:
+        """Until both parties' Unblocks of ``round_`` are acknowledged, and a call sent after
+        them answered."""
+
+        def unblocked_at() -> float:
+            acks = [[c.acked for c in self.changes[p] if not c.blocked] for p in PARTIES]
+            return max(a[round_] if len(a) > round_ else math.inf for a in acks)
+
+        await self._until(
+            f"an Unblock of round {round_} unacknowledged within {SEEN_WITHIN_S:g} s",
+            lambda: unblocked_at() < math.inf,
+        )
+        await self.seen_since(unblocked_at())
 
     def request(self, rng: random.Random) -> pb.CheckAndConsumeRequest:
         """A message to a connected creator (always allowed unless blocked), an invite to
@@ -170,7 +216,7 @@ async def block_ordering(start_server, ledger=PostgresLedger) -> Ordering:
 
         async def party(pair: Pair, blocked_by: int, rng: random.Random) -> None:
             """Trust & safety for one party of the pair: Block, Unblock, ROUNDS times."""
-            for _ in range(ROUNDS):
+            for round_ in range(ROUNDS):
                 for blocked in (True, False):
                     await asyncio.sleep(rng.uniform(*PAUSE_S))
                     rpc, request_type = (
@@ -182,7 +228,10 @@ async def block_ordering(start_server, ledger=PostgresLedger) -> Ordering:
                     change = Change(blocked, sent=time.monotonic())
                     pair.changes[blocked_by].append(change)
                     if await call(rpc, request) is not None:
-                        change.acked = time.monotonic()
+                        await pair.acknowledged(change)
+                        if blocked:  # a call sees it standing before it is lifted
+                            await pair.seen_since(change.acked)
+                await pair.both_lifted(round_)  # a call sees no block before the next round
 
         async def caller(pair: Pair, rng: random.Random) -> None:
             """The invitation and IM services: outreach to the pair, back to back."""
@@ -191,7 +240,7 @@ async def block_ordering(start_server, ledger=PostgresLedger) -> Ordering:
                 sent = time.monotonic()
                 reply = await call("CheckAndConsume", request)
                 if reply is not None:
-                    pair.calls.append((sent, time.monotonic(), reply))
+                    await pair.answered(sent, time.monotonic(), reply)
 
         rng = random.Random(seed)
         callers = [
