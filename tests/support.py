@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -235,3 +236,14 @@ async def check_ledger(
     if unstored:
         result.broken.append(f"{len(unstored)} acknowledged grants without a stored response")
     return result
+
+
+def batched_calls(metrics_port: int) -> float:
+    """CheckAndConsume calls a server has put in batches that started: those that reached its
+    database transactions (``quota_authority_batch_size_sum`` on its metrics endpoint)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("quota_authority_batch_size_sum "):
+                return float(line.split()[1])
+    return 0.0

@@ -4,11 +4,10 @@ at once with RESOURCE_EXHAUSTED, and change nothing; the calls already accepted 
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 
 import grpc
 import pytest
-from support import eventually, invite, ledger_counts, seller_week_locked
+from support import batched_calls, eventually, invite, ledger_counts, seller_week_locked
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -30,16 +29,6 @@ async def test_a_request_over_the_size_limit_is_refused_and_changes_nothing(
     assert accepted.allowed
     counts = await ledger_counts(db, seller)
     assert (counts["audits"], counts["stored"]) == (1, 0)
-
-
-def batched_calls(metrics_port: int) -> float:
-    """CheckAndConsume calls the server has put in batches that started."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("quota_authority_batch_size_sum "):
-                return float(line.split()[1])
-    return 0.0
 
 
 async def test_calls_over_the_concurrency_limit_are_refused_at_once(

@@ -22,7 +22,6 @@ import random
 import signal
 import socket
 import sys
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +34,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability import report, scale
-from support import Key, check_ledger, eventually, invite, new_id
+from support import Key, batched_calls, check_ledger, eventually, invite, new_id
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -64,17 +63,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _batched_calls(metrics_port: int) -> float:
-    """CheckAndConsume calls the server has put in batches that started: those that reached
-    its database transactions (``quota_authority_batch_size_sum``)."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("quota_authority_batch_size_sum "):
-                return float(line.split()[1])
-    return 0.0
 
 
 class ServerProcess:
@@ -336,7 +324,7 @@ async def test_sigterm_finishes_calls_in_flight_and_reports_not_serving_before_c
             async def all_in_flight_and_waiting_on_the_lock() -> bool:
                 """Every call has reached the server's transactions, and the server waits
                 for the held lock."""
-                if await asyncio.to_thread(_batched_calls, metrics_port) < IN_FLIGHT:
+                if await asyncio.to_thread(batched_calls, metrics_port) < IN_FLIGHT:
                     return False
                 blocked = await probe.fetchval(
                     "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
