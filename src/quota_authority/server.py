@@ -17,7 +17,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -324,10 +324,8 @@ class QuotaAuthorityServer:
                 await task
         self._tasks = []
         if self._health is not None:
+            await self._set_health(False)
             await self._health.enter_graceful_shutdown()
-            if self._serving is not False:
-                log.info("health changed", extra={"serving": False})
-            self._serving = False
         if self._server is not None:
             delay = self.settings.drain_delay_s if drain is None else drain
             if delay > 0:
@@ -438,6 +436,19 @@ def run_event_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The database to use, as ``(url, where)``, ``where`` naming the setting behind it for
+    the one line printed when it cannot be reached: the configured URL, or an embedded
+    PostgreSQL started for the block and stopped after it."""
+    if settings.database_url is not None:
+        yield settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL"
+        return
+    with EmbeddedPostgres(settings.data_dir) as embedded:
+        where = f"the embedded PostgreSQL in {settings.data_dir} (QUOTA_AUTHORITY_DATA_DIR)"
+        yield embedded.url, where
+
+
 def migrate_schema(settings: Settings) -> str:
     """Bring the configured database, or the embedded one, to the latest schema; its
     revision. Raises ``DatabaseUnreachable`` (a ``StartupError``) when it cannot connect."""
@@ -450,26 +461,14 @@ def migrate_schema(settings: Settings) -> str:
         finally:
             await engine.dispose()
 
-    if settings.database_url is not None:
-        return asyncio.run(run(settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL"))
-    with EmbeddedPostgres(settings.data_dir) as embedded:
-        return asyncio.run(run(embedded.url, _embedded_where(settings)))
-
-
-def _embedded_where(settings: Settings) -> str:
-    return f"the embedded PostgreSQL in {settings.data_dir} (QUOTA_AUTHORITY_DATA_DIR)"
+    with _database(settings) as (url, where):
+        return asyncio.run(run(url, where))
 
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT (SIGHUP reloads the files), on the configured database
-    or an embedded one. Raises
-    a ``StartupError`` when it cannot start; the listen address is checked first, before
-    the embedded PostgreSQL starts."""
+    or an embedded one. Raises a ``StartupError`` when it cannot start; the listen address
+    is checked first, before the embedded PostgreSQL starts."""
     check_can_listen(settings.listen)
-    if settings.database_url is not None:
-        main = _serve_until_signal(settings, settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL")
-        run_event_loop(settings, main)
-        return
-    with EmbeddedPostgres(settings.data_dir) as embedded:
-        main = _serve_until_signal(settings, embedded.url, _embedded_where(settings))
-        run_event_loop(settings, main)
+    with _database(settings) as (url, where):
+        run_event_loop(settings, _serve_until_signal(settings, url, where))

@@ -113,11 +113,6 @@ class QuotaService:
             on_batch=on_batch,
         )
 
-    @property
-    def policy(self) -> Policy:
-        """The policy that weeks snapshotted from now on are made under."""
-        return self._policy
-
     def replace_policy(self, policy: Policy) -> None:
         """Use ``policy`` from now on (a reloaded policy file). Weeks already snapshotted
         keep their tier, limit and cap (R2), whichever policy made them; the other
