@@ -21,7 +21,13 @@ from quota_authority import policy as policy_module
 from quota_authority.api import callers as callers_module
 from quota_authority.cli import command_facts
 from quota_authority.metrics import Metrics
-from quota_authority.settings import Variable, documented_default, load_settings, variables
+from quota_authority.settings import (
+    Variable,
+    documented_default,
+    load_settings,
+    variables,
+    written,
+)
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,10 +212,7 @@ def shown(default: str) -> str:
 
 def minimum_note(variable: Variable) -> str | None:
     """How the docs write the variable's minimum: ``(≥ 1)``."""
-    if variable.minimum is None:
-        return None
-    minimum = variable.minimum
-    return f"(≥ {int(minimum) if float(minimum).is_integer() else minimum})"
+    return None if variable.minimum is None else f"(≥ {written(variable.minimum)})"
 
 
 def test_load_settings_reads_every_declared_variable_and_no_other() -> None:

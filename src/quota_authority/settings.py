@@ -31,6 +31,7 @@ __all__ = [
     "load_settings",
     "unsafe_listen",
     "variables",
+    "written",
 ]
 
 
@@ -243,17 +244,21 @@ def variables() -> dict[str, Variable]:
     return {f.name: f.metadata["variable"] for f in dataclasses.fields(Settings) if f.metadata}
 
 
-def documented_default(name: str) -> str:
-    """The default of field ``name`` as the docs write it: ``unset`` for none, ``false``,
-    ``10`` for 10.0."""
-    default = next(f.default for f in dataclasses.fields(Settings) if f.name == name)
-    if default is None:
+def written(value: object) -> str:
+    """A setting's value as the docs and error messages write it: ``unset`` for none,
+    ``false``, ``10`` for 10.0."""
+    if value is None:
         return "unset"
-    if isinstance(default, bool):
-        return str(default).lower()
-    if isinstance(default, float) and default.is_integer():
-        return str(int(default))
-    return str(default)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def documented_default(name: str) -> str:
+    """The default of field ``name`` as the docs write it (``written``)."""
+    return written(next(f.default for f in dataclasses.fields(Settings) if f.name == name))
 
 
 def _parsed(variable: Variable, kind: Any, raw: str) -> Any:
@@ -276,9 +281,7 @@ def _parsed(variable: Variable, kind: Any, raw: str) -> Any:
         except ValueError:
             raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
         if variable.minimum is not None and value < variable.minimum:
-            minimum = variable.minimum
-            shown = int(minimum) if float(minimum).is_integer() else minimum
-            raise ConfigError(f"{key}: must be at least {shown}, got {raw!r}")
+            raise ConfigError(f"{key}: must be at least {written(variable.minimum)}, got {raw!r}")
         return value
     if kind is Path:
         return Path(raw)
