@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import urllib.request
 import uuid
 from collections import Counter
@@ -247,3 +249,17 @@ def batched_calls(metrics_port: int) -> float:
             if line.startswith("quota_authority_batch_size_sum "):
                 return float(line.split()[1])
     return 0.0
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server process the test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def command_environment(**settings: str) -> dict[str, str]:
+    """This process's environment without any QUOTA_AUTHORITY_* variable, plus ``settings``:
+    what a command the test runs sees, whatever the developer's shell has set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_AUTHORITY_")}
+    return {**env, **settings}

@@ -8,7 +8,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
-from support import everything_of, invite, ledger_counts, message
+from support import command_environment, everything_of, free_port, invite, ledger_counts, message
 
 from quota_authority.cli import command_facts, gmv_csv, import_gmv, main
 from quota_authority.errors import StoreUnavailable
@@ -34,15 +33,8 @@ CLI = [sys.executable, "-m", "quota_authority.cli"]
 QUOTA_AUTHORITY = Path(sys.executable).with_name("quota-authority")  # the console script
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def env_for(database_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_AUTHORITY_")}
-    return {**env, "QUOTA_AUTHORITY_DATABASE_URL": database_url, **extra}
+    return command_environment(QUOTA_AUTHORITY_DATABASE_URL=database_url, **extra)
 
 
 def wait_serving(address: str, timeout: float = 30) -> None:

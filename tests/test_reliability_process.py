@@ -17,10 +17,8 @@ fresh, so the weeks they create never meet those of other tests.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,7 +32,16 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability import report, scale
-from support import Key, batched_calls, check_ledger, eventually, invite, new_id
+from support import (
+    Key,
+    batched_calls,
+    check_ledger,
+    command_environment,
+    eventually,
+    free_port,
+    invite,
+    new_id,
+)
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -59,12 +66,6 @@ GRACE_S = 60.0
 WAIT_S = 60.0  # the longest the test waits for a step a working server takes at once
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProcess:
     """``quota-authority serve`` in a process of its own, on ``database_url``; its log (JSON
     lines) goes to ``log``."""
@@ -80,8 +81,7 @@ class ServerProcess:
     ) -> ServerProcess:
         """Start it and wait until its health reports SERVING."""
         address = f"127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_AUTHORITY_")}
-        env.update(
+        env = command_environment(
             QUOTA_AUTHORITY_DATABASE_URL=database_url,
             QUOTA_AUTHORITY_LISTEN=address,
             QUOTA_AUTHORITY_HEALTH_INTERVAL_S="0.2",
@@ -131,7 +131,7 @@ async def server_process(
     database_url: str, log: Path, port: int | None = None, **environment: str
 ) -> AsyncIterator[ServerProcess]:
     """A server process, killed at the end if the test has not ended it."""
-    server = await ServerProcess.started(database_url, log, port or _free_port(), **environment)
+    server = await ServerProcess.started(database_url, log, port or free_port(), **environment)
     try:
         yield server
     finally:
@@ -203,7 +203,7 @@ async def test_sigkill_under_load_loses_nothing_acknowledged_and_retries_never_c
     process, must replay what had landed or decide afresh — never charge twice."""
     callers = Callers([new_id("seller") for _ in range(SELLERS)])
     log = tmp_path / "servers.log"
-    port = _free_port()  # every process on the same address, as behind a fixed endpoint
+    port = free_port()  # every process on the same address, as behind a fixed endpoint
     granted_each_round: list[int] = []  # grants acknowledged while each killed process lived
     missing_after_kill: list[int] = []
     unanswered_at_kill: list[int] = []
@@ -285,7 +285,7 @@ async def test_sigterm_finishes_calls_in_flight_and_reports_not_serving_before_c
     before the server closes); once the lock is released they must finish with their
     decisions, and the process must exit 0 within the grace period."""
     seller = new_id("seller")
-    metrics_port = _free_port()
+    metrics_port = free_port()
     # Calls wait on the held lock for as long as the test holds it, however slow the
     # machine, rather than give up after the default 2 s (lock) or 10 s (deadline).
     long_ms = str(round(GRACE_S * 1000))

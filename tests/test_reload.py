@@ -7,16 +7,14 @@ shows which policy a week was made under."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
 from pki import Authority
-from support import eventually
+from support import command_environment, eventually, free_port
 
 from quota_authority.api.callers import load_callers
 from quota_authority.policy import Policy, load_policy
@@ -183,11 +181,8 @@ async def test_reloaded_certificates_serve_the_connections_made_after_it(start_s
 async def test_sighup_reloads_a_running_serve(database_url, tmp_path, seller):
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text(policy_with_t0_limit(11))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_AUTHORITY_")}
-    env.update(
+    address = f"127.0.0.1:{free_port()}"
+    env = command_environment(
         QUOTA_AUTHORITY_DATABASE_URL=database_url,
         QUOTA_AUTHORITY_LISTEN=address,
         QUOTA_AUTHORITY_CONFIG=str(policy_file),

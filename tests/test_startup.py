@@ -27,7 +27,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import server_settings
-from support import eventually, invite
+from support import command_environment, eventually, free_port, invite
 
 from quota_authority.clock import SystemClock
 from quota_authority.errors import CannotListen, ConfigError, DatabaseUnreachable
@@ -39,15 +39,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def _environment(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_AUTHORITY_")}
-    return {**env, **settings}
-
-
 def _run(command: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(QUOTA_AUTHORITY), command],
-        env=_environment(**settings),
+        env=command_environment(**settings),
         capture_output=True,
         text=True,
         timeout=120,
@@ -137,10 +132,7 @@ async def test_a_server_whose_port_is_taken_meanwhile_fails_to_start_and_undoes_
 
 
 def test_the_early_check_passes_a_free_port_and_port_zero():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
-    check_can_listen(f"127.0.0.1:{free}")
+    check_can_listen(f"127.0.0.1:{free_port()}")
     check_can_listen("127.0.0.1:0")
     with pytest.raises(CannotListen, match="does not resolve"):
         check_can_listen("no-such-host.invalid:50051")
@@ -167,14 +159,12 @@ class EmbeddedServe:
     """``quota-authority serve`` on the embedded PostgreSQL in ``data_dir``."""
 
     def __init__(self, data_dir: Path, log: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.address = f"127.0.0.1:{s.getsockname()[1]}"
+        self.address = f"127.0.0.1:{free_port()}"
         self.log = log
         with log.open("ab") as stderr:
             self.process = subprocess.Popen(
                 [str(QUOTA_AUTHORITY), "serve"],
-                env=_environment(
+                env=command_environment(
                     QUOTA_AUTHORITY_DATA_DIR=str(data_dir),
                     QUOTA_AUTHORITY_LISTEN=self.address,
                     QUOTA_AUTHORITY_HEALTH_INTERVAL_S="0.2",
