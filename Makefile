@@ -7,7 +7,8 @@ PROTO := protos/quota_authority/v1/quota_authority.proto
 GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto proto-lint install clean bench reliability clients interop docs
+.PHONY: run test lint proto proto-lint install clean bench reliability clients interop docs \
+	citus citus-stop test-citus
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
@@ -21,6 +22,22 @@ reliability: $(GENERATED)
 	rm -f .reliability/results.jsonl
 	QUOTA_AUTHORITY_RELIABILITY=full $(BIN)/pytest -m reliability -s -q
 	$(BIN)/python scripts/reliability_report.py
+
+# A local Citus cluster (coordinator and two workers on loopback, data in .citus/), Citus
+# built from shared/vendor where it is missing; scripts/citus.sh says how. `make citus`
+# prints the URL of its quota_authority database; a second `make citus` reuses it.
+citus:
+	@scripts/citus.sh start
+
+citus-stop:
+	@scripts/citus.sh stop
+
+# The whole suite against a fresh database on the local Citus cluster, distributed by
+# seller_id (QUOTA_AUTHORITY_DISTRIBUTE), as on a deployment that outgrew one PostgreSQL.
+test-citus: $(GENERATED)
+	@scripts/citus.sh start >/dev/null
+	QUOTA_AUTHORITY_DATABASE_URL=$$(scripts/citus.sh createdb quota_authority_test) \
+		QUOTA_AUTHORITY_DISTRIBUTE=true $(BIN)/pytest $(PYTEST_ARGS)
 
 # Load tests with ghz against a baseline measured in the same run; see BENCHMARKS.md.
 GHZ := .bench/bin/ghz
