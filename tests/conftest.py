@@ -24,16 +24,21 @@ from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
 from quota_authority.policy import Policy
-from quota_authority.server import QuotaAuthorityServer
+from quota_authority.server import QuotaAuthorityServer, migrate_schema
+from quota_authority.settings import Settings
 from quota_authority.store import EmbeddedPostgres, PostgresLedger, create_engine
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """A PostgreSQL URL for the whole session: the configured one, or an embedded server."""
+    """A PostgreSQL URL for the whole session: the configured one, or an embedded server.
+    With ``QUOTA_AUTHORITY_DISTRIBUTE=true`` (``make test-citus``), the configured database
+    is migrated and distributed by seller_id first, as a deployment on Citus is."""
     configured = os.environ.get("QUOTA_AUTHORITY_DATABASE_URL")
     if configured:
+        if os.environ.get("QUOTA_AUTHORITY_DISTRIBUTE") == "true":
+            migrate_schema(Settings(database_url=configured, distribute=True))
         yield configured
         return
     # Outside pytest's temporary root: every pytest session that starts makes that root

@@ -112,6 +112,9 @@ class TimedLedger:
         finally:
             self._metrics.transaction(kind, time.perf_counter() - started)
 
+    async def one_seller_per_transaction(self) -> bool:
+        return await self._ledger.one_seller_per_transaction()
+
     def transaction(
         self, timeout_s: float | None = None
     ) -> AbstractAsyncContextManager[LedgerTransaction]:

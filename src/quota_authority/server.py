@@ -228,7 +228,7 @@ class QuotaAuthorityServer:
     async def _start(self) -> int:
         self.engine = create_engine(self.database_url, self.settings)
         async with unreachable_at_start(self.database_url, self.database_setting):
-            await migrate(self.engine)
+            await migrate(self.engine, distribute=self.settings.distribute)
         store = self.ledger(self.engine, self.settings)
         self.metrics = Metrics() if self.settings.metrics_listen else None
         if self.metrics is not None:
@@ -243,6 +243,7 @@ class QuotaAuthorityServer:
             batch_max_size=self.settings.batch_max_size,
             batch_max_in_flight=self.settings.batch_max_in_flight,
             batch_fill_wait_s=self.settings.batch_fill_wait_ms / 1000,
+            seller_batches_in_flight=self.settings.seller_batches_in_flight,
             outreach_wait_s=self.settings.lock_timeout_ms / 1000,
             on_batch=None if self.metrics is None else self.metrics.batch,
         )
@@ -457,7 +458,7 @@ def migrate_schema(settings: Settings) -> str:
         engine = create_engine(url, settings)
         try:
             async with unreachable_at_start(url, where):
-                return await migrate(engine)
+                return await migrate(engine, distribute=settings.distribute)
         finally:
             await engine.dispose()
 

@@ -232,6 +232,19 @@ class Settings:
         "under load, most milliseconds a short batch waits for more calls; 0 never waits",
         minimum=0,
     )
+    distribute: bool = _variable(
+        False,
+        "QUOTA_AUTHORITY_DISTRIBUTE",
+        "true distributes the schema by seller_id when migrating on a Citus coordinator; "
+        "no effect on plain PostgreSQL",
+    )
+    seller_batches_in_flight: int = _variable(
+        8,
+        "QUOTA_AUTHORITY_SELLER_BATCHES_IN_FLIGHT",
+        "on a schema distributed by seller_id, most one-seller batch transactions open at "
+        "once per process",
+        minimum=1,
+    )
     # The known callers, from callers_file; None serves everyone unauthenticated, which
     # only a loopback listener may do (unsafe_listen).
     callers: tuple[Caller, ...] | None = None

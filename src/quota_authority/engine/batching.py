@@ -29,6 +29,9 @@ Contracts:
   leaves its item in it: batches are never torn, so the ledger never holds half a batch.
 * A batch runs under the latest deadline of its callers (``deadlines.latest``): the
   transaction serves whoever still waits for it.
+* With ``one_group_per_batch`` (a store whose transactions may touch one seller only: a
+  schema distributed on Citus), a batch holds the queued items of one group, oldest first,
+  and up to ``max_in_flight`` such batches run at once.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class MicroBatcher(Generic[T, R]):
     fill when under load, and opening a slot for each batch stalled past ``stall_after_s``.
     ``decide`` returns one result or error per item, in order, or raises when the whole
     batch failed; ``group`` names the items that need the same locks; ``on_batch`` hears
-    each batch's size as it starts."""
+    each batch's size as it starts; ``one_group_per_batch`` makes each batch one group's."""
 
     def __init__(
         self,
@@ -73,8 +76,10 @@ class MicroBatcher(Generic[T, R]):
         group: Callable[[T], Hashable] = id,
         stall_after_s: float | None = None,
         on_batch: Callable[[int], None] | None = None,
+        one_group_per_batch: bool = False,
     ) -> None:
         self._decide = decide
+        self._one_group_per_batch = one_group_per_batch
         self._max_size = max_size
         self._max_in_flight = max_in_flight
         self._fill_wait_s = fill_wait_s
@@ -124,8 +129,7 @@ class MicroBatcher(Generic[T, R]):
         # Callers that gave up while queued are owed nothing.
         self._queue = [entry for entry in self._queue if not entry[1].done()]
         while self._queue and self._has_slot():
-            entries = self._queue[: self._max_size]
-            del self._queue[: self._max_size]
+            entries = self._next_batch()
             self._last_size = len(entries)
             if self._on_batch is not None:
                 self._on_batch(len(entries))
@@ -134,6 +138,23 @@ class MicroBatcher(Generic[T, R]):
             task = asyncio.create_task(self._run(entries), context=context)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _next_batch(self) -> list[_Entry[T, R]]:
+        """Take the next batch off the queue: its first ``max_size`` items, or with
+        ``one_group_per_batch``, the first item's group's first ``max_size`` items."""
+        if not self._one_group_per_batch:
+            entries = self._queue[: self._max_size]
+            del self._queue[: self._max_size]
+            return entries
+        group = self._group(self._queue[0][0])
+        entries, rest = [], []
+        for entry in self._queue:
+            if len(entries) < self._max_size and self._group(entry[0]) == group:
+                entries.append(entry)
+            else:
+                rest.append(entry)
+        self._queue = rest
+        return entries
 
     async def _run(self, batch: list[_Entry[T, R]]) -> None:
         stalled = False

@@ -195,6 +195,11 @@ class OutreachTransaction(Protocol):
 
 
 class LedgerStore(Protocol):
+    async def one_seller_per_transaction(self) -> bool:
+        """True when an outreach transaction may touch one seller only (a schema
+        distributed by seller_id, on Citus): batches then hold one seller's requests."""
+        ...
+
     def transaction(
         self, timeout_s: float | None = None
     ) -> AbstractAsyncContextManager[LedgerTransaction]:

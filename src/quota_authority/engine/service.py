@@ -84,7 +84,9 @@ class QuotaService:
     CheckAndConsume calls are decided in batches of up to ``batch_max_size``, with at most
     ``batch_max_in_flight`` batches (transactions) at once, plus one for each batch stalled
     past ``batch_stall_after_s`` (a batch normally takes milliseconds); under load a batch
-    waits up to ``batch_fill_wait_s`` to fill (``MicroBatcher``)."""
+    waits up to ``batch_fill_wait_s`` to fill (``MicroBatcher``). On a store whose
+    transactions may touch one seller only (``LedgerStore.one_seller_per_transaction``),
+    a batch holds one seller's calls, and up to ``seller_batches_in_flight`` run at once."""
 
     def __init__(
         self,
@@ -96,6 +98,7 @@ class QuotaService:
         batch_max_in_flight: int = 1,
         batch_fill_wait_s: float = 0.0,
         batch_stall_after_s: float | None = 0.25,
+        seller_batches_in_flight: int = 8,
         outreach_wait_s: float | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
@@ -103,15 +106,30 @@ class QuotaService:
         self._policy = policy
         self._clock = clock
         self._outreach_wait_s = outreach_wait_s
-        self._outreach: MicroBatcher[Outreach, OutreachDecision] = MicroBatcher(
-            self._decide_batch,
-            max_size=batch_max_size,
-            max_in_flight=batch_max_in_flight,
-            fill_wait_s=batch_fill_wait_s,
-            group=lambda outreach: outreach.seller_id,
-            stall_after_s=batch_stall_after_s,
-            on_batch=on_batch,
-        )
+        self._seller_batches_in_flight = seller_batches_in_flight
+
+        def batcher(one_seller: bool) -> MicroBatcher[Outreach, OutreachDecision]:
+            return MicroBatcher(
+                self._decide_batch,
+                max_size=batch_max_size,
+                max_in_flight=seller_batches_in_flight if one_seller else batch_max_in_flight,
+                fill_wait_s=batch_fill_wait_s,
+                group=lambda outreach: outreach.seller_id,
+                stall_after_s=batch_stall_after_s,
+                on_batch=on_batch,
+                one_group_per_batch=one_seller,
+            )
+
+        self._new_batcher = batcher
+        # Made on the first call, once the store has said how its transactions may span.
+        self._outreach: MicroBatcher[Outreach, OutreachDecision] | None = None
+
+    async def _batcher(self) -> MicroBatcher[Outreach, OutreachDecision]:
+        if self._outreach is None:
+            one_seller = await self._store.one_seller_per_transaction()
+            if self._outreach is None:  # not made by a call that awaited alongside
+                self._outreach = self._new_batcher(one_seller)
+        return self._outreach
 
     def replace_policy(self, policy: Policy) -> None:
         """Use ``policy`` from now on (a reloaded policy file). Weeks already snapshotted
@@ -129,12 +147,13 @@ class QuotaService:
         database at most ``outreach_wait_s`` from its arrival, queued or waiting for a lock,
         then fails ``StoreUnavailable``: a seller whose week another transaction holds fails
         within that time, however its calls were batched."""
+        batcher = self._outreach or await self._batcher()
         if self._outreach_wait_s is None:
-            return await self._outreach.submit(outreach)
+            return await batcher.submit(outreach)
         until = asyncio.get_running_loop().time() + self._outreach_wait_s
         deadline = current_deadline()
         with deadline_at(until if deadline is None else min(deadline, until)):
-            return await self._outreach.submit(outreach)
+            return await batcher.submit(outreach)
 
     async def _decide_batch(self, batch: Sequence[Outreach]) -> list[Outcome]:
         """One transaction for the batch, at one instant. A seller without a week for that

@@ -35,6 +35,7 @@ from ..domain import (
 from ..engine.ports import SellerRecord
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
+from . import distribution
 from .migrate import serves_revision
 from .outreach import OutreachTransaction
 from .rows import seller_week
@@ -63,29 +64,32 @@ _UNAVAILABLE = (
     asyncio.TimeoutError,
 )
 
-# R10 grant and R2 snapshot in one statement. Whether the seller gets the pack is decided by
+# R10 grant, then R2 snapshot: two statements, each a router statement on Citus (which
+# refuses an INSERT with subqueries). Whether the seller gets the pack is decided by
 # ``engine.rules.r10_starter_pack_grant`` (``:grant``). The UPDATE's WHERE repeats its two
 # flags only as the race guard: two transactions creating a seller's first week at once (or
 # a RecordGmv committing meanwhile) both read the seller before either grants; re-checked
-# under the seller's row lock, the pack is granted at most once. The INSERT's snapshot of the
-# pack takes the granted amount from the UPDATE, whose effect its own snapshot cannot see.
+# under the seller's row lock, the pack is granted at most once. The INSERT then snapshots
+# the pack as it stands after the grant: its own statement, so its snapshot sees the grant
+# (ours, or the one another transaction committed while we waited for the row).
+_GRANT_STARTER_PACK = text(
+    """
+    UPDATE sellers
+       SET starter_pack_granted = true,
+           starter_pack_remaining = starter_pack_remaining + :grant
+     WHERE seller_id = :seller_id AND :grant > 0
+       AND NOT starter_pack_granted AND NOT has_had_gmv
+    """
+)
 _CREATE_WEEK = text(
     """
-    WITH granted AS (
-        UPDATE sellers
-           SET starter_pack_granted = true,
-               starter_pack_remaining = starter_pack_remaining + :grant
-         WHERE seller_id = :seller_id AND :grant > 0
-           AND NOT starter_pack_granted AND NOT has_had_gmv
-     RETURNING starter_pack_remaining
-    )
     INSERT INTO seller_weeks (seller_id, week_start, week_end, time_zone, tier, weekly_limit,
                               max_creator_followers, gmv_30d_minor, policy_digest,
                               starter_pack_at_start)
-    VALUES (:seller_id, :week_start, :week_end, :time_zone, :tier, :weekly_limit,
-            :max_creator_followers, :gmv_30d_minor, :policy_digest,
-            COALESCE((SELECT starter_pack_remaining FROM granted),
-                     (SELECT starter_pack_remaining FROM sellers WHERE seller_id = :seller_id)))
+    SELECT s.seller_id, :week_start, :week_end, :time_zone, :tier, :weekly_limit,
+           :max_creator_followers, :gmv_30d_minor, :policy_digest, s.starter_pack_remaining
+      FROM sellers AS s
+     WHERE s.seller_id = :seller_id
     ON CONFLICT (seller_id, week_start) DO NOTHING
     """
 )
@@ -147,9 +151,31 @@ class PostgresLedger:
         settings = settings or Settings()
         self._lock_timeout_ms = settings.lock_timeout_ms
         self._statement_timeout_ms = settings.statement_timeout_ms
+        # What the database is, found on first use (``_learn_database``): a Citus
+        # coordinator, and whether the schema is distributed by seller_id there.
+        self._citus: bool | None = None
+        self._per_seller = False
+
+    async def one_seller_per_transaction(self) -> bool:
+        await self._learn_database()
+        return self._per_seller
+
+    async def _learn_database(self) -> None:
+        """Find out, once, whether the database is Citus and the schema distributed. A
+        schema distributed while the process runs is seen after a restart."""
+        if self._citus is not None:
+            return
+        try:
+            async with self._engine.connect() as conn:
+                citus = await distribution.is_citus(conn)
+                per_seller = citus and await distribution.distributed_by_seller(conn)
+        except _UNAVAILABLE as e:
+            raise _unavailable(e) from e
+        self._citus, self._per_seller = citus, per_seller
 
     @asynccontextmanager
     async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[_Transaction]:
+        await self._learn_database()
         timeouts = self._timeouts_ms(timeout_s)
         try:
             async with self._connection(timeouts) as conn:
@@ -161,18 +187,17 @@ class PostgresLedger:
     async def outreach_transaction(
         self, timeout_s: float | None = None
     ) -> AsyncIterator[OutreachTransaction]:
+        await self._learn_database()
         # One round trip, timeouts included (simple query protocol; integers only).
-        begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
-        timeouts = self._timeouts_ms(timeout_s)
-        if timeouts is not None:
-            begin += f"; SET LOCAL lock_timeout = {timeouts[0]:d}"
-            begin += f"; SET LOCAL statement_timeout = {timeouts[1]:d}"
+        begin = "BEGIN ISOLATION LEVEL READ COMMITTED; " + self._set_local(
+            self._timeouts_ms(timeout_s)
+        )
         try:
             async with self._engine.connect() as pooled:
                 conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
                 try:
                     await conn.execute(begin)  # raises if the connection died
-                    yield OutreachTransaction(conn)
+                    yield OutreachTransaction(conn, one_seller=self._per_seller)
                     try:
                         await conn.execute("COMMIT")
                     except _UNAVAILABLE as e:
@@ -239,13 +264,37 @@ class PostgresLedger:
             await self._set_timeouts(conn, timeouts)
             yield conn
 
-    @staticmethod
-    async def _set_timeouts(conn: AsyncConnection, timeouts: tuple[int, int] | None) -> None:
+    async def _set_timeouts(self, conn: AsyncConnection, timeouts: tuple[int, int] | None) -> None:
         """Set ``timeouts`` (lock, statement; ms) for the rest of ``conn``'s transaction."""
-        if timeouts is not None:
+        if self._citus:
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute(self._set_local(timeouts))  # type: ignore[union-attr]
+        elif timeouts is not None:
             await conn.execute(
                 _SET_TIMEOUTS, {"lock": f"{timeouts[0]}ms", "statement": f"{timeouts[1]}ms"}
             )
+
+    def _set_local(self, timeouts: tuple[int, int] | None) -> str:
+        """The SET LOCAL statements that give a transaction ``timeouts`` (lock, statement;
+        ms): none on PostgreSQL when the session's own are no longer (None).
+
+        On Citus the session's settings and ``set_config`` stay on the coordinator: a row
+        lock waited for on a worker was bounded only by the statement timeout there. SET
+        LOCAL travels with the transaction to every worker it reaches when
+        ``citus.propagate_set_commands`` is ``local``, so every transaction sets both, its
+        shortened ones or the session's."""
+        if self._citus:
+            lock, statement = timeouts or (self._lock_timeout_ms, self._statement_timeout_ms)
+            return (
+                "SET LOCAL citus.propagate_set_commands = 'local'; "
+                f"SET LOCAL lock_timeout = {lock:d}; SET LOCAL statement_timeout = {statement:d}"
+            )
+        if timeouts is None:
+            return ""
+        return (
+            f"SET LOCAL lock_timeout = {timeouts[0]:d}; "
+            f"SET LOCAL statement_timeout = {timeouts[1]:d}"
+        )
 
     @staticmethod
     def _is_database_failure(error: BaseException) -> bool:
@@ -330,6 +379,10 @@ class _Transaction:
         return int(total or 0)
 
     async def create_week(self, week: SellerWeek, starter_pack_grant: int) -> None:
+        if starter_pack_grant > 0:
+            await self.conn.execute(
+                _GRANT_STARTER_PACK, {"seller_id": week.seller_id, "grant": starter_pack_grant}
+            )
         await self.conn.execute(
             _CREATE_WEEK,
             {
@@ -342,7 +395,6 @@ class _Transaction:
                 "max_creator_followers": week.max_creator_followers,
                 "gmv_30d_minor": week.gmv_30d_minor,
                 "policy_digest": week.policy_digest,
-                "grant": starter_pack_grant,
             },
         )
 

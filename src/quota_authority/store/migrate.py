@@ -24,6 +24,8 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from . import distribution
+
 __all__ = ["head_revision", "migrate", "serves_revision"]
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,11 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-async def migrate(engine: AsyncEngine) -> str:
+async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
     """Bring the schema to the head revision, unless a newer release already migrated it
-    further; the schema's revision afterwards.
+    further; the schema's revision afterwards. With ``distribute``, then distribute on a
+    Citus coordinator what is not distributed yet (``distribution.distribute``; nothing on
+    plain PostgreSQL), in a transaction of its own under the same lock.
 
     It runs on a connection of its own, without the service's lock and statement timeouts:
     a migration may take long (an index on a large table) and may wait for another
@@ -101,6 +105,11 @@ async def migrate(engine: AsyncEngine) -> str:
                 )
                 return current
             await conn.run_sync(_upgrade)
+        if distribute:
+            async with unbounded.begin() as conn:
+                lock = text("SELECT pg_advisory_xact_lock(:key)")
+                await conn.execute(lock, {"key": _MIGRATION_LOCK})
+                await distribution.distribute(conn)
     finally:
         await unbounded.dispose()
     return head_revision()

@@ -1,6 +1,8 @@
 """The hot path's transaction: a batch of CheckAndConsume decisions in four round trips —
 BEGIN, ``lock_outreach_state`` (lock, then read), one write statement, COMMIT — however
-many requests the batch holds.
+many requests the batch holds. On a schema distributed by seller_id (Citus), a batch holds
+one seller's requests, and the two statements are migration 0006's one-seller functions,
+which Citus runs on the seller's worker.
 
 It runs on the asyncpg connection under SQLAlchemy's pooled one, with statements prepared
 once per connection (asyncpg's statement cache): SQLAlchemy's per-statement cost was most of
@@ -25,6 +27,11 @@ from .rows import seller_week
 __all__ = ["OutreachTransaction"]
 
 _LOCK_AND_READ = "SELECT * FROM lock_outreach_state($1, $2, $3, $4)"
+_LOCK_AND_READ_ONE_SELLER = "SELECT * FROM lock_seller_outreach($1, $2, $3, $4)"
+_WRITE_ONE_SELLER = (
+    "SELECT write_seller_outreach($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+    "$14, $15, $16, $17, $18, $19::text[]::jsonb[], $20)"
+)
 _WRITE = (
     "SELECT write_outreach($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
     "$16, $17, $18, $19, $20, $21, $22, $23, $24, $25::text[]::jsonb[], $26)"
@@ -58,22 +65,25 @@ def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
 
 class OutreachTransaction:
     """Implements ``engine.ports.OutreachTransaction`` on an asyncpg connection that is
-    inside a transaction."""
+    inside a transaction; with ``one_seller``, for batches of one seller's requests."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, *, one_seller: bool = False) -> None:
         self._conn = conn
+        self._one_seller = one_seller
 
     async def lock_outreach(
         self, at: datetime, keys: Sequence[OutreachKey]
     ) -> list[LockedOutreach]:
+        creators, requests = [k.creator_id for k in keys], [k.request_id for k in keys]
         try:
-            rows = await self._conn.fetch(
-                _LOCK_AND_READ,
-                at,
-                [k.seller_id for k in keys],
-                [k.creator_id for k in keys],
-                [k.request_id for k in keys],
-            )
+            if self._one_seller:
+                rows = await self._conn.fetch(
+                    _LOCK_AND_READ_ONE_SELLER, _only_seller(keys), at, creators, requests
+                )
+            else:
+                rows = await self._conn.fetch(
+                    _LOCK_AND_READ, at, [k.seller_id for k in keys], creators, requests
+                )
         except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as e:
             # Waiting for a week's lock is what makes this statement long; PostgreSQL times
             # each lock wait of a statement apart, so the statement timeout often ends it.
@@ -81,6 +91,8 @@ class OutreachTransaction:
         return [_locked(key, row) for key, row in zip(keys, rows, strict=True)]
 
     async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
+        if self._one_seller:
+            return await self._write_one_seller(writes, at)
         weeks = writes.week_charges
         pair_weeks = writes.pair_weeks
         audit = writes.audit
@@ -115,3 +127,44 @@ class OutreachTransaction:
             at,
         )
         return bool(stored == len(responses))
+
+    async def _write_one_seller(self, writes: OutreachWrites, at: datetime) -> bool:
+        audit = writes.audit
+        responses = writes.responses
+        seller_id = audit[0].seller_id
+        week_start = audit[0].week_start
+        weekly, pack = writes.week_charges.get((seller_id, week_start), (0, 0))
+        pair_weeks = writes.pair_weeks
+        stored = await self._conn.fetchval(
+            _WRITE_ONE_SELLER,
+            seller_id,
+            week_start,
+            weekly,
+            pack,
+            writes.pack_charges.get(seller_id, 0),
+            [creator for _, _, creator in pair_weeks],
+            [pair.counted_this_week for pair in pair_weeks.values()],
+            [pair.messages_this_week for pair in pair_weeks.values()],
+            [a.creator_id for a in audit],
+            [a.action.value for a in audit],
+            [a.allowed for a in audit],
+            [a.reason.value for a in audit],
+            [a.charged.value for a in audit],
+            [a.tier for a in audit],
+            [a.request_id for a in audit],
+            [a.decided_at for a in audit],
+            [r.request_id for r in responses],
+            [r.fingerprint for r in responses],
+            [json.dumps(r.response, separators=(",", ":")) for r in responses],
+            at,
+        )
+        return bool(stored == len(responses))
+
+
+def _only_seller(keys: Sequence[OutreachKey]) -> str:
+    """The one seller of ``keys``; a batch of several on a one-seller transaction is a bug
+    of the caller (``QuotaService`` batches by seller there)."""
+    sellers = {k.seller_id for k in keys}
+    if len(sellers) != 1:
+        raise ValueError(f"a one-seller transaction got {len(sellers)} sellers")
+    return sellers.pop()
