@@ -44,7 +44,7 @@ GHZ := .bench/bin/ghz
 GHZ_VERSION := v0.121.0
 
 bench: $(GENERATED) $(GHZ)
-	$(BIN)/python scripts/bench.py $(SCENARIOS)
+	$(BIN)/python scripts/bench.py $(if $(DATABASE),--database $(DATABASE)) $(SCENARIOS)
 
 $(GHZ):
 	mkdir -p .bench/bin

@@ -4,7 +4,9 @@ measured in the same run on the same machine. BENCHMARKS.md explains the method.
 One run: a fresh embedded PostgreSQL in ``.bench/pgdata``, seeded for every scenario; the
 baseline server (``scripts/baseline_server.py``) under each load shape; then the real
 server (``quota-authority serve``, production settings) under every scenario; a table on
-stdout and ``.bench/results.json``.
+stdout and ``.bench/results.json``. With ``--database citus`` (``make bench
+DATABASE=citus``), the same run then measures ``CITUS_SCENARIOS`` again on a fresh database
+distributed by seller_id on the local Citus cluster (``make citus``), under ``citus``.
 """
 
 from __future__ import annotations
@@ -161,7 +163,12 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
-def _postgres_cpu_s(data_dir: Path) -> float:
+def _postgres_cpu_s(data_dirs: tuple[Path, ...]) -> float:
+    """CPU seconds of the PostgreSQL servers in ``data_dirs`` (a Citus cluster's nodes)."""
+    return sum(_postmaster_cpu_s(d) for d in data_dirs)
+
+
+def _postmaster_cpu_s(data_dir: Path) -> float:
     """CPU seconds of the PostgreSQL postmaster in ``data_dir`` and all its processes."""
     postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
     total = _cpu_s(postmaster)
@@ -187,11 +194,14 @@ class Server:
 
     target: str
     pid: int
-    postgres_dir: Path | None = None
+    postgres_dirs: tuple[Path, ...] = ()
     postgres_url: str | None = None
+    # A Citus cluster's workers, whose transactions are counted apart.
+    worker_urls: tuple[str, ...] = ()
 
-    def transactions(self) -> int | None:
-        """Transactions the database has ended so far (its statistics lag by up to 1 s)."""
+    def transactions(self) -> tuple[int, int] | None:
+        """Transactions the database (a Citus coordinator) and its workers have ended so
+        far (their statistics lag by up to 1 s)."""
         if self.postgres_url is None:
             return None
 
@@ -208,12 +218,13 @@ class Server:
                 await conn.close()
 
         time.sleep(1.5)  # let every backend flush its statistics
-        return asyncio.run(count(self.postgres_url))
+        workers = sum(asyncio.run(count(url)) for url in self.worker_urls)
+        return asyncio.run(count(self.postgres_url)), workers
 
     def cpu_s(self) -> dict[str, float]:
         cpu = {"server": _cpu_s(self.pid), "ghz": _children_cpu_s()}
-        if self.postgres_dir is not None:
-            cpu["postgres"] = _postgres_cpu_s(self.postgres_dir)
+        if self.postgres_dirs:
+            cpu["postgres"] = _postgres_cpu_s(self.postgres_dirs)
         return cpu
 
 
@@ -233,8 +244,12 @@ def measure(
     if transactions_before is not None and transactions_after is not None:
         # Batching: how many calls one database transaction decided, on average.
         result["calls_per_transaction"] = round(
-            result["requests"] / max(transactions_after - transactions_before, 1), 1
+            result["requests"] / max(transactions_after[0] - transactions_before[0], 1), 1
         )
+        if server.worker_urls:
+            result["worker_transactions_per_call"] = round(
+                (transactions_after[1] - transactions_before[1]) / result["requests"], 2
+            )
     log(
         f"  {load}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms, "
         f"p99 {result['p99_ms']} ms, {result['errors']} errors, "
@@ -269,8 +284,9 @@ def wait_until_serving(target: str, process: subprocess.Popen[bytes], timeout_s:
 def running(
     command: list[str],
     env: dict[str, str],
-    postgres_dir: Path | None = None,
+    postgres_dirs: tuple[Path, ...] = (),
     postgres_url: str | None = None,
+    worker_urls: tuple[str, ...] = (),
 ) -> Iterator[Server]:
     """Run a server (``command``) on a free loopback port until the block ends."""
     target = f"127.0.0.1:{free_port()}"
@@ -283,7 +299,7 @@ def running(
     process = subprocess.Popen(command, env=environ, cwd=ROOT)
     try:
         wait_until_serving(target, process, timeout_s=60)
-        yield Server(target, process.pid, postgres_dir, postgres_url)
+        yield Server(target, process.pid, postgres_dirs, postgres_url, worker_urls)
     finally:
         process.terminate()
         try:
@@ -397,10 +413,10 @@ async def seed_grown(url: str, week: Week, policy: Policy) -> None:
         await conn.close()
 
 
-async def migrated(url: str) -> None:
+async def migrated(url: str, distribute: bool = False) -> None:
     engine = create_engine(url, Settings())
     try:
-        await migrate(engine)
+        await migrate(engine, distribute=distribute)
     finally:
         await engine.dispose()
 
@@ -417,7 +433,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(scenarios: list[str]) -> dict[str, Any]:
+CITUS_PORT = int(os.environ.get("CITUS_PORT", "9700"))
+
+
+def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
     policy = Policy()
     week = week_containing(datetime.now(UTC), "UTC", policy.week)
     data_dir = BENCH_DIR / "pgdata"
@@ -444,7 +463,7 @@ def run(scenarios: list[str]) -> dict[str, Any]:
         # Both servers run throughout (the idle one costs nothing); each scenario measures
         # the baseline right before the server, so that drift on a shared machine between
         # the two figures of a ratio is as small as it can be.
-        with running(baseline, {}) as base, running(command, env, data_dir, url) as server:
+        with running(baseline, {}) as base, running(command, env, (data_dir,), url) as server:
             for name in scenarios:
                 load = LOAD_OF[name]
                 if name == "grown":
@@ -469,6 +488,47 @@ def run(scenarios: list[str]) -> dict[str, Any]:
                     result["target"] = str(target)
                     result["target_met"] = target.met(result)
                 results["scenarios"][name] = result
+    if database == "citus":
+        results["citus"] = run_citus(
+            [s for s in scenarios if s in CITUS_SCENARIOS], week, policy, results["scenarios"]
+        )
+    return results
+
+
+# The scenarios measured again on Citus, and the cluster's nodes (scripts/citus.sh).
+CITUS_SCENARIOS = ("spread", "hot_seller", "mixed")
+CITUS = ROOT / "scripts" / "citus.sh"
+CITUS_NODES = ("coordinator", "worker1", "worker2")
+
+
+def run_citus(
+    scenarios: list[str], week: Week, policy: Policy, single_node: dict[str, Any]
+) -> dict[str, Any]:
+    """``scenarios`` on a fresh database of the local Citus cluster, distributed by
+    seller_id and seeded as the single node was; each with its ratio to the single node's
+    figure of this run."""
+    subprocess.run([str(CITUS), "start"], check=True, stdout=subprocess.DEVNULL)
+    url = subprocess.run(
+        [str(CITUS), "createdb", "quota_authority_bench"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    workers = tuple(url.replace(f":{CITUS_PORT}/", f":{CITUS_PORT + i}/") for i in (1, 2))
+    log("citus: migrating, distributing and seeding")
+    asyncio.run(migrated(url, distribute=True))
+    asyncio.run(seed_scenarios(url, week, policy))
+    dirs = tuple(ROOT / ".citus" / node for node in CITUS_NODES)
+    command = [sys.executable, "-m", "quota_authority.cli", "serve"]
+    env = {"QUOTA_AUTHORITY_DATABASE_URL": url}
+    results: dict[str, Any] = {}
+    with running(command, env, dirs, url, workers) as server:
+        for name in scenarios:
+            log(f"citus: {name}")
+            result = measure(server, LOAD_OF[name])
+            if name in single_node:
+                result["ratio_to_single_node"] = round(result["rps"] / single_node[name]["rps"], 3)
+            results[name] = result
     return results
 
 
@@ -507,6 +567,8 @@ def table(results: dict[str, Any]) -> str:
     rows: list[tuple[str, ...]] = [_COLUMNS]
     for name, r in results["scenarios"].items():
         rows.append(_row(name, r, r.get("ratio_to_spread", r.get("ratio_to_baseline"))))
+    for name, r in results.get("citus", {}).items():
+        rows.append(_row(f"citus {name}", r, r.get("ratio_to_single_node")))
     for name, r in results["baseline"].items():
         rows.append(_row(f"baseline ({name}: {LOAD_OF[name]})", r, 1.0))
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
@@ -517,6 +579,12 @@ def table(results: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("scenarios", nargs="*", help=f"of {', '.join(TARGETS)} (default: all)")
+    parser.add_argument(
+        "--database",
+        choices=("postgres", "citus"),
+        default="postgres",
+        help="citus: also measure spread, hot_seller and mixed on the local Citus cluster",
+    )
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(TARGETS)
     if unknown:
@@ -524,12 +592,17 @@ def main() -> int:
     if not GHZ.exists():
         print(f"ghz not found at {GHZ}; run `make bench`", file=sys.stderr)
         return 2
-    results = run(args.scenarios or list(TARGETS))
+    results = run(args.scenarios or list(TARGETS), args.database)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"\nwritten to {BENCH_DIR / 'results.json'}")
     errors = sum(
-        r["errors"] for r in [*results["scenarios"].values(), *results["baseline"].values()]
+        r["errors"]
+        for r in [
+            *results["scenarios"].values(),
+            *results["baseline"].values(),
+            *results.get("citus", {}).values(),
+        ]
     )
     return 1 if errors else 0
 

@@ -78,7 +78,7 @@ install() {
 }
 
 psql_on() {  # psql_on NODE DB SQL
-    as_owner "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(port_of "$1")" \
+    PGOPTIONS='-c client_min_messages=warning' as_owner "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(port_of "$1")" \
         -U "$OWNER" -d "$2" -tAc "$3"
 }
 

@@ -240,15 +240,25 @@ async def check_ledger(
     return result
 
 
-def batched_calls(metrics_port: int) -> float:
-    """CheckAndConsume calls a server has put in batches that started: those that reached its
-    database transactions (``quota_authority_batch_size_sum`` on its metrics endpoint)."""
+def _metric(metrics_port: int, name: str) -> float:
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith("quota_authority_batch_size_sum "):
+            if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
+
+
+def batched_calls(metrics_port: int) -> float:
+    """CheckAndConsume calls a server has put in batches that started: those that reached its
+    database transactions (``quota_authority_batch_size_sum`` on its metrics endpoint)."""
+    return _metric(metrics_port, "quota_authority_batch_size_sum")
+
+
+def waiting_calls(metrics_port: int) -> float:
+    """CheckAndConsume calls a server has received and not answered yet, queued for a batch
+    or in one (``quota_authority_outreach_calls_waiting``)."""
+    return _metric(metrics_port, "quota_authority_outreach_calls_waiting")
 
 
 def free_port() -> int:

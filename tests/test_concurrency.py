@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from citus import ON_CITUS
 from sqlalchemy import text
 from support import (
     BASE_TIME,
@@ -162,6 +163,11 @@ async def test_concurrent_invites_past_the_weekly_limit_draw_the_starter_pack_ex
     assert (await ledger_counts(db, seller))["used"] == 25
 
 
+@pytest.mark.skipif(
+    ON_CITUS,
+    reason="lock_outreach_state spans sellers and is not used on Citus, where a batch holds "
+    "one seller and lock_seller_outreach reads only the one week it locked",
+)
 async def test_a_week_created_while_a_batch_waits_for_its_locks_is_not_read_unlocked(
     stub, db, clock
 ):

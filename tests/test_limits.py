@@ -7,7 +7,14 @@ import asyncio
 
 import grpc
 import pytest
-from support import batched_calls, eventually, invite, ledger_counts, seller_week_locked
+from support import (
+    batched_calls,
+    eventually,
+    invite,
+    ledger_counts,
+    new_id,
+    seller_week_locked,
+)
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -35,22 +42,26 @@ async def test_calls_over_the_concurrency_limit_are_refused_at_once(
     start_server, seller, db, clock
 ):
     """The held calls would wait up to 60 s (lock timeout and deadline): a refusal well
-    within that was not a wait for the lock, however slow the machine."""
+    within that was not a wait for the lock, however slow the machine. They are for two
+    sellers, so that each is in a batch of its own whether batches span sellers (plain
+    PostgreSQL, where a stalled batch opens a slot) or hold one seller's calls (Citus)."""
     roomy = {"lock_timeout_ms": 60_000, "statement_timeout_ms": 60_000, "max_deadline_ms": 60_000}
     server, address = await start_server(
         max_concurrent_rpcs=2, metrics_listen="127.0.0.1:0", **roomy
     )
+    sellers = [seller, new_id("seller")]
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
-        await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))  # create the week
+        for s in sellers:
+            await stub.GetStatus(pb.GetStatusRequest(seller_id=s))  # create the week
 
-        async with seller_week_locked(db, seller):
+        async with seller_week_locked(db, sellers[0]), seller_week_locked(db, sellers[1]):
             held = [
-                asyncio.ensure_future(stub.CheckAndConsume(invite(seller, f"c-{i}"), timeout=60))
-                for i in range(2)
+                asyncio.ensure_future(stub.CheckAndConsume(invite(s, "c-held"), timeout=60))
+                for s in sellers
             ]
 
-            async def both_in() -> bool:  # in batches, waiting on the seller-week
+            async def both_in() -> bool:  # in batches, waiting on the seller-weeks
                 return await asyncio.to_thread(batched_calls, server.metrics_port) >= 2
 
             await eventually(both_in, within_s=60)
@@ -64,7 +75,7 @@ async def test_calls_over_the_concurrency_limit_are_refused_at_once(
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert refused_after < 10, f"refused only after {refused_after:.1f} s"
     assert [r.allowed for r in accepted] == [True, True]
-    assert (await ledger_counts(db, seller))["used"] == 2
+    assert [(await ledger_counts(db, s))["used"] for s in sellers] == [1, 1]
 
 
 async def test_a_connection_older_than_the_maximum_age_is_closed_and_calls_reconnect(

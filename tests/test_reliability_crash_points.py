@@ -200,9 +200,16 @@ class FaultInjection(PostgresLedger):
             driver.terminate()
 
     async def terminate(self, pid: int) -> None:
-        """End a backend from another session, as a crash or an operator would."""
+        """End a backend from another session, as a crash or an operator would. The pid is
+        cast: Citus adds a ``pg_terminate_backend(bigint, bigint)`` (global pids), beside
+        which an untyped one is ambiguous. A backend not terminated fails the test: the
+        fault it stands for did not happen."""
         async with self._injector.connect() as conn:
-            await conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+            terminated = await conn.scalar(
+                text("SELECT pg_terminate_backend(CAST(:pid AS integer), 5000)"), {"pid": pid}
+            )
+        if not terminated:
+            raise AssertionError(f"backend {pid} was not terminated: the fault was not injected")
 
     async def kill_idle_connections(self, path: str) -> None:
         """The "connect" point: every idle connection in the pool loses its backend, as
@@ -210,7 +217,8 @@ class FaultInjection(PostgresLedger):
         async with self._injector.connect() as conn:
             killed = await conn.scalar(
                 text(
-                    "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000::bigint)) "
+                    "FROM pg_stat_activity "
                     "WHERE pid = ANY(:pids) AND state = 'idle'"
                 ),
                 {"pids": sorted(self._pids)},

@@ -352,16 +352,26 @@ class Outcome:
 
 Snapshot = dict[str, dict[str, tuple[int, str]]]
 
+
 # Every row of a set of sellers, table by table, as (rows, md5 of the sorted rows' text):
 # support.everything_of in one round trip, small enough to take twice per round.
-SNAPSHOT = text(
-    " UNION ALL ".join(
-        f"SELECT '{table.name}' AS tbl, t.seller_id, count(*) AS n, "
-        f"md5(string_agg(t::text, E'\\n' ORDER BY t::text)) AS digest "
-        f"FROM {table.name} AS t WHERE t.seller_id = ANY(:ids) GROUP BY t.seller_id"
-        for table in metadata.sorted_tables
+def _snapshot_of(sellers: str) -> Any:
+    return text(
+        " UNION ALL ".join(
+            f"SELECT '{table.name}' AS tbl, t.seller_id, count(*) AS n, "
+            f"md5(string_agg(t::text, E'\\n' ORDER BY t::text)) AS digest "
+            f"FROM {table.name} AS t WHERE t.seller_id {sellers} GROUP BY t.seller_id"
+            for table in metadata.sorted_tables
+        )
     )
-)
+
+
+SNAPSHOT = _snapshot_of("= ANY(:ids)")
+SNAPSHOT_ONE = _snapshot_of("= :id")
+# Ids longer than this are looked up one by one: on Citus an array parameter goes to every
+# shard, and the fuzz's megabyte-long ids made that hundreds of megabytes a snapshot, where
+# one id's own lookup is routed to its one shard.
+LONG_ID = 1024
 
 
 async def snapshot(db: AsyncEngine, seller_ids: set[str]) -> Snapshot:
@@ -369,7 +379,10 @@ async def snapshot(db: AsyncEngine, seller_ids: set[str]) -> Snapshot:
     ids = sorted(s for s in seller_ids if "\x00" not in s)
     result: Snapshot = {s: {} for s in ids}
     async with db.connect() as conn:
-        for row in await conn.execute(SNAPSHOT, {"ids": ids}):
+        rows = list(await conn.execute(SNAPSHOT, {"ids": [s for s in ids if len(s) <= LONG_ID]}))
+        for long_id in (s for s in ids if len(s) > LONG_ID):
+            rows += await conn.execute(SNAPSHOT_ONE, {"id": long_id})
+        for row in rows:
             result[row.seller_id][row.tbl] = (row.n, row.digest)
     return result
 

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from broken.ignores_timeouts import IgnoresTimeouts
+from citus import BACKEND_ID, LOCK_WAITERS
 from reliability import report, scale
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -55,15 +56,11 @@ async def timed(call: Any) -> tuple[float, grpc.StatusCode, Any]:
 
 async def waiting_on(db: AsyncEngine, holder: AsyncConnection) -> list[Any]:
     """The sessions waiting for a lock ``holder`` holds."""
-    holder_pid = await holder.scalar(text("SELECT pg_backend_pid()"))
+    holder_pid = await holder.scalar(text(BACKEND_ID))
     async with db.connect() as conn:
         return list(
             await conn.execute(
-                text(
-                    "SELECT pid, left(query, 60) AS query FROM pg_stat_activity "
-                    "WHERE :holder = ANY(pg_blocking_pids(pid))"
-                ),
-                {"holder": holder_pid},
+                text(LOCK_WAITERS.replace("$1", "CAST(:holder AS bigint)")), {"holder": holder_pid}
             )
         )
 

@@ -30,17 +30,18 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from citus import BACKEND_ID, LOCK_WAITERS
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reliability import report, scale
 from support import (
     Key,
-    batched_calls,
     check_ledger,
     command_environment,
     eventually,
     free_port,
     invite,
     new_id,
+    waiting_calls,
 )
 
 from quota_authority.v1 import quota_authority_pb2 as pb
@@ -321,16 +322,15 @@ async def test_sigterm_finishes_calls_in_flight_and_reports_not_serving_before_c
 
             in_flight = [asyncio.create_task(call(r)) for r in requests]
 
+            holder_id = await holder.fetchval(BACKEND_ID)
+
             async def all_in_flight_and_waiting_on_the_lock() -> bool:
-                """Every call has reached the server's transactions, and the server waits
-                for the held lock."""
-                if await asyncio.to_thread(batched_calls, metrics_port) < IN_FLIGHT:
+                """Every call has reached the server's batcher (a batch, or the queue behind
+                one: on Citus a seller's calls wait for its running batch), and the server
+                waits for the held lock."""
+                if await asyncio.to_thread(waiting_calls, metrics_port) < IN_FLIGHT:
                     return False
-                blocked = await probe.fetchval(
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    holder.get_server_pid(),
-                )
-                return bool(blocked)
+                return bool(await probe.fetch(LOCK_WAITERS, holder_id))
 
             await eventually(all_in_flight_and_waiting_on_the_lock, within_s=WAIT_S)
             await probe.close()

@@ -63,6 +63,11 @@ class Metrics:
             "Database connections checked out of the pool.",
             registry=self.registry,
         )
+        self._waiting = Gauge(
+            "quota_authority_outreach_calls_waiting",
+            "CheckAndConsume calls received and not yet answered: queued for a batch or in one.",
+            registry=self.registry,
+        )
         self._batch = Histogram(
             "quota_authority_batch_size",
             "CheckAndConsume calls decided in one transaction.",
@@ -85,6 +90,10 @@ class Metrics:
     def pool_in_use(self, read: Callable[[], float]) -> None:
         """Read the pool's connections in use with ``read`` at every scrape."""
         self._pool.set_function(read)
+
+    def outreach_waiting(self, read: Callable[[], float]) -> None:
+        """Read the CheckAndConsume calls waiting with ``read`` at every scrape."""
+        self._waiting.set_function(read)
 
     def serve(self, listen: str) -> Any:
         """Serve ``/metrics`` on ``listen`` (host:port, port 0 picks one) from a thread; the

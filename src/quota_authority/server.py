@@ -247,6 +247,8 @@ class QuotaAuthorityServer:
             outreach_wait_s=self.settings.lock_timeout_ms / 1000,
             on_batch=None if self.metrics is None else self.metrics.batch,
         )
+        if self.metrics is not None:
+            self.metrics.outreach_waiting(self.service.outreach_waiting)
         self._certificates = _certificates(self.settings)
         if self.settings.callers is not None:
             self._authorizer = Authorizer(self.settings.callers)

@@ -93,6 +93,12 @@ class MicroBatcher(Generic[T, R]):
         self._dispatch: asyncio.Handle | None = None
         self._filling = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[Hashable] = set()  # groups with a batch running (one per group)
+        self._in_batches = 0  # items in batches that have started and not settled
+
+    def waiting(self) -> int:
+        """Items submitted and not yet answered: queued, or in a batch that runs."""
+        return len(self._queue) + self._in_batches
 
     async def submit(self, item: T) -> R:
         """Decide ``item`` in the next batch; its result, or its error raised."""
@@ -130,10 +136,13 @@ class MicroBatcher(Generic[T, R]):
         self._queue = [entry for entry in self._queue if not entry[1].done()]
         while self._queue and self._has_slot():
             entries = self._next_batch()
+            if not entries:
+                break  # every queued group has a batch running: they wait for it
             self._last_size = len(entries)
             if self._on_batch is not None:
                 self._on_batch(len(entries))
             self._in_flight += 1
+            self._in_batches += len(entries)
             context = deadlines.context_with(deadlines.latest(d for _, _, d in entries))
             task = asyncio.create_task(self._run(entries), context=context)
             self._tasks.add(task)
@@ -141,12 +150,21 @@ class MicroBatcher(Generic[T, R]):
 
     def _next_batch(self) -> list[_Entry[T, R]]:
         """Take the next batch off the queue: its first ``max_size`` items, or with
-        ``one_group_per_batch``, the first item's group's first ``max_size`` items."""
+        ``one_group_per_batch``, the first ``max_size`` items of the oldest queued group
+        that has no batch running (none: an empty batch). Two batches of one group would
+        only wait for each other's locks, each holding a connection; queued behind the
+        running one, a group's items make its next batch bigger instead."""
         if not self._one_group_per_batch:
             entries = self._queue[: self._max_size]
             del self._queue[: self._max_size]
             return entries
-        group = self._group(self._queue[0][0])
+        group = next(
+            (g for g in map(self._group, (e[0] for e in self._queue)) if g not in self._running),
+            None,
+        )
+        if group is None:
+            return []
+        self._running.add(group)  # until its batch's _run ends
         entries, rest = [], []
         for entry in self._queue:
             if len(entries) < self._max_size and self._group(entry[0]) == group:
@@ -158,6 +176,7 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self, batch: list[_Entry[T, R]]) -> None:
         stalled = False
+        group = self._group(batch[0][0]) if self._one_group_per_batch else None
 
         def stall() -> None:
             nonlocal stalled
@@ -175,6 +194,9 @@ class MicroBatcher(Generic[T, R]):
                 timer.cancel()
             if stalled:
                 self._stalled -= 1
+            if group is not None:
+                self._running.discard(group)
+            self._in_batches -= len(batch)
             self._in_flight -= 1
             self._schedule_dispatch()
 

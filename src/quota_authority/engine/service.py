@@ -124,6 +124,10 @@ class QuotaService:
         # Made on the first call, once the store has said how its transactions may span.
         self._outreach: MicroBatcher[Outreach, OutreachDecision] | None = None
 
+    def outreach_waiting(self) -> int:
+        """CheckAndConsume calls received and not yet answered: queued for a batch or in one."""
+        return 0 if self._outreach is None else self._outreach.waiting()
+
     async def _batcher(self) -> MicroBatcher[Outreach, OutreachDecision]:
         if self._outreach is None:
             one_seller = await self._store.one_seller_per_transaction()

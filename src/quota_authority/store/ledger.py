@@ -267,6 +267,9 @@ class PostgresLedger:
     async def _set_timeouts(self, conn: AsyncConnection, timeouts: tuple[int, int] | None) -> None:
         """Set ``timeouts`` (lock, statement; ms) for the rest of ``conn``'s transaction."""
         if self._citus:
+            # SQLAlchemy begins the transaction with its first statement: this one. The SET
+            # LOCALs after it then share one round trip on the driver's connection.
+            await conn.exec_driver_sql("SET LOCAL citus.propagate_set_commands = 'local'")
             raw = await conn.get_raw_connection()
             await raw.driver_connection.execute(self._set_local(timeouts))  # type: ignore[union-attr]
         elif timeouts is not None:

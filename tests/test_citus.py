@@ -1,0 +1,140 @@
+"""The schema distributed by seller_id (``QUOTA_AUTHORITY_DISTRIBUTE``): a no-op on plain
+PostgreSQL; on Citus, every table colocated with ``sellers`` and the hot path's one-seller
+functions delegated to the seller's worker, idempotently; a populated single-node database
+distributed in place without losing a row; and lock timeouts that bound waits on workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+from citus import NOT_ON_CITUS, ON_CITUS, cluster_database
+from servers import server_settings
+from sqlalchemy import text
+from support import invite, message, new_id
+
+from quota_authority.server import QuotaAuthorityServer
+from quota_authority.store import PostgresLedger, create_engine, migrate
+from quota_authority.store.distribution import DISTRIBUTED_TABLES, distribute
+from quota_authority.v1 import quota_authority_pb2 as pb
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
+on_citus_only = pytest.mark.skipif(not ON_CITUS, reason=NOT_ON_CITUS)
+
+
+async def test_the_ledger_runs_one_seller_per_transaction_exactly_on_a_distributed_schema(db):
+    assert await PostgresLedger(db).one_seller_per_transaction() is ON_CITUS
+
+
+async def test_distributing_again_does_nothing_and_on_plain_postgresql_nothing_at_all(db):
+    """The session's database is distributed on Citus (``make test-citus``) and plain
+    elsewhere: either way, distributing it now has nothing left to do."""
+    async with db.begin() as conn:
+        assert await distribute(conn) == []
+
+
+async def _row_counts(engine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return {
+            table: int(await conn.scalar(text(f"SELECT count(*) FROM {table}")))
+            for table in DISTRIBUTED_TABLES
+        }
+
+
+@on_citus_only
+async def test_a_populated_single_node_database_is_distributed_in_place_with_every_row(clock):
+    """As docs/operations.md tells operators: a database that served on one node (here, a
+    Citus coordinator whose tables are still local) is migrated with distribution on; every
+    row arrives in the shards, the coordinator's local copies are emptied, and the service
+    goes on from where it was, now one seller per transaction."""
+    async with cluster_database(f"populated_{uuid.uuid4().hex[:8]}") as url:
+        sellers = [new_id("seller") for _ in range(6)]
+        server = QuotaAuthorityServer(server_settings(), url, clock)
+        port = await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+            for n, seller in enumerate(sellers):
+                for i in range(n + 1):
+                    await stub.CheckAndConsume(invite(seller, f"c-{i}", request_id=f"r-{i}"))
+                await stub.CheckAndConsume(message(seller, "c-0"))
+                await stub.RecordGmv(
+                    pb.RecordGmvRequest(seller_id=seller, day="2026-11-01", gmv_minor=100 * n)
+                )
+            before = {
+                s: (await stub.GetStatus(pb.GetStatusRequest(seller_id=s))).status for s in sellers
+            }
+        await server.stop(grace=0)
+        engine = create_engine(url, server_settings())
+        try:
+            assert not await PostgresLedger(engine).one_seller_per_transaction()
+            rows_before = await _row_counts(engine)
+            await migrate(engine, distribute=True)
+            rows_after = await _row_counts(engine)
+            async with engine.connect() as conn:
+                distributed = set(
+                    await conn.scalars(
+                        text("SELECT logicalrelid::regclass::text FROM pg_dist_partition")
+                    )
+                )
+                local_rows = {
+                    table: int(await conn.scalar(text(f"SELECT count(*) FROM ONLY {table}")))
+                    for table in DISTRIBUTED_TABLES
+                }
+        finally:
+            await engine.dispose()
+
+        assert rows_after == rows_before and rows_before["audit_log"] > 0
+        assert distributed == set(DISTRIBUTED_TABLES)
+
+        server = QuotaAuthorityServer(server_settings(), url, clock)
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+                after = {
+                    s: (await stub.GetStatus(pb.GetStatusRequest(seller_id=s))).status
+                    for s in sellers
+                }
+                replayed = await stub.CheckAndConsume(invite(sellers[0], "c-0", request_id="r-0"))
+                fresh = await stub.CheckAndConsume(invite(sellers[0], "c-new"))
+            assert await server.store.one_seller_per_transaction()
+        finally:
+            await server.stop(grace=0)
+
+    assert after == before
+    assert replayed.replayed and fresh.allowed
+    assert fresh.status.used_this_week == before[sellers[0]].used_this_week + 1
+    print(f"rows distributed: {rows_after}; local copies left on the coordinator: {local_rows}")
+
+
+@on_citus_only
+async def test_a_row_lock_held_on_a_worker_ends_at_the_lock_timeout_not_the_statement_timeout(
+    start_server, db, seller
+):
+    """The seller's week locked by another transaction (through the coordinator, so the
+    lock is on the seller's worker): a call on a server whose lock timeout is 200 ms and
+    statement timeout 5 s answers UNAVAILABLE long before the statement timeout."""
+    _, address = await start_server(lock_timeout_ms=200, statement_timeout_ms=5000)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        await stub.CheckAndConsume(invite(seller, "warm"))
+        async with db.connect() as holder:
+            await holder.begin()
+            await holder.execute(
+                text("SELECT 1 FROM seller_weeks WHERE seller_id = :s FOR UPDATE"), {"s": seller}
+            )
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CheckAndConsume(invite(seller, "blocked"), timeout=10)
+            waited_s = loop.time() - started
+            await holder.rollback()
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # 200 ms of lock timeout, a rerun of the batch after it, and a loaded machine's room;
+    # far below the 5 s the statement timeout alone would take.
+    assert waited_s < 2.5, f"waited {waited_s:.2f} s"
+    print(f"a held worker lock answered UNAVAILABLE after {waited_s * 1000:.0f} ms")
