@@ -18,9 +18,18 @@ test: $(GENERATED)
 
 # The reliability suite at full size (up to 15 minutes); `make test` runs it small.
 # Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
+# Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
+# (a worker stopped, the coordinator restarted) and the hot-row hammer and the retry storm.
+CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_hammer.py \
+	tests/test_reliability_retry_storm.py
+
 reliability: $(GENERATED)
 	rm -f .reliability/results.jsonl
 	QUOTA_AUTHORITY_RELIABILITY=full $(BIN)/pytest -m reliability -s -q
+	@scripts/citus.sh start >/dev/null
+	QUOTA_AUTHORITY_DATABASE_URL=$$(scripts/citus.sh createdb quota_authority_reliability) \
+		QUOTA_AUTHORITY_DISTRIBUTE=true QUOTA_AUTHORITY_RELIABILITY=full \
+		$(BIN)/pytest -m reliability -s -q $(CITUS_RELIABILITY)
 	$(BIN)/python scripts/reliability_report.py
 
 # A local Citus cluster (coordinator and two workers on loopback, data in .citus/), Citus

@@ -225,6 +225,9 @@ class Server:
         cpu = {"server": _cpu_s(self.pid), "ghz": _children_cpu_s()}
         if self.postgres_dirs:
             cpu["postgres"] = _postgres_cpu_s(self.postgres_dirs)
+        if len(self.postgres_dirs) > 1:  # a Citus cluster: where its share went
+            cpu["coordinator"] = _postgres_cpu_s(self.postgres_dirs[:1])
+            cpu["workers"] = _postgres_cpu_s(self.postgres_dirs[1:])
         return cpu
 
 

@@ -35,6 +35,11 @@ ITEMS: list[tuple[str, str, str]] = [
     ("12", "input fuzz|malformed protobuf", "requests generated from the proto descriptors"),
     ("13", "overload", "twice the configured concurrency offered"),
     ("14", "sensitivity", "tests 1–9 against deliberately broken variants: each must fail"),
+    (
+        "15",
+        "citus",
+        "on the Citus cluster: a worker stopped, the coordinator restarted, and tests 1 and 3",
+    ),
 ]
 
 

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from citus import ON_CITUS
+
 __all__ = ["FULL", "RESULTS", "report", "scale"]
 
 T = TypeVar("T")
@@ -31,7 +33,10 @@ def scale(fast: T, full: T) -> T:
 
 def report(test: str, figure: str, **values: Any) -> None:
     """Print one test's figure (a sentence a reader can check, such as "0 over-grants in
-    64,000 calls") with the numbers behind it, and keep it for RELIABILITY.md."""
+    64,000 calls") with the numbers behind it, and keep it for RELIABILITY.md. On the Citus
+    cluster (``make test-citus``) the test's name says so: ``citus: hot-row hammer``."""
+    if ON_CITUS and not test.startswith("citus: "):
+        test = f"citus: {test}"
     print(f"\n[reliability] {test}: {figure}")
     RESULTS.parent.mkdir(exist_ok=True)
     record = {

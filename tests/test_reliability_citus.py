@@ -1,4 +1,4 @@
-"""Reliability on the Citus cluster (``make test-citus``; RELIABILITY.md items 16 and 17):
+"""Reliability on the Citus cluster (``make test-citus``; RELIABILITY.md item 15):
 a node of the cluster stopped under load (``pg_ctl stop -m immediate``), then started again.
 
 * **A worker stopped.** Calls for sellers on the other worker keep being answered, every
