@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from ..domain import PairState, StoredResponse
+from ..domain import AuditEntry, PairState, StoredResponse
 from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites
 from ..errors import LockTimeout
 from .rows import seller_week
@@ -112,14 +112,7 @@ class OutreachTransaction:
             [pair.messages_this_week for pair in pair_weeks.values()],
             [a.seller_id for a in audit],
             [a.week_start for a in audit],
-            [a.creator_id for a in audit],
-            [a.action.value for a in audit],
-            [a.allowed for a in audit],
-            [a.reason.value for a in audit],
-            [a.charged.value for a in audit],
-            [a.tier for a in audit],
-            [a.request_id for a in audit],
-            [a.decided_at for a in audit],
+            *_audit_columns(audit),
             [r.seller_id for r in responses],
             [r.request_id for r in responses],
             [r.fingerprint for r in responses],
@@ -145,20 +138,28 @@ class OutreachTransaction:
             [creator for _, _, creator in pair_weeks],
             [pair.counted_this_week for pair in pair_weeks.values()],
             [pair.messages_this_week for pair in pair_weeks.values()],
-            [a.creator_id for a in audit],
-            [a.action.value for a in audit],
-            [a.allowed for a in audit],
-            [a.reason.value for a in audit],
-            [a.charged.value for a in audit],
-            [a.tier for a in audit],
-            [a.request_id for a in audit],
-            [a.decided_at for a in audit],
+            *_audit_columns(audit),
             [r.request_id for r in responses],
             [r.fingerprint for r in responses],
             [json.dumps(r.response, separators=(",", ":")) for r in responses],
             at,
         )
         return bool(stored == len(responses))
+
+
+def _audit_columns(audit: Sequence[AuditEntry]) -> list[list[Any]]:
+    """The audit records' columns after seller and week, one array each, as both write
+    functions take them: creator, action, allowed, reason, charged, tier, request_id, time."""
+    return [
+        [a.creator_id for a in audit],
+        [a.action.value for a in audit],
+        [a.allowed for a in audit],
+        [a.reason.value for a in audit],
+        [a.charged.value for a in audit],
+        [a.tier for a in audit],
+        [a.request_id for a in audit],
+        [a.decided_at for a in audit],
+    ]
 
 
 def _only_seller(keys: Sequence[OutreachKey]) -> str:
