@@ -145,6 +145,18 @@ async def node_outage(start_server, db, node: str) -> NodeOutage:
     return outage
 
 
+def stopped_nodes_sellers_failed_safely(outage: NodeOutage) -> None:
+    """The promises for the sellers on the stopped node (every seller, for the
+    coordinator): each call answered UNAVAILABLE within its deadline, nothing granted, and
+    none of those request_ids had landed (each retried afterwards was decided afresh)."""
+    assert outage.codes["down"] and set(outage.codes["down"]) == {"UNAVAILABLE"}, (
+        f"calls for sellers on the stopped {outage.node}: {dict(outage.codes['down'])}"
+    )
+    assert outage.grants_while_down == 0
+    assert outage.slowest_s["down"] < DEADLINE_S, outage.slowest_s
+    assert outage.retried > 0 and outage.retried_replayed == 0
+
+
 async def _session_server_recovered(stub) -> None:
     """The session's server reconnects too: each of its pooled connections that died with
     the coordinator may fail one call; afterwards its calls succeed again."""
@@ -167,12 +179,7 @@ async def test_a_worker_stopped_fails_only_its_sellers_and_in_time_and_they_retu
     assert outage.codes["up"]["OK"] > 0 and set(outage.codes["up"]) == {"OK"}, (
         f"calls for sellers on the running worker failed: {dict(outage.codes['up'])}"
     )
-    assert outage.codes["down"] and set(outage.codes["down"]) == {"UNAVAILABLE"}, (
-        f"calls for the stopped worker's sellers: {dict(outage.codes['down'])}"
-    )
-    assert outage.grants_while_down == 0
-    assert outage.slowest_s["down"] < DEADLINE_S, outage.slowest_s
-    assert outage.retried > 0 and outage.retried_replayed == 0
+    stopped_nodes_sellers_failed_safely(outage)
     report(
         "citus: a worker stopped",
         f"{outage.down_s:g} s with worker2 stopped: {outage.codes['up']['OK']:,} calls for "
@@ -198,12 +205,7 @@ async def test_the_coordinator_restarted_fails_every_call_in_time_and_service_re
     outage = await node_outage(start_server, db, "coordinator")
     await _session_server_recovered(stub)
 
-    assert outage.codes["down"] and set(outage.codes["down"]) == {"UNAVAILABLE"}, (
-        f"calls while the coordinator was down: {dict(outage.codes['down'])}"
-    )
-    assert outage.grants_while_down == 0
-    assert outage.slowest_s["down"] < DEADLINE_S, outage.slowest_s
-    assert outage.retried > 0 and outage.retried_replayed == 0
+    stopped_nodes_sellers_failed_safely(outage)
     report(
         "citus: the coordinator restarted",
         f"{outage.down_s:g} s with the coordinator stopped: "

@@ -106,7 +106,6 @@ class QuotaService:
         self._policy = policy
         self._clock = clock
         self._outreach_wait_s = outreach_wait_s
-        self._seller_batches_in_flight = seller_batches_in_flight
 
         def batcher(one_seller: bool) -> MicroBatcher[Outreach, OutreachDecision]:
             return MicroBatcher(

@@ -97,6 +97,8 @@ _CREATE_WEEK = text(
 
 # How much longer than a shortened lock timeout its statement timeout is.
 _STATEMENT_AFTER_LOCK_MS = 50
+# On Citus, what makes the SET LOCALs after it reach the workers (``_set_local``).
+_PROPAGATE_SET_LOCAL = "SET LOCAL citus.propagate_set_commands = 'local'"
 # A transaction's lock and statement timeouts, shortened to what its caller still waits.
 _SET_TIMEOUTS = text(
     "SELECT set_config('lock_timeout', :lock, true), "
@@ -267,11 +269,11 @@ class PostgresLedger:
     async def _set_timeouts(self, conn: AsyncConnection, timeouts: tuple[int, int] | None) -> None:
         """Set ``timeouts`` (lock, statement; ms) for the rest of ``conn``'s transaction."""
         if self._citus:
-            # SQLAlchemy begins the transaction with its first statement: this one. The SET
-            # LOCALs after it then share one round trip on the driver's connection.
-            await conn.exec_driver_sql("SET LOCAL citus.propagate_set_commands = 'local'")
+            # SQLAlchemy begins the transaction with its first statement: this one. The
+            # timeouts after it then share one round trip on the driver's connection.
+            await conn.exec_driver_sql(_PROPAGATE_SET_LOCAL)
             raw = await conn.get_raw_connection()
-            await raw.driver_connection.execute(self._set_local(timeouts))  # type: ignore[union-attr]
+            await raw.driver_connection.execute(self._timeouts_set_local(timeouts))  # type: ignore[union-attr]
         elif timeouts is not None:
             await conn.execute(
                 _SET_TIMEOUTS, {"lock": f"{timeouts[0]}ms", "statement": f"{timeouts[1]}ms"}
@@ -287,17 +289,13 @@ class PostgresLedger:
         ``citus.propagate_set_commands`` is ``local``, so every transaction sets both, its
         shortened ones or the session's."""
         if self._citus:
-            lock, statement = timeouts or (self._lock_timeout_ms, self._statement_timeout_ms)
-            return (
-                "SET LOCAL citus.propagate_set_commands = 'local'; "
-                f"SET LOCAL lock_timeout = {lock:d}; SET LOCAL statement_timeout = {statement:d}"
-            )
-        if timeouts is None:
-            return ""
-        return (
-            f"SET LOCAL lock_timeout = {timeouts[0]:d}; "
-            f"SET LOCAL statement_timeout = {timeouts[1]:d}"
-        )
+            return f"{_PROPAGATE_SET_LOCAL}; {self._timeouts_set_local(timeouts)}"
+        return "" if timeouts is None else self._timeouts_set_local(timeouts)
+
+    def _timeouts_set_local(self, timeouts: tuple[int, int] | None) -> str:
+        """``SET LOCAL`` of the lock and statement timeouts: ``timeouts``, or the session's."""
+        lock, statement = timeouts or (self._lock_timeout_ms, self._statement_timeout_ms)
+        return f"SET LOCAL lock_timeout = {lock:d}; SET LOCAL statement_timeout = {statement:d}"
 
     @staticmethod
     def _is_database_failure(error: BaseException) -> bool:

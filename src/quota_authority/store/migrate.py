@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x51A_0001  # pg_advisory_xact_lock key, arbitrary but fixed
+_TAKE_MIGRATION_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 def _config() -> Config:
@@ -96,7 +97,7 @@ async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
     )
     try:
         async with unbounded.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            await conn.execute(_TAKE_MIGRATION_LOCK, {"key": _MIGRATION_LOCK})
             current = await _revision(conn)
             if _newer_than_code(current):
                 log.warning(
@@ -107,8 +108,7 @@ async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
             await conn.run_sync(_upgrade)
         if distribute:
             async with unbounded.begin() as conn:
-                lock = text("SELECT pg_advisory_xact_lock(:key)")
-                await conn.execute(lock, {"key": _MIGRATION_LOCK})
+                await conn.execute(_TAKE_MIGRATION_LOCK, {"key": _MIGRATION_LOCK})
                 await distribution.distribute(conn)
     finally:
         await unbounded.dispose()

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from ..domain import AuditEntry, PairState, StoredResponse
-from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites
+from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites, ResponseToStore
 from ..errors import LockTimeout
 from .rows import seller_week
 
@@ -114,9 +114,7 @@ class OutreachTransaction:
             [a.week_start for a in audit],
             *_audit_columns(audit),
             [r.seller_id for r in responses],
-            [r.request_id for r in responses],
-            [r.fingerprint for r in responses],
-            [json.dumps(r.response, separators=(",", ":")) for r in responses],
+            *_response_columns(responses),
             at,
         )
         return bool(stored == len(responses))
@@ -139,9 +137,7 @@ class OutreachTransaction:
             [pair.counted_this_week for pair in pair_weeks.values()],
             [pair.messages_this_week for pair in pair_weeks.values()],
             *_audit_columns(audit),
-            [r.request_id for r in responses],
-            [r.fingerprint for r in responses],
-            [json.dumps(r.response, separators=(",", ":")) for r in responses],
+            *_response_columns(responses),
             at,
         )
         return bool(stored == len(responses))
@@ -159,6 +155,16 @@ def _audit_columns(audit: Sequence[AuditEntry]) -> list[list[Any]]:
         [a.tier for a in audit],
         [a.request_id for a in audit],
         [a.decided_at for a in audit],
+    ]
+
+
+def _response_columns(responses: Sequence[ResponseToStore]) -> list[list[Any]]:
+    """The stored responses' columns after the seller, as both write functions take them:
+    request_id, fingerprint, the response as JSON text."""
+    return [
+        [r.request_id for r in responses],
+        [r.fingerprint for r in responses],
+        [json.dumps(r.response, separators=(",", ":")) for r in responses],
     ]
 
 
