@@ -245,6 +245,18 @@ class Settings:
         "once per process",
         minimum=1,
     )
+    outreach_batch_max_items: int = _variable(
+        500,
+        "QUOTA_AUTHORITY_OUTREACH_BATCH_MAX_ITEMS",
+        "most items one BatchCheckAndConsume may hold; more is INVALID_ARGUMENT",
+        minimum=1,
+    )
+    gmv_batch_max_rows: int = _variable(
+        1000,
+        "QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS",
+        "most rows one BatchRecordGmv may hold; more is INVALID_ARGUMENT",
+        minimum=1,
+    )
     # The known callers, from callers_file; None serves everyone unauthenticated, which
     # only a loopback listener may do (unsafe_listen).
     callers: tuple[Caller, ...] | None = None

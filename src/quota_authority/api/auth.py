@@ -41,10 +41,13 @@ _SERVICE = "/quota_authority.v1.QuotaAuthorityService/"
 # The one role that opens each RPC; admin opens all.
 METHOD_ROLES: dict[str, str] = {
     _SERVICE + "CheckAndConsume": "outreach",
+    _SERVICE + "BatchCheckAndConsume": "outreach",
+    _SERVICE + "ReleaseOutreach": "outreach",
     _SERVICE + "RecordReply": "engagement",
     _SERVICE + "Block": "safety",
     _SERVICE + "Unblock": "safety",
     _SERVICE + "RecordGmv": "data",
+    _SERVICE + "BatchRecordGmv": "data",
     _SERVICE + "UpsertSeller": "data",
     _SERVICE + "GetStatus": "reader",
     _SERVICE + "ListDecisions": "reader",

@@ -97,6 +97,10 @@ const (
 	Reason_REASON_FOLLOWER_LIMIT_EXCEEDED Reason = 7
 	// Denied: the seller already sent the maximum messages to this unconnected creator this week.
 	Reason_REASON_AWAITING_REPLY Reason = 8
+	// Never a decision's answer: a Decision with this reason records a ReleaseOutreach of the
+	// outreach its request_id (and item_index) name; its charged is the pool the unit went
+	// back to, CHARGE_NONE when later outreach to the creator kept the unit.
+	Reason_REASON_RELEASED Reason = 9
 )
 
 // Enum value maps for Reason.
@@ -111,6 +115,7 @@ var (
 		6: "REASON_BLOCKED_BY_CREATOR",
 		7: "REASON_FOLLOWER_LIMIT_EXCEEDED",
 		8: "REASON_AWAITING_REPLY",
+		9: "REASON_RELEASED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":               0,
@@ -122,6 +127,7 @@ var (
 		"REASON_BLOCKED_BY_CREATOR":        6,
 		"REASON_FOLLOWER_LIMIT_EXCEEDED":   7,
 		"REASON_AWAITING_REPLY":            8,
+		"REASON_RELEASED":                  9,
 	}
 )
 
@@ -150,6 +156,60 @@ func (x Reason) Number() protoreflect.EnumNumber {
 // Deprecated: Use Reason.Descriptor instead.
 func (Reason) EnumDescriptor() ([]byte, []int) {
 	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{1}
+}
+
+// BatchMode says what a BatchCheckAndConsume applies when some of its items are denied.
+type BatchMode int32
+
+const (
+	// The mode was not set; requests with it are rejected.
+	BatchMode_BATCH_MODE_UNSPECIFIED BatchMode = 0
+	// Each item is allowed or denied on its own; the allowed ones are applied.
+	BatchMode_BATCH_MODE_BEST_EFFORT BatchMode = 1
+	// If any item would be denied, nothing is applied and every item is answered allowed =
+	// false, with the reason it would have had; otherwise every item is applied.
+	BatchMode_BATCH_MODE_ALL_OR_NOTHING BatchMode = 2
+)
+
+// Enum value maps for BatchMode.
+var (
+	BatchMode_name = map[int32]string{
+		0: "BATCH_MODE_UNSPECIFIED",
+		1: "BATCH_MODE_BEST_EFFORT",
+		2: "BATCH_MODE_ALL_OR_NOTHING",
+	}
+	BatchMode_value = map[string]int32{
+		"BATCH_MODE_UNSPECIFIED":    0,
+		"BATCH_MODE_BEST_EFFORT":    1,
+		"BATCH_MODE_ALL_OR_NOTHING": 2,
+	}
+)
+
+func (x BatchMode) Enum() *BatchMode {
+	p := new(BatchMode)
+	*p = x
+	return p
+}
+
+func (x BatchMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BatchMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[2].Descriptor()
+}
+
+func (BatchMode) Type() protoreflect.EnumType {
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[2]
+}
+
+func (x BatchMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BatchMode.Descriptor instead.
+func (BatchMode) EnumDescriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{2}
 }
 
 // Charge says which pool paid for an allowed outreach.
@@ -193,11 +253,11 @@ func (x Charge) String() string {
 }
 
 func (Charge) Descriptor() protoreflect.EnumDescriptor {
-	return file_quota_authority_v1_quota_authority_proto_enumTypes[2].Descriptor()
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[3].Descriptor()
 }
 
 func (Charge) Type() protoreflect.EnumType {
-	return &file_quota_authority_v1_quota_authority_proto_enumTypes[2]
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[3]
 }
 
 func (x Charge) Number() protoreflect.EnumNumber {
@@ -206,7 +266,7 @@ func (x Charge) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Charge.Descriptor instead.
 func (Charge) EnumDescriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{2}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{3}
 }
 
 // ConnectionSource is how a creator became connected to a seller.
@@ -254,11 +314,11 @@ func (x ConnectionSource) String() string {
 }
 
 func (ConnectionSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_quota_authority_v1_quota_authority_proto_enumTypes[3].Descriptor()
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[4].Descriptor()
 }
 
 func (ConnectionSource) Type() protoreflect.EnumType {
-	return &file_quota_authority_v1_quota_authority_proto_enumTypes[3]
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[4]
 }
 
 func (x ConnectionSource) Number() protoreflect.EnumNumber {
@@ -267,7 +327,7 @@ func (x ConnectionSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConnectionSource.Descriptor instead.
 func (ConnectionSource) EnumDescriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{3}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{4}
 }
 
 // Party is one side of a seller–creator pair.
@@ -307,11 +367,11 @@ func (x Party) String() string {
 }
 
 func (Party) Descriptor() protoreflect.EnumDescriptor {
-	return file_quota_authority_v1_quota_authority_proto_enumTypes[4].Descriptor()
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[5].Descriptor()
 }
 
 func (Party) Type() protoreflect.EnumType {
-	return &file_quota_authority_v1_quota_authority_proto_enumTypes[4]
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[5]
 }
 
 func (x Party) Number() protoreflect.EnumNumber {
@@ -320,7 +380,7 @@ func (x Party) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Party.Descriptor instead.
 func (Party) EnumDescriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{4}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{5}
 }
 
 // QuotaStatus is a seller's quota for the current week.
@@ -1403,7 +1463,8 @@ func (x *UpsertSellerResponse) GetReplayed() bool {
 	return false
 }
 
-// Decision is one recorded CheckAndConsume decision (R13). Dry runs are not recorded.
+// Decision is one recorded decision of CheckAndConsume or of an item of
+// BatchCheckAndConsume (R13), or a release (REASON_RELEASED). Dry runs are not recorded.
 type Decision struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The seller that asked.
@@ -1425,7 +1486,10 @@ type Decision struct {
 	// When the decision was made.
 	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
 	// The start of the seller's week the decision belongs to.
-	WeekStart     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=week_start,json=weekStart,proto3" json:"week_start,omitempty"`
+	WeekStart *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=week_start,json=weekStart,proto3" json:"week_start,omitempty"`
+	// The item's index in its BatchCheckAndConsume (request_id is the batch's); absent for a
+	// CheckAndConsume.
+	ItemIndex     *int32 `protobuf:"varint,11,opt,name=item_index,json=itemIndex,proto3,oneof" json:"item_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1528,6 +1592,13 @@ func (x *Decision) GetWeekStart() *timestamppb.Timestamp {
 		return x.WeekStart
 	}
 	return nil
+}
+
+func (x *Decision) GetItemIndex() int32 {
+	if x != nil && x.ItemIndex != nil {
+		return *x.ItemIndex
+	}
+	return 0
 }
 
 // ListDecisionsRequest asks for one page of a seller's recorded decisions. Without
@@ -1679,6 +1750,618 @@ func (x *ListDecisionsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// OutreachItem is one invite or message of a BatchCheckAndConsume; the seller is the batch's.
+type OutreachItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The creator receiving the outreach.
+	CreatorId string `protobuf:"bytes,1,opt,name=creator_id,json=creatorId,proto3" json:"creator_id,omitempty"`
+	// The kind of outreach.
+	Action Action `protobuf:"varint,2,opt,name=action,proto3,enum=quota_authority.v1.Action" json:"action,omitempty"`
+	// The creator's follower count; required for invites.
+	CreatorFollowerCount *int64 `protobuf:"varint,3,opt,name=creator_follower_count,json=creatorFollowerCount,proto3,oneof" json:"creator_follower_count,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *OutreachItem) Reset() {
+	*x = OutreachItem{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutreachItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutreachItem) ProtoMessage() {}
+
+func (x *OutreachItem) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutreachItem.ProtoReflect.Descriptor instead.
+func (*OutreachItem) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *OutreachItem) GetCreatorId() string {
+	if x != nil {
+		return x.CreatorId
+	}
+	return ""
+}
+
+func (x *OutreachItem) GetAction() Action {
+	if x != nil {
+		return x.Action
+	}
+	return Action_ACTION_UNSPECIFIED
+}
+
+func (x *OutreachItem) GetCreatorFollowerCount() int64 {
+	if x != nil && x.CreatorFollowerCount != nil {
+		return *x.CreatorFollowerCount
+	}
+	return 0
+}
+
+// BatchCheckAndConsumeRequest asks whether each of a seller's outreach items may go out.
+type BatchCheckAndConsumeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The seller sending the outreach.
+	SellerId string `protobuf:"bytes,1,opt,name=seller_id,json=sellerId,proto3" json:"seller_id,omitempty"`
+	// The items, decided in this order: 1 to the server's maximum (500 by default).
+	Items []*OutreachItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	// What is applied when some items are denied.
+	Mode BatchMode `protobuf:"varint,3,opt,name=mode,proto3,enum=quota_authority.v1.BatchMode" json:"mode,omitempty"`
+	// An optional idempotency key for the whole batch, unique per seller (shared with
+	// CheckAndConsume's); a retry with it returns the original answer.
+	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// When true, the service answers what would happen and changes nothing.
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCheckAndConsumeRequest) Reset() {
+	*x = BatchCheckAndConsumeRequest{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCheckAndConsumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCheckAndConsumeRequest) ProtoMessage() {}
+
+func (x *BatchCheckAndConsumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCheckAndConsumeRequest.ProtoReflect.Descriptor instead.
+func (*BatchCheckAndConsumeRequest) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BatchCheckAndConsumeRequest) GetSellerId() string {
+	if x != nil {
+		return x.SellerId
+	}
+	return ""
+}
+
+func (x *BatchCheckAndConsumeRequest) GetItems() []*OutreachItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *BatchCheckAndConsumeRequest) GetMode() BatchMode {
+	if x != nil {
+		return x.Mode
+	}
+	return BatchMode_BATCH_MODE_UNSPECIFIED
+}
+
+func (x *BatchCheckAndConsumeRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *BatchCheckAndConsumeRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// OutreachResult is the decision on one item of a batch.
+type OutreachResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the item may go out (never in a batch that applied nothing).
+	Allowed bool `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// Why the item was allowed or denied; in a batch that applied nothing, the reason it
+	// would have had (such as REASON_NEW_CREATOR for an item that was not the one denied).
+	Reason Reason `protobuf:"varint,2,opt,name=reason,proto3,enum=quota_authority.v1.Reason" json:"reason,omitempty"`
+	// Which pool paid for the item.
+	Charged Charge `protobuf:"varint,3,opt,name=charged,proto3,enum=quota_authority.v1.Charge" json:"charged,omitempty"`
+	// Messages the seller may still send this week before the creator replies, after this
+	// item; set for unconnected creators.
+	MessagesBeforeReplyRemaining *int64 `protobuf:"varint,4,opt,name=messages_before_reply_remaining,json=messagesBeforeReplyRemaining,proto3,oneof" json:"messages_before_reply_remaining,omitempty"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
+}
+
+func (x *OutreachResult) Reset() {
+	*x = OutreachResult{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutreachResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutreachResult) ProtoMessage() {}
+
+func (x *OutreachResult) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutreachResult.ProtoReflect.Descriptor instead.
+func (*OutreachResult) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *OutreachResult) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *OutreachResult) GetReason() Reason {
+	if x != nil {
+		return x.Reason
+	}
+	return Reason_REASON_UNSPECIFIED
+}
+
+func (x *OutreachResult) GetCharged() Charge {
+	if x != nil {
+		return x.Charged
+	}
+	return Charge_CHARGE_UNSPECIFIED
+}
+
+func (x *OutreachResult) GetMessagesBeforeReplyRemaining() int64 {
+	if x != nil && x.MessagesBeforeReplyRemaining != nil {
+		return *x.MessagesBeforeReplyRemaining
+	}
+	return 0
+}
+
+// BatchCheckAndConsumeResponse is the decision on every item of a batch, in order.
+type BatchCheckAndConsumeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per item, in the order of the request's items.
+	Results []*OutreachResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// True when the batch's effects were applied: false for a dry run and for an
+	// all-or-nothing batch with a denied item, which changed nothing.
+	Applied bool `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	// The seller's quota status after the batch.
+	Status *QuotaStatus `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	// True when this is the stored answer to an earlier call with the same request_id.
+	Replayed      bool `protobuf:"varint,4,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCheckAndConsumeResponse) Reset() {
+	*x = BatchCheckAndConsumeResponse{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCheckAndConsumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCheckAndConsumeResponse) ProtoMessage() {}
+
+func (x *BatchCheckAndConsumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCheckAndConsumeResponse.ProtoReflect.Descriptor instead.
+func (*BatchCheckAndConsumeResponse) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BatchCheckAndConsumeResponse) GetResults() []*OutreachResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *BatchCheckAndConsumeResponse) GetApplied() bool {
+	if x != nil {
+		return x.Applied
+	}
+	return false
+}
+
+func (x *BatchCheckAndConsumeResponse) GetStatus() *QuotaStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *BatchCheckAndConsumeResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+// GmvRow is one seller's GMV for one local day, as RecordGmv takes it.
+type GmvRow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The seller whose GMV is recorded.
+	SellerId string `protobuf:"bytes,1,opt,name=seller_id,json=sellerId,proto3" json:"seller_id,omitempty"`
+	// The seller's local day, as YYYY-MM-DD.
+	Day string `protobuf:"bytes,2,opt,name=day,proto3" json:"day,omitempty"`
+	// The day's GMV in USD cents; replaces any earlier figure for that day.
+	GmvMinor      int64 `protobuf:"varint,3,opt,name=gmv_minor,json=gmvMinor,proto3" json:"gmv_minor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GmvRow) Reset() {
+	*x = GmvRow{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GmvRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GmvRow) ProtoMessage() {}
+
+func (x *GmvRow) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GmvRow.ProtoReflect.Descriptor instead.
+func (*GmvRow) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GmvRow) GetSellerId() string {
+	if x != nil {
+		return x.SellerId
+	}
+	return ""
+}
+
+func (x *GmvRow) GetDay() string {
+	if x != nil {
+		return x.Day
+	}
+	return ""
+}
+
+func (x *GmvRow) GetGmvMinor() int64 {
+	if x != nil {
+		return x.GmvMinor
+	}
+	return 0
+}
+
+// BatchRecordGmvRequest sets many sellers' GMV for local days.
+type BatchRecordGmvRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rows, applied in order (a later row for the same seller and day wins): 1 to the
+	// server's maximum (1000 by default).
+	Rows []*GmvRow `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
+	// An optional idempotency key for the whole batch, unique among BatchRecordGmv calls; a
+	// retry with it returns the original answer and applies nothing again.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRecordGmvRequest) Reset() {
+	*x = BatchRecordGmvRequest{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRecordGmvRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRecordGmvRequest) ProtoMessage() {}
+
+func (x *BatchRecordGmvRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRecordGmvRequest.ProtoReflect.Descriptor instead.
+func (*BatchRecordGmvRequest) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *BatchRecordGmvRequest) GetRows() []*GmvRow {
+	if x != nil {
+		return x.Rows
+	}
+	return nil
+}
+
+func (x *BatchRecordGmvRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// BatchRecordGmvResponse acknowledges a recorded batch of GMV figures.
+type BatchRecordGmvResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many rows were applied: all of the request's.
+	RowsRecorded int32 `protobuf:"varint,1,opt,name=rows_recorded,json=rowsRecorded,proto3" json:"rows_recorded,omitempty"`
+	// True when this is the stored answer to an earlier call with the same request_id.
+	Replayed      bool `protobuf:"varint,2,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRecordGmvResponse) Reset() {
+	*x = BatchRecordGmvResponse{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRecordGmvResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRecordGmvResponse) ProtoMessage() {}
+
+func (x *BatchRecordGmvResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRecordGmvResponse.ProtoReflect.Descriptor instead.
+func (*BatchRecordGmvResponse) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BatchRecordGmvResponse) GetRowsRecorded() int32 {
+	if x != nil {
+		return x.RowsRecorded
+	}
+	return 0
+}
+
+func (x *BatchRecordGmvResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+// ReleaseOutreachRequest names a granted outreach whose send failed, to undo its charge.
+type ReleaseOutreachRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The seller that sent the outreach.
+	SellerId string `protobuf:"bytes,1,opt,name=seller_id,json=sellerId,proto3" json:"seller_id,omitempty"`
+	// The request_id of the CheckAndConsume, or of the BatchCheckAndConsume, that charged it.
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The item's index in that BatchCheckAndConsume; required when request_id names a
+	// batch, and must be absent otherwise.
+	ItemIndex     *int32 `protobuf:"varint,3,opt,name=item_index,json=itemIndex,proto3,oneof" json:"item_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseOutreachRequest) Reset() {
+	*x = ReleaseOutreachRequest{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseOutreachRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseOutreachRequest) ProtoMessage() {}
+
+func (x *ReleaseOutreachRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseOutreachRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseOutreachRequest) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReleaseOutreachRequest) GetSellerId() string {
+	if x != nil {
+		return x.SellerId
+	}
+	return ""
+}
+
+func (x *ReleaseOutreachRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ReleaseOutreachRequest) GetItemIndex() int32 {
+	if x != nil && x.ItemIndex != nil {
+		return *x.ItemIndex
+	}
+	return 0
+}
+
+// ReleaseOutreachResponse reports what a release gave back.
+type ReleaseOutreachResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pool the unit went back to: CHARGE_WEEKLY or CHARGE_STARTER_PACK; CHARGE_NONE when
+	// other outreach to the creator was allowed since, which keeps the unit (the creator
+	// stays counted this week, so it is not contacted for free).
+	Returned Charge `protobuf:"varint,1,opt,name=returned,proto3,enum=quota_authority.v1.Charge" json:"returned,omitempty"`
+	// True when the creator stays counted this week (returned is then CHARGE_NONE).
+	StillCounted bool `protobuf:"varint,2,opt,name=still_counted,json=stillCounted,proto3" json:"still_counted,omitempty"`
+	// The seller's quota status after the release.
+	Status *QuotaStatus `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	// True when this is the stored answer to an earlier release of the same outreach.
+	Replayed      bool `protobuf:"varint,4,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseOutreachResponse) Reset() {
+	*x = ReleaseOutreachResponse{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseOutreachResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseOutreachResponse) ProtoMessage() {}
+
+func (x *ReleaseOutreachResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseOutreachResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseOutreachResponse) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReleaseOutreachResponse) GetReturned() Charge {
+	if x != nil {
+		return x.Returned
+	}
+	return Charge_CHARGE_UNSPECIFIED
+}
+
+func (x *ReleaseOutreachResponse) GetStillCounted() bool {
+	if x != nil {
+		return x.StillCounted
+	}
+	return false
+}
+
+func (x *ReleaseOutreachResponse) GetStatus() *QuotaStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *ReleaseOutreachResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
 var File_quota_authority_v1_quota_authority_proto protoreflect.FileDescriptor
 
 const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
@@ -1773,7 +2456,7 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x14UpsertSellerResponse\x12\x18\n" +
 	"\acreated\x18\x01 \x01(\bR\acreated\x12\x1b\n" +
 	"\ttime_zone\x18\x02 \x01(\tR\btimeZone\x12\x1a\n" +
-	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xa7\x03\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xda\x03\n" +
 	"\bDecision\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x1d\n" +
 	"\n" +
@@ -1789,7 +2472,10 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"decided_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x129\n" +
 	"\n" +
 	"week_start\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tweekStart\"\x9a\x02\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tweekStart\x12\"\n" +
+	"\n" +
+	"item_index\x18\v \x01(\x05H\x00R\titemIndex\x88\x01\x01B\r\n" +
+	"\v_item_index\"\x9a\x02\n" +
 	"\x14ListDecisionsRequest\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x127\n" +
 	"\tweek_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bweekTime\x129\n" +
@@ -1801,11 +2487,58 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"page_token\x18\x06 \x01(\tR\tpageToken\"{\n" +
 	"\x15ListDecisionsResponse\x12:\n" +
 	"\tdecisions\x18\x01 \x03(\v2\x1c.quota_authority.v1.DecisionR\tdecisions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*G\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb7\x01\n" +
+	"\fOutreachItem\x12\x1d\n" +
+	"\n" +
+	"creator_id\x18\x01 \x01(\tR\tcreatorId\x122\n" +
+	"\x06action\x18\x02 \x01(\x0e2\x1a.quota_authority.v1.ActionR\x06action\x129\n" +
+	"\x16creator_follower_count\x18\x03 \x01(\x03H\x00R\x14creatorFollowerCount\x88\x01\x01B\x19\n" +
+	"\x17_creator_follower_count\"\xdd\x01\n" +
+	"\x1bBatchCheckAndConsumeRequest\x12\x1b\n" +
+	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x126\n" +
+	"\x05items\x18\x02 \x03(\v2 .quota_authority.v1.OutreachItemR\x05items\x121\n" +
+	"\x04mode\x18\x03 \x01(\x0e2\x1d.quota_authority.v1.BatchModeR\x04mode\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"\x84\x02\n" +
+	"\x0eOutreachResult\x12\x18\n" +
+	"\aallowed\x18\x01 \x01(\bR\aallowed\x122\n" +
+	"\x06reason\x18\x02 \x01(\x0e2\x1a.quota_authority.v1.ReasonR\x06reason\x124\n" +
+	"\acharged\x18\x03 \x01(\x0e2\x1a.quota_authority.v1.ChargeR\acharged\x12J\n" +
+	"\x1fmessages_before_reply_remaining\x18\x04 \x01(\x03H\x00R\x1cmessagesBeforeReplyRemaining\x88\x01\x01B\"\n" +
+	" _messages_before_reply_remaining\"\xcb\x01\n" +
+	"\x1cBatchCheckAndConsumeResponse\x12<\n" +
+	"\aresults\x18\x01 \x03(\v2\".quota_authority.v1.OutreachResultR\aresults\x12\x18\n" +
+	"\aapplied\x18\x02 \x01(\bR\aapplied\x127\n" +
+	"\x06status\x18\x03 \x01(\v2\x1f.quota_authority.v1.QuotaStatusR\x06status\x12\x1a\n" +
+	"\breplayed\x18\x04 \x01(\bR\breplayed\"T\n" +
+	"\x06GmvRow\x12\x1b\n" +
+	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x10\n" +
+	"\x03day\x18\x02 \x01(\tR\x03day\x12\x1b\n" +
+	"\tgmv_minor\x18\x03 \x01(\x03R\bgmvMinor\"f\n" +
+	"\x15BatchRecordGmvRequest\x12.\n" +
+	"\x04rows\x18\x01 \x03(\v2\x1a.quota_authority.v1.GmvRowR\x04rows\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"Y\n" +
+	"\x16BatchRecordGmvResponse\x12#\n" +
+	"\rrows_recorded\x18\x01 \x01(\x05R\frowsRecorded\x12\x1a\n" +
+	"\breplayed\x18\x02 \x01(\bR\breplayed\"\x87\x01\n" +
+	"\x16ReleaseOutreachRequest\x12\x1b\n" +
+	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12\"\n" +
+	"\n" +
+	"item_index\x18\x03 \x01(\x05H\x00R\titemIndex\x88\x01\x01B\r\n" +
+	"\v_item_index\"\xcb\x01\n" +
+	"\x17ReleaseOutreachResponse\x126\n" +
+	"\breturned\x18\x01 \x01(\x0e2\x1a.quota_authority.v1.ChargeR\breturned\x12#\n" +
+	"\rstill_counted\x18\x02 \x01(\bR\fstillCounted\x127\n" +
+	"\x06status\x18\x03 \x01(\v2\x1f.quota_authority.v1.QuotaStatusR\x06status\x12\x1a\n" +
+	"\breplayed\x18\x04 \x01(\bR\breplayed*G\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rACTION_INVITE\x10\x01\x12\x12\n" +
-	"\x0eACTION_MESSAGE\x10\x02*\x94\x02\n" +
+	"\x0eACTION_MESSAGE\x10\x02*\xa9\x02\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12REASON_NEW_CREATOR\x10\x01\x12\x1c\n" +
@@ -1815,7 +2548,12 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x18REASON_BLOCKED_BY_SELLER\x10\x05\x12\x1d\n" +
 	"\x19REASON_BLOCKED_BY_CREATOR\x10\x06\x12\"\n" +
 	"\x1eREASON_FOLLOWER_LIMIT_EXCEEDED\x10\a\x12\x19\n" +
-	"\x15REASON_AWAITING_REPLY\x10\b*]\n" +
+	"\x15REASON_AWAITING_REPLY\x10\b\x12\x13\n" +
+	"\x0fREASON_RELEASED\x10\t*b\n" +
+	"\tBatchMode\x12\x1a\n" +
+	"\x16BATCH_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16BATCH_MODE_BEST_EFFORT\x10\x01\x12\x1d\n" +
+	"\x19BATCH_MODE_ALL_OR_NOTHING\x10\x02*]\n" +
 	"\x06Charge\x12\x16\n" +
 	"\x12CHARGE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vCHARGE_NONE\x10\x01\x12\x11\n" +
@@ -1830,7 +2568,7 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x05Party\x12\x15\n" +
 	"\x11PARTY_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPARTY_SELLER\x10\x01\x12\x11\n" +
-	"\rPARTY_CREATOR\x10\x022\x82\x06\n" +
+	"\rPARTY_CREATOR\x10\x022\xd2\b\n" +
 	"\x15QuotaAuthorityService\x12j\n" +
 	"\x0fCheckAndConsume\x12*.quota_authority.v1.CheckAndConsumeRequest\x1a+.quota_authority.v1.CheckAndConsumeResponse\x12^\n" +
 	"\vRecordReply\x12&.quota_authority.v1.RecordReplyRequest\x1a'.quota_authority.v1.RecordReplyResponse\x12L\n" +
@@ -1839,7 +2577,10 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\tGetStatus\x12$.quota_authority.v1.GetStatusRequest\x1a%.quota_authority.v1.GetStatusResponse\x12X\n" +
 	"\tRecordGmv\x12$.quota_authority.v1.RecordGmvRequest\x1a%.quota_authority.v1.RecordGmvResponse\x12a\n" +
 	"\fUpsertSeller\x12'.quota_authority.v1.UpsertSellerRequest\x1a(.quota_authority.v1.UpsertSellerResponse\x12d\n" +
-	"\rListDecisions\x12(.quota_authority.v1.ListDecisionsRequest\x1a).quota_authority.v1.ListDecisionsResponseB\xf2\x01\n" +
+	"\rListDecisions\x12(.quota_authority.v1.ListDecisionsRequest\x1a).quota_authority.v1.ListDecisionsResponse\x12y\n" +
+	"\x14BatchCheckAndConsume\x12/.quota_authority.v1.BatchCheckAndConsumeRequest\x1a0.quota_authority.v1.BatchCheckAndConsumeResponse\x12g\n" +
+	"\x0eBatchRecordGmv\x12).quota_authority.v1.BatchRecordGmvRequest\x1a*.quota_authority.v1.BatchRecordGmvResponse\x12j\n" +
+	"\x0fReleaseOutreach\x12*.quota_authority.v1.ReleaseOutreachRequest\x1a+.quota_authority.v1.ReleaseOutreachResponseB\xf2\x01\n" +
 	"\x16com.quota_authority.v1B\x13QuotaAuthorityProtoP\x01Z^github.com/quota-authority/quota-authority/clients/go/gen/quota_authority/v1;quota_authorityv1\xa2\x02\x03QXX\xaa\x02\x11QuotaAuthority.V1\xca\x02\x11QuotaAuthority\\V1\xe2\x02\x1dQuotaAuthority\\V1\\GPBMetadata\xea\x02\x12QuotaAuthority::V1b\x06proto3"
 
 var (
@@ -1854,75 +2595,101 @@ func file_quota_authority_v1_quota_authority_proto_rawDescGZIP() []byte {
 	return file_quota_authority_v1_quota_authority_proto_rawDescData
 }
 
-var file_quota_authority_v1_quota_authority_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_quota_authority_v1_quota_authority_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_quota_authority_v1_quota_authority_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_quota_authority_v1_quota_authority_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_quota_authority_v1_quota_authority_proto_goTypes = []any{
-	(Action)(0),                     // 0: quota_authority.v1.Action
-	(Reason)(0),                     // 1: quota_authority.v1.Reason
-	(Charge)(0),                     // 2: quota_authority.v1.Charge
-	(ConnectionSource)(0),           // 3: quota_authority.v1.ConnectionSource
-	(Party)(0),                      // 4: quota_authority.v1.Party
-	(*QuotaStatus)(nil),             // 5: quota_authority.v1.QuotaStatus
-	(*CheckAndConsumeRequest)(nil),  // 6: quota_authority.v1.CheckAndConsumeRequest
-	(*CheckAndConsumeResponse)(nil), // 7: quota_authority.v1.CheckAndConsumeResponse
-	(*RecordReplyRequest)(nil),      // 8: quota_authority.v1.RecordReplyRequest
-	(*RecordReplyResponse)(nil),     // 9: quota_authority.v1.RecordReplyResponse
-	(*BlockRequest)(nil),            // 10: quota_authority.v1.BlockRequest
-	(*BlockResponse)(nil),           // 11: quota_authority.v1.BlockResponse
-	(*UnblockRequest)(nil),          // 12: quota_authority.v1.UnblockRequest
-	(*UnblockResponse)(nil),         // 13: quota_authority.v1.UnblockResponse
-	(*GetStatusRequest)(nil),        // 14: quota_authority.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),       // 15: quota_authority.v1.GetStatusResponse
-	(*RecordGmvRequest)(nil),        // 16: quota_authority.v1.RecordGmvRequest
-	(*RecordGmvResponse)(nil),       // 17: quota_authority.v1.RecordGmvResponse
-	(*UpsertSellerRequest)(nil),     // 18: quota_authority.v1.UpsertSellerRequest
-	(*UpsertSellerResponse)(nil),    // 19: quota_authority.v1.UpsertSellerResponse
-	(*Decision)(nil),                // 20: quota_authority.v1.Decision
-	(*ListDecisionsRequest)(nil),    // 21: quota_authority.v1.ListDecisionsRequest
-	(*ListDecisionsResponse)(nil),   // 22: quota_authority.v1.ListDecisionsResponse
-	(*timestamppb.Timestamp)(nil),   // 23: google.protobuf.Timestamp
+	(Action)(0),                          // 0: quota_authority.v1.Action
+	(Reason)(0),                          // 1: quota_authority.v1.Reason
+	(BatchMode)(0),                       // 2: quota_authority.v1.BatchMode
+	(Charge)(0),                          // 3: quota_authority.v1.Charge
+	(ConnectionSource)(0),                // 4: quota_authority.v1.ConnectionSource
+	(Party)(0),                           // 5: quota_authority.v1.Party
+	(*QuotaStatus)(nil),                  // 6: quota_authority.v1.QuotaStatus
+	(*CheckAndConsumeRequest)(nil),       // 7: quota_authority.v1.CheckAndConsumeRequest
+	(*CheckAndConsumeResponse)(nil),      // 8: quota_authority.v1.CheckAndConsumeResponse
+	(*RecordReplyRequest)(nil),           // 9: quota_authority.v1.RecordReplyRequest
+	(*RecordReplyResponse)(nil),          // 10: quota_authority.v1.RecordReplyResponse
+	(*BlockRequest)(nil),                 // 11: quota_authority.v1.BlockRequest
+	(*BlockResponse)(nil),                // 12: quota_authority.v1.BlockResponse
+	(*UnblockRequest)(nil),               // 13: quota_authority.v1.UnblockRequest
+	(*UnblockResponse)(nil),              // 14: quota_authority.v1.UnblockResponse
+	(*GetStatusRequest)(nil),             // 15: quota_authority.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),            // 16: quota_authority.v1.GetStatusResponse
+	(*RecordGmvRequest)(nil),             // 17: quota_authority.v1.RecordGmvRequest
+	(*RecordGmvResponse)(nil),            // 18: quota_authority.v1.RecordGmvResponse
+	(*UpsertSellerRequest)(nil),          // 19: quota_authority.v1.UpsertSellerRequest
+	(*UpsertSellerResponse)(nil),         // 20: quota_authority.v1.UpsertSellerResponse
+	(*Decision)(nil),                     // 21: quota_authority.v1.Decision
+	(*ListDecisionsRequest)(nil),         // 22: quota_authority.v1.ListDecisionsRequest
+	(*ListDecisionsResponse)(nil),        // 23: quota_authority.v1.ListDecisionsResponse
+	(*OutreachItem)(nil),                 // 24: quota_authority.v1.OutreachItem
+	(*BatchCheckAndConsumeRequest)(nil),  // 25: quota_authority.v1.BatchCheckAndConsumeRequest
+	(*OutreachResult)(nil),               // 26: quota_authority.v1.OutreachResult
+	(*BatchCheckAndConsumeResponse)(nil), // 27: quota_authority.v1.BatchCheckAndConsumeResponse
+	(*GmvRow)(nil),                       // 28: quota_authority.v1.GmvRow
+	(*BatchRecordGmvRequest)(nil),        // 29: quota_authority.v1.BatchRecordGmvRequest
+	(*BatchRecordGmvResponse)(nil),       // 30: quota_authority.v1.BatchRecordGmvResponse
+	(*ReleaseOutreachRequest)(nil),       // 31: quota_authority.v1.ReleaseOutreachRequest
+	(*ReleaseOutreachResponse)(nil),      // 32: quota_authority.v1.ReleaseOutreachResponse
+	(*timestamppb.Timestamp)(nil),        // 33: google.protobuf.Timestamp
 }
 var file_quota_authority_v1_quota_authority_proto_depIdxs = []int32{
-	23, // 0: quota_authority.v1.QuotaStatus.week_start:type_name -> google.protobuf.Timestamp
-	23, // 1: quota_authority.v1.QuotaStatus.next_refresh:type_name -> google.protobuf.Timestamp
+	33, // 0: quota_authority.v1.QuotaStatus.week_start:type_name -> google.protobuf.Timestamp
+	33, // 1: quota_authority.v1.QuotaStatus.next_refresh:type_name -> google.protobuf.Timestamp
 	0,  // 2: quota_authority.v1.CheckAndConsumeRequest.action:type_name -> quota_authority.v1.Action
 	1,  // 3: quota_authority.v1.CheckAndConsumeResponse.reason:type_name -> quota_authority.v1.Reason
-	2,  // 4: quota_authority.v1.CheckAndConsumeResponse.charged:type_name -> quota_authority.v1.Charge
-	5,  // 5: quota_authority.v1.CheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	3,  // 6: quota_authority.v1.RecordReplyRequest.source:type_name -> quota_authority.v1.ConnectionSource
-	4,  // 7: quota_authority.v1.BlockRequest.blocked_by:type_name -> quota_authority.v1.Party
-	4,  // 8: quota_authority.v1.UnblockRequest.blocked_by:type_name -> quota_authority.v1.Party
-	5,  // 9: quota_authority.v1.GetStatusResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	3,  // 4: quota_authority.v1.CheckAndConsumeResponse.charged:type_name -> quota_authority.v1.Charge
+	6,  // 5: quota_authority.v1.CheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	4,  // 6: quota_authority.v1.RecordReplyRequest.source:type_name -> quota_authority.v1.ConnectionSource
+	5,  // 7: quota_authority.v1.BlockRequest.blocked_by:type_name -> quota_authority.v1.Party
+	5,  // 8: quota_authority.v1.UnblockRequest.blocked_by:type_name -> quota_authority.v1.Party
+	6,  // 9: quota_authority.v1.GetStatusResponse.status:type_name -> quota_authority.v1.QuotaStatus
 	0,  // 10: quota_authority.v1.Decision.action:type_name -> quota_authority.v1.Action
 	1,  // 11: quota_authority.v1.Decision.reason:type_name -> quota_authority.v1.Reason
-	2,  // 12: quota_authority.v1.Decision.charged:type_name -> quota_authority.v1.Charge
-	23, // 13: quota_authority.v1.Decision.decided_at:type_name -> google.protobuf.Timestamp
-	23, // 14: quota_authority.v1.Decision.week_start:type_name -> google.protobuf.Timestamp
-	23, // 15: quota_authority.v1.ListDecisionsRequest.week_time:type_name -> google.protobuf.Timestamp
-	23, // 16: quota_authority.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
-	23, // 17: quota_authority.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
-	20, // 18: quota_authority.v1.ListDecisionsResponse.decisions:type_name -> quota_authority.v1.Decision
-	6,  // 19: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:input_type -> quota_authority.v1.CheckAndConsumeRequest
-	8,  // 20: quota_authority.v1.QuotaAuthorityService.RecordReply:input_type -> quota_authority.v1.RecordReplyRequest
-	10, // 21: quota_authority.v1.QuotaAuthorityService.Block:input_type -> quota_authority.v1.BlockRequest
-	12, // 22: quota_authority.v1.QuotaAuthorityService.Unblock:input_type -> quota_authority.v1.UnblockRequest
-	14, // 23: quota_authority.v1.QuotaAuthorityService.GetStatus:input_type -> quota_authority.v1.GetStatusRequest
-	16, // 24: quota_authority.v1.QuotaAuthorityService.RecordGmv:input_type -> quota_authority.v1.RecordGmvRequest
-	18, // 25: quota_authority.v1.QuotaAuthorityService.UpsertSeller:input_type -> quota_authority.v1.UpsertSellerRequest
-	21, // 26: quota_authority.v1.QuotaAuthorityService.ListDecisions:input_type -> quota_authority.v1.ListDecisionsRequest
-	7,  // 27: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:output_type -> quota_authority.v1.CheckAndConsumeResponse
-	9,  // 28: quota_authority.v1.QuotaAuthorityService.RecordReply:output_type -> quota_authority.v1.RecordReplyResponse
-	11, // 29: quota_authority.v1.QuotaAuthorityService.Block:output_type -> quota_authority.v1.BlockResponse
-	13, // 30: quota_authority.v1.QuotaAuthorityService.Unblock:output_type -> quota_authority.v1.UnblockResponse
-	15, // 31: quota_authority.v1.QuotaAuthorityService.GetStatus:output_type -> quota_authority.v1.GetStatusResponse
-	17, // 32: quota_authority.v1.QuotaAuthorityService.RecordGmv:output_type -> quota_authority.v1.RecordGmvResponse
-	19, // 33: quota_authority.v1.QuotaAuthorityService.UpsertSeller:output_type -> quota_authority.v1.UpsertSellerResponse
-	22, // 34: quota_authority.v1.QuotaAuthorityService.ListDecisions:output_type -> quota_authority.v1.ListDecisionsResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	3,  // 12: quota_authority.v1.Decision.charged:type_name -> quota_authority.v1.Charge
+	33, // 13: quota_authority.v1.Decision.decided_at:type_name -> google.protobuf.Timestamp
+	33, // 14: quota_authority.v1.Decision.week_start:type_name -> google.protobuf.Timestamp
+	33, // 15: quota_authority.v1.ListDecisionsRequest.week_time:type_name -> google.protobuf.Timestamp
+	33, // 16: quota_authority.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
+	33, // 17: quota_authority.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
+	21, // 18: quota_authority.v1.ListDecisionsResponse.decisions:type_name -> quota_authority.v1.Decision
+	0,  // 19: quota_authority.v1.OutreachItem.action:type_name -> quota_authority.v1.Action
+	24, // 20: quota_authority.v1.BatchCheckAndConsumeRequest.items:type_name -> quota_authority.v1.OutreachItem
+	2,  // 21: quota_authority.v1.BatchCheckAndConsumeRequest.mode:type_name -> quota_authority.v1.BatchMode
+	1,  // 22: quota_authority.v1.OutreachResult.reason:type_name -> quota_authority.v1.Reason
+	3,  // 23: quota_authority.v1.OutreachResult.charged:type_name -> quota_authority.v1.Charge
+	26, // 24: quota_authority.v1.BatchCheckAndConsumeResponse.results:type_name -> quota_authority.v1.OutreachResult
+	6,  // 25: quota_authority.v1.BatchCheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	28, // 26: quota_authority.v1.BatchRecordGmvRequest.rows:type_name -> quota_authority.v1.GmvRow
+	3,  // 27: quota_authority.v1.ReleaseOutreachResponse.returned:type_name -> quota_authority.v1.Charge
+	6,  // 28: quota_authority.v1.ReleaseOutreachResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	7,  // 29: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:input_type -> quota_authority.v1.CheckAndConsumeRequest
+	9,  // 30: quota_authority.v1.QuotaAuthorityService.RecordReply:input_type -> quota_authority.v1.RecordReplyRequest
+	11, // 31: quota_authority.v1.QuotaAuthorityService.Block:input_type -> quota_authority.v1.BlockRequest
+	13, // 32: quota_authority.v1.QuotaAuthorityService.Unblock:input_type -> quota_authority.v1.UnblockRequest
+	15, // 33: quota_authority.v1.QuotaAuthorityService.GetStatus:input_type -> quota_authority.v1.GetStatusRequest
+	17, // 34: quota_authority.v1.QuotaAuthorityService.RecordGmv:input_type -> quota_authority.v1.RecordGmvRequest
+	19, // 35: quota_authority.v1.QuotaAuthorityService.UpsertSeller:input_type -> quota_authority.v1.UpsertSellerRequest
+	22, // 36: quota_authority.v1.QuotaAuthorityService.ListDecisions:input_type -> quota_authority.v1.ListDecisionsRequest
+	25, // 37: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:input_type -> quota_authority.v1.BatchCheckAndConsumeRequest
+	29, // 38: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:input_type -> quota_authority.v1.BatchRecordGmvRequest
+	31, // 39: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:input_type -> quota_authority.v1.ReleaseOutreachRequest
+	8,  // 40: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:output_type -> quota_authority.v1.CheckAndConsumeResponse
+	10, // 41: quota_authority.v1.QuotaAuthorityService.RecordReply:output_type -> quota_authority.v1.RecordReplyResponse
+	12, // 42: quota_authority.v1.QuotaAuthorityService.Block:output_type -> quota_authority.v1.BlockResponse
+	14, // 43: quota_authority.v1.QuotaAuthorityService.Unblock:output_type -> quota_authority.v1.UnblockResponse
+	16, // 44: quota_authority.v1.QuotaAuthorityService.GetStatus:output_type -> quota_authority.v1.GetStatusResponse
+	18, // 45: quota_authority.v1.QuotaAuthorityService.RecordGmv:output_type -> quota_authority.v1.RecordGmvResponse
+	20, // 46: quota_authority.v1.QuotaAuthorityService.UpsertSeller:output_type -> quota_authority.v1.UpsertSellerResponse
+	23, // 47: quota_authority.v1.QuotaAuthorityService.ListDecisions:output_type -> quota_authority.v1.ListDecisionsResponse
+	27, // 48: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:output_type -> quota_authority.v1.BatchCheckAndConsumeResponse
+	30, // 49: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:output_type -> quota_authority.v1.BatchRecordGmvResponse
+	32, // 50: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:output_type -> quota_authority.v1.ReleaseOutreachResponse
+	40, // [40:51] is the sub-list for method output_type
+	29, // [29:40] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_quota_authority_v1_quota_authority_proto_init() }
@@ -1933,13 +2700,17 @@ func file_quota_authority_v1_quota_authority_proto_init() {
 	file_quota_authority_v1_quota_authority_proto_msgTypes[0].OneofWrappers = []any{}
 	file_quota_authority_v1_quota_authority_proto_msgTypes[1].OneofWrappers = []any{}
 	file_quota_authority_v1_quota_authority_proto_msgTypes[2].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[15].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[18].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[20].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quota_authority_v1_quota_authority_proto_rawDesc), len(file_quota_authority_v1_quota_authority_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   18,
+			NumEnums:      6,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,14 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	QuotaAuthorityService_CheckAndConsume_FullMethodName = "/quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
-	QuotaAuthorityService_RecordReply_FullMethodName     = "/quota_authority.v1.QuotaAuthorityService/RecordReply"
-	QuotaAuthorityService_Block_FullMethodName           = "/quota_authority.v1.QuotaAuthorityService/Block"
-	QuotaAuthorityService_Unblock_FullMethodName         = "/quota_authority.v1.QuotaAuthorityService/Unblock"
-	QuotaAuthorityService_GetStatus_FullMethodName       = "/quota_authority.v1.QuotaAuthorityService/GetStatus"
-	QuotaAuthorityService_RecordGmv_FullMethodName       = "/quota_authority.v1.QuotaAuthorityService/RecordGmv"
-	QuotaAuthorityService_UpsertSeller_FullMethodName    = "/quota_authority.v1.QuotaAuthorityService/UpsertSeller"
-	QuotaAuthorityService_ListDecisions_FullMethodName   = "/quota_authority.v1.QuotaAuthorityService/ListDecisions"
+	QuotaAuthorityService_CheckAndConsume_FullMethodName      = "/quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
+	QuotaAuthorityService_RecordReply_FullMethodName          = "/quota_authority.v1.QuotaAuthorityService/RecordReply"
+	QuotaAuthorityService_Block_FullMethodName                = "/quota_authority.v1.QuotaAuthorityService/Block"
+	QuotaAuthorityService_Unblock_FullMethodName              = "/quota_authority.v1.QuotaAuthorityService/Unblock"
+	QuotaAuthorityService_GetStatus_FullMethodName            = "/quota_authority.v1.QuotaAuthorityService/GetStatus"
+	QuotaAuthorityService_RecordGmv_FullMethodName            = "/quota_authority.v1.QuotaAuthorityService/RecordGmv"
+	QuotaAuthorityService_UpsertSeller_FullMethodName         = "/quota_authority.v1.QuotaAuthorityService/UpsertSeller"
+	QuotaAuthorityService_ListDecisions_FullMethodName        = "/quota_authority.v1.QuotaAuthorityService/ListDecisions"
+	QuotaAuthorityService_BatchCheckAndConsume_FullMethodName = "/quota_authority.v1.QuotaAuthorityService/BatchCheckAndConsume"
+	QuotaAuthorityService_BatchRecordGmv_FullMethodName       = "/quota_authority.v1.QuotaAuthorityService/BatchRecordGmv"
+	QuotaAuthorityService_ReleaseOutreach_FullMethodName      = "/quota_authority.v1.QuotaAuthorityService/ReleaseOutreach"
 )
 
 // QuotaAuthorityServiceClient is the client API for QuotaAuthorityService service.
@@ -56,6 +59,22 @@ type QuotaAuthorityServiceClient interface {
 	// ListDecisions lists a seller's recorded decisions (R13), oldest first, one page at a
 	// time (AIP-158). It reads only: listing a week never creates or snapshots it.
 	ListDecisions(ctx context.Context, in *ListDecisionsRequest, opts ...grpc.CallOption) (*ListDecisionsResponse, error)
+	// BatchCheckAndConsume decides a list of one seller's invites and messages (R15): in
+	// order, each item seeing the effects of those before it exactly as if sent one by one,
+	// in one transaction under the seller-week lock. In BATCH_MODE_ALL_OR_NOTHING nothing is
+	// applied if any item would be denied. One request_id covers the whole batch (R11).
+	BatchCheckAndConsume(ctx context.Context, in *BatchCheckAndConsumeRequest, opts ...grpc.CallOption) (*BatchCheckAndConsumeResponse, error)
+	// BatchRecordGmv sets many sellers' GMV for local days in one call, applied in order in
+	// one transaction, as RecordGmv would one row after another. A bad row rejects the whole
+	// batch, naming the row's index.
+	BatchRecordGmv(ctx context.Context, in *BatchRecordGmvRequest, opts ...grpc.CallOption) (*BatchRecordGmvResponse, error)
+	// ReleaseOutreach undoes the charge of a granted outreach whose send failed downstream
+	// (R14), named by the request_id of the CheckAndConsume (or of the BatchCheckAndConsume
+	// and the item's index) that charged it, within the same seller-week. An unknown call is
+	// NOT_FOUND (ErrorInfo reason OUTREACH_NOT_FOUND); a call that charged nothing, or one of
+	// an earlier week, is FAILED_PRECONDITION (reason NOTHING_CHARGED or WEEK_ENDED); each
+	// changes nothing. A repeated release replays the first one's answer (replayed = true).
+	ReleaseOutreach(ctx context.Context, in *ReleaseOutreachRequest, opts ...grpc.CallOption) (*ReleaseOutreachResponse, error)
 }
 
 type quotaAuthorityServiceClient struct {
@@ -146,6 +165,36 @@ func (c *quotaAuthorityServiceClient) ListDecisions(ctx context.Context, in *Lis
 	return out, nil
 }
 
+func (c *quotaAuthorityServiceClient) BatchCheckAndConsume(ctx context.Context, in *BatchCheckAndConsumeRequest, opts ...grpc.CallOption) (*BatchCheckAndConsumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchCheckAndConsumeResponse)
+	err := c.cc.Invoke(ctx, QuotaAuthorityService_BatchCheckAndConsume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *quotaAuthorityServiceClient) BatchRecordGmv(ctx context.Context, in *BatchRecordGmvRequest, opts ...grpc.CallOption) (*BatchRecordGmvResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchRecordGmvResponse)
+	err := c.cc.Invoke(ctx, QuotaAuthorityService_BatchRecordGmv_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *quotaAuthorityServiceClient) ReleaseOutreach(ctx context.Context, in *ReleaseOutreachRequest, opts ...grpc.CallOption) (*ReleaseOutreachResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseOutreachResponse)
+	err := c.cc.Invoke(ctx, QuotaAuthorityService_ReleaseOutreach_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QuotaAuthorityServiceServer is the server API for QuotaAuthorityService service.
 // All implementations must embed UnimplementedQuotaAuthorityServiceServer
 // for forward compatibility.
@@ -173,6 +222,22 @@ type QuotaAuthorityServiceServer interface {
 	// ListDecisions lists a seller's recorded decisions (R13), oldest first, one page at a
 	// time (AIP-158). It reads only: listing a week never creates or snapshots it.
 	ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error)
+	// BatchCheckAndConsume decides a list of one seller's invites and messages (R15): in
+	// order, each item seeing the effects of those before it exactly as if sent one by one,
+	// in one transaction under the seller-week lock. In BATCH_MODE_ALL_OR_NOTHING nothing is
+	// applied if any item would be denied. One request_id covers the whole batch (R11).
+	BatchCheckAndConsume(context.Context, *BatchCheckAndConsumeRequest) (*BatchCheckAndConsumeResponse, error)
+	// BatchRecordGmv sets many sellers' GMV for local days in one call, applied in order in
+	// one transaction, as RecordGmv would one row after another. A bad row rejects the whole
+	// batch, naming the row's index.
+	BatchRecordGmv(context.Context, *BatchRecordGmvRequest) (*BatchRecordGmvResponse, error)
+	// ReleaseOutreach undoes the charge of a granted outreach whose send failed downstream
+	// (R14), named by the request_id of the CheckAndConsume (or of the BatchCheckAndConsume
+	// and the item's index) that charged it, within the same seller-week. An unknown call is
+	// NOT_FOUND (ErrorInfo reason OUTREACH_NOT_FOUND); a call that charged nothing, or one of
+	// an earlier week, is FAILED_PRECONDITION (reason NOTHING_CHARGED or WEEK_ENDED); each
+	// changes nothing. A repeated release replays the first one's answer (replayed = true).
+	ReleaseOutreach(context.Context, *ReleaseOutreachRequest) (*ReleaseOutreachResponse, error)
 	mustEmbedUnimplementedQuotaAuthorityServiceServer()
 }
 
@@ -206,6 +271,15 @@ func (UnimplementedQuotaAuthorityServiceServer) UpsertSeller(context.Context, *U
 }
 func (UnimplementedQuotaAuthorityServiceServer) ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDecisions not implemented")
+}
+func (UnimplementedQuotaAuthorityServiceServer) BatchCheckAndConsume(context.Context, *BatchCheckAndConsumeRequest) (*BatchCheckAndConsumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchCheckAndConsume not implemented")
+}
+func (UnimplementedQuotaAuthorityServiceServer) BatchRecordGmv(context.Context, *BatchRecordGmvRequest) (*BatchRecordGmvResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchRecordGmv not implemented")
+}
+func (UnimplementedQuotaAuthorityServiceServer) ReleaseOutreach(context.Context, *ReleaseOutreachRequest) (*ReleaseOutreachResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseOutreach not implemented")
 }
 func (UnimplementedQuotaAuthorityServiceServer) mustEmbedUnimplementedQuotaAuthorityServiceServer() {}
 func (UnimplementedQuotaAuthorityServiceServer) testEmbeddedByValue()                               {}
@@ -372,6 +446,60 @@ func _QuotaAuthorityService_ListDecisions_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuotaAuthorityService_BatchCheckAndConsume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchCheckAndConsumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaAuthorityServiceServer).BatchCheckAndConsume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaAuthorityService_BatchCheckAndConsume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaAuthorityServiceServer).BatchCheckAndConsume(ctx, req.(*BatchCheckAndConsumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QuotaAuthorityService_BatchRecordGmv_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchRecordGmvRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaAuthorityServiceServer).BatchRecordGmv(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaAuthorityService_BatchRecordGmv_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaAuthorityServiceServer).BatchRecordGmv(ctx, req.(*BatchRecordGmvRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QuotaAuthorityService_ReleaseOutreach_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseOutreachRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaAuthorityServiceServer).ReleaseOutreach(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaAuthorityService_ReleaseOutreach_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaAuthorityServiceServer).ReleaseOutreach(ctx, req.(*ReleaseOutreachRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QuotaAuthorityService_ServiceDesc is the grpc.ServiceDesc for QuotaAuthorityService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -410,6 +538,18 @@ var QuotaAuthorityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDecisions",
 			Handler:    _QuotaAuthorityService_ListDecisions_Handler,
+		},
+		{
+			MethodName: "BatchCheckAndConsume",
+			Handler:    _QuotaAuthorityService_BatchCheckAndConsume_Handler,
+		},
+		{
+			MethodName: "BatchRecordGmv",
+			Handler:    _QuotaAuthorityService_BatchRecordGmv_Handler,
+		},
+		{
+			MethodName: "ReleaseOutreach",
+			Handler:    _QuotaAuthorityService_ReleaseOutreach_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
