@@ -255,7 +255,11 @@ class QuotaAuthorityServer:
         self._server = new_grpc_server(self.settings, self._authorizer)
         add_to_server(
             QuotaAuthorityServicer(
-                self.service, self.settings.max_deadline_ms / 1000, self.metrics
+                self.service,
+                self.settings.max_deadline_ms / 1000,
+                self.metrics,
+                outreach_batch_max_items=self.settings.outreach_batch_max_items,
+                gmv_batch_max_rows=self.settings.gmv_batch_max_rows,
             ),
             self._server,
         )

@@ -48,14 +48,24 @@ _PARTY_NAMES = _names(PARTIES, pb.Party)
 
 class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
     """The service's RPCs over ``service``; no call runs longer than ``max_deadline_s``.
-    With ``metrics``, every RPC's time and code and every decision are counted."""
+    With ``metrics``, every RPC's time and code and every decision are counted. A
+    BatchCheckAndConsume holds at most ``outreach_batch_max_items`` items, a BatchRecordGmv
+    at most ``gmv_batch_max_rows`` rows (``Settings``' defaults)."""
 
     def __init__(
-        self, service: QuotaService, max_deadline_s: float = 10.0, metrics: Metrics | None = None
+        self,
+        service: QuotaService,
+        max_deadline_s: float = 10.0,
+        metrics: Metrics | None = None,
+        *,
+        outreach_batch_max_items: int = 500,
+        gmv_batch_max_rows: int = 1000,
     ) -> None:
         self._service = service
         self.max_deadline_s = max_deadline_s
         self.metrics = metrics
+        self._outreach_batch_max_items = outreach_batch_max_items
+        self._gmv_batch_max_rows = gmv_batch_max_rows
 
     @rpc_method
     async def CheckAndConsume(
