@@ -12,26 +12,35 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "Action",
     "AuditEntry",
+    "BatchMode",
     "BlockChange",
     "BlockResult",
     "Charge",
     "ConnectionSource",
     "DecisionPage",
     "DecisionQuery",
+    "GmvBatch",
+    "GmvBatchResult",
     "GmvRecord",
     "GmvResult",
+    "GmvRow",
     "Outreach",
+    "OutreachBatch",
+    "OutreachBatchResult",
     "OutreachDecision",
+    "OutreachItem",
     "PairState",
     "Party",
     "QuotaStatus",
     "Reason",
     "RecordedDecision",
+    "Release",
+    "ReleaseResult",
     "ReplyRecord",
     "ReplyResult",
     "SellerUpsert",
@@ -56,12 +65,21 @@ class Reason(enum.Enum):
     BLOCKED_BY_CREATOR = "blocked_by_creator"
     FOLLOWER_LIMIT_EXCEEDED = "follower_limit_exceeded"
     AWAITING_REPLY = "awaiting_reply"
+    # Never a decision's answer: the audit's record of a release (R14).
+    RELEASED = "released"
 
 
 class Charge(enum.Enum):
     NONE = "none"
     WEEKLY = "weekly"
     STARTER_PACK = "starter_pack"
+
+
+class BatchMode(enum.Enum):
+    """R15: what a batch applies when some of its items are denied."""
+
+    BEST_EFFORT = "best_effort"  # each item on its own
+    ALL_OR_NOTHING = "all_or_nothing"  # nothing, if any item would be denied
 
 
 class ConnectionSource(enum.Enum):
@@ -109,6 +127,77 @@ class Outreach:
 
 
 @dataclass(frozen=True)
+class OutreachItem:
+    """One invite or message of a batch; the seller is the batch's."""
+
+    creator_id: str
+    action: Action
+    creator_follower_count: int | None
+
+
+@dataclass(frozen=True)
+class OutreachBatch:
+    """A seller's outreach items, decided in order in one transaction (R15,
+    BatchCheckAndConsume); one ``request_id`` for the whole batch (R11)."""
+
+    seller_id: str
+    items: tuple[OutreachItem, ...]
+    mode: BatchMode
+    request_id: str | None
+    dry_run: bool
+
+    def fingerprint(self) -> str:
+        return fingerprint(
+            "BatchCheckAndConsume",
+            {
+                "items": [
+                    [i.creator_id, i.action.value, i.creator_follower_count] for i in self.items
+                ],
+                "mode": self.mode.value,
+                "dry_run": self.dry_run,
+            },
+        )
+
+    def outreach(self) -> list[Outreach]:
+        """The items as the requests they would be if sent one by one, without request_ids
+        (the batch's request_id is the batch's, not an item's) and never dry runs: in a
+        dry-run batch too each item sees the effects of those before it, and the batch's
+        writes are what is dropped."""
+        return [
+            Outreach(
+                seller_id=self.seller_id,
+                creator_id=item.creator_id,
+                action=item.action,
+                creator_follower_count=item.creator_follower_count,
+                request_id=None,
+                dry_run=False,
+            )
+            for item in self.items
+        ]
+
+
+@dataclass(frozen=True)
+class Release:
+    """R14: undo the charge of the outreach that ``request_id`` (with ``item_index``, of a
+    batch) charged, whose send failed (ReleaseOutreach)."""
+
+    seller_id: str
+    request_id: str
+    item_index: int | None
+
+    def key(self) -> str:
+        """The request_id the release's own answer is kept under (R11): the charging call's,
+        after a prefix no caller's request_id can have ('/' is not allowed in one)."""
+        suffix = "" if self.item_index is None else f"/{self.item_index}"
+        return f"release/{self.request_id}{suffix}"
+
+    def fingerprint(self) -> str:
+        return fingerprint(
+            "ReleaseOutreach", {"request_id": self.request_id, "item_index": self.item_index}
+        )
+
+
+@dataclass(frozen=True)
 class ReplyRecord:
     """A creator connected with a seller (RecordReply)."""
 
@@ -149,6 +238,31 @@ class GmvRecord:
 
     def fingerprint(self) -> str:
         return fingerprint("RecordGmv", {"day": self.day.isoformat(), "gmv_minor": self.gmv_minor})
+
+
+class GmvRow(NamedTuple):
+    """One row of a ``GmvBatch``: a seller's GMV for one local day, as ``GmvRecord`` has it
+    but without a request_id of its own (the batch has one)."""
+
+    seller_id: str
+    day: date
+    gmv_minor: int
+
+
+@dataclass(frozen=True)
+class GmvBatch:
+    """Many sellers' GMV for local days (BatchRecordGmv), applied in order, as ``GmvRecord``
+    one row after another: a later row for the same seller and day wins. ``request_id`` is
+    the whole batch's, unique among batches (not per seller)."""
+
+    rows: tuple[GmvRow, ...]
+    request_id: str | None
+
+    def fingerprint(self) -> str:
+        return fingerprint(
+            "BatchRecordGmv",
+            {"rows": [(seller_id, day.isoformat(), gmv) for seller_id, day, gmv in self.rows]},
+        )
 
 
 @dataclass(frozen=True)
@@ -304,6 +418,66 @@ class OutreachDecision:
 
 
 @dataclass(frozen=True)
+class OutreachBatchResult:
+    """The answer to BatchCheckAndConsume: one decision per item, in order (each item's
+    ``status`` is its own step; the batch answers ``status``, the status after the batch),
+    whether the batch was ``applied``."""
+
+    results: tuple[OutreachDecision, ...]
+    applied: bool
+    status: QuotaStatus
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "results": [
+                [r.allowed, r.reason.value, r.charged.value, r.messages_before_reply_remaining]
+                for r in self.results
+            ],
+            "applied": self.applied,
+            "status": self.status.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OutreachBatchResult:
+        status = QuotaStatus.from_json(data["status"])
+        return cls(
+            results=tuple(
+                OutreachDecision(allowed, Reason(reason), Charge(charged), status, messages)
+                for allowed, reason, charged, messages in data["results"]
+            ),
+            applied=data["applied"],
+            status=status,
+        )
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """The answer to ReleaseOutreach: the pool the unit went back to (``Charge.NONE`` when
+    later outreach to the creator kept it, and the creator ``still_counted``)."""
+
+    returned: Charge
+    still_counted: bool
+    status: QuotaStatus
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "returned": self.returned.value,
+            "still_counted": self.still_counted,
+            "status": self.status.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReleaseResult:
+        return cls(
+            returned=Charge(data["returned"]),
+            still_counted=data["still_counted"],
+            status=QuotaStatus.from_json(data["status"]),
+        )
+
+
+@dataclass(frozen=True)
 class ReplyResult:
     """The answer to RecordReply."""
 
@@ -355,6 +529,21 @@ class GmvResult:
 
 
 @dataclass(frozen=True)
+class GmvBatchResult:
+    """The answer to BatchRecordGmv: how many rows it applied (all of the batch's)."""
+
+    rows_recorded: int
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows_recorded": self.rows_recorded}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GmvBatchResult:
+        return cls(rows_recorded=data["rows_recorded"])
+
+
+@dataclass(frozen=True)
 class SellerUpsertResult:
     """The answer to UpsertSeller."""
 
@@ -392,6 +581,8 @@ class AuditEntry:
     tier: str
     request_id: str | None
     decided_at: datetime
+    # The item's index in its batch, whose request_id this is (R15); None for a single call.
+    item_index: int | None = None
 
 
 @dataclass(frozen=True)

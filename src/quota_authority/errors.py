@@ -5,6 +5,10 @@
     QuotaAuthorityError
     ├── InvalidArgument        bad input; names every bad field      -> INVALID_ARGUMENT
     ├── RequestIdReused        same request_id, other parameters     -> FAILED_PRECONDITION
+    ├── NotReleasable          a ReleaseOutreach that can release nothing (R14)
+    │   ├── OutreachNotFound   no CheckAndConsume answered the request_id  -> NOT_FOUND
+    │   ├── NothingCharged     the call named charged nothing        -> FAILED_PRECONDITION
+    │   └── WeekEnded          its charge was in an earlier week     -> FAILED_PRECONDITION
     ├── Unavailable            the outcome is unknown; retry it      -> UNAVAILABLE
     │   └── StoreUnavailable   the database failed or timed out
     │       ├── LockTimeout    a row lock was not granted in time
@@ -34,6 +38,9 @@ __all__ = [
     "FieldViolation",
     "InvalidArgument",
     "LockTimeout",
+    "NotReleasable",
+    "NothingCharged",
+    "OutreachNotFound",
     "PermissionDenied",
     "QuotaAuthorityError",
     "RequestIdReused",
@@ -41,6 +48,7 @@ __all__ = [
     "StoreUnavailable",
     "Unauthenticated",
     "Unavailable",
+    "WeekEnded",
 ]
 
 
@@ -73,6 +81,62 @@ class RequestIdReused(QuotaAuthorityError):
         super().__init__(
             f"request_id {request_id!r} was already used by seller {seller_id!r} "
             "for a call with different parameters"
+        )
+
+
+class NotReleasable(QuotaAuthorityError):
+    """R14: the outreach a ReleaseOutreach names has no charge to give back; nothing was
+    changed. ``reason`` is the ErrorInfo reason callers match on."""
+
+    reason = ""
+
+    def __init__(self, seller_id: str, request_id: str, message: str) -> None:
+        self.seller_id = seller_id
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class OutreachNotFound(NotReleasable):
+    """No CheckAndConsume or BatchCheckAndConsume of the seller answered the request_id (or
+    its answer is no longer kept, R11), so there is no outreach to release."""
+
+    reason = "OUTREACH_NOT_FOUND"
+
+    def __init__(self, seller_id: str, request_id: str) -> None:
+        super().__init__(
+            seller_id,
+            request_id,
+            f"no CheckAndConsume or BatchCheckAndConsume of seller {seller_id!r} "
+            f"was answered for request_id {request_id!r}",
+        )
+
+
+class NothingCharged(NotReleasable):
+    """The outreach named was denied, free (connected, already counted), a dry run, or in
+    an all-or-nothing batch that applied nothing: it charged no unit to give back."""
+
+    reason = "NOTHING_CHARGED"
+
+    def __init__(self, seller_id: str, request_id: str, item_index: int | None) -> None:
+        item = "" if item_index is None else f" item {item_index}"
+        super().__init__(
+            seller_id, request_id, f"request_id {request_id!r}{item} charged nothing to release"
+        )
+
+
+class WeekEnded(NotReleasable):
+    """The outreach named was charged in an earlier week of the seller: its unit expired
+    with that week (R2: unused quota never carries over), and releasing it would give the
+    current week a unit it never had."""
+
+    reason = "WEEK_ENDED"
+
+    def __init__(self, seller_id: str, request_id: str) -> None:
+        super().__init__(
+            seller_id,
+            request_id,
+            f"request_id {request_id!r} charged an earlier week; only the current week's "
+            "charges can be released",
         )
 
 

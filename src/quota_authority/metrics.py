@@ -8,6 +8,10 @@ quota_authority_rpc_duration_seconds        histogram  method, code
 quota_authority_db_transaction_seconds      histogram  kind (outreach: a batch; other)
 quota_authority_db_pool_connections_in_use  gauge
 quota_authority_batch_size                  histogram  (CheckAndConsume calls a batch)
+quota_authority_gmv_rows_recorded_total     counter    (RecordGmv and BatchRecordGmv rows)
+quota_authority_outreach_calls_waiting      gauge
+quota_authority_outreach_batches_total      counter    applied (BatchCheckAndConsume calls)
+quota_authority_releases_total              counter    returned (weekly, starter_pack, none)
 ==========================================  =========  ===================================
 
 Each server has a registry of its own, so several servers in one process (tests) never mix
@@ -40,7 +44,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._decisions = Counter(
             "quota_authority_decisions",
-            "CheckAndConsume decisions, allowed or denied, by action and reason.",
+            "Decisions of CheckAndConsume and of batch items, allowed or denied, by action "
+            "and reason.",
             ["action", "reason", "allowed"],
             registry=self.registry,
         )
@@ -68,12 +73,43 @@ class Metrics:
             "CheckAndConsume calls received and not yet answered: queued for a batch or in one.",
             registry=self.registry,
         )
+        self._outreach_batches = Counter(
+            "quota_authority_outreach_batches",
+            "BatchCheckAndConsume calls decided (not replayed), by whether they were applied.",
+            ["applied"],
+            registry=self.registry,
+        )
+        self._releases = Counter(
+            "quota_authority_releases",
+            "ReleaseOutreach calls that released (not replayed), by the pool given the unit.",
+            ["returned"],
+            registry=self.registry,
+        )
+        self._gmv_rows = Counter(
+            "quota_authority_gmv_rows_recorded",
+            "GMV rows applied by RecordGmv and BatchRecordGmv (replays not counted).",
+            registry=self.registry,
+        )
         self._batch = Histogram(
             "quota_authority_batch_size",
             "CheckAndConsume calls decided in one transaction.",
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+
+    def batch_decided(self, decisions: list[tuple[str, str, bool]], applied: bool) -> None:
+        """One BatchCheckAndConsume: each item (action, reason, allowed) is a decision."""
+        for action, reason, allowed in decisions:
+            self.decision(action, reason, allowed)
+        self._outreach_batches.labels("true" if applied else "false").inc()
+
+    def release(self, returned: str) -> None:
+        """One ReleaseOutreach that gave ``returned``'s pool its unit back (or none)."""
+        self._releases.labels(returned).inc()
+
+    def gmv_rows_recorded(self, rows: int) -> None:
+        """``rows`` GMV rows applied by one RecordGmv (1) or BatchRecordGmv."""
+        self._gmv_rows.inc(rows)
 
     def decision(self, action: str, reason: str, allowed: bool) -> None:
         self._decisions.labels(action, reason, "true" if allowed else "false").inc()

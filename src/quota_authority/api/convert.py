@@ -8,22 +8,28 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..domain import (
     Action,
+    BatchMode,
     Charge,
     ConnectionSource,
+    OutreachBatchResult,
     OutreachDecision,
     Party,
     QuotaStatus,
     Reason,
     RecordedDecision,
+    ReleaseResult,
 )
 from ..v1 import quota_authority_pb2 as pb
 
 __all__ = [
     "ACTIONS",
+    "BATCH_MODES",
     "PARTIES",
     "SOURCES",
+    "batch_to_proto",
     "decision_to_proto",
     "recorded_decision_to_proto",
+    "release_to_proto",
     "status_to_proto",
 ]
 
@@ -35,6 +41,10 @@ SOURCES = {
     pb.CONNECTION_SOURCE_VIDEO: ConnectionSource.VIDEO,
 }
 PARTIES = {pb.PARTY_SELLER: Party.SELLER, pb.PARTY_CREATOR: Party.CREATOR}
+BATCH_MODES = {
+    pb.BATCH_MODE_BEST_EFFORT: BatchMode.BEST_EFFORT,
+    pb.BATCH_MODE_ALL_OR_NOTHING: BatchMode.ALL_OR_NOTHING,
+}
 _ACTION_NUMBERS = {action: number for number, action in ACTIONS.items()}
 _REASONS = {
     Reason.NEW_CREATOR: pb.REASON_NEW_CREATOR,
@@ -45,6 +55,7 @@ _REASONS = {
     Reason.BLOCKED_BY_CREATOR: pb.REASON_BLOCKED_BY_CREATOR,
     Reason.FOLLOWER_LIMIT_EXCEEDED: pb.REASON_FOLLOWER_LIMIT_EXCEEDED,
     Reason.AWAITING_REPLY: pb.REASON_AWAITING_REPLY,
+    Reason.RELEASED: pb.REASON_RELEASED,
 }
 _CHARGES = {
     Charge.NONE: pb.CHARGE_NONE,
@@ -106,4 +117,31 @@ def recorded_decision_to_proto(recorded: RecordedDecision) -> pb.Decision:
         request_id=entry.request_id or "",
         decided_at=_timestamp(entry.decided_at),
         week_start=_timestamp(entry.week_start),
+        item_index=entry.item_index,
+    )
+
+
+def batch_to_proto(result: OutreachBatchResult) -> pb.BatchCheckAndConsumeResponse:
+    return pb.BatchCheckAndConsumeResponse(
+        results=[
+            pb.OutreachResult(
+                allowed=d.allowed,
+                reason=_REASONS[d.reason],
+                charged=_CHARGES[d.charged],
+                messages_before_reply_remaining=d.messages_before_reply_remaining,
+            )
+            for d in result.results
+        ],
+        applied=result.applied,
+        status=status_to_proto(result.status),
+        replayed=result.replayed,
+    )
+
+
+def release_to_proto(result: ReleaseResult) -> pb.ReleaseOutreachResponse:
+    return pb.ReleaseOutreachResponse(
+        returned=_CHARGES[result.returned],
+        still_counted=result.still_counted,
+        status=status_to_proto(result.status),
+        replayed=result.replayed,
     )

@@ -6,6 +6,9 @@ error                       code                 details
 ==========================  ===================  ==========================================
 InvalidArgument             INVALID_ARGUMENT     google.rpc.BadRequest, one violation a field
 RequestIdReused             FAILED_PRECONDITION  google.rpc.ErrorInfo reason REQUEST_ID_REUSED
+OutreachNotFound            NOT_FOUND            google.rpc.ErrorInfo reason OUTREACH_NOT_FOUND
+NothingCharged              FAILED_PRECONDITION  google.rpc.ErrorInfo reason NOTHING_CHARGED
+WeekEnded                   FAILED_PRECONDITION  google.rpc.ErrorInfo reason WEEK_ENDED
 Unavailable (any subclass)  UNAVAILABLE          google.rpc.RetryInfo; retry, same request_id
 DeadlineExceeded            DEADLINE_EXCEEDED    the server's cap passed; retry, same request_id
 Unauthenticated             UNAUTHENTICATED      (from ``auth``)
@@ -28,6 +31,8 @@ from ..errors import (
     CommitOutcomeUnknown,
     DeadlineExceeded,
     InvalidArgument,
+    NotReleasable,
+    OutreachNotFound,
     PermissionDenied,
     QuotaAuthorityError,
     RequestIdReused,
@@ -72,6 +77,18 @@ def to_status(error: Exception) -> status_pb2.Status:
             str(error),
             error_details_pb2.ErrorInfo(
                 reason="REQUEST_ID_REUSED",
+                domain=DOMAIN,
+                metadata={"seller_id": error.seller_id, "request_id": error.request_id},
+            ),
+        )
+    if isinstance(error, NotReleasable):
+        return _status(
+            code_pb2.NOT_FOUND
+            if isinstance(error, OutreachNotFound)
+            else code_pb2.FAILED_PRECONDITION,
+            str(error),
+            error_details_pb2.ErrorInfo(
+                reason=error.reason,
                 domain=DOMAIN,
                 metadata={"seller_id": error.seller_id, "request_id": error.request_id},
             ),

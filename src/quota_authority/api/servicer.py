@@ -8,23 +8,40 @@ INVALID_ARGUMENT, where gRPC's own parsing would answer UNKNOWN."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import date
 from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from ..domain import BlockChange, DecisionQuery, GmvRecord, Outreach, ReplyRecord, SellerUpsert
+from ..domain import (
+    Action,
+    BlockChange,
+    DecisionQuery,
+    GmvBatch,
+    GmvRecord,
+    GmvRow,
+    Outreach,
+    OutreachBatch,
+    OutreachItem,
+    Release,
+    ReplyRecord,
+    SellerUpsert,
+)
 from ..engine import QuotaService
 from ..metrics import Metrics
 from ..v1 import quota_authority_pb2 as pb
 from ..v1 import quota_authority_pb2_grpc as pb_grpc
 from .convert import (
     ACTIONS,
+    BATCH_MODES,
     PARTIES,
     SOURCES,
+    batch_to_proto,
     decision_to_proto,
     recorded_decision_to_proto,
+    release_to_proto,
     status_to_proto,
 )
 from .pagination import decode_page_token, encode_page_token
@@ -44,6 +61,7 @@ def _names(values: dict[Any, Any], enum: Any) -> dict[int, str]:
 _ACTION_NAMES = _names(ACTIONS, pb.Action)
 _SOURCE_NAMES = _names(SOURCES, pb.ConnectionSource)
 _PARTY_NAMES = _names(PARTIES, pb.Party)
+_BATCH_MODE_NAMES = _names(BATCH_MODES, pb.BatchMode)
 
 
 class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
@@ -99,6 +117,76 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
                 ACTIONS[request.action].value, decision.reason.value, decision.allowed
             )
         return decision_to_proto(decision)
+
+    @rpc_method
+    async def BatchCheckAndConsume(
+        self, request: pb.BatchCheckAndConsumeRequest, context: Context
+    ) -> pb.BatchCheckAndConsumeResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        count = len(request.items)
+        items: list[OutreachItem] = []
+        if count == 0:
+            v.bad("items", "must hold at least one item")
+        elif count > self._outreach_batch_max_items:
+            v.bad("items", f"must hold at most {self._outreach_batch_max_items} items; got {count}")
+        else:
+            items = [self._outreach_item(v, n, item) for n, item in enumerate(request.items)]
+        v.enum("mode", request.mode, _BATCH_MODE_NAMES)
+        request_id = v.request_id("request_id", request.request_id)
+        v.done()
+        result = await self._service.check_and_consume_batch(
+            OutreachBatch(
+                seller_id=request.seller_id,
+                items=tuple(items),
+                mode=BATCH_MODES[request.mode],
+                request_id=request_id,
+                dry_run=request.dry_run,
+            )
+        )
+        if self.metrics is not None and not result.replayed:
+            decided = zip(items, result.results, strict=True)
+            self.metrics.batch_decided(
+                [(item.action.value, d.reason.value, d.allowed) for item, d in decided],
+                result.applied,
+            )
+        return batch_to_proto(result)
+
+    @staticmethod
+    def _outreach_item(v: Validator, n: int, item: pb.OutreachItem) -> OutreachItem:
+        """Item ``n``, its bad fields named ``items[n].field`` in ``v``."""
+        at = f"items[{n}]."
+        v.identifier(at + "creator_id", item.creator_id)
+        action = v.enum(at + "action", item.action, _ACTION_NAMES)
+        follower_count: int | None = None
+        if item.HasField("creator_follower_count"):
+            follower_count = v.non_negative(
+                at + "creator_follower_count", item.creator_follower_count
+            )
+        elif action == pb.ACTION_INVITE:
+            v.bad(at + "creator_follower_count", "is required for ACTION_INVITE")
+        return OutreachItem(item.creator_id, ACTIONS.get(action, Action.MESSAGE), follower_count)
+
+    @rpc_method
+    async def ReleaseOutreach(
+        self, request: pb.ReleaseOutreachRequest, context: Context
+    ) -> pb.ReleaseOutreachResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        request_id = v.request_id("request_id", request.request_id)
+        if request_id is None:
+            v.bad("request_id", "is required: the request_id of the call that charged")
+        item_index: int | None = None
+        if request.HasField("item_index"):
+            item_index = v.non_negative("item_index", request.item_index)
+        v.done()
+        assert request_id is not None  # done() raised otherwise
+        result = await self._service.release_outreach(
+            Release(seller_id=request.seller_id, request_id=request_id, item_index=item_index)
+        )
+        if self.metrics is not None and not result.replayed:
+            self.metrics.release(result.returned.value)
+        return release_to_proto(result)
 
     @rpc_method
     async def RecordReply(
@@ -185,7 +273,31 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
                 request_id=request_id,
             )
         )
+        if self.metrics is not None and not result.replayed:
+            self.metrics.gmv_rows_recorded(1)
         return pb.RecordGmvResponse(replayed=result.replayed)
+
+    @rpc_method
+    async def BatchRecordGmv(
+        self, request: pb.BatchRecordGmvRequest, context: Context
+    ) -> pb.BatchRecordGmvResponse:
+        v = Validator()
+        count = len(request.rows)
+        rows: list[GmvRow] = []
+        if count == 0:
+            v.bad("rows", "must hold at least one row")
+        elif count > self._gmv_batch_max_rows:
+            v.bad("rows", f"must hold at most {self._gmv_batch_max_rows} rows; got {count}")
+        else:
+            rows = _gmv_rows(v, request.rows)
+        request_id = v.request_id("request_id", request.request_id)
+        v.done()
+        result = await self._service.record_gmv_batch(GmvBatch(tuple(rows), request_id))
+        if self.metrics is not None and not result.replayed:
+            self.metrics.gmv_rows_recorded(result.rows_recorded)
+        return pb.BatchRecordGmvResponse(
+            rows_recorded=result.rows_recorded, replayed=result.replayed
+        )
 
     @rpc_method
     async def UpsertSeller(
@@ -227,6 +339,35 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
             if page.next_after is None
             else encode_page_token(query, page.next_after),
         )
+
+
+# The most bad rows one BatchRecordGmv names: their violations travel in the call's
+# trailers, which gRPC clients refuse beyond 8 KiB by default. A caller that fixes or drops
+# them and sends the batch again hears of the next ones.
+GMV_BAD_ROWS_NAMED = 10
+
+
+def _gmv_rows(v: Validator, rows: Sequence[pb.GmvRow]) -> list[GmvRow]:
+    """The rows of a BatchRecordGmv, each bad field named ``rows[n].field`` in ``v``, up to
+    ``GMV_BAD_ROWS_NAMED`` bad rows (then ``rows`` says the rest went unchecked)."""
+    good: list[GmvRow] = []
+    days: dict[str, date | None] = {}
+    bad = 0
+    for n, row in enumerate(rows):
+        seller_id, gmv_minor = row.seller_id, row.gmv_minor
+        day = v.gmv_row("rows", n, seller_id, row.day, gmv_minor, days)
+        if day is not None:
+            good.append(GmvRow(seller_id, day, gmv_minor))
+            continue
+        bad += 1
+        if bad == GMV_BAD_ROWS_NAMED and n + 1 < len(rows):
+            v.bad(
+                "rows",
+                f"only the first {GMV_BAD_ROWS_NAMED} bad rows are named; "
+                f"the rows after rows[{n}] were not checked",
+            )
+            break
+    return good
 
 
 def _lenient(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:

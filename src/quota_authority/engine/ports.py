@@ -15,7 +15,10 @@ from datetime import date, datetime
 from typing import Any, Protocol
 
 from ..domain import (
+    Action,
     AuditEntry,
+    Charge,
+    GmvRow,
     PairState,
     Party,
     RecordedDecision,
@@ -168,10 +171,50 @@ class LedgerTransaction(Protocol):
         marks the seller as having had GMV (R10)."""
         ...
 
+    async def record_gmv_rows(self, rows: Sequence[GmvRow], default_time_zone: str) -> None:
+        """``record_gmv`` for each of ``rows`` in order, in few statements whatever their
+        number: a later row for the same seller and day wins, every seller with a positive
+        figure among its rows (even one a later row replaced) is marked as having had GMV,
+        and missing sellers are created with ``default_time_zone``. Rows are locked in
+        (seller_id, day) order, so two concurrent calls never deadlock on each other."""
+        ...
+
     async def upsert_seller(
         self, seller_id: str, time_zone: str | None, default_time_zone: str
     ) -> tuple[bool, str]:
         """Create the seller or change its zone (None keeps it); (created, time_zone)."""
+        ...
+
+    # --- R14 release: under the seller-week lock, like a decision ----------------------
+
+    async def lock_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
+        """The seller-week containing ``at``, locked as a decision locks it (so no decision
+        of the seller runs meanwhile), read after the lock; None when it does not exist."""
+        ...
+
+    async def charged_outreach(
+        self, week: SellerWeek, request_id: str, item_index: int | None
+    ) -> tuple[str, Action] | None:
+        """The (creator, action) of the allowed outreach of ``week`` that the audit recorded
+        under ``request_id`` (and ``item_index``, for a batch item), or None."""
+        ...
+
+    async def live_outreach(self, week: SellerWeek, creator_id: str) -> int:
+        """How many allowed outreach to ``creator_id`` in ``week`` charged a unit or were
+        already counted, less the releases recorded for the creator that week."""
+        ...
+
+    async def release_charge(
+        self, week: SellerWeek, creator_id: str, action: Action, returned: Charge, uncount: bool
+    ) -> None:
+        """Give the unit back to ``returned``'s pool (none for ``Charge.NONE``): the week's
+        weekly or starter-pack count down one and, for the pack, the seller's pack up one;
+        the creator no longer counted this week if ``uncount``; one message fewer this week
+        if ``action`` is a message. The CHECK constraints keep every count >= 0."""
+        ...
+
+    async def record_audit(self, entry: AuditEntry) -> None:
+        """Append ``entry`` to the audit log (R13)."""
         ...
 
 
@@ -191,6 +234,20 @@ class OutreachTransaction(Protocol):
     async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
         """Apply ``writes`` (responses stored as of ``at``). False when another transaction
         already holds one of the request_ids: this one must then roll back and replay."""
+        ...
+
+    async def lock_batch(
+        self, at: datetime, seller_id: str, creator_ids: Sequence[str], request_id: str | None
+    ) -> tuple[list[LockedOutreach], StoredResponse | None]:
+        """``lock_outreach`` for one seller's batch (R15): lock the seller's week containing
+        ``at``, then read for each creator in order what ``lock_outreach`` reads (no stored
+        response: items have no request_id), and the response stored for the batch's
+        ``request_id``. One round trip; a routable one on a distributed schema."""
+        ...
+
+    async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
+        """``write_outreach`` for one seller's batch, each audit record with its item index.
+        False when another transaction already holds the batch's request_id."""
         ...
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "r8_block_reason",
     "r9_r10_charge_for_new_creator",
     "r10_starter_pack_grant",
+    "r14_release",
 ]
 
 
@@ -111,6 +112,21 @@ def r9_r10_charge_for_new_creator(week: SellerWeek, starter_pack_remaining: int)
     if starter_pack_remaining > 0:
         return Charge.STARTER_PACK
     return None
+
+
+def r14_release(charged: Charge, live_outreach: int) -> tuple[Charge, bool]:
+    """R14 Release: (the pool the released unit goes back to, whether the creator stays
+    counted this week), for the release of an outreach that charged ``charged``.
+
+    ``live_outreach`` counts the allowed outreach to the creator this week that was charged
+    or already counted and not released, the released one included. When it is the only
+    one, its unit goes back and the creator is no longer counted. When other outreach to
+    the creator was allowed since (free, as already counted), the creator stays counted and
+    keeps the unit: returning it would leave a contacted creator uncharged (R5), an
+    over-grant. Either way a released message no longer counts toward R6's maximum."""
+    if live_outreach > 1:
+        return Charge.NONE, True
+    return charged, False
 
 
 def _contacted(pair: PairState, action: Action) -> PairState:

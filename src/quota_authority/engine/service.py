@@ -26,23 +26,33 @@ from typing import Any, TypeVar
 
 from ..clock import Clock
 from ..domain import (
+    AuditEntry,
     BlockChange,
     BlockResult,
     DecisionPage,
     DecisionQuery,
+    GmvBatch,
+    GmvBatchResult,
     GmvRecord,
     GmvResult,
     Outreach,
+    OutreachBatch,
+    OutreachBatchResult,
     OutreachDecision,
     QuotaStatus,
+    Reason,
+    Release,
+    ReleaseResult,
     ReplyRecord,
     ReplyResult,
     SellerUpsert,
     SellerUpsertResult,
     SellerWeek,
 )
+from ..errors import OutreachNotFound, WeekEnded
 from ..policy import Policy
 from . import rules
+from .batch import charged_by, decide_outreach_batch
 from .batching import MicroBatcher
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
@@ -50,7 +60,11 @@ from .outreach import Outcome, decide_batch
 from .ports import LedgerStore, LedgerTransaction, OutreachKey
 from .weeks import after_previous, gmv_window, week_containing
 
-__all__ = ["QuotaService"]
+__all__ = ["GMV_BATCH_KEY_SELLER", "QuotaService"]
+
+# The seller_id under which BatchRecordGmv's request_ids are stored (``record_gmv_batch``):
+# empty, so no real seller's (1-64 characters) can be it.
+GMV_BATCH_KEY_SELLER = ""
 
 
 R = TypeVar("R", bound=Result)
@@ -194,6 +208,106 @@ class QuotaService:
                     await self._current_week(tx, seller_id, now)
         raise AssertionError("a seller-week is missing right after it was created")
 
+    # --- BatchCheckAndConsume (R15) -----------------------------------------------------
+
+    async def check_and_consume_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
+        """Decide one seller's items in order in one transaction under its week lock, as
+        if sent one by one (``batch.decide_outreach_batch``), and apply them as the mode
+        says, unless a dry run. The batch waits for the database at most
+        ``outreach_wait_s``, like a CheckAndConsume; a retry with its request_id replays."""
+        if self._outreach_wait_s is None:
+            return await _unabandoned(self._decide_outreach_batch(batch))
+        until = asyncio.get_running_loop().time() + self._outreach_wait_s
+        deadline = current_deadline()
+        with deadline_at(until if deadline is None else min(deadline, until)):
+            return await _unabandoned(self._decide_outreach_batch(batch))
+
+    async def _decide_outreach_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
+        now = self._clock.now()
+        seller_id, request_id = batch.seller_id, batch.request_id
+        fingerprint = batch.fingerprint()
+        creators = [item.creator_id for item in batch.items]
+        max_before_reply = self._policy.messages.max_before_reply
+
+        async def attempt() -> OutreachBatchResult | None:
+            """The answer, or None when the seller has no week yet (nothing written then)."""
+            async with self._store.outreach_transaction(time_left()) as tx:
+                locked, stored = await tx.lock_batch(now, seller_id, creators, request_id)
+                if stored is not None and request_id is not None:
+                    return replay(
+                        stored, fingerprint, seller_id, request_id, OutreachBatchResult.from_json
+                    )
+                if locked[0].week is None:
+                    return None
+                result, writes = decide_outreach_batch(
+                    batch, fingerprint, locked, max_before_reply, now
+                )
+                if writes.audit and not await tx.write_batch(writes, now):
+                    raise RequestIdTaken
+                return result
+
+        for _ in range(2):
+            decided = await until_key_settles(attempt)
+            if decided is not None:
+                return decided
+            async with self._store.transaction(time_left()) as tx:
+                await self._current_week(tx, seller_id, now)
+        raise AssertionError("a seller-week is missing right after it was created")
+
+    # --- ReleaseOutreach (R14) -----------------------------------------------------------
+
+    async def release_outreach(self, release: Release) -> ReleaseResult:
+        """Give back the unit the named outreach charged, in its own week only, under the
+        seller-week lock (``rules.r14_release`` decides what goes back). Raises a
+        ``NotReleasable`` (``OutreachNotFound``, ``NothingCharged``, ``WeekEnded``) or
+        ``InvalidArgument`` (``item_index``) and changes nothing when there is nothing to
+        give back. Idempotent: a repeated release replays the first one's answer (R11)."""
+        key, fingerprint = release.key(), release.fingerprint()
+        seller_id = release.seller_id
+
+        async def once() -> ReleaseResult:
+            now = self._clock.now()
+            async with self._store.transaction(time_left()) as tx:
+                stored = await tx.stored_response(seller_id, key)
+                if stored is not None:
+                    return replay(stored, fingerprint, seller_id, key, ReleaseResult.from_json)
+                charging = await tx.stored_response(seller_id, release.request_id)
+                charge = charged_by(release, charging)
+                week = await tx.lock_week(seller_id, now)
+                if week is None or week.week_start != charge.week_start:
+                    raise WeekEnded(seller_id, release.request_id)
+                found = await tx.charged_outreach(week, release.request_id, release.item_index)
+                if found is None:  # its audit record is gone: nothing known to release
+                    raise OutreachNotFound(seller_id, release.request_id)
+                creator_id, action = found
+                live = await tx.live_outreach(week, creator_id)
+                returned, still_counted = rules.r14_release(charge.charged, live)
+                await tx.release_charge(week, creator_id, action, returned, not still_counted)
+                await tx.record_audit(
+                    AuditEntry(
+                        seller_id=seller_id,
+                        week_start=week.week_start,
+                        creator_id=creator_id,
+                        action=action,
+                        allowed=False,
+                        reason=Reason.RELEASED,
+                        charged=returned,
+                        tier=week.tier,
+                        request_id=release.request_id,
+                        decided_at=now,
+                        item_index=release.item_index,
+                    )
+                )
+                pack = await tx.starter_pack_remaining(seller_id)
+                after = await tx.find_week(seller_id, now)
+                assert after is not None  # locked above, in this transaction
+                result = ReleaseResult(returned, still_counted, QuotaStatus.of(after, pack))
+                if not await tx.store_response(seller_id, key, fingerprint, result.to_json(), now):
+                    raise RequestIdTaken
+                return result
+
+        return await _unabandoned(until_key_settles(once))
+
     # --- GetStatus ---------------------------------------------------------------------
 
     async def get_status(self, seller_id: str) -> QuotaStatus:
@@ -313,6 +427,28 @@ class QuotaService:
 
         return await self._idempotent(
             record.seller_id, record.request_id, record.fingerprint(), GmvResult.from_json, work
+        )
+
+    async def record_gmv_batch(self, batch: GmvBatch) -> GmvBatchResult:
+        """R1/R10: ``record_gmv`` for every row of ``batch`` in order, in one transaction
+        (a later row for the same seller and day wins; a positive figure marks its seller
+        as having had GMV; a missing seller is created in the default time zone).
+
+        R11 by the batch's own request_id, which is not any one seller's: its response is
+        stored in ``request_responses`` under the reserved seller_id ``GMV_BATCH_KEY_SELLER``
+        (the empty string, which no real seller can have: seller ids are 1-64 characters),
+        so request_ids of batches never meet those of any seller's calls."""
+
+        async def work(tx: LedgerTransaction) -> GmvBatchResult:
+            await tx.record_gmv_rows(batch.rows, self._policy.week.default_time_zone)
+            return GmvBatchResult(rows_recorded=len(batch.rows))
+
+        return await self._idempotent(
+            GMV_BATCH_KEY_SELLER,
+            batch.request_id,
+            batch.fingerprint(),
+            GmvBatchResult.from_json,
+            work,
         )
 
     async def upsert_seller(self, upsert: SellerUpsert) -> SellerUpsertResult:

@@ -3,7 +3,7 @@
 Every table's primary key starts with ``seller_id`` and no table has a foreign key, so each
 is hash-distributed by ``seller_id``, all in one colocation group (``sellers``'): a seller's
 rows of every table live in one shard group, on one worker. ``alembic_version`` stays a
-local table on the coordinator. The hot path's one-seller functions (migration 0006) are
+local table on the coordinator. The one-seller functions (migrations 0006, 0007) are
 distributed on their scalar ``p_seller_id``, colocated with ``sellers`` and with
 ``force_delegation``, so that their calls, inside a transaction too, run on the worker that
 holds the seller.
@@ -48,6 +48,9 @@ SELLER_FUNCTIONS = {
     "write_seller_outreach(text, timestamptz, int, int, int, text[], boolean[], int[], "
     "text[], text[], boolean[], text[], text[], text[], text[], timestamptz[], text[], "
     "text[], jsonb[], timestamptz)": "p_seller_id",
+    "write_seller_batch(text, timestamptz, int, int, int, text[], boolean[], int[], text[], "
+    "text[], boolean[], text[], text[], text[], text[], timestamptz[], int[], text[], text[], "
+    "jsonb[], timestamptz)": "p_seller_id",
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from ..domain import (
     Action,
     AuditEntry,
     Charge,
+    GmvRow,
     Party,
     Reason,
     RecordedDecision,
@@ -36,12 +37,14 @@ from ..engine.ports import SellerRecord
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
 from . import distribution
+from .gmv import record_gmv_rows
 from .migrate import serves_revision
 from .outreach import OutreachTransaction
 from .rows import seller_week
 from .tables import (
     audit_log,
     daily_gmv,
+    pair_weeks,
     pairs,
     request_responses,
     seller_weeks,
@@ -130,6 +133,7 @@ def _recorded(row: Any) -> RecordedDecision:
             tier=row.tier,
             request_id=row.request_id,
             decided_at=row.decided_at,
+            item_index=row.item_index,
         ),
     )
 
@@ -505,6 +509,120 @@ class _Transaction:
                 index_elements=["seller_id", "day"], set_={"gmv_minor": gmv.excluded.gmv_minor}
             )
         )
+
+    # --- R14 release ----------------------------------------------------------------------
+
+    async def lock_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
+        w = seller_weeks.c
+        stmt = (
+            select(seller_weeks)
+            .where(w.seller_id == seller_id, w.week_start <= at, w.week_end > at)
+            .order_by(w.week_start.desc())
+            .limit(1)
+            .with_for_update()
+        )
+        row = (await self.conn.execute(stmt)).first()
+        return None if row is None else seller_week(row._mapping)
+
+    def _week_audit(self, week: SellerWeek) -> Any:
+        """The seller's audit records of ``week``: its decisions were made inside it, so
+        the (seller_id, decided_at) index bounds the scan to the week's records."""
+        a = audit_log.c
+        return and_(
+            a.seller_id == week.seller_id,
+            a.decided_at >= week.week_start,
+            a.decided_at < week.week_end,
+            a.week_start == week.week_start,
+        )
+
+    async def charged_outreach(
+        self, week: SellerWeek, request_id: str, item_index: int | None
+    ) -> tuple[str, Action] | None:
+        a = audit_log.c
+        index = a.item_index.is_(None) if item_index is None else a.item_index == item_index
+        row = (
+            await self.conn.execute(
+                select(a.creator_id, a.action)
+                .where(
+                    self._week_audit(week),
+                    a.request_id == request_id,
+                    index,
+                    a.allowed.is_(True),
+                    a.reason != Reason.RELEASED.value,
+                )
+                .limit(1)
+            )
+        ).first()
+        return None if row is None else (row.creator_id, Action(row.action))
+
+    async def live_outreach(self, week: SellerWeek, creator_id: str) -> int:
+        a = audit_log.c
+        counted = and_(
+            a.allowed.is_(True),
+            a.reason.in_((Reason.NEW_CREATOR.value, Reason.ALREADY_COUNTED_THIS_WEEK.value)),
+        )
+        live = await self.conn.scalar(
+            select(
+                func.count().filter(counted)
+                - func.count().filter(a.reason == Reason.RELEASED.value)
+            ).where(self._week_audit(week), a.creator_id == creator_id)
+        )
+        return int(live or 0)
+
+    async def release_charge(
+        self, week: SellerWeek, creator_id: str, action: Action, returned: Charge, uncount: bool
+    ) -> None:
+        w, s, pw = seller_weeks.c, sellers.c, pair_weeks.c
+        if returned is not Charge.NONE:
+            weekly = returned is Charge.WEEKLY
+            await self.conn.execute(
+                update(seller_weeks)
+                .where(w.seller_id == week.seller_id, w.week_start == week.week_start)
+                .values(
+                    weekly_used=w.weekly_used - int(weekly),
+                    pack_used=w.pack_used - int(not weekly),
+                )
+            )
+            if not weekly:
+                await self.conn.execute(
+                    update(sellers)
+                    .where(s.seller_id == week.seller_id)
+                    .values(starter_pack_remaining=s.starter_pack_remaining + 1)
+                )
+        message = action is Action.MESSAGE
+        if uncount or message:
+            await self.conn.execute(
+                update(pair_weeks)
+                .where(
+                    pw.seller_id == week.seller_id,
+                    pw.week_start == week.week_start,
+                    pw.creator_id == creator_id,
+                )
+                .values(
+                    counted=False if uncount else pw.counted,
+                    messages=func.greatest(pw.messages - int(message), 0),
+                )
+            )
+
+    async def record_audit(self, entry: AuditEntry) -> None:
+        await self.conn.execute(
+            audit_log.insert().values(
+                seller_id=entry.seller_id,
+                week_start=entry.week_start,
+                creator_id=entry.creator_id,
+                action=entry.action.value,
+                allowed=entry.allowed,
+                reason=entry.reason.value,
+                charged=entry.charged.value,
+                tier=entry.tier,
+                request_id=entry.request_id,
+                decided_at=entry.decided_at,
+                item_index=entry.item_index,
+            )
+        )
+
+    async def record_gmv_rows(self, rows: Sequence[GmvRow], default_time_zone: str) -> None:
+        await record_gmv_rows(self.conn, rows, default_time_zone)
 
     async def upsert_seller(
         self, seller_id: str, time_zone: str | None, default_time_zone: str

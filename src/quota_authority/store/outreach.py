@@ -32,6 +32,10 @@ _WRITE_ONE_SELLER = (
     "SELECT write_seller_outreach($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
     "$14, $15, $16, $17, $18, $19::text[]::jsonb[], $20)"
 )
+_WRITE_BATCH = (
+    "SELECT write_seller_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+    "$14, $15, $16, $17, $18, $19, $20::text[]::jsonb[], $21)"
+)
 _WRITE = (
     "SELECT write_outreach($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
     "$16, $17, $18, $19, $20, $21, $22, $23, $24, $25::text[]::jsonb[], $26)"
@@ -114,6 +118,48 @@ class OutreachTransaction:
             [a.week_start for a in audit],
             *_audit_columns(audit),
             [r.seller_id for r in responses],
+            *_response_columns(responses),
+            at,
+        )
+        return bool(stored == len(responses))
+
+    async def lock_batch(
+        self, at: datetime, seller_id: str, creator_ids: Sequence[str], request_id: str | None
+    ) -> tuple[list[LockedOutreach], StoredResponse | None]:
+        # One call of the one-seller lock: the items' creators without request_ids, and one
+        # more row whose request_id is the batch's, to read its stored response.
+        creators = [*creator_ids, ""]
+        requests: list[str | None] = [None] * len(creator_ids)
+        requests.append(request_id)
+        try:
+            rows = await self._conn.fetch(
+                _LOCK_AND_READ_ONE_SELLER, seller_id, at, creators, requests
+            )
+        except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as e:
+            raise LockTimeout("a seller-week lock was not granted in time") from e
+        keys = [OutreachKey(seller_id, c, None) for c in creator_ids]
+        locked = [_locked(key, row) for key, row in zip(keys, rows, strict=False)]
+        return locked, _locked(OutreachKey(seller_id, "", request_id), rows[-1]).stored
+
+    async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
+        audit = writes.audit
+        responses = writes.responses
+        seller_id = audit[0].seller_id
+        week_start = audit[0].week_start
+        weekly, pack = writes.week_charges.get((seller_id, week_start), (0, 0))
+        pair_weeks = writes.pair_weeks
+        stored = await self._conn.fetchval(
+            _WRITE_BATCH,
+            seller_id,
+            week_start,
+            weekly,
+            pack,
+            writes.pack_charges.get(seller_id, 0),
+            [creator for _, _, creator in pair_weeks],
+            [pair.counted_this_week for pair in pair_weeks.values()],
+            [pair.messages_this_week for pair in pair_weeks.values()],
+            *_audit_columns(audit),
+            [a.item_index for a in audit],
             *_response_columns(responses),
             at,
         )

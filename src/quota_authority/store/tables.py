@@ -132,6 +132,8 @@ audit_log = Table(
     Column("tier", Text, nullable=False),
     Column("request_id", Text, nullable=True),
     Column("decided_at", DateTime(timezone=True), nullable=False),
+    # The item's index in its BatchCheckAndConsume, whose request_id it carries (0007).
+    Column("item_index", Integer, nullable=True),
     # ListDecisions pages through a seller's decisions in this order (migration 0004).
     Index("audit_log_seller_decided_at", "seller_id", "decided_at", "id"),
 )
