@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -202,6 +202,22 @@ class QuotaClient:
             request_id=request_id or _new_request_id(),
         )
         return await self._call(self._stub.RecordGmv, request)
+
+    async def batch_record_gmv(
+        self, rows: Iterable[tuple[str, str, int]], *, request_id: str | None = None
+    ) -> pb.BatchRecordGmvResponse:
+        """Set many sellers' GMV (USD cents) for days (YYYY-MM-DD) in one call: ``rows`` of
+        (seller_id, day, gmv_minor), applied in order (a later row for the same seller and
+        day wins), all or none. A bad row is ``INVALID_ARGUMENT`` naming ``rows[i].field``;
+        ``request_id`` (generated when None) makes a retry apply nothing again."""
+        request = pb.BatchRecordGmvRequest(
+            rows=[
+                pb.GmvRow(seller_id=seller_id, day=day, gmv_minor=gmv_minor)
+                for seller_id, day, gmv_minor in rows
+            ],
+            request_id=request_id or _new_request_id(),
+        )
+        return await self._call(self._stub.BatchRecordGmv, request)
 
     async def upsert_seller(
         self, seller_id: str, time_zone: str = "", *, request_id: str | None = None

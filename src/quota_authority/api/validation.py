@@ -63,6 +63,37 @@ class Validator:
             self.bad(field, f"must be a calendar date as YYYY-MM-DD; got {quoted(value)}")
         return day
 
+    def gmv_row(
+        self,
+        field: str,
+        index: int,
+        seller_id: str,
+        day: str,
+        gmv_minor: int,
+        days: dict[str, date | None],
+    ) -> date | None:
+        """Row ``index`` of the list ``field`` (BatchRecordGmv's ``rows``), checked as
+        RecordGmv's fields are: its day, or None with each bad field named
+        ``field[index].seller_id``, ``.day``, ``.gmv_minor``. Cheap for a good row, the
+        common case (up to a thousand a call): names are made only for a bad one, and
+        ``days``, one dict for the whole list, parses each distinct day once."""
+        if day in days:
+            parsed = days[day]
+        else:
+            parsed = days[day] = calendar_day(day)
+        if (
+            parsed is not None
+            and 0 <= gmv_minor <= MAX_DAILY_GMV_MINOR
+            and _ID.fullmatch(seller_id)
+        ):
+            return parsed
+        at = f"{field}[{index}]."
+        self.identifier(at + "seller_id", seller_id)
+        if parsed is None:
+            self.day(at + "day", day)
+        self.non_negative(at + "gmv_minor", gmv_minor, MAX_DAILY_GMV_MINOR)
+        return None
+
     def time_zone(self, field: str, value: str) -> str | None:
         if value == "":
             return None

@@ -1,0 +1,94 @@
+"""A batch of GMV rows (BatchRecordGmv) in three set-based statements, whatever its size.
+
+``record_gmv_rows`` is ``_Transaction.record_gmv`` for many rows at once:
+
+1. ``INSERT INTO sellers … SELECT FROM unnest(…) ON CONFLICT DO NOTHING``: the sellers that
+   do not exist yet, created with the default time zone and, when one of their rows is
+   positive, as having had GMV (R10). Existing sellers are neither changed nor locked.
+2. ``UPDATE sellers … WHERE seller_id = ANY(…) AND NOT has_had_gmv``: the existing sellers
+   with a positive row that had no GMV before; only those rows are locked. Skipped when no
+   row is positive.
+3. ``INSERT INTO daily_gmv … SELECT FROM unnest(…) ON CONFLICT DO UPDATE``: each (seller,
+   day) once, with the figure of its last row in the batch (``ON CONFLICT DO UPDATE``
+   cannot touch one row twice in a statement, so the batch is deduplicated here first,
+   last row wins, as RecordGmv one row after another would leave it).
+
+Every statement takes its rows in (seller_id, day) order, so two batches that share sellers
+or days lock them in the same order and never deadlock on each other.
+
+On Citus (the schema distributed by seller_id), each statement names no distributed table
+in its ``SELECT`` (the rows come from ``unnest`` of parameters), a form Citus accepts: the
+coordinator evaluates the ``SELECT`` and routes each row to its seller's shard. A batch that
+spans sellers on several workers is one distributed transaction, committed on every worker
+it touched with Citus' two-phase commit (docs/operations.md, "Scale-out on Citus").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..domain import GmvRow
+
+__all__ = ["record_gmv_rows"]
+
+_CREATE_SELLERS = text(
+    """
+    INSERT INTO sellers (seller_id, time_zone, has_had_gmv)
+    SELECT r.seller_id, CAST(:time_zone AS text), r.has_had_gmv
+      FROM unnest(CAST(:seller_ids AS text[]), CAST(:has_had_gmv AS boolean[]))
+           AS r(seller_id, has_had_gmv)
+    ON CONFLICT (seller_id) DO NOTHING
+    """
+)
+_MARK_HAD_GMV = text(
+    """
+    UPDATE sellers
+       SET has_had_gmv = true
+     WHERE seller_id = ANY(CAST(:seller_ids AS text[])) AND NOT has_had_gmv
+    """
+)
+_SET_DAYS = text(
+    """
+    INSERT INTO daily_gmv (seller_id, day, gmv_minor)
+    SELECT r.seller_id, r.day, r.gmv_minor
+      FROM unnest(CAST(:seller_ids AS text[]), CAST(:days AS date[]),
+                  CAST(:gmv_minor AS bigint[])) AS r(seller_id, day, gmv_minor)
+    ON CONFLICT (seller_id, day) DO UPDATE SET gmv_minor = EXCLUDED.gmv_minor
+    """
+)
+
+
+async def record_gmv_rows(
+    conn: AsyncConnection, rows: Sequence[GmvRow], default_time_zone: str
+) -> None:
+    """Apply ``rows`` in order in ``conn``'s transaction (``LedgerTransaction.record_gmv_rows``)."""
+    if not rows:
+        return
+    # Later rows overwrite earlier ones: each (seller, day) keeps its last figure.
+    latest: dict[tuple[str, date], int] = {(s, day): gmv for s, day, gmv in rows}
+    # R10: any positive figure marks its seller, even one a later row of the batch replaced.
+    had_gmv = {s for s, _, gmv in rows if gmv > 0}
+    seller_ids = sorted({s for s, _, _ in rows})
+    await conn.execute(
+        _CREATE_SELLERS,
+        {
+            "time_zone": default_time_zone,
+            "seller_ids": seller_ids,
+            "has_had_gmv": [s in had_gmv for s in seller_ids],
+        },
+    )
+    if had_gmv:
+        await conn.execute(_MARK_HAD_GMV, {"seller_ids": sorted(had_gmv)})
+    keys = sorted(latest)
+    await conn.execute(
+        _SET_DAYS,
+        {
+            "seller_ids": [s for s, _ in keys],
+            "days": [day for _, day in keys],
+            "gmv_minor": [latest[key] for key in keys],
+        },
+    )
