@@ -18,9 +18,10 @@ from pki import Authority
 from support import ledger_counts
 
 from quota_authority.api.callers import Caller
-from quota_authority.client import QuotaClient, field_violations
+from quota_authority.client import OutreachItem, QuotaClient, error_reason, field_violations
 from quota_authority.errors import StoreUnavailable
 from quota_authority.store import PostgresLedger
+from quota_authority.v1 import quota_authority_pb2 as pb
 
 
 async def test_every_rpc_goes_through_the_client(target, seller, clock):
@@ -75,6 +76,78 @@ async def test_field_violations_names_each_bad_field_of_a_refused_call(target, c
     assert [field for field, _ in field_violations(refused.value)] == ["seller_id", "creator_id"]
 
 
+async def test_a_batch_and_its_release_go_through_the_client(target, db, seller, clock):
+    items = [
+        OutreachItem("c-1", "invite", creator_follower_count=100),
+        ("c-1", "message"),
+        OutreachItem("c-2", "invite", creator_follower_count=30_000),  # over T0's cap
+        ("c-3", "message"),
+    ]
+    async with QuotaClient(target) as quota:
+        dry = await quota.batch_check_and_consume(seller, items, "best_effort", dry_run=True)
+        batch = await quota.batch_check_and_consume(seller, items, "best_effort", request_id="b-1")
+        refused = await quota.batch_check_and_consume(seller, items, "all_or_nothing")
+        released = await quota.release_outreach(seller, "b-1", item_index=3)
+        again = await quota.release_outreach(seller, "b-1", item_index=3)
+
+    decided = [(r.allowed, r.reason, r.charged) for r in batch.results]
+    assert decided == [
+        (True, pb.REASON_NEW_CREATOR, pb.CHARGE_WEEKLY),
+        (True, pb.REASON_ALREADY_COUNTED_THIS_WEEK, pb.CHARGE_NONE),
+        (False, pb.REASON_FOLLOWER_LIMIT_EXCEEDED, pb.CHARGE_NONE),
+        (True, pb.REASON_NEW_CREATOR, pb.CHARGE_WEEKLY),
+    ]
+    assert [(r.allowed, r.reason, r.charged) for r in dry.results] == decided
+    assert not dry.applied and batch.applied and not batch.replayed
+    assert [r.messages_before_reply_remaining for r in batch.results] == [5, 4, 5, 4]
+    assert not refused.applied and not any(r.allowed for r in refused.results)
+    assert refused.results[2].reason == pb.REASON_FOLLOWER_LIMIT_EXCEEDED
+    assert (released.returned, released.still_counted) == (pb.CHARGE_WEEKLY, False)
+    assert released.status.used_this_week == 1 and not released.replayed
+    assert again.replayed and again.returned == pb.CHARGE_WEEKLY
+    assert (await ledger_counts(db, seller))["used"] == 1
+
+
+async def test_a_batch_without_a_request_id_gets_one_and_a_release_needs_it(target, seller, clock):
+    async with QuotaClient(target) as quota:
+        await quota.batch_check_and_consume(seller, [("c-1", "message")], "best_effort")
+        decisions = [d async for d in quota.list_decisions(seller)]
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await quota.release_outreach(seller, "never-sent")
+
+    [decision] = decisions
+    assert decision.request_id.startswith("qa-client-") and decision.item_index == 0
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(unknown.value) == "OUTREACH_NOT_FOUND"
+
+
+async def test_release_errors_carry_their_reason_and_field(target, seller, clock):
+    async with QuotaClient(target) as quota:
+        await quota.check_and_consume(seller, "c-1", "message", request_id="m-1")
+        await quota.check_and_consume(seller, "c-1", "message", request_id="m-2")  # counted
+        with pytest.raises(grpc.aio.AioRpcError) as free:
+            await quota.release_outreach(seller, "m-2")
+        with pytest.raises(grpc.aio.AioRpcError) as indexed:
+            await quota.release_outreach(seller, "m-1", item_index=0)
+
+    assert free.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(free.value) == "NOTHING_CHARGED"
+    assert indexed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(indexed.value)] == ["item_index"]
+    assert error_reason(indexed.value) is None
+
+
+async def test_a_bad_batch_item_is_named_by_its_index(target, seller, clock):
+    async with QuotaClient(target) as quota:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await quota.batch_check_and_consume(
+                seller, [("c-1", "message"), ("c-2", "invite")], "all_or_nothing"
+            )
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations(refused.value)] == ["items[1].creator_follower_count"]
+
+
 class LosesTheFirstAnswer(PostgresLedger):
     """Commits the first batch, then reports the database unavailable: the change landed,
     the caller hears UNAVAILABLE."""
@@ -100,6 +173,66 @@ async def test_unavailable_is_retried_with_the_same_request_id_and_replays(
 
     assert LosesTheFirstAnswer.lost == 1
     assert reply.allowed and reply.replayed  # the retry found the first attempt's answer
+    assert (await ledger_counts(db, seller))["used"] == 1
+
+
+class LosesTheFirstBatchAnswer(LosesTheFirstAnswer):
+    lost = 0
+
+    @asynccontextmanager
+    async def outreach_transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+        async with PostgresLedger.outreach_transaction(self, timeout_s) as tx:
+            yield tx
+        if LosesTheFirstBatchAnswer.lost == 0:
+            LosesTheFirstBatchAnswer.lost += 1
+            raise StoreUnavailable("the answer was lost after the commit")
+
+
+async def test_a_batch_is_retried_with_the_request_id_generated_once_and_replays(
+    start_server, db, seller, clock
+):
+    _, address = await start_server(ledger=LosesTheFirstBatchAnswer)
+    items = [("c-1", "message"), ("c-2", "message")]
+    async with QuotaClient(address, backoff=0.01) as quota:
+        await quota.get_status(seller)  # the week exists: the first attempt decides and commits
+        reply = await quota.batch_check_and_consume(seller, items, "all_or_nothing")
+        decisions = [d async for d in quota.list_decisions(seller)]
+
+    assert LosesTheFirstBatchAnswer.lost == 1
+    assert reply.applied and reply.replayed  # the retry found the first attempt's answer
+    assert reply.status.used_this_week == 2
+    assert len({d.request_id for d in decisions}) == 1 and len(decisions) == 2
+    assert (await ledger_counts(db, seller))["used"] == 2
+
+
+class LosesAReleasesAnswer(PostgresLedger):
+    """Once ``armed``, commits the next plain transaction (a release's) and then reports
+    the database unavailable."""
+
+    armed = False
+
+    @asynccontextmanager
+    async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+        async with super().transaction(timeout_s) as tx:
+            yield tx
+        if LosesAReleasesAnswer.armed:
+            LosesAReleasesAnswer.armed = False
+            raise StoreUnavailable("the answer was lost after the commit")
+
+
+async def test_a_lost_release_answer_is_retried_and_replays_never_giving_back_twice(
+    start_server, db, seller, clock
+):
+    _, address = await start_server(ledger=LosesAReleasesAnswer)
+    async with QuotaClient(address, backoff=0.01) as quota:
+        await quota.check_and_consume(seller, "c-1", "message", request_id="m-1")
+        await quota.check_and_consume(seller, "c-2", "message")
+        LosesAReleasesAnswer.armed = True
+        released = await quota.release_outreach(seller, "m-1")
+
+    assert not LosesAReleasesAnswer.armed
+    assert released.replayed and released.returned == pb.CHARGE_WEEKLY
+    assert released.status.used_this_week == 1
     assert (await ledger_counts(db, seller))["used"] == 1
 
 

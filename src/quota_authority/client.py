@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -31,7 +31,7 @@ from grpc_status import rpc_status
 from .v1 import quota_authority_pb2 as pb
 from .v1 import quota_authority_pb2_grpc as pb_grpc
 
-__all__ = ["QuotaClient", "field_violations"]
+__all__ = ["OutreachItem", "QuotaClient", "error_reason", "field_violations"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,21 @@ _SOURCES = {
     "showcase": pb.CONNECTION_SOURCE_SHOWCASE,
     "video": pb.CONNECTION_SOURCE_VIDEO,
 }
+
+
+_BATCH_MODES = {
+    "best_effort": pb.BATCH_MODE_BEST_EFFORT,
+    "all_or_nothing": pb.BATCH_MODE_ALL_OR_NOTHING,
+}
+
+
+class OutreachItem(NamedTuple):
+    """One invite or message of ``batch_check_and_consume``; invites need the creator's
+    follower count."""
+
+    creator_id: str
+    action: Literal["invite", "message"]
+    creator_follower_count: int | None = None
 
 
 class QuotaClient:
@@ -131,6 +146,50 @@ class QuotaClient:
         if creator_follower_count is not None:
             request.creator_follower_count = creator_follower_count
         return await self._call(self._stub.CheckAndConsume, request)
+
+    async def batch_check_and_consume(
+        self,
+        seller_id: str,
+        items: Iterable[OutreachItem | tuple[str, Literal["invite", "message"]]],
+        mode: Literal["best_effort", "all_or_nothing"],
+        *,
+        request_id: str | None = None,
+        dry_run: bool = False,
+    ) -> pb.BatchCheckAndConsumeResponse:
+        """May each of these invites and messages of one seller go out? ``items`` are
+        ``OutreachItem(creator_id, action, creator_follower_count)`` (or plain tuples), decided
+        in order in one transaction, each seeing those before it (R15). ``"best_effort"``
+        applies the allowed ones; ``"all_or_nothing"`` applies none if any would be denied
+        (``applied`` says which happened). One ``request_id`` covers the whole batch: one is
+        generated when None (unless ``dry_run``), once, so every retry carries the same one
+        and is replayed, never charged twice. A bad item is ``INVALID_ARGUMENT`` naming
+        ``items[i].field``; more items than the server's maximum (500 by default) is
+        ``INVALID_ARGUMENT`` naming ``items``."""
+        request = pb.BatchCheckAndConsumeRequest(
+            seller_id=seller_id,
+            items=[_outreach_item(*item) for item in items],
+            mode=_BATCH_MODES[mode],
+            request_id=request_id or ("" if dry_run else _new_request_id()),
+            dry_run=dry_run,
+        )
+        return await self._call(self._stub.BatchCheckAndConsume, request)
+
+    async def release_outreach(
+        self, seller_id: str, request_id: str, item_index: int | None = None
+    ) -> pb.ReleaseOutreachResponse:
+        """Give back the unit a granted outreach charged, when its send failed (R14):
+        ``request_id`` is that of the ``check_and_consume`` that charged it, or of the
+        ``batch_check_and_consume`` with the item's ``item_index``. Only within the same
+        seller-week. Safe to retry as it is: a repeated release of the same outreach is
+        replayed (``replayed``), never given back twice. Raises ``NOT_FOUND`` (ErrorInfo
+        reason ``OUTREACH_NOT_FOUND``) for an unknown request_id, ``FAILED_PRECONDITION``
+        (``NOTHING_CHARGED``, ``WEEK_ENDED``) when there is nothing to give back, and
+        ``INVALID_ARGUMENT`` naming ``item_index`` when it is missing for a batch, given for
+        a single call, or out of range; ``error_reason(error)`` gives the ErrorInfo reason."""
+        request = pb.ReleaseOutreachRequest(seller_id=seller_id, request_id=request_id)
+        if item_index is not None:
+            request.item_index = item_index
+        return await self._call(self._stub.ReleaseOutreach, request)
 
     async def record_reply(
         self,
@@ -268,6 +327,29 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
             detail.Unpack(bad)
             pairs += [(v.field, v.description) for v in bad.field_violations]
     return pairs
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The reason of the google.rpc.ErrorInfo ``error`` carries, such as
+    ``REQUEST_ID_REUSED`` or ``NOTHING_CHARGED``; None when it carries none."""
+    status = rpc_status.from_call(error)
+    for detail in [] if status is None else status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return None
+
+
+def _outreach_item(
+    creator_id: str,
+    action: Literal["invite", "message"],
+    creator_follower_count: int | None = None,
+) -> pb.OutreachItem:
+    item = pb.OutreachItem(creator_id=creator_id, action=_ACTIONS[action])
+    if creator_follower_count is not None:
+        item.creator_follower_count = creator_follower_count
+    return item
 
 
 def _new_request_id() -> str:
