@@ -16,16 +16,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import audit, blocks, check, import_gmv, record_reply, serve, status, upsert_seller
+from . import (
+    audit,
+    blocks,
+    check,
+    check_batch,
+    import_gmv,
+    record_reply,
+    release,
+    serve,
+    status,
+    upsert_seller,
+)
 from .shared import Commands, ExitStatus, UsageError
 
 __all__ = ["CommandFacts", "command_facts", "main"]
 
 _DESCRIPTION = """\
-The server: serve and migrate. The operator's client: status, check, block, unblock,
-record-reply, upsert-seller, import-gmv and audit, which share the connection options
---target, --token-file and --ca-file. 'quota-authority COMMAND --help' has each command's
-options and exit statuses.
+The server: serve and migrate. The operator's client: status, check, check-batch,
+release, block, unblock, record-reply, upsert-seller, import-gmv and audit, which share the
+connection options --target, --token-file and --ca-file. 'quota-authority COMMAND --help'
+has each command's options and exit statuses.
 """
 
 
@@ -48,6 +59,8 @@ def _parser() -> tuple[argparse.ArgumentParser, Commands]:
     serve.add_parsers(commands)
     status.add_parser(commands)
     check.add_parser(commands)
+    check_batch.add_parser(commands)
+    release.add_parser(commands)
     blocks.add_parsers(commands)
     record_reply.add_parser(commands)
     upsert_seller.add_parser(commands)
