@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,9 +22,18 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
-from support import command_environment, everything_of, free_port, invite, ledger_counts, message
+from support import (
+    command_environment,
+    eventually,
+    everything_of,
+    free_port,
+    invite,
+    ledger_counts,
+    message,
+)
 
 from quota_authority.cli import command_facts, gmv_csv, import_gmv, main
+from quota_authority.engine.service import GMV_BATCH_KEY_SELLER
 from quota_authority.errors import StoreUnavailable
 from quota_authority.store import PostgresLedger, head_revision
 from quota_authority.v1 import quota_authority_pb2 as pb
@@ -396,13 +405,17 @@ async def daily_gmv(db, seller_id: str) -> dict[tuple[str, str], int]:
         return {(s, day): int(gmv) for s, day, gmv in rows}
 
 
-async def stored_request_ids(db, seller_id: str) -> int:
+async def stored_batches(db, run_id: str) -> int:
+    """How many BatchRecordGmv answers the import run ``run_id`` stored (R11)."""
     async with db.connect() as conn:
         return int(
             (
                 await conn.execute(
-                    text("SELECT COUNT(*) FROM request_responses WHERE seller_id = :s"),
-                    {"s": seller_id},
+                    text(
+                        "SELECT COUNT(*) FROM request_responses "
+                        "WHERE seller_id = :s AND request_id LIKE 'gmv-' || :run || '-%'"
+                    ),
+                    {"s": GMV_BATCH_KEY_SELLER, "run": run_id},
                 )
             ).scalar_one()
         )
@@ -501,40 +514,118 @@ async def test_import_gmv_rerun_with_the_same_run_id_changes_nothing(
         f"{seller},2026-11-01,100",
         f"{seller},2026-11-02,200",
     )
-    await run_cli("import-gmv", str(csv_file), "--run-id", "run-1", "--target", target)
-    stored = await stored_request_ids(db, seller)
+    run_id = f"run-{seller}"  # a run id of its own: batches' request_ids are not per seller
+    await run_cli("import-gmv", str(csv_file), "--run-id", run_id, "--target", target)
+    stored = await stored_batches(db, run_id)
     # Someone corrects a day after the import: re-running the import must not undo it.
     await stub.RecordGmv(pb.RecordGmvRequest(seller_id=seller, day="2026-11-01", gmv_minor=7))
     capsys.readouterr()
 
-    code = await run_cli("import-gmv", str(csv_file), "--run-id", "run-1", "--target", target)
+    code = await run_cli("import-gmv", str(csv_file), "--run-id", run_id, "--target", target)
 
     assert code == 0
     assert table(capsys.readouterr().out)["rows imported"] == "2 (2 replayed from an earlier run)"
-    assert await stored_request_ids(db, seller) == stored
+    assert stored == 1
+    assert await stored_batches(db, run_id) == 1
     assert await daily_gmv(db, seller) == {
         (seller, "2026-11-01"): 7,
         (seller, "2026-11-02"): 200,
     }
 
 
+async def test_import_gmv_reports_each_row_the_server_refuses_and_lands_the_rest(
+    target, db, seller, tmp_path, capsys
+):
+    # 12 bad seller ids in one batch: more than one refusal names (GMV_BAD_ROWS_NAMED), so
+    # the batch goes again without the rows named until none is left.
+    lines = [
+        f"bad {seller} {n},2026-11-01,{n}" if n % 5 == 0 else f"{seller}.{n},2026-11-01,{n}"
+        for n in range(60)
+    ]
+    bad_lines = {str(line) for line, n in enumerate(range(60), 2) if n % 5 == 0}
+    csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", *lines)
+    run_id = f"r-{seller}"
+
+    first = await run_cli("import-gmv", str(csv_file), "--run-id", run_id, "--target", target)
+    out, err = capsys.readouterr()
+    again = await run_cli("import-gmv", str(csv_file), "--run-id", run_id, "--target", target)
+    out_again, err_again = capsys.readouterr()
+
+    reported = dict(re.findall(r"^line (\d+): (.*)$", err, re.MULTILINE))
+    assert first == 1
+    assert set(reported) == bad_lines and len(bad_lines) == 12
+    assert all(reason.startswith("seller_id: must be") for reason in reported.values())
+    assert table(out)["rows imported"].startswith("48 ")
+    assert table(out)["bad rows"] == "12"
+    assert len(await daily_gmv(db, seller)) == 48
+    # A re-run refuses the same rows and replays the rest: the request_ids of the batch
+    # without them are derived alike.
+    assert again == 1
+    assert set(re.findall(r"^line (\d+): ", err_again, re.MULTILINE)) == bad_lines
+    assert table(out_again)["rows imported"] == "48 (48 replayed from an earlier run)"
+    assert await stored_batches(db, run_id) == 1
+
+
+async def test_import_gmv_rerun_of_a_changed_file_reports_its_rows_and_changes_nothing(
+    target, db, seller, tmp_path, capsys
+):
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        f"{seller},2026-11-01,100",
+        f"{seller},2026-11-02,200",
+    )
+    run_id = f"r-{seller}"
+    await run_cli("import-gmv", str(csv_file), "--run-id", run_id, "--target", target)
+    write_csv(
+        csv_file,
+        "seller_id,day,gmv_minor",
+        f"{seller},2026-11-01,100",
+        f"{seller},2026-11-02,999",  # changed since that run
+    )
+    capsys.readouterr()
+
+    code = await run_cli("import-gmv", str(csv_file), "--run-id", run_id, "--target", target)
+
+    out, err = capsys.readouterr()
+    reported = dict(re.findall(r"^line (\d+): (.*)$", err, re.MULTILINE))
+    assert code == 1
+    assert sorted(reported) == ["2", "3"]
+    assert reported["3"] == (
+        f"request_id gmv-{run_id}-2-2 was used before for other rows "
+        "(did the file change since that run?)"
+    )
+    assert table(out)["bad rows"] == "2"
+    assert await daily_gmv(db, seller) == {
+        (seller, "2026-11-01"): 100,
+        (seller, "2026-11-02"): 200,
+    }
+
+
 class GmvFaults(PostgresLedger):
-    """RecordGmv answers UNAVAILABLE for a seller whose id ends in ``-down``, and a GMV of
-    exactly 1 cent takes 0.3 s longer to record than any other."""
+    """RecordGmv and BatchRecordGmv answer UNAVAILABLE for a seller whose id ends in
+    ``-down``, and a GMV of exactly 1 cent takes 0.3 s longer to record than any other."""
 
     @asynccontextmanager
     async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
         async with super().transaction(timeout_s) as tx:
-            record_gmv = tx.record_gmv
+            record_gmv, record_gmv_rows = tx.record_gmv, tx.record_gmv_rows
+
+            async def fault(rows: Any) -> None:
+                if any(seller_id.endswith("-down") for seller_id, _, _ in rows):
+                    raise StoreUnavailable("down for the test")
+                if any(gmv_minor == 1 for _, _, gmv_minor in rows):
+                    await asyncio.sleep(0.3)
 
             async def faulty(seller_id: str, day: date, gmv_minor: int, *args: Any) -> None:
-                if seller_id.endswith("-down"):
-                    raise StoreUnavailable("down for the test")
-                if gmv_minor == 1:
-                    await asyncio.sleep(0.3)
+                await fault([(seller_id, day, gmv_minor)])
                 await record_gmv(seller_id, day, gmv_minor, *args)
 
-            tx.record_gmv = faulty
+            async def faulty_rows(rows: Any, *args: Any) -> None:
+                await fault(rows)
+                await record_gmv_rows(rows, *args)
+
+            tx.record_gmv, tx.record_gmv_rows = faulty, faulty_rows
             yield tx
 
 
@@ -547,10 +638,67 @@ async def test_import_gmv_a_later_row_for_the_same_day_wins(start_server, db, se
         f"{seller},2026-11-01,2",
     )
 
-    code = await run_cli("import-gmv", str(csv_file), "--concurrency", "2", "--target", slow_first)
+    in_one_batch = await run_cli("import-gmv", str(csv_file), "--target", slow_first)
+    landed = await daily_gmv(db, seller)
+    # A batch a row: the second waits for the first, slow one, although two may fly at once.
+    in_two_batches = await run_cli(
+        "import-gmv", str(csv_file), "--batch-rows", "1", "--concurrency", "2",
+        "--target", slow_first,
+    )  # fmt: skip
 
-    assert code == 0
+    assert in_one_batch == 0 and landed == {(seller, "2026-11-01"): 2}
+    assert in_two_batches == 0
     assert await daily_gmv(db, seller) == {(seller, "2026-11-01"): 2}
+
+
+def gated_gmv(entered: asyncio.Event, release: asyncio.Event, *, fail: bool) -> Any:
+    """A ledger whose GMV rows for a seller whose id ends in ``-gate`` set ``entered`` and
+    wait for ``release``, then fail (``fail``) or land: in flight for as long as the test
+    wants."""
+
+    class Gate(PostgresLedger):
+        @asynccontextmanager
+        async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+            async with super().transaction(timeout_s) as tx:
+                record_gmv_rows = tx.record_gmv_rows
+
+                async def gated(rows: Any, *args: Any) -> None:
+                    if any(seller_id.endswith("-gate") for seller_id, _, _ in rows):
+                        entered.set()
+                        await release.wait()
+                        if fail:
+                            raise StoreUnavailable("the gate")
+                    await record_gmv_rows(rows, *args)
+
+                tx.record_gmv_rows = gated
+                yield tx
+
+    return Gate
+
+
+async def test_import_gmv_sends_batches_of_other_days_without_waiting(
+    start_server, db, seller, tmp_path
+):
+    entered, release = asyncio.Event(), asyncio.Event()
+    _, gated = await start_server(ledger=gated_gmv(entered, release, fail=False))
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        f"{seller}-gate,2026-11-01,1",  # held in flight until released
+        f"{seller},2026-11-02,2",
+    )
+    command = ["import-gmv", str(csv_file), "--batch-rows", "1", "--concurrency", "2"]
+    importing = asyncio.ensure_future(run_cli(*command, "--target", gated))
+    try:
+        await asyncio.wait_for(entered.wait(), timeout=60)
+        # The second batch shares no seller and day with the first: it lands meanwhile.
+        await eventually(lambda: daily_gmv(db, seller), within_s=60)
+    finally:
+        release.set()
+
+    assert await importing == 0
+    assert await daily_gmv(db, seller) == {(seller, "2026-11-02"): 2}
+    assert await daily_gmv(db, f"{seller}-gate") == {(f"{seller}-gate", "2026-11-01"): 1}
 
 
 async def test_import_gmv_prints_progress_lines_when_stderr_is_not_a_terminal(
@@ -560,7 +708,9 @@ async def test_import_gmv_prints_progress_lines_when_stderr_is_not_a_terminal(
     rows = [f"{seller},2026-11-{day:02},100" for day in range(1, 6)]
     csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", *rows)
 
-    await run_cli("import-gmv", str(csv_file), "--concurrency", "1", "--target", target)
+    await run_cli(
+        "import-gmv", str(csv_file), "--batch-rows", "1", "--concurrency", "1", "--target", target
+    )
 
     progress = re.findall(r"^progress: (.*)$", capsys.readouterr().err, re.MULTILINE)
     assert len(progress) == 2
@@ -587,7 +737,9 @@ async def test_import_gmv_redraws_one_progress_line_on_a_terminal(
         f"{seller},2026-11-03,300",
     )
 
-    await run_cli("import-gmv", str(csv_file), "--batch-size", "1", "--target", target)
+    await run_cli(
+        "import-gmv", str(csv_file), "--batch-rows", "1", "--concurrency", "1", "--target", target
+    )
 
     screen = terminal.getvalue()
     assert "\r\x1b[K3 rows done (2 imported, 1 bad)" in screen
@@ -601,7 +753,7 @@ async def test_import_gmv_streams_the_file_batch_by_batch(target, db, seller, tm
     fifo = tmp_path / "gmv.csv"
     os.mkfifo(fifo)
     importing = asyncio.ensure_future(
-        run_cli("import-gmv", str(fifo), "--batch-size", "2", "--target", target)
+        run_cli("import-gmv", str(fifo), "--batch-rows", "2", "--target", target)
     )
     writer = await asyncio.to_thread(open, fifo, "w")
     try:
@@ -628,7 +780,7 @@ async def test_import_gmv_of_many_rows_in_many_batches(target, db, seller, tmp_p
         for n in range(1_000):
             f.write(f"{seller}.{n % 50},{date(2025, 1, 1) + timedelta(days=n // 50)},{n}\n")
 
-    code = await run_cli("import-gmv", str(csv_file), "--batch-size", "100", "--target", target)
+    code = await run_cli("import-gmv", str(csv_file), "--batch-rows", "100", "--target", target)
 
     assert code == 0, capsys.readouterr().err
     assert table(capsys.readouterr().out)["rows imported"].startswith("1000 ")
@@ -636,19 +788,28 @@ async def test_import_gmv_of_many_rows_in_many_batches(target, db, seller, tmp_p
 
 
 class CountingClient:
-    """Stands in for ``QuotaClient``: records how many rows had been read at each call."""
+    """Stands in for ``QuotaClient``: records, at each call, how many rows had been read
+    but not sent, and how many calls were in flight."""
 
     def __init__(self) -> None:
         self.read = 0
+        self.sent = 0
+        self.in_flight = 0
         self.read_ahead: list[int] = []
+        self.most_in_flight = 0
 
-    async def record_gmv(self, seller_id: str, day: str, gmv_minor: int, **_: Any) -> Any:
-        self.read_ahead.append(self.read - len(self.read_ahead))
-        await asyncio.sleep(0)
-        return pb.RecordGmvResponse()
+    async def batch_record_gmv(self, rows: Iterable[Any], **_: Any) -> Any:
+        self.sent += len(list(rows))
+        self.read_ahead.append(self.read - self.sent)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.in_flight -= 1
+        return pb.BatchRecordGmvResponse(rows_recorded=500)
 
 
-async def test_import_gmv_reads_at_most_one_batch_ahead_of_what_it_sent(tmp_path, capsys):
+async def test_import_gmv_reads_at_most_a_batch_ahead_of_the_batches_in_flight(tmp_path):
     csv_file = tmp_path / "gmv.csv"
     with csv_file.open("w") as f:
         f.write("seller_id,day,gmv_minor\n")
@@ -663,12 +824,19 @@ async def test_import_gmv_reads_at_most_one_batch_ahead_of_what_it_sent(tmp_path
 
     with gmv_csv.GmvCsv.open(csv_file) as source:
         job = import_gmv.GmvImport(
-            counted(source.rows()), "r", import_gmv.Progress(io.StringIO()), batch_size=500
+            counted(source.rows()),
+            "r",
+            import_gmv.Progress(io.StringIO()),
+            batch_rows=500,
+            concurrency=4,
         )
         code = await job.run(client)
 
     assert code == 0 and job.tally.imported == 20_000
-    assert max(client.read_ahead) == 500
+    assert client.sent == 20_000 and len(client.read_ahead) == 40
+    # In flight: at most 4 batches; read and not sent: at most those and the one being read.
+    assert client.most_in_flight <= 4
+    assert max(client.read_ahead) <= (4 + 1) * 500
 
 
 async def test_an_import_stopped_by_an_error_says_how_to_resume_and_resumes(
@@ -681,10 +849,11 @@ async def test_an_import_stopped_by_an_error_says_how_to_resume_and_resumes(
         "seller_id,day,gmv_minor",
         f"{seller},2026-11-01,1",
         f"{seller},2026-11-02,2",
-        f"{seller}-down,2026-11-03,3",  # line 4
+        f"{seller}-down,2026-11-03,3",  # line 4: its batch fails
         f"{seller},2026-11-04,4",
     )
-    common = ["--batch-size", "2", "--concurrency", "1", "--run-id", "r1"]
+    run_id = f"r-{seller}"
+    common = ["--batch-rows", "2", "--concurrency", "1", "--run-id", run_id]
 
     stopped = await run_cli("import-gmv", str(csv_file), *common, "--target", failing)
     err = capsys.readouterr().err
@@ -696,12 +865,13 @@ async def test_an_import_stopped_by_an_error_says_how_to_resume_and_resumes(
     assert stopped == 1
     assert "error: stopped at line 4: UNAVAILABLE: " in err
     assert "every line before line 4 is done" in err
-    assert "--run-id r1 --from-line 4" in err
+    assert f"--run-id {run_id} --from-line 4" in err
     assert sorted(landed) == [(seller, "2026-11-01"), (seller, "2026-11-02")]
     assert resumed == 0
     assert table(capsys.readouterr().out)["rows imported"].startswith("2 ")
     assert len(await daily_gmv(db, seller)) == 3
     assert len(await daily_gmv(db, f"{seller}-down")) == 1
+    assert await stored_batches(db, run_id) == 2
 
 
 async def test_sigterm_stops_an_import_as_ctrl_c_does_and_its_resume_applies_no_row_twice(
@@ -709,30 +879,11 @@ async def test_sigterm_stops_an_import_as_ctrl_c_does_and_its_resume_applies_no_
 ):
     # systemd and Kubernetes stop a process with SIGTERM. The import must then stop as it
     # does on Ctrl-C: say which lines are done and how to resume, and exit 130. The gate
-    # holds the call for line 9 in flight until SIGTERM has been sent, so the import is
-    # certainly still running then, whatever the machine's speed.
+    # holds the batch of line 9 in flight until SIGTERM has been sent (then fails it), so
+    # the import is certainly still running then, whatever the machine's speed; the batch
+    # after it, which shares no seller and day with it, lands meanwhile.
     entered, release = asyncio.Event(), asyncio.Event()
-
-    class Gate(PostgresLedger):
-        """RecordGmv for a seller whose id ends in ``-gate`` waits for ``release``, then
-        fails: it is in flight for as long as the test wants, and never lands."""
-
-        @asynccontextmanager
-        async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
-            async with super().transaction(timeout_s) as tx:
-                record_gmv = tx.record_gmv
-
-                async def gated(seller_id: str, *args: Any) -> None:
-                    if seller_id.endswith("-gate"):
-                        entered.set()
-                        await release.wait()
-                        raise StoreUnavailable("the gate")
-                    await record_gmv(seller_id, *args)
-
-                tx.record_gmv = gated
-                yield tx
-
-    _, gated_target = await start_server(ledger=Gate)
+    _, gated_target = await start_server(ledger=gated_gmv(entered, release, fail=True))
     days = [f"2026-10-{day:02}" for day in range(1, 12)]
     csv_file = write_csv(
         tmp_path / "gmv.csv",
@@ -741,7 +892,8 @@ async def test_sigterm_stops_an_import_as_ctrl_c_does_and_its_resume_applies_no_
         f"{seller}-gate,2026-10-31,9",  # line 9, the last of the second batch
         *(f"{seller},{day},{n}" for n, day in enumerate(days[7:], 10)),  # lines 10-13
     )
-    common = ["--batch-size", "4", "--concurrency", "1", "--run-id", "r1"]
+    run_id = f"r-{seller}"
+    common = ["--batch-rows", "4", "--concurrency", "3", "--run-id", run_id]
     importing = await asyncio.create_subprocess_exec(
         QUOTA_AUTHORITY, "import-gmv", csv_file, *common, "--target", gated_target,
         stdout=asyncio.subprocess.PIPE,
@@ -749,7 +901,12 @@ async def test_sigterm_stops_an_import_as_ctrl_c_does_and_its_resume_applies_no_
     )  # fmt: skip
     try:
         await asyncio.wait_for(entered.wait(), timeout=60)
-        landed = await daily_gmv(db, seller)  # one call at a time: lines 2-8 are done
+
+        async def first_and_third_batches_landed() -> bool:
+            return len(await daily_gmv(db, seller)) == 8  # lines 2-5 and 10-13
+
+        await eventually(first_and_third_batches_landed, within_s=60)
+        landed = await daily_gmv(db, seller)
         importing.send_signal(signal.SIGTERM)
         out, err = (text.decode() for text in await asyncio.wait_for(importing.communicate(), 60))
     finally:
@@ -769,18 +926,20 @@ async def test_sigterm_stops_an_import_as_ctrl_c_does_and_its_resume_applies_no_
         text.decode() for text in await asyncio.wait_for(resuming.communicate(), 60)
     )
 
-    assert len(landed) == 7
+    assert sorted(landed) == [(seller, day) for day in days[:4] + days[7:]]
     assert importing.returncode == 130, err
     assert "interrupted; every line before line 6 is done" in err
-    assert resume.groups() == ("r1", "6")
-    assert table(out)["rows imported"].startswith("7 ")
+    assert resume.groups() == (run_id, "6")
+    assert table(out)["rows imported"].startswith("8 ")
     assert resuming.returncode == 0, resumed_err
-    # Lines 6-8 had landed before the signal: resuming replays them instead of applying
-    # them again, and every row is stored once.
-    assert table(resumed_out)["rows imported"] == "8 (3 replayed from an earlier run)"
-    assert len(await daily_gmv(db, seller)) == 11
+    # Lines 10-13 had landed before the signal: resuming replays their batch instead of
+    # applying it again, and every row is applied once, with its own figure.
+    assert table(resumed_out)["rows imported"] == "8 (4 replayed from an earlier run)"
+    assert await daily_gmv(db, seller) == {
+        (seller, day): n for n, day in zip([*range(2, 9), *range(10, 14)], days, strict=True)
+    }
     assert await daily_gmv(db, f"{seller}-gate") == {(f"{seller}-gate", "2026-10-31"): 9}
-    assert await stored_request_ids(db, seller) == 11
+    assert await stored_batches(db, run_id) == 3
 
 
 # --- audit ------------------------------------------------------------------------------

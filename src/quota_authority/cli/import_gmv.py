@@ -1,33 +1,46 @@
-"""``quota-authority import-gmv FILE.csv``: daily GMV from a CSV file, through ``RecordGmv``.
+"""``quota-authority import-gmv FILE.csv``: daily GMV from a CSV file, through
+``BatchRecordGmv``.
 
-The file (``gmv_csv``) is streamed: it is read one batch of rows at a time, and each batch
-is sent with bounded concurrency before the next is read, so memory stays flat whatever the
-file's size. Row ``N`` (its physical line in the file, the header being line 1) is sent with
-the request_id ``gmv-<run id>-<N>``, so re-running with the same ``--run-id`` replays the
-rows already done instead of applying them again. Rows for the same seller and day are sent
-in file order, so a later row for a day wins, as it would in a sequential import.
+The file (``gmv_csv``) is streamed: it is read and parsed one batch ahead, in a thread of
+its own so that batches in flight are answered meanwhile, and up to ``--concurrency``
+batches of up to ``--batch-rows`` good rows (1,000: the server's default maximum) are in
+flight at once, so memory stays flat whatever the file's size.
 
-Bad rows (wrong column count, a bad date, a gmv_minor that is not a whole number of cents
-or is negative, and rows the server refuses with ``INVALID_ARGUMENT`` or as a reused
-request_id) are reported on stderr as ``line N: reason`` and the other rows still land. Any
-other error stops the import, and so do Ctrl-C and SIGTERM (calls in flight are cancelled),
-saying which lines are done and how to resume.
+A batch whose first row is at line ``L`` and which holds ``C`` rows is sent with the
+request_id ``gmv-<run id>-L-C``, so re-running with the same ``--run-id`` (and
+``--batch-rows``) replays the batches already done instead of applying them again: never a
+row twice. Rows for the same seller and day land in file order, so a later row for a day
+wins, as in a sequential import: the server applies a batch's rows in order, and a batch
+that holds a (seller, day) of an earlier batch still in flight is sent only once that one
+has landed.
+
+Bad rows are reported on stderr as ``line N: reason`` and the other rows still land. Rows
+the file's parser refuses (wrong column count, a bad date, a gmv_minor that is not a whole
+number of cents or is negative) are never sent. When the server refuses a batch naming
+``rows[i]`` (``INVALID_ARGUMENT``), those rows are reported by their lines and the batch is
+sent again without them, as ``gmv-<run id>-L-C-less-K`` (``K`` rows left out so far), which
+a re-run derives alike. A batch whose request_id was used for other rows (the file changed
+since that run) has each of its rows reported. Any other error stops the import (batches
+already sent finish, no other is sent), and so do Ctrl-C and SIGTERM (batches in flight are
+cancelled), saying which lines are done and how to resume: from the first line of the
+earliest batch not done.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
+import contextlib
+import functools
 import re
 import secrets
 import sys
+import threading
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import grpc
 
@@ -47,6 +60,8 @@ from .shared import (
 
 __all__ = ["GmvImport", "Progress", "Tally", "add_parser"]
 
+T = TypeVar("T")
+
 # Without a terminal, a progress line every this many rows or seconds, whichever is first.
 PROGRESS_EVERY_ROWS = 50_000
 PROGRESS_EVERY_S = 10.0
@@ -54,6 +69,9 @@ PROGRESS_EVERY_S = 10.0
 REDRAW_EVERY_S = 0.1
 # A long import rides out a short outage: attempts of each call while it is UNAVAILABLE.
 ATTEMPTS = 5
+# Good rows a batch holds (the server's default maximum), and batches in flight at once.
+BATCH_ROWS = 1000
+CONCURRENCY = 4
 
 _RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -152,10 +170,52 @@ class _Stop:
     error: grpc.aio.AioRpcError
 
 
+_ROW_FIELD = re.compile(r"rows\[(\d+)\]\.(.+)")
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One batch of good rows, from its chunk of the file (which starts at ``first_line``,
+    maybe with bad rows before its first good one)."""
+
+    first_line: int
+    rows: list[Row]
+    request_id: str
+    keys: set[tuple[str, str]]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    landed: bool = False  # every row applied (or replayed), or reported as bad
+
+
+def _read_in_thread(read: Callable[[], T]) -> Awaitable[T]:
+    """``read()`` in a daemon thread of its own: the event loop answers the batches in
+    flight meanwhile, and a read blocked on a pipe never holds up the process's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # else cancelled: nobody waits for it any more
+            outcome()
+
+    def run() -> None:
+        try:
+            result = read()
+        except BaseException as e:  # handed to the awaiting task
+            outcome = functools.partial(future.set_exception, e)
+        else:
+            outcome = functools.partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the import ended
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="import-gmv reader", daemon=True).start()
+    return future
+
+
 class GmvImport:
-    """One run of an import: ``rows`` sent ``batch_size`` at a time, ``concurrency`` calls
-    at once, each with the request_id ``gmv-<run_id>-<line>``. Bad rows go to ``progress``
-    as ``line N: reason``; an error that is not the row's fault stops the run."""
+    """One run of an import: ``rows`` (which start at line ``from_line``) sent in batches
+    of up to ``batch_rows`` good rows, ``concurrency`` batches at once, each with the
+    request_id ``gmv-<run_id>-<line of its first row>-<its number of rows>``. Bad rows go
+    to ``progress`` as ``line N: reason``; an error that is not a row's fault stops the
+    run."""
 
     def __init__(
         self,
@@ -163,76 +223,138 @@ class GmvImport:
         run_id: str,
         progress: Progress,
         *,
-        batch_size: int = 500,
-        concurrency: int = 16,
+        batch_rows: int = 1000,
+        concurrency: int = 4,
+        from_line: int = 2,
     ) -> None:
         self.run_id = run_id
         self.tally = Tally()
-        self._rows = rows
+        self._rows = iter(rows)
         self._progress = progress
-        self._batch_size = batch_size
+        self._batch_rows = batch_rows
         self._concurrency = concurrency
-        self._resume_line: int | None = None  # the first line of the batch in progress
+        # Batches taken from the file and not landed yet, in file order; the line after the
+        # last chunk taken (where a resume starts when none is open); whether all is done.
+        self._open: dict[_Batch, None] = {}
+        self._next_line = from_line
+        self._finished = False
+        # The latest batch holding each (seller, day), while it is open.
+        self._last_holder: dict[tuple[str, str], _Batch] = {}
         self._stop: _Stop | None = None
 
     async def run(self, client: QuotaClient) -> int:
         """Import every row; print the summary on stdout. ``OK`` when every row was good,
         ``ERROR`` otherwise or when the import stopped on an error."""
-        rows = iter(self._rows)
-        while batch := list(itertools.islice(rows, self._batch_size)):
-            self._resume_line = batch[0].line
-            good: list[Row] = []
-            for row in batch:
-                if isinstance(row, Row):
-                    good.append(row)
-                else:
-                    self._bad(row)
-            await self._send(client, good)
-            if self._stop is not None:
-                self._stopped(self._stop)
-                return ERROR
-            self.tally.line = batch[-1].line
-        self._resume_line = None
+        slots = asyncio.Semaphore(self._concurrency)
+        async with asyncio.TaskGroup() as batches:
+            while self._stop is None and (chunk := await _read_in_thread(self._chunk)):
+                good = [row for row in chunk if isinstance(row, Row)]
+                batch = self._batch(chunk[0].line, good) if good else None
+                await slots.acquire()
+                if self._stop is not None:
+                    slots.release()
+                    break
+                for row in chunk:
+                    if isinstance(row, BadRow):
+                        self._bad(row)
+                self._next_line = chunk[-1].line + 1
+                if batch is None:
+                    slots.release()
+                    continue
+                waits_for = {holder for key in batch.keys if (holder := self._last_holder.get(key))}
+                self._last_holder.update(dict.fromkeys(batch.keys, batch))
+                batches.create_task(self._send(client, batch, waits_for, slots))
+        if self._stop is not None:
+            self._stopped(self._stop)
+            return ERROR
+        self._finished = True
         self.finish()
         return OK if self.tally.bad == 0 else ERROR
 
-    async def _send(self, client: QuotaClient, rows: list[Row]) -> None:
-        """Send ``rows``: those for one seller and day in order, the rest concurrently."""
-        by_day: dict[tuple[str, str], list[Row]] = {}
-        for row in rows:
-            by_day.setdefault((row.seller_id, row.day), []).append(row)
-        queue = deque(by_day.values())
+    def _chunk(self) -> list[Row | BadRow]:
+        """The next rows of the file up to ``batch_rows`` good ones, bad ones among them;
+        empty at its end. Runs in the reading thread."""
+        chunk: list[Row | BadRow] = []
+        good = 0
+        for row in self._rows:
+            chunk.append(row)
+            if isinstance(row, Row):
+                good += 1
+                if good == self._batch_rows:
+                    break
+        return chunk
 
-        async def worker() -> None:
-            while queue and self._stop is None:
-                for row in queue.popleft():
-                    if self._stop is not None:
-                        return
-                    await self._send_row(client, row)
+    def _batch(self, first_line: int, rows: list[Row]) -> _Batch:
+        request_id = f"gmv-{self.run_id}-{rows[0].line}-{len(rows)}"
+        batch = _Batch(first_line, rows, request_id, {(r.seller_id, r.day) for r in rows})
+        self._open[batch] = None
+        return batch
 
-        workers = [worker() for _ in range(min(self._concurrency, len(queue)))]
-        await asyncio.gather(*workers)
-
-    async def _send_row(self, client: QuotaClient, row: Row) -> None:
-        request_id = f"gmv-{self.run_id}-{row.line}"
+    async def _send(
+        self, client: QuotaClient, batch: _Batch, waits_for: set[_Batch], slots: asyncio.Semaphore
+    ) -> None:
+        """Send ``batch`` once the batches it ``waits_for`` (they hold some of its seller's
+        days) have landed; never if one of them did not, or once the import stops."""
         try:
-            reply = await client.record_gmv(
-                row.seller_id, row.day, row.gmv_minor, request_id=request_id
-            )
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                violations = "; ".join(f"{f}: {d}" for f, d in field_violations(e))
-                self._bad(BadRow(row.line, violations or str(e.details())))
-            elif e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                reason = f"request_id {request_id} was used before for other values"
-                self._bad(BadRow(row.line, f"{reason} (did the file change since that run?)"))
-            elif self._stop is None:
-                self._stop = _Stop(row.line, e)
-            return
-        self.tally.imported += 1
-        self.tally.replayed += reply.replayed
-        self.tally.line = max(self.tally.line, row.line)
+            for earlier in waits_for:
+                await earlier.done.wait()
+            if self._stop is None and all(earlier.landed for earlier in waits_for):
+                batch.landed = await self._send_rows(client, batch)
+        finally:
+            batch.done.set()
+            slots.release()
+            for key in batch.keys:
+                if self._last_holder.get(key) is batch:
+                    del self._last_holder[key]
+            if batch.landed:
+                del self._open[batch]
+
+    async def _send_rows(self, client: QuotaClient, batch: _Batch) -> bool:
+        """Send the batch's rows until they land, without those the server refuses. True
+        when every row landed or was reported bad; False when the import must stop."""
+        rows, left_out = batch.rows, 0
+        while rows:
+            request_id = batch.request_id + (f"-less-{left_out}" if left_out else "")
+            try:
+                reply = await client.batch_record_gmv(
+                    ((row.seller_id, row.day, row.gmv_minor) for row in rows),
+                    request_id=request_id,
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    refused = self._refused_rows(e, rows)
+                    if refused:
+                        rows = [row for n, row in enumerate(rows) if n not in refused]
+                        left_out += len(refused)
+                        continue
+                elif e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    reason = f"request_id {request_id} was used before for other rows"
+                    for row in rows:
+                        self._bad(
+                            BadRow(row.line, f"{reason} (did the file change since that run?)")
+                        )
+                    return True
+                if self._stop is None or batch.first_line < self._stop.line:
+                    self._stop = _Stop(batch.first_line, e)
+                return False
+            self.tally.imported += len(rows)
+            self.tally.replayed += len(rows) if reply.replayed else 0
+            break
+        self.tally.line = max(self.tally.line, batch.rows[-1].line)
         self._progress.update(self.tally)
+        return True
+
+    def _refused_rows(self, error: grpc.aio.AioRpcError, rows: list[Row]) -> set[int]:
+        """The indexes in ``rows`` of the rows ``error`` names (``rows[i].field``), each
+        reported as bad with its reasons; none when it names none (not a row's fault)."""
+        reasons: dict[int, list[str]] = {}
+        for name, description in field_violations(error):
+            named = _ROW_FIELD.fullmatch(name)
+            if named and int(named[1]) < len(rows):
+                reasons.setdefault(int(named[1]), []).append(f"{named[2]}: {description}")
+        for n, why in sorted(reasons.items()):
+            self._bad(BadRow(rows[n].line, "; ".join(why)))
+        return set(reasons)
 
     def _bad(self, row: BadRow) -> None:
         """Count ``row`` and report it as ``line N: reason``."""
@@ -263,14 +385,14 @@ class GmvImport:
 
     def resume_advice(self) -> str:
         """Which lines are done, and how to resume this run."""
-        line = self._resume_line
-        if line is None:
+        if self._finished:
             return "every line is done"
+        line = next(iter(self._open)).first_line if self._open else self._next_line
         done = "no line is done yet" if line <= 2 else f"every line before line {line} is done"
         return (
             f"{done}; later lines may be partly done. To resume, run the same command with "
-            f"--run-id {self.run_id} --from-line {line}: rows already imported are replayed, "
-            "never applied twice."
+            f"--run-id {self.run_id} --from-line {line}: batches already imported are "
+            "replayed, never applied twice."
         )
 
 
@@ -284,13 +406,15 @@ def _run_id(text: str) -> str:
 
 
 _ABOUT = """\
-Import daily GMV from a CSV file through RecordGmv, streaming it.
+Import daily GMV from a CSV file through BatchRecordGmv, streaming it.
 The file starts with the header seller_id,day,gmv_minor; each row sets one seller's GMV
-for one local day (YYYY-MM-DD) in USD cents. Bad rows are reported on stderr as
-'line N: reason' and the other rows still land. Row N is sent with the request_id
-gmv-<run id>-N, so re-running with the same --run-id never applies a row twice. An
-import stopped by an error, Ctrl-C or SIGTERM says which lines are done and the --run-id
-and --from-line that resume it.
+for one local day (YYYY-MM-DD) in USD cents, a later row for the same day winning. Rows go
+in batches of up to --batch-rows, a few batches in flight at once. Bad rows are reported on
+stderr as 'line N: reason' and the other rows still land. The batch whose first row is at
+line L and which holds C rows is sent with the request_id gmv-<run id>-L-C, so re-running
+with the same --run-id (and --batch-rows) never applies a row twice. An import stopped by
+an error, Ctrl-C or SIGTERM says which lines are done and the --run-id and --from-line that
+resume it.
 """
 
 
@@ -298,17 +422,23 @@ def add_parser(commands: Commands) -> None:
     """Add ``import-gmv`` to ``commands``."""
     command = add_command(commands, "import-gmv", _import, _STATUSES, about=_ABOUT, role="data")
     command.add_argument("file", type=Path, metavar="FILE.csv")
-    for option, default, what in (
-        ("--batch-size", 500, "rows read and sent at a time"),
-        ("--concurrency", 16, "calls in flight at once"),
-    ):
-        command.add_argument(
-            option,
-            type=whole_number(1),
-            default=default,
-            metavar="N",
-            help=f"{what} (default: {default})",
-        )
+    command.add_argument(
+        "--batch-rows",
+        "--batch-size",
+        dest="batch_rows",
+        type=whole_number(1),
+        default=BATCH_ROWS,
+        metavar="N",
+        help=f"good rows a BatchRecordGmv holds, at most the server's maximum "
+        f"(QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS; default: {BATCH_ROWS})",
+    )
+    command.add_argument(
+        "--concurrency",
+        type=whole_number(1),
+        default=CONCURRENCY,
+        metavar="N",
+        help=f"batches in flight at once (default: {CONCURRENCY})",
+    )
     command.add_argument(
         "--run-id",
         type=_run_id,
@@ -334,14 +464,15 @@ def _import(args: argparse.Namespace) -> int:
         print(f"error: {_reason(e)}", file=sys.stderr)
         return ERROR
     with source:
-        run_id = args.run_id or secrets.token_hex(6)
+        run_id = args.run_id or secrets.token_hex(8)
         print(f"import run id {run_id}", file=sys.stderr)
         job = GmvImport(
             source.rows(args.from_line),
             run_id,
             Progress(sys.stderr),
-            batch_size=args.batch_size,
+            batch_rows=args.batch_rows,
             concurrency=args.concurrency,
+            from_line=args.from_line,
         )
 
         def interrupted() -> str:
