@@ -16,6 +16,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -50,7 +51,8 @@ class Stormed:
 
     seller: str
     creator: str
-    replies: list[pb.CheckAndConsumeResponse] = field(default_factory=list)
+    items: int = 1  # decisions one execution makes: a batch's items
+    replies: list[Any] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     executions: int = 0  # audit records
     charged_executions: int = 0
@@ -63,14 +65,19 @@ class Stormed:
         """Different answers among the replies, ``replayed`` aside."""
         answers = set()
         for reply in self.replies:
-            answer = pb.CheckAndConsumeResponse()
+            answer = type(reply)()
             answer.CopyFrom(reply)
             answer.replayed = False
             answers.add(answer.SerializeToString(deterministic=True))
         return len(answers)
 
-    def charged(self) -> bool:
-        return any(r.charged != pb.CHARGE_NONE for r in self.replies)
+    def charged(self) -> int:
+        """Units the answer says were charged: one call's, or a batch's items'."""
+        if not self.replies:
+            return 0
+        reply = self.replies[0]
+        results = reply.results if hasattr(reply, "results") else [reply]
+        return sum(r.charged != pb.CHARGE_NONE for r in results)
 
 
 @dataclass
@@ -87,8 +94,12 @@ class Storm:
         if errors:
             found.append(f"{errors.total()} calls failed ({dict(errors)})")
         executions = sum(r.executions for r in requests)
-        if any(r.executions != 1 for r in requests):
-            found.append(f"{executions} executions of {len(self.requests)} request_ids")
+        if any(r.executions != r.items for r in requests):
+            decisions = sum(r.items for r in requests)
+            found.append(
+                f"{executions} audit records for {len(self.requests)} request_ids "
+                f"of {decisions} decisions"
+            )
         if any(r.stored != 1 for r in requests):
             found.append(f"{sum(r.stored for r in requests)} stored responses")
         divergent = sum(r.distinct_answers() > 1 for r in requests)
@@ -97,14 +108,14 @@ class Storm:
         not_one = sum(r.originals() != 1 for r in requests)
         if not_one:
             found.append(f"{not_one} request_ids got other than one original reply")
-        twice = sum(r.charged_executions > 1 for r in requests)
+        twice = sum(r.charged_executions > r.charged() for r in requests)
         twice += sum(n > 1 for n in self.charged_creators.values())
         if twice:
             found.append(f"{twice} double charges")
         charged = sum(r.charged() for r in requests)
         if not charged == self.charged_creators.total() == self.ledger_used:
             found.append(
-                f"{charged} request_ids answered charged, "
+                f"{charged} units answered charged, "
                 f"{self.charged_creators.total()} charged audit records, "
                 f"ledger used {self.ledger_used}"
             )
@@ -155,17 +166,52 @@ def random_request(seller: str, rng: random.Random, request_id: str) -> pb.Check
     return invite(seller, creator, followers, request_id=request_id)
 
 
-async def retry_storm(start_server, db: AsyncEngine, ledger=PostgresLedger) -> Storm:
+BATCH_ITEMS = 3
+
+
+def random_batch(
+    seller: str, rng: random.Random, request_id: str
+) -> pb.BatchCheckAndConsumeRequest:
+    """A batch of ``BATCH_ITEMS`` items as ``random_request`` makes them, in either mode."""
+    items = []
+    for _ in range(BATCH_ITEMS):
+        one = random_request(seller, rng, request_id)
+        items.append(
+            pb.OutreachItem(
+                creator_id=one.creator_id,
+                action=one.action,
+                creator_follower_count=one.creator_follower_count
+                if one.HasField("creator_follower_count")
+                else None,
+            )
+        )
+    mode = rng.choice([pb.BATCH_MODE_BEST_EFFORT, pb.BATCH_MODE_ALL_OR_NOTHING])
+    return pb.BatchCheckAndConsumeRequest(
+        seller_id=seller, items=items, mode=mode, request_id=request_id
+    )
+
+
+async def retry_storm(
+    start_server, db: AsyncEngine, ledger=PostgresLedger, *, batches: bool = False
+) -> Storm:
     """Run the storm against two replicas with ``ledger``; what it saw. Raises
-    AssertionError, naming every promise broken, when the figures do not add up."""
+    AssertionError, naming every promise broken, when the figures do not add up. With
+    ``batches``, every other request_id is a BatchCheckAndConsume (R15) of
+    ``BATCH_ITEMS``, best effort or all or nothing, stormed like a single call."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     sellers = [new_id("seller") for _ in range(SELLERS)]
-    requests = {}
-    for _ in range(REQUEST_IDS):
+    requests: dict[str, Any] = {}
+    for n in range(REQUEST_IDS):
         request_id = new_id("retry")
-        requests[request_id] = random_request(rng.choice(sellers), rng, request_id)
-    storm = {rid: Stormed(r.seller_id, r.creator_id) for rid, r in requests.items()}
+        make = random_batch if batches and n % 2 else random_request
+        requests[request_id] = make(rng.choice(sellers), rng, request_id)
+    storm = {
+        rid: Stormed(r.seller_id, "", len(r.items))
+        if isinstance(r, pb.BatchCheckAndConsumeRequest)
+        else Stormed(r.seller_id, r.creator_id)
+        for rid, r in requests.items()
+    }
     pending = list(requests)
 
     async with replicas(start_server, ledger, policy=POLICY) as cluster:
@@ -173,8 +219,12 @@ async def retry_storm(start_server, db: AsyncEngine, ledger=PostgresLedger) -> S
 
         async def duplicate(i: int, request_id: str, delay: float) -> None:
             await asyncio.sleep(delay)
+            request = requests[request_id]
             try:
-                reply = await clients[i].CheckAndConsume(requests[request_id], timeout=60)
+                if isinstance(request, pb.BatchCheckAndConsumeRequest):
+                    reply: Any = await clients[i].BatchCheckAndConsume(request, timeout=60)
+                else:
+                    reply = await clients[i].CheckAndConsume(request, timeout=60)
             except grpc.aio.AioRpcError as e:
                 storm[request_id].errors[e.code().name] += 1
             else:
@@ -224,6 +274,39 @@ async def test_retry_storm_executes_each_request_id_once_and_replays_its_answer(
         answers=dict(reasons),
         seconds=round(seen.seconds, 1),
     )
+
+
+async def test_retry_storm_with_batches_executes_each_request_id_once(start_server, db, clock):
+    seen = await retry_storm(start_server, db, batches=True)
+
+    requests = seen.requests.values()
+    batches = [s for s in requests if s.items > 1]
+    replies = sum(len(r.replies) for r in requests)
+    replayed = sum(r.replayed for s in requests for r in s.replies)
+    report(
+        "retry storm: batches",
+        f"{len(seen.requests)} request_ids ({len(batches)} batches of {BATCH_ITEMS}) × "
+        f"{DUPLICATES} concurrent duplicates on 2 replicas: each executed once "
+        f"({sum(s.executions for s in requests)} audit records), 0 divergent replies, "
+        f"0 double charges ({replies:,} replies, {replayed:,} replayed; ledger used "
+        f"{seen.ledger_used} = units answered charged)",
+        request_ids=len(seen.requests),
+        batches=len(batches),
+        duplicates=DUPLICATES,
+        replies=replies,
+        replayed=replayed,
+        ledger_used=seen.ledger_used,
+        seconds=round(seen.seconds, 1),
+    )
+
+
+async def test_retry_storm_with_batches_fails_a_ledger_that_never_finds_a_stored_response(
+    start_server, db, clock
+):
+    with pytest.raises(AssertionError) as failure:
+        await retry_storm(start_server, db, NoIdempotency, batches=True)
+
+    report("sensitivity: retry storm: batches", f"fails against NoIdempotency: {failure.value}")
 
 
 async def test_retry_storm_fails_a_ledger_that_never_finds_a_stored_response(

@@ -24,7 +24,8 @@ class NoIdempotency(PostgresLedger):
     the key already taken reports success anyway (so the engine never waits to replay). A
     duplicate decided after the original committed (another batch, another server) runs
     again: a second audit record, a second decision, perhaps a second charge. Duplicates
-    within one batch are still answered once, by the engine itself.
+    within one batch are still answered once, by the engine itself. A BatchCheckAndConsume
+    forgets its batch's response the same way.
     """
 
     @asynccontextmanager
@@ -47,6 +48,16 @@ class _ForgetsOutreachResponses(Delegate):
 
     async def write_outreach(self, writes: Any, at: datetime) -> bool:
         await self._inner.write_outreach(writes, at)
+        return True
+
+    async def lock_batch(
+        self, at: datetime, seller_id: str, creator_ids: Sequence[str], request_id: str | None
+    ) -> tuple[list[LockedOutreach], None]:
+        rows, _ = await self._inner.lock_batch(at, seller_id, creator_ids, request_id)
+        return rows, None
+
+    async def write_batch(self, writes: Any, at: datetime) -> bool:
+        await self._inner.write_batch(writes, at)
         return True
 
 

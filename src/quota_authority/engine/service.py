@@ -20,6 +20,7 @@ are serialised by the unique key of the stored response instead (``idempotency``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -134,6 +135,11 @@ class QuotaService:
             )
 
         self._new_batcher = batcher
+        # BatchCheckAndConsume calls running here, by (seller, request_id): their
+        # fingerprint and the task deciding them (``check_and_consume_batch``).
+        self._batches_in_flight: dict[
+            tuple[str, str], tuple[str, asyncio.Future[OutreachBatchResult]]
+        ] = {}
         # Made on the first call, once the store has said how its transactions may span.
         self._outreach: MicroBatcher[Outreach, OutreachDecision] | None = None
 
@@ -214,13 +220,36 @@ class QuotaService:
         """Decide one seller's items in order in one transaction under its week lock, as
         if sent one by one (``batch.decide_outreach_batch``), and apply them as the mode
         says, unless a dry run. The batch waits for the database at most
-        ``outreach_wait_s``, like a CheckAndConsume; a retry with its request_id replays."""
+        ``outreach_wait_s``, like a CheckAndConsume; a retry with its request_id replays.
+
+        Duplicates of a batch in flight in this process (same seller, request_id and
+        parameters: a client retrying before its first try was answered) wait for that
+        batch's answer and get it replayed, instead of each queueing a transaction for the
+        seller's lock, as the micro-batcher answers duplicates of a single call once."""
+        stored = batch.request_id is not None and not batch.dry_run  # R12: no answer kept
+        key = (batch.seller_id, batch.request_id or "") if stored else None
+        fingerprint = batch.fingerprint()
+        if key is not None:
+            running = self._batches_in_flight.get(key)
+            if running is not None and running[0] == fingerprint:
+                return dataclasses.replace(await asyncio.shield(running[1]), replayed=True)
+        task = asyncio.ensure_future(self._bounded_batch(batch))
+        if key is not None and key not in self._batches_in_flight:
+            self._batches_in_flight[key] = (fingerprint, task)
+            task.add_done_callback(lambda _: self._batches_in_flight.pop(key, None))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_discard_outcome)
+            raise
+
+    async def _bounded_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
         if self._outreach_wait_s is None:
-            return await _unabandoned(self._decide_outreach_batch(batch))
+            return await self._decide_outreach_batch(batch)
         until = asyncio.get_running_loop().time() + self._outreach_wait_s
         deadline = current_deadline()
         with deadline_at(until if deadline is None else min(deadline, until)):
-            return await _unabandoned(self._decide_outreach_batch(batch))
+            return await self._decide_outreach_batch(batch)
 
     async def _decide_outreach_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
         now = self._clock.now()
