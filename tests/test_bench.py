@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import baseline_server  # noqa: E402
 import bench  # noqa: E402
+import bench_gmv  # noqa: E402
 
 
 def to_asyncpg(url: str) -> str:
@@ -96,7 +98,57 @@ def test_loadtest_refuses_bad_arguments_before_any_load(arguments, complaint):
 
 
 def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
-    assert set(bench.TARGETS) == {"spread", "hot_seller", "mixed", "fixed_rate", "grown"}
-    assert set(bench.LOAD_OF) == set(bench.TARGETS)
+    assert set(bench.TARGETS) == {
+        "spread",
+        "hot_seller",
+        "mixed",
+        "fixed_rate",
+        "grown",
+        "gmv_import",
+        "batch_invite",
+    }
+    assert set(bench.LOAD_OF) | set(bench.OWN_DRIVER) == set(bench.TARGETS)
+    assert not set(bench.LOAD_OF) & set(bench.OWN_DRIVER)
     for load in bench.LOAD_OF.values():
-        assert (bench.LOADS / f"{load}.json").is_file()
+        assert (bench.LOADS / f"{load}.json").is_file() or load in bench.GENERATED_LOAD_NAMES
+
+
+def test_the_batch_invite_load_is_one_sellers_batch_of_new_creators(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "GENERATED_LOADS", tmp_path)
+    bench.write_generated_loads()
+
+    load = (tmp_path / "batch_invite.json").read_text()
+
+    assert load.count('"creator_id": "creator-{{randomInt 0 1000000000}}"') == bench.BATCH_ITEMS
+    assert '"mode": "BATCH_MODE_BEST_EFFORT"' in load
+    assert f'(randomInt 0 {bench.BATCH_SELLERS})' in load
+
+
+async def test_gmv_import_checks_each_row_against_the_figure_its_file_holds(
+    database_url, tmp_path, monkeypatch
+):
+    # The check after the import recomputes each row's figure in SQL: it must be the one
+    # the file was written with.
+    monkeypatch.setattr(bench_gmv, "SELLERS", 3)
+    monkeypatch.setattr(bench_gmv, "DAYS", 4)
+    csv_file = tmp_path / "gmv.csv"
+    assert bench_gmv.write_csv(csv_file) == 12
+    lines = csv_file.read_text().splitlines()
+    rows = [line.split(",") for line in lines[1:]]
+    conn = await asyncpg.connect(to_asyncpg(database_url))
+    try:
+        in_sql = [
+            await conn.fetchval(
+                f"SELECT {bench_gmv._FIGURE_SQL} FROM (VALUES ($1::text, $2::date)) "
+                "AS r(seller_id, day)",
+                seller_id,
+                date.fromisoformat(day),
+            )
+            for seller_id, day, _ in rows
+        ]
+    finally:
+        await conn.close()
+
+    assert lines[0] == "seller_id,day,gmv_minor"
+    assert [int(gmv) for _, _, gmv in rows] == in_sql
+    assert len({(s, d) for s, d, _ in rows}) == 12 and 0 not in in_sql
