@@ -5,6 +5,7 @@ package interop_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 
@@ -139,6 +140,143 @@ func TestScenario(t *testing.T) {
 				fields, st.Details())
 		}
 	})
+
+	// Steps 10 to 18: batches (R15) and releases (R14). Before them, 1 creator is charged
+	// (step 1) and the scenario's creator is connected and blocks the seller.
+	t.Run("10 a best-effort batch applies the allowed items and denies the others", func(t *testing.T) {
+		b := r.BestEffort
+		checkBatch(t, b, true, false, []item{
+			{true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, ptr(maxMessages)},
+			// counted by item 0: free, and counts toward the five (R5, R6)
+			{true, pb.Reason_REASON_ALREADY_COUNTED_THIS_WEEK, pb.Charge_CHARGE_NONE, ptr(maxMessages - 1)},
+			{false, pb.Reason_REASON_FOLLOWER_LIMIT_EXCEEDED, pb.Charge_CHARGE_NONE, ptr(maxMessages)}, // R7
+			{false, pb.Reason_REASON_BLOCKED_BY_CREATOR, pb.Charge_CHARGE_NONE, nil},                   // R8, connected
+			{true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, ptr(maxMessages - 1)},
+		})
+		checkQuota(t, b.GetStatus(), seller, 3, starterPack)
+	})
+	t.Run("11 an all-or-nothing batch with a denied item applies nothing", func(t *testing.T) {
+		b := r.AllOrNothingDenied
+		// Every item is answered allowed = false, with the reason it would have had.
+		checkBatch(t, b, false, false, []item{
+			{false, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_NONE, ptr(maxMessages)},
+			{false, pb.Reason_REASON_FOLLOWER_LIMIT_EXCEEDED, pb.Charge_CHARGE_NONE, ptr(maxMessages)},
+		})
+		checkQuota(t, b.GetStatus(), seller, 3, starterPack)
+	})
+	t.Run("12 an all-or-nothing batch without a denied item applies every item", func(t *testing.T) {
+		b := r.AllOrNothingApplied
+		checkBatch(t, b, true, false, []item{
+			{true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, ptr(maxMessages)},
+			{true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, ptr(maxMessages - 1)},
+		})
+		checkQuota(t, b.GetStatus(), seller, 5, starterPack)
+	})
+	t.Run("13 an invite to a new creator is charged", func(t *testing.T) {
+		checkDecision(t, r.SingleInvite, true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, false)
+		checkQuota(t, r.SingleInvite.GetStatus(), seller, 6, starterPack)
+	})
+	t.Run("14 releasing the invite by its request_id gives the weekly unit back", func(t *testing.T) {
+		checkRelease(t, r.ReleaseSingle, pb.Charge_CHARGE_WEEKLY, false, false)
+		checkQuota(t, r.ReleaseSingle.GetStatus(), seller, 5, starterPack)
+	})
+	t.Run("15 releasing a batch item by its index gives the weekly unit back", func(t *testing.T) {
+		checkRelease(t, r.ReleaseItem, pb.Charge_CHARGE_WEEKLY, false, false)
+		checkQuota(t, r.ReleaseItem.GetStatus(), seller, 4, starterPack)
+	})
+	t.Run("16 the same release again is replayed and gives nothing more back", func(t *testing.T) {
+		checkRelease(t, r.ReleaseItemAgain, pb.Charge_CHARGE_WEEKLY, false, true)
+		checkQuota(t, r.ReleaseItemAgain.GetStatus(), seller, 4, starterPack)
+	})
+	t.Run("17 releasing an item that charged nothing is FAILED_PRECONDITION NOTHING_CHARGED", func(t *testing.T) {
+		checkErrorInfo(t, r.NothingChargedErr, codes.FailedPrecondition, "NOTHING_CHARGED")
+	})
+	t.Run("18 releasing a request_id never sent is NOT_FOUND OUTREACH_NOT_FOUND", func(t *testing.T) {
+		checkErrorInfo(t, r.NotFoundErr, codes.NotFound, "OUTREACH_NOT_FOUND")
+	})
+}
+
+// item is the expected answer to one item of a batch; messagesLeft nil means absent (set only
+// for unconnected creators).
+type item struct {
+	allowed      bool
+	reason       pb.Reason
+	charged      pb.Charge
+	messagesLeft *int64
+}
+
+func ptr(n int64) *int64 { return &n }
+
+// checkBatch asserts a BatchCheckAndConsume answer, item by item.
+func checkBatch(t *testing.T, got *pb.BatchCheckAndConsumeResponse, applied, replayed bool, want []item) {
+	t.Helper()
+	if got == nil {
+		t.Fatal("no answer")
+	}
+	eq(t, "applied", got.GetApplied(), applied)
+	eq(t, "replayed", got.GetReplayed(), replayed)
+	if len(got.GetResults()) != len(want) {
+		t.Fatalf("%d results, want one per item: %d", len(got.GetResults()), len(want))
+	}
+	for n, w := range want {
+		g := got.GetResults()[n]
+		at := fmt.Sprintf("results[%d].", n)
+		eq(t, at+"allowed", g.GetAllowed(), w.allowed)
+		eq(t, at+"reason", g.GetReason(), w.reason)
+		eq(t, at+"charged", g.GetCharged(), w.charged)
+		switch {
+		case w.messagesLeft == nil && g.MessagesBeforeReplyRemaining != nil:
+			t.Errorf("%smessages_before_reply_remaining = %d, want it absent", at, g.GetMessagesBeforeReplyRemaining())
+		case w.messagesLeft != nil && g.MessagesBeforeReplyRemaining == nil:
+			t.Errorf("%smessages_before_reply_remaining is absent, want %d", at, *w.messagesLeft)
+		case w.messagesLeft != nil:
+			eq(t, at+"messages_before_reply_remaining", g.GetMessagesBeforeReplyRemaining(), *w.messagesLeft)
+		}
+	}
+}
+
+// checkQuota asserts a status after used charged creators this week, all from the weekly
+// quota, with pack starter pack units left.
+func checkQuota(t *testing.T, s *pb.QuotaStatus, seller string, used, pack int64) {
+	t.Helper()
+	eq(t, "status.seller_id", s.GetSellerId(), seller)
+	eq(t, "status.used_this_week", s.GetUsedThisWeek(), used)
+	eq(t, "status.remaining_this_week", s.GetRemainingThisWeek(), weeklyLimit-used+pack)
+	eq(t, "status.starter_pack_remaining", s.GetStarterPackRemaining(), pack)
+}
+
+// checkRelease asserts a ReleaseOutreach answer.
+func checkRelease(t *testing.T, got *pb.ReleaseOutreachResponse, returned pb.Charge, stillCounted, replayed bool) {
+	t.Helper()
+	if got == nil {
+		t.Fatal("no answer")
+	}
+	eq(t, "returned", got.GetReturned(), returned)
+	eq(t, "still_counted", got.GetStillCounted(), stillCounted)
+	eq(t, "replayed", got.GetReplayed(), replayed)
+}
+
+// checkErrorInfo asserts that err is a gRPC error with code and a google.rpc.ErrorInfo of
+// reason.
+func checkErrorInfo(t *testing.T, err error, code codes.Code, reason string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want %s with ErrorInfo reason %s", code, reason)
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		t.Fatalf("not a gRPC status: %v", err)
+	}
+	eq(t, "code", st.Code(), code)
+	var reasons []string
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			reasons = append(reasons, info.GetReason())
+		}
+	}
+	if len(reasons) != 1 || reasons[0] != reason {
+		t.Errorf("ErrorInfo reasons %q, want [%q] (details %v)", reasons, reason, st.Details())
+	}
 }
 
 // checkDecision asserts a CheckAndConsume answer.

@@ -1,7 +1,9 @@
 // Command example runs the Go client's example scenario against a quota-authority server
 // and prints each answer: invite a creator, message them, read the seller's status, record
 // the creator's reply, message them again, let the creator block the seller, be denied,
-// replay the first invite by its request_id, and send an invalid request.
+// replay the first invite by its request_id, and send an invalid request; then send batches
+// in both modes and release a charged invite and a batch item (twice), and try two releases
+// that cannot be made.
 //
 //	go run ./cmd/example -target 127.0.0.1:50051
 //
@@ -54,8 +56,8 @@ func main() {
 	}
 }
 
-// printAnswer writes one step's answer: a response as compact JSON, or an error's code, message
-// and BadRequest field violations.
+// printAnswer writes one step's answer: a response as compact JSON, or an error's code, message,
+// BadRequest field violations and ErrorInfo reason.
 func printAnswer(step string, answer any) {
 	switch a := answer.(type) {
 	case proto.Message:
@@ -64,10 +66,13 @@ func printAnswer(step string, answer any) {
 		st := status.Convert(a)
 		fmt.Printf("%s\n  error %s: %s\n", step, st.Code(), st.Message())
 		for _, detail := range st.Details() {
-			if br, ok := detail.(*errdetails.BadRequest); ok {
-				for _, v := range br.GetFieldViolations() {
+			switch d := detail.(type) {
+			case *errdetails.BadRequest:
+				for _, v := range d.GetFieldViolations() {
 					fmt.Printf("  field %s: %s\n", v.GetField(), v.GetDescription())
 				}
+			case *errdetails.ErrorInfo:
+				fmt.Printf("  reason %s\n", d.GetReason())
 			}
 		}
 	case nil:
