@@ -1,4 +1,4 @@
-"""The rules of docs/rules.md (R1, R3–R10) as pure functions: no database, no gRPC.
+"""The rules of docs/rules.md (R1, R3–R10, R14, R15) as pure functions: no database, no gRPC.
 
 Each test names the behaviour it pins down; ``decide`` runs ``decide_outreach`` with a
 tier-0 week, an unconnected, uncounted creator and no starter pack unless told otherwise.
@@ -10,12 +10,23 @@ from datetime import UTC, datetime
 
 import pytest
 
-from quota_authority.domain import Action, Charge, PairState, Reason, SellerWeek
+from quota_authority.domain import (
+    Action,
+    BatchMode,
+    Charge,
+    OutreachDecision,
+    PairState,
+    QuotaStatus,
+    Reason,
+    SellerWeek,
+)
+from quota_authority.engine.batch import r15_applies
 from quota_authority.engine.rules import (
     OutreachVerdict,
     decide_outreach,
     r1_tier_for_gmv,
     r10_starter_pack_grant,
+    r14_release,
 )
 from quota_authority.policy import Policy
 
@@ -489,3 +500,35 @@ def test_r10_pack_is_granted_once_in_a_lifetime() -> None:
 
 def test_r10_no_pack_for_a_seller_with_gmv_that_was_already_granted() -> None:
     assert r10_starter_pack_grant(has_had_gmv=True, already_granted=True, size=1000) == 0
+
+
+# --- R14 Release ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool", [Charge.WEEKLY, Charge.STARTER_PACK])
+def test_r14_the_only_outreach_to_the_creator_gives_its_unit_back_to_its_pool(pool) -> None:
+    assert r14_release(pool, live_outreach=1) == (pool, False)
+
+
+@pytest.mark.parametrize("pool", [Charge.WEEKLY, Charge.STARTER_PACK])
+def test_r14_later_outreach_to_the_creator_keeps_the_unit_and_the_count(pool) -> None:
+    assert r14_release(pool, live_outreach=2) == (Charge.NONE, True)
+
+
+# --- R15 Batches ------------------------------------------------------------------------
+
+
+def _decision(allowed: bool) -> OutreachDecision:
+    status = QuotaStatus.of(week(), 0)
+    reason = Reason.NEW_CREATOR if allowed else Reason.QUOTA_EXHAUSTED
+    charged = Charge.WEEKLY if allowed else Charge.NONE
+    return OutreachDecision(allowed, reason, charged, status, 5)
+
+
+def test_r15_best_effort_applies_whatever_was_denied() -> None:
+    assert r15_applies(BatchMode.BEST_EFFORT, [_decision(True), _decision(False)])
+
+
+def test_r15_all_or_nothing_applies_nothing_when_one_item_is_denied() -> None:
+    assert not r15_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(False)])
+    assert r15_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(True)])
