@@ -64,6 +64,13 @@ interface MessageCodec {
   fromPartial(object: unknown): object;
 }
 
+/**
+ * The RPCs whose `requestId` names another call instead of being their own idempotency key:
+ * ReleaseOutreach's is the request_id of the call that charged (its retries are safe as they
+ * are). The client never makes one up for them.
+ */
+const REQUEST_ID_NAMES_ANOTHER_CALL = new Set(["ReleaseOutreach"]);
+
 export interface QuotaClient extends QuotaMethods {}
 
 /**
@@ -73,7 +80,9 @@ export interface QuotaClient extends QuotaMethods {}
  * UNAVAILABLE (no answer came back: retrying is safe), up to `attempts` attempts in
  * all, with the same request. A mutating call made without a `requestId` gets a generated one
  * first (except dry runs, which change nothing), so its retries are replayed by the service,
- * never charged twice. Other errors reject at once with the grpc-js `ServiceError`.
+ * never charged twice; a batch's one `requestId` covers all its items. `releaseOutreach`'s
+ * `requestId` names the call that charged, so it is never generated: a release is replayed by
+ * the outreach it names. Other errors reject at once with the grpc-js `ServiceError`.
  *
  * ```ts
  * const quota = new QuotaClient("127.0.0.1:50051", { token: process.env.QUOTA_AUTHORITY_TOKEN });
@@ -115,9 +124,10 @@ export class QuotaClient {
         throw new Error(`no generated message ${rpc}Request for ${definition.path}`);
       }
       const method = definition as unknown as grpc.MethodDefinition<object, unknown>;
+      const ownRequestId = !REQUEST_ID_NAMES_ANOTHER_CALL.has(rpc);
       Object.defineProperty(this, name, {
         value: (request: object, settings?: CallSettings) =>
-          this.call(method, codec.fromPartial(request), settings),
+          this.call(method, codec.fromPartial(request), ownRequestId, settings),
       });
     }
   }
@@ -130,10 +140,11 @@ export class QuotaClient {
   private async call<Req extends object, Res>(
     definition: grpc.MethodDefinition<Req, Res>,
     request: Req,
+    ownRequestId: boolean,
     settings: CallSettings = {},
   ): Promise<Res> {
     const fields = request as { requestId?: unknown; dryRun?: unknown };
-    if (fields.requestId === "" && fields.dryRun !== true) {
+    if (ownRequestId && fields.requestId === "" && fields.dryRun !== true) {
       fields.requestId = randomUUID();
     }
     const metadata = settings.metadata?.clone() ?? new grpc.Metadata();

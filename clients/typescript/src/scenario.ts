@@ -1,17 +1,22 @@
 // The interop scenario, shared by the example (which prints each answer) and the interop test
-// (which asserts them): one new seller under the default policy and one creator.
+// (which asserts them): one new seller under the default policy and one creator, then batches
+// (R15) and releases (R14) for the same seller and a few more creators.
 import * as grpc from "@grpc/grpc-js";
 
 import { type QuotaClient, isServiceError } from "./client.js";
-import { fieldViolations } from "./errors.js";
+import { errorInfo, fieldViolations } from "./errors.js";
 import {
   Action,
+  BatchCheckAndConsumeResponse,
+  BatchMode,
   BlockResponse,
   CheckAndConsumeResponse,
   ConnectionSource,
   GetStatusResponse,
+  type OutreachItem,
   Party,
   RecordReplyResponse,
+  ReleaseOutreachResponse,
 } from "./gen/quota_authority/v1/quota_authority.js";
 
 export interface ScenarioAnswers {
@@ -33,6 +38,24 @@ export interface ScenarioAnswers {
   inviteReplayed: CheckAndConsumeResponse;
   /** 9. A call without a seller_id: the error. */
   invalid: grpc.ServiceError;
+  /** 10. A best-effort batch: two new creators, one counted, one over the cap, one blocked. */
+  batchBestEffort: BatchCheckAndConsumeResponse;
+  /** 11. An all-or-nothing batch with an item over the cap: nothing applied. */
+  batchAllOrNothingDenied: BatchCheckAndConsumeResponse;
+  /** 12. An all-or-nothing batch with no denied item: every item applied. */
+  batchAllOrNothingApplied: BatchCheckAndConsumeResponse;
+  /** 13. An invite to a new creator, whose send then fails. */
+  inviteToRelease: CheckAndConsumeResponse;
+  /** 14. The release of step 13, by its request_id. */
+  releaseSingle: ReleaseOutreachResponse;
+  /** 15. The release of step 12's item 1, by its index. */
+  releaseItem: ReleaseOutreachResponse;
+  /** 16. Step 15 again: the stored answer. */
+  releaseItemReplayed: ReleaseOutreachResponse;
+  /** 17. The release of step 10's item 1, which charged nothing: the error. */
+  releaseNothingCharged: grpc.ServiceError;
+  /** 18. The release of a request_id never sent: the error. */
+  releaseNotFound: grpc.ServiceError;
 }
 
 /** Called after each step with its number, what it did, and the answer as proto JSON. */
@@ -40,6 +63,16 @@ export type StepListener = (step: number, title: string, answer: unknown) => voi
 
 /** The request_id of step 1, repeated in step 8. Request ids are unique per seller. */
 export const INVITE_REQUEST_ID = "invite-1";
+
+/** The request_ids of the batches of steps 10, 11 and 12 (batches share them with CheckAndConsume). */
+export const BEST_EFFORT_REQUEST_ID = "batch-1";
+export const ALL_OR_NOTHING_DENIED_REQUEST_ID = "batch-2";
+export const ALL_OR_NOTHING_APPLIED_REQUEST_ID = "batch-3";
+/** The request_id of step 13's invite, released in step 14. */
+export const RELEASED_INVITE_REQUEST_ID = "invite-7";
+/** Follower counts under and over the default tier T0's cap of 20,000. */
+export const UNDER_CAP = 1000;
+export const OVER_CAP = 30000;
 
 export async function runScenario(
   quota: QuotaClient,
@@ -62,6 +95,23 @@ export async function runScenario(
     return answer;
   };
   const decision = CheckAndConsumeResponse.toJSON;
+  const batchDecision = BatchCheckAndConsumeResponse.toJSON;
+  const released = ReleaseOutreachResponse.toJSON;
+  const inviteItem = (id: string, followers: number): OutreachItem => ({
+    creatorId: id,
+    action: Action.ACTION_INVITE,
+    creatorFollowerCount: followers,
+  });
+  const messageItem = (id: string): OutreachItem => ({ creatorId: id, action: Action.ACTION_MESSAGE });
+  const batch = (mode: BatchMode, requestId: string, items: OutreachItem[]) =>
+    quota.batchCheckAndConsume({ sellerId, items, mode, requestId });
+  const release = (requestId: string, itemIndex?: number) =>
+    quota.releaseOutreach({ sellerId, requestId, itemIndex });
+  const failure = (error: grpc.ServiceError) => ({
+    code: grpc.status[error.code],
+    details: error.details,
+    reason: errorInfo(error)?.reason,
+  });
 
   return {
     invite: await step(1, "CheckAndConsume invite", quota.checkAndConsume(invite), decision),
@@ -91,6 +141,71 @@ export async function runScenario(
         details: error.details,
         fieldViolations: fieldViolations(error),
       }),
+    ),
+    batchBestEffort: await step(
+      10,
+      "BatchCheckAndConsume best effort",
+      batch(BatchMode.BATCH_MODE_BEST_EFFORT, BEST_EFFORT_REQUEST_ID, [
+        inviteItem("creator-2", UNDER_CAP), // new: charged
+        messageItem("creator-2"), // counted by the item before: free
+        inviteItem("creator-3", OVER_CAP), // over the cap: denied
+        messageItem(creatorId), // the creator blocks the seller: denied
+        messageItem("creator-4"), // new: charged
+      ]),
+      batchDecision,
+    ),
+    batchAllOrNothingDenied: await step(
+      11,
+      "BatchCheckAndConsume all or nothing, one item denied",
+      batch(BatchMode.BATCH_MODE_ALL_OR_NOTHING, ALL_OR_NOTHING_DENIED_REQUEST_ID, [
+        inviteItem("creator-5", UNDER_CAP),
+        inviteItem("creator-6", OVER_CAP),
+      ]),
+      batchDecision,
+    ),
+    batchAllOrNothingApplied: await step(
+      12,
+      "BatchCheckAndConsume all or nothing, none denied",
+      batch(BatchMode.BATCH_MODE_ALL_OR_NOTHING, ALL_OR_NOTHING_APPLIED_REQUEST_ID, [
+        inviteItem("creator-5", UNDER_CAP),
+        messageItem("creator-6"),
+      ]),
+      batchDecision,
+    ),
+    inviteToRelease: await step(
+      13,
+      "CheckAndConsume invite, to be released",
+      quota.checkAndConsume({
+        sellerId,
+        ...inviteItem("creator-7", UNDER_CAP),
+        requestId: RELEASED_INVITE_REQUEST_ID,
+      }),
+      decision,
+    ),
+    releaseSingle: await step(14, "ReleaseOutreach of step 13", release(RELEASED_INVITE_REQUEST_ID), released),
+    releaseItem: await step(
+      15,
+      "ReleaseOutreach of step 12's item 1",
+      release(ALL_OR_NOTHING_APPLIED_REQUEST_ID, 1),
+      released,
+    ),
+    releaseItemReplayed: await step(
+      16,
+      "ReleaseOutreach of step 12's item 1 again",
+      release(ALL_OR_NOTHING_APPLIED_REQUEST_ID, 1),
+      released,
+    ),
+    releaseNothingCharged: await step(
+      17,
+      "ReleaseOutreach of step 10's item 1, which charged nothing",
+      expectError(release(BEST_EFFORT_REQUEST_ID, 1)),
+      failure,
+    ),
+    releaseNotFound: await step(
+      18,
+      "ReleaseOutreach of a request_id never sent",
+      expectError(release("never-sent")),
+      failure,
     ),
   };
 }

@@ -8,11 +8,17 @@ import * as grpc from "@grpc/grpc-js";
 import { QuotaClient, isServiceError } from "../client.js";
 import {
   Action,
+  BatchCheckAndConsumeRequest,
+  BatchCheckAndConsumeResponse,
+  BatchMode,
+  Charge,
   CheckAndConsumeRequest,
   CheckAndConsumeResponse,
   GetStatusResponse,
   QuotaAuthorityServiceService,
   Reason,
+  ReleaseOutreachRequest,
+  ReleaseOutreachResponse,
 } from "../gen/quota_authority/v1/quota_authority.js";
 
 interface Received {
@@ -23,6 +29,8 @@ interface Received {
 let server: grpc.Server;
 let target: string;
 let received: Received[];
+let batches: BatchCheckAndConsumeRequest[];
+let releases: ReleaseOutreachRequest[];
 let failures: grpc.status[]; // the next answers to fail with, one per call
 let hang = false; // never answer
 
@@ -49,6 +57,30 @@ before(async () => {
     }
     callback(null, CheckAndConsumeResponse.fromPartial({ allowed: true, reason: Reason.REASON_NEW_CREATOR }));
   };
+  implementation.batchCheckAndConsume = (
+    call: grpc.ServerUnaryCall<BatchCheckAndConsumeRequest, BatchCheckAndConsumeResponse>,
+    callback: grpc.sendUnaryData<BatchCheckAndConsumeResponse>,
+  ) => {
+    batches.push(call.request);
+    const code = failures.shift();
+    if (code !== undefined) {
+      callback({ code, details: `failing with ${grpc.status[code]}` });
+      return;
+    }
+    callback(null, BatchCheckAndConsumeResponse.fromPartial({ applied: true }));
+  };
+  implementation.releaseOutreach = (
+    call: grpc.ServerUnaryCall<ReleaseOutreachRequest, ReleaseOutreachResponse>,
+    callback: grpc.sendUnaryData<ReleaseOutreachResponse>,
+  ) => {
+    releases.push(call.request);
+    const code = failures.shift();
+    if (code !== undefined) {
+      callback({ code, details: `failing with ${grpc.status[code]}` });
+      return;
+    }
+    callback(null, ReleaseOutreachResponse.fromPartial({ returned: Charge.CHARGE_WEEKLY }));
+  };
   implementation.getStatus = (_call: unknown, callback: grpc.sendUnaryData<GetStatusResponse>) => {
     failures.shift();
     callback(null, GetStatusResponse.fromPartial({ status: { sellerId: "s1", tier: "T0" } }));
@@ -66,6 +98,8 @@ after(() => server.forceShutdown());
 
 beforeEach(() => {
   received = [];
+  batches = [];
+  releases = [];
   failures = [];
   hang = false;
 });
@@ -144,4 +178,42 @@ test("ends an attempt at its deadline with DEADLINE_EXCEEDED, not retried", asyn
   const elapsed = Date.now() - started;
   assert.ok(elapsed >= 150 && elapsed < 2000, `took ${elapsed} ms`);
   assert.equal(received.length, 1);
+});
+
+test("retries a batch with the one request_id it generated for the whole batch", async () => {
+  const quota = new QuotaClient(target, { backoffMs: 10 });
+  failures = [grpc.status.UNAVAILABLE];
+  try {
+    const reply = await quota.batchCheckAndConsume({
+      sellerId: "s1",
+      items: [{ creatorId: "c1", action: Action.ACTION_MESSAGE }, invite],
+      mode: BatchMode.BATCH_MODE_ALL_OR_NOTHING,
+    });
+    assert.equal(reply.applied, true);
+  } finally {
+    quota.close();
+  }
+  assert.equal(batches.length, 2);
+  assert.match(batches[0].requestId, /^[0-9a-f-]{36}$/);
+  assert.deepStrictEqual(batches[1], batches[0]);
+});
+
+test("never makes up a release's request_id, which names the call that charged", async () => {
+  const quota = new QuotaClient(target, { backoffMs: 10 });
+  failures = [grpc.status.UNAVAILABLE];
+  try {
+    const reply = await quota.releaseOutreach({ sellerId: "s1", requestId: "b-1", itemIndex: 0 });
+    assert.equal(reply.returned, Charge.CHARGE_WEEKLY);
+    await quota.releaseOutreach({ sellerId: "s1" });
+  } finally {
+    quota.close();
+  }
+  assert.deepStrictEqual(
+    releases.map(({ requestId, itemIndex }) => [requestId, itemIndex]),
+    [
+      ["b-1", 0],
+      ["b-1", 0],
+      ["", undefined],
+    ],
+  );
 });

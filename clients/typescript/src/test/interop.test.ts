@@ -10,7 +10,7 @@ import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 
 import { QuotaClient } from "../client.js";
-import { fieldViolations } from "../errors.js";
+import { errorInfo, fieldViolations } from "../errors.js";
 import { Charge, Reason } from "../gen/quota_authority/v1/quota_authority.js";
 import { runScenario } from "../scenario.js";
 
@@ -110,19 +110,112 @@ test("the scenario against a live quota-authority", async () => {
       fieldViolations(answers.invalid).map((violation) => violation.field),
       ["seller_id"],
     );
+
+    // Steps 10 to 18: batches (R15) and releases (R14). One creator is charged so far (step 1);
+    // the scenario's creator is connected and blocks the seller.
+    const quotaAfter = (used: number) => ({
+      sellerId,
+      usedThisWeek: used,
+      remainingThisWeek: 50 - used + 1000, // every unit from the weekly quota: the pack is whole
+      starterPackRemaining: 1000,
+    });
+    const results = (answer: { results: unknown[] }) => answer.results;
+    const item = (allowed: boolean, reason: Reason, charged: Charge, messagesLeft?: number) => ({
+      allowed,
+      reason,
+      charged,
+      messagesBeforeReplyRemaining: messagesLeft,
+    });
+
+    // 10. Best effort: each item on its own, in order, each seeing those before it.
+    assertFields(answers.batchBestEffort, { applied: true, replayed: false, status: quotaAfter(3) });
+    assert.deepStrictEqual(results(answers.batchBestEffort), [
+      item(true, Reason.REASON_NEW_CREATOR, Charge.CHARGE_WEEKLY, 5),
+      item(true, Reason.REASON_ALREADY_COUNTED_THIS_WEEK, Charge.CHARGE_NONE, 4), // counted by item 0 (R5)
+      item(false, Reason.REASON_FOLLOWER_LIMIT_EXCEEDED, Charge.CHARGE_NONE, 5), // R7
+      item(false, Reason.REASON_BLOCKED_BY_CREATOR, Charge.CHARGE_NONE), // R8; connected: no count of five
+      item(true, Reason.REASON_NEW_CREATOR, Charge.CHARGE_WEEKLY, 4),
+    ]);
+
+    // 11. All or nothing with an item over the cap: nothing applied, each item answered with the
+    // reason it would have had.
+    assertFields(answers.batchAllOrNothingDenied, {
+      applied: false,
+      replayed: false,
+      status: quotaAfter(3),
+    });
+    assert.deepStrictEqual(results(answers.batchAllOrNothingDenied), [
+      item(false, Reason.REASON_NEW_CREATOR, Charge.CHARGE_NONE, 5),
+      item(false, Reason.REASON_FOLLOWER_LIMIT_EXCEEDED, Charge.CHARGE_NONE, 5),
+    ]);
+
+    // 12. All or nothing with no denied item: every item applied.
+    assertFields(answers.batchAllOrNothingApplied, {
+      applied: true,
+      replayed: false,
+      status: quotaAfter(5),
+    });
+    assert.deepStrictEqual(results(answers.batchAllOrNothingApplied), [
+      item(true, Reason.REASON_NEW_CREATOR, Charge.CHARGE_WEEKLY, 5),
+      item(true, Reason.REASON_NEW_CREATOR, Charge.CHARGE_WEEKLY, 4),
+    ]);
+
+    // 13. A single invite, charged.
+    assertFields(answers.inviteToRelease, {
+      allowed: true,
+      reason: Reason.REASON_NEW_CREATOR,
+      charged: Charge.CHARGE_WEEKLY,
+      status: quotaAfter(6),
+    });
+
+    // 14. Its release by request_id: the unit goes back to the weekly quota it came from.
+    assertFields(answers.releaseSingle, {
+      returned: Charge.CHARGE_WEEKLY,
+      stillCounted: false,
+      replayed: false,
+      status: quotaAfter(5),
+    });
+
+    // 15. A batch item released by its index.
+    assertFields(answers.releaseItem, {
+      returned: Charge.CHARGE_WEEKLY,
+      stillCounted: false,
+      replayed: false,
+      status: quotaAfter(4),
+    });
+
+    // 16. The same release again: replayed, nothing more given back.
+    assertFields(answers.releaseItemReplayed, {
+      returned: Charge.CHARGE_WEEKLY,
+      stillCounted: false,
+      replayed: true,
+      status: quotaAfter(4),
+    });
+
+    // 17. An item that charged nothing has nothing to release.
+    const nothingCharged = answers.releaseNothingCharged;
+    assert.equal(nothingCharged.code, grpc.status.FAILED_PRECONDITION, nothingCharged.message);
+    assert.equal(errorInfo(nothingCharged)?.reason, "NOTHING_CHARGED");
+
+    // 18. A request_id never sent names no outreach.
+    assert.equal(answers.releaseNotFound.code, grpc.status.NOT_FOUND, answers.releaseNotFound.message);
+    assert.equal(errorInfo(answers.releaseNotFound)?.reason, "OUTREACH_NOT_FOUND");
   } finally {
     quota.close();
   }
 });
 
-test("the example runs the scenario and prints its nine answers", async () => {
+test("the example runs the scenario and prints its eighteen answers", async () => {
   assert.ok(target, NOT_SET);
   const { stdout } = await promisify(execFile)(process.execPath, [join(__dirname, "..", "example.js")], {
     env: { ...process.env, QUOTA_AUTHORITY_TARGET: target },
     timeout: 60_000,
   });
-  const answers = stdout.split("\n").filter((line) => /^\d\. /.test(line));
-  assert.equal(answers.length, 9, stdout);
+  const answers = stdout.split("\n").filter((line) => /^\d+\. /.test(line));
+  assert.equal(answers.length, 18, stdout);
   assert.match(answers[0], /"reason":"REASON_NEW_CREATOR"/);
   assert.match(answers[8], /"code":"INVALID_ARGUMENT".*"field":"seller_id"/);
+  assert.match(answers[9], /^10\. BatchCheckAndConsume best effort: .*"applied":true/);
+  assert.match(answers[16], /"code":"FAILED_PRECONDITION".*"reason":"NOTHING_CHARGED"/);
+  assert.match(answers[17], /"code":"NOT_FOUND".*"reason":"OUTREACH_NOT_FOUND"/);
 });
