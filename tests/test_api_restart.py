@@ -26,6 +26,9 @@ RPCS = [
     "RecordGmv",
     "UpsertSeller",
     "ListDecisions",
+    "BatchCheckAndConsume",
+    "BatchRecordGmv",
+    "ReleaseOutreach",
 ]
 
 

@@ -165,7 +165,12 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
             )
         elif action == pb.ACTION_INVITE:
             v.bad(at + "creator_follower_count", "is required for ACTION_INVITE")
-        return OutreachItem(item.creator_id, ACTIONS.get(action, Action.MESSAGE), follower_count)
+        # An unknown action is a violation already: done() raises before the item is used.
+        return OutreachItem(
+            item.creator_id,
+            ACTIONS.get(pb.Action.ValueType(action), Action.MESSAGE),
+            follower_count,
+        )
 
     @rpc_method
     async def ReleaseOutreach(
@@ -357,7 +362,7 @@ def _gmv_rows(v: Validator, rows: Sequence[pb.GmvRow]) -> list[GmvRow]:
         seller_id, gmv_minor = row.seller_id, row.gmv_minor
         day = v.gmv_row("rows", n, seller_id, row.day, gmv_minor, days)
         if day is not None:
-            good.append(GmvRow(seller_id, day, gmv_minor))
+            good.append((seller_id, day, gmv_minor))
             continue
         bad += 1
         if bad == GMV_BAD_ROWS_NAMED and n + 1 < len(rows):

@@ -330,7 +330,10 @@ class QuotaService:
                 pack = await tx.starter_pack_remaining(seller_id)
                 after = await tx.find_week(seller_id, now)
                 assert after is not None  # locked above, in this transaction
-                result = ReleaseResult(returned, still_counted, QuotaStatus.of(after, pack))
+                # Without the policy digest, as a decision's status: a stored answer keeps
+                # no digest (QuotaStatus.to_json), so its replay is the same answer.
+                status = QuotaStatus.of(dataclasses.replace(after, policy_digest=None), pack)
+                result = ReleaseResult(returned, still_counted, status)
                 if not await tx.store_response(seller_id, key, fingerprint, result.to_json(), now):
                     raise RequestIdTaken
                 return result

@@ -412,8 +412,8 @@ type QuotaStatus struct {
 	TimeZone string `protobuf:"bytes,12,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
 	// Which policy the week was snapshotted under: "sha256:" and 16 hex digits of the policy's
 	// content, the same for equal policies. A reloaded policy makes only the weeks snapshotted
-	// after it. Set by GetStatus; empty in a decision's status, and for weeks snapshotted by a
-	// release before it was recorded.
+	// after it. Set by GetStatus; empty in the status of a decision, a batch or a release, and
+	// for weeks snapshotted by a release of this service before it was recorded.
 	PolicyDigest  string `protobuf:"bytes,13,opt,name=policy_digest,json=policyDigest,proto3" json:"policy_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
