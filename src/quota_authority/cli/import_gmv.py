@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
+import queue
 import re
 import secrets
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, Generic, TextIO, TypeVar
 
 import grpc
 
@@ -186,28 +186,45 @@ class _Batch:
     landed: bool = False  # every row applied (or replayed), or reported as bad
 
 
-def _read_in_thread(read: Callable[[], T]) -> Awaitable[T]:
-    """``read()`` in a daemon thread of its own: the event loop answers the batches in
-    flight meanwhile, and a read blocked on a pipe never holds up the process's exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
+class _Reader(Generic[T]):
+    """Reads the next chunk of the file (``read()``) in a daemon thread of its own, when
+    asked (``next``): the event loop answers the batches in flight meanwhile, and a read
+    blocked on a pipe never holds up the process's exit."""
 
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():  # else cancelled: nobody waits for it any more
-            outcome()
+    def __init__(self, read: Callable[[], T]) -> None:
+        self._read = read
+        self._asked: queue.SimpleQueue[asyncio.Future[T]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
-    def run() -> None:
-        try:
-            result = read()
-        except BaseException as e:  # handed to the awaiting task
-            outcome = functools.partial(future.set_exception, e)
-        else:
-            outcome = functools.partial(future.set_result, result)
-        with contextlib.suppress(RuntimeError):  # the loop has closed: the import ended
-            loop.call_soon_threadsafe(settle, outcome)
+    def next(self) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, args=(loop,), name="import-gmv reader", daemon=True
+            )
+            self._thread.start()
+        future: asyncio.Future[T] = loop.create_future()
+        self._asked.put(future)
+        return future
 
-    threading.Thread(target=run, name="import-gmv reader", daemon=True).start()
-    return future
+    def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            future = self._asked.get()
+            try:
+                result = self._read()
+            except BaseException as e:  # handed to the awaiting task
+                outcome = functools.partial(future.set_exception, e)
+            else:
+                outcome = functools.partial(future.set_result, result)
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # the loop has closed: the import has ended
+                return
+
+
+def _settle(future: asyncio.Future[Any], outcome: Callable[[], None]) -> None:
+    if not future.done():  # else cancelled: nobody waits for it any more
+        outcome()
 
 
 class GmvImport:
@@ -246,8 +263,9 @@ class GmvImport:
         """Import every row; print the summary on stdout. ``OK`` when every row was good,
         ``ERROR`` otherwise or when the import stopped on an error."""
         slots = asyncio.Semaphore(self._concurrency)
+        reader = _Reader(self._chunk)
         async with asyncio.TaskGroup() as batches:
-            while self._stop is None and (chunk := await _read_in_thread(self._chunk)):
+            while self._stop is None and (chunk := await reader.next()):
                 good = [row for row in chunk if isinstance(row, Row)]
                 batch = self._batch(chunk[0].line, good) if good else None
                 await slots.acquire()
