@@ -121,7 +121,7 @@ def test_the_batch_invite_load_is_one_sellers_batch_of_new_creators(tmp_path, mo
 
     assert load.count('"creator_id": "creator-{{randomInt 0 1000000000}}"') == bench.BATCH_ITEMS
     assert '"mode": "BATCH_MODE_BEST_EFFORT"' in load
-    assert f'(randomInt 0 {bench.BATCH_SELLERS})' in load
+    assert f"(randomInt 0 {bench.BATCH_SELLERS})" in load
 
 
 async def test_gmv_import_checks_each_row_against_the_figure_its_file_holds(
