@@ -185,7 +185,7 @@ class PostgresLedger:
         timeouts = self._timeouts_ms(timeout_s)
         try:
             async with self._connection(timeouts) as conn:
-                yield _Transaction(conn)
+                yield _Transaction(conn, distributed=self._per_seller)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
 
@@ -309,10 +309,12 @@ class PostgresLedger:
 
 
 class _Transaction:
-    """One open transaction; implements ``engine.ports.LedgerTransaction``."""
+    """One open transaction; implements ``engine.ports.LedgerTransaction``. ``distributed``:
+    the schema is distributed by seller_id (Citus), where some statements take other forms."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, *, distributed: bool = False) -> None:
         self.conn = conn
+        self.distributed = distributed
 
     async def find_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
         w = seller_weeks.c
@@ -622,7 +624,7 @@ class _Transaction:
         )
 
     async def record_gmv_rows(self, rows: Sequence[GmvRow], default_time_zone: str) -> None:
-        await record_gmv_rows(self.conn, rows, default_time_zone)
+        await record_gmv_rows(self.conn, rows, default_time_zone, distributed=self.distributed)
 
     async def upsert_seller(
         self, seller_id: str, time_zone: str | None, default_time_zone: str
