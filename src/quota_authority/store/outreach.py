@@ -142,30 +142,18 @@ class OutreachTransaction:
         return locked, _locked(OutreachKey(seller_id, "", request_id), rows[-1]).stored
 
     async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
-        audit = writes.audit
-        responses = writes.responses
-        seller_id = audit[0].seller_id
-        week_start = audit[0].week_start
-        weekly, pack = writes.week_charges.get((seller_id, week_start), (0, 0))
-        pair_weeks = writes.pair_weeks
-        stored = await self._conn.fetchval(
-            _WRITE_BATCH,
-            seller_id,
-            week_start,
-            weekly,
-            pack,
-            writes.pack_charges.get(seller_id, 0),
-            [creator for _, _, creator in pair_weeks],
-            [pair.counted_this_week for pair in pair_weeks.values()],
-            [pair.messages_this_week for pair in pair_weeks.values()],
-            *_audit_columns(audit),
-            [a.item_index for a in audit],
-            *_response_columns(responses),
-            at,
-        )
-        return bool(stored == len(responses))
+        item_indexes = [a.item_index for a in writes.audit]
+        return await self._write_seller(_WRITE_BATCH, writes, at, [item_indexes])
 
     async def _write_one_seller(self, writes: OutreachWrites, at: datetime) -> bool:
+        return await self._write_seller(_WRITE_ONE_SELLER, writes, at, [])
+
+    async def _write_seller(
+        self, statement: str, writes: OutreachWrites, at: datetime, after_audit: list[list[Any]]
+    ) -> bool:
+        """One of the one-seller write functions over ``writes`` (one seller's): they take
+        the same arguments, and ``write_seller_batch`` the audit's ``after_audit`` columns
+        too. True when every response was stored."""
         audit = writes.audit
         responses = writes.responses
         seller_id = audit[0].seller_id
@@ -173,7 +161,7 @@ class OutreachTransaction:
         weekly, pack = writes.week_charges.get((seller_id, week_start), (0, 0))
         pair_weeks = writes.pair_weeks
         stored = await self._conn.fetchval(
-            _WRITE_ONE_SELLER,
+            statement,
             seller_id,
             week_start,
             weekly,
@@ -183,6 +171,7 @@ class OutreachTransaction:
             [pair.counted_this_week for pair in pair_weeks.values()],
             [pair.messages_this_week for pair in pair_weeks.values()],
             *_audit_columns(audit),
+            *after_audit,
             *_response_columns(responses),
             at,
         )
