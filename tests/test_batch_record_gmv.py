@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from sqlalchemy import text
-from support import everything_of, failure_details, invite
+from support import _metric, everything_of, failure_details, invite
 
 from quota_authority.api.servicer import GMV_BAD_ROWS_NAMED
 from quota_authority.client import QuotaClient
@@ -399,6 +399,23 @@ async def test_the_python_client_sends_a_batch_and_retries_it_safely(target, db,
     assert again.replayed
     assert not generated.replayed  # a request_id of its own
     assert await daily_gmv(db, seller) == {(seller, DAY): 1, (seller, "2026-11-21"): 5}
+
+
+async def test_the_rows_recorded_are_counted_on_the_metrics_endpoint(start_server, seller, clock):
+    server, address = await start_server(metrics_listen="127.0.0.1:0")
+    rows = [(seller, DAY, 1), (seller, "2026-11-21", 2), (f"{seller}.2", DAY, 3)]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        await stub.BatchRecordGmv(batch(*rows, request_id="metrics-" + seller))
+        await stub.BatchRecordGmv(batch(*rows, request_id="metrics-" + seller))  # a replay
+        await stub.RecordGmv(pb.RecordGmvRequest(seller_id=seller, day=DAY, gmv_minor=4))
+
+    counted = await asyncio.to_thread(
+        _metric, server.metrics_port, "quota_authority_gmv_rows_recorded_total"
+    )
+
+    assert counted == 4  # three rows, then one: the replay applied nothing
+    await server.stop(grace=0)
 
 
 async def test_outreach_of_a_seller_whose_gmv_came_in_a_batch(stub, seller, clock):
