@@ -193,7 +193,7 @@ class _Reader(Generic[T]):
 
     def __init__(self, read: Callable[[], T]) -> None:
         self._read = read
-        self._asked: queue.SimpleQueue[asyncio.Future[T]] = queue.SimpleQueue()
+        self._asked: queue.SimpleQueue[asyncio.Future[T] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def next(self) -> asyncio.Future[T]:
@@ -207,9 +207,12 @@ class _Reader(Generic[T]):
         self._asked.put(future)
         return future
 
+    def close(self) -> None:
+        """Let the thread end once it is done with what it was asked."""
+        self._asked.put(None)
+
     def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            future = self._asked.get()
+        while (future := self._asked.get()) is not None:
             try:
                 result = self._read()
             except BaseException as e:  # handed to the awaiting task
@@ -264,6 +267,25 @@ class GmvImport:
         ``ERROR`` otherwise or when the import stopped on an error."""
         slots = asyncio.Semaphore(self._concurrency)
         reader = _Reader(self._chunk)
+        try:
+            await self._run(client, reader, slots)
+        finally:
+            reader.close()
+        if self._stop is not None:
+            self._stopped(self._stop)
+            return ERROR
+        self._finished = True
+        self.finish()
+        return OK if self.tally.bad == 0 else ERROR
+
+    async def _run(
+        self,
+        client: QuotaClient,
+        reader: _Reader[list[Row | BadRow]],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        """Take the file's chunks from ``reader`` and send each as a batch (``_send``),
+        up to ``slots`` at once, until the file ends or the import stops."""
         async with asyncio.TaskGroup() as batches:
             while self._stop is None and (chunk := await reader.next()):
                 good = [row for row in chunk if isinstance(row, Row)]
@@ -282,12 +304,6 @@ class GmvImport:
                 waits_for = {holder for key in batch.keys if (holder := self._last_holder.get(key))}
                 self._last_holder.update(dict.fromkeys(batch.keys, batch))
                 batches.create_task(self._send(client, batch, waits_for, slots))
-        if self._stop is not None:
-            self._stopped(self._stop)
-            return ERROR
-        self._finished = True
-        self.finish()
-        return OK if self.tally.bad == 0 else ERROR
 
     def _chunk(self) -> list[Row | BadRow]:
         """The next rows of the file up to ``batch_rows`` good ones, bad ones among them;
