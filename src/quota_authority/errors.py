@@ -73,14 +73,15 @@ class InvalidArgument(QuotaAuthorityError):
 
 
 class RequestIdReused(QuotaAuthorityError):
-    """The request_id was used before by this seller for a call with other parameters (R11)."""
+    """The request_id was used before by this seller for a call with other parameters (R11).
+    ``seller_id`` is empty for a BatchRecordGmv, whose keys belong to no seller."""
 
     def __init__(self, seller_id: str, request_id: str) -> None:
         self.seller_id = seller_id
         self.request_id = request_id
+        by = f"by seller {seller_id!r} for a call" if seller_id else "for a BatchRecordGmv"
         super().__init__(
-            f"request_id {request_id!r} was already used by seller {seller_id!r} "
-            "for a call with different parameters"
+            f"request_id {request_id!r} was already used {by} with different parameters"
         )
 
 
