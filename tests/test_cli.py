@@ -505,6 +505,38 @@ async def test_import_gmv_of_a_missing_file_is_a_clear_error(target, tmp_path, c
     assert err == f"error: cannot read {tmp_path / 'nowhere.csv'}: No such file or directory\n"
 
 
+async def test_an_import_whose_file_fails_midway_stops_with_one_line_and_says_where(
+    tmp_path, capsys
+):
+    """The disk fails after 2,000 rows (bytes that are not UTF-8 are a bad row instead):
+    the batches read before land, and the import says where it stopped and how to resume,
+    without a traceback."""
+    csv_file = tmp_path / "gmv.csv"
+    with csv_file.open("w") as f:
+        f.write("seller_id,day,gmv_minor\n")
+        for n in range(4_000):
+            f.write(f"s.{n % 10},{date(2020, 1, 1) + timedelta(days=n // 10)},{n}\n")
+    client = CountingClient()
+
+    def failing(rows: Iterator[Any]) -> Iterator[Any]:
+        for n, row in enumerate(rows):
+            if n == 2_000:
+                raise OSError(5, "Input/output error")
+            yield row
+
+    with gmv_csv.GmvCsv.open(csv_file) as source:
+        job = import_gmv.GmvImport(
+            failing(source.rows()), "r", import_gmv.Progress(io.StringIO()), batch_rows=500
+        )
+        code = await job.run(client)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert client.sent == 2_000  # the four batches read before the failure
+    assert err.count("error: stopped at line 2002: cannot read the file on: ") == 1
+    assert "Input/output error" in err and "--run-id r --from-line 2002" in err
+
+
 async def test_import_gmv_rerun_with_the_same_run_id_changes_nothing(
     target, stub, db, seller, tmp_path, capsys
 ):

@@ -166,8 +166,10 @@ def _describe(tally: Tally) -> str:
 
 @dataclass(frozen=True)
 class _Stop:
+    """Why the import stopped before the file's end, and at which line."""
+
     line: int
-    error: grpc.aio.AioRpcError
+    why: str
 
 
 _ROW_FIELD = re.compile(r"rows\[(\d+)\]\.(.+)")
@@ -287,7 +289,7 @@ class GmvImport:
         """Take the file's chunks from ``reader`` and send each as a batch (``_send``),
         up to ``slots`` at once, until the file ends or the import stops."""
         async with asyncio.TaskGroup() as batches:
-            while self._stop is None and (chunk := await reader.next()):
+            while self._stop is None and (chunk := await self._next_chunk(reader)):
                 good = [row for row in chunk if isinstance(row, Row)]
                 batch = self._batch(chunk[0].line, good) if good else None
                 await slots.acquire()
@@ -304,6 +306,16 @@ class GmvImport:
                 waits_for = {holder for key in batch.keys if (holder := self._last_holder.get(key))}
                 self._last_holder.update(dict.fromkeys(batch.keys, batch))
                 batches.create_task(self._send(client, batch, waits_for, slots))
+
+    async def _next_chunk(self, reader: _Reader[list[Row | BadRow]]) -> list[Row | BadRow]:
+        """The next chunk; empty at the file's end, and when the file cannot be read on
+        (the batches taken before it still land): the import stops there, resumable."""
+        try:
+            return await reader.next()
+        except (OSError, ValueError) as e:  # an I/O error; bytes that are not UTF-8
+            if self._stop is None or self._next_line < self._stop.line:
+                self._stop = _Stop(self._next_line, f"cannot read the file on: {e}")
+            return []
 
     def _chunk(self) -> list[Row | BadRow]:
         """The next rows of the file up to ``batch_rows`` good ones, bad ones among them;
@@ -369,7 +381,7 @@ class GmvImport:
                         )
                     return True
                 if self._stop is None or batch.first_line < self._stop.line:
-                    self._stop = _Stop(batch.first_line, e)
+                    self._stop = _Stop(batch.first_line, f"{e.code().name}: {e.details()}")
                 return False
             self.tally.imported += len(rows)
             self.tally.replayed += len(rows) if reply.replayed else 0
@@ -410,11 +422,7 @@ class GmvImport:
 
     def _stopped(self, stop: _Stop) -> None:
         self.finish()
-        error = stop.error
-        print(
-            f"error: stopped at line {stop.line}: {error.code().name}: {error.details()}",
-            file=sys.stderr,
-        )
+        print(f"error: stopped at line {stop.line}: {stop.why}", file=sys.stderr)
         print(self.resume_advice(), file=sys.stderr)
 
     def resume_advice(self) -> str:
