@@ -20,7 +20,8 @@
         │                      reaches a caller; ``cli`` prints it and exits with it)
         ├── ConfigError        bad settings; names the key                   -> exit 2
         ├── DatabaseUnreachable  QUOTA_AUTHORITY_DATABASE_URL fails to connect -> exit 3
-        └── CannotListen       QUOTA_AUTHORITY_LISTEN cannot be bound        -> exit 4
+        ├── CannotListen       QUOTA_AUTHORITY_LISTEN cannot be bound        -> exit 4
+        └── CannotDistribute   QUOTA_AUTHORITY_DISTRIBUTE: Citus refused     -> exit 5
 
 A denial (quota exhausted, blocked, ...) is an answer, not an error, and has no class here.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CannotDistribute",
     "CannotListen",
     "CommitOutcomeUnknown",
     "ConfigError",
@@ -203,3 +205,10 @@ class CannotListen(StartupError):
     message names ``QUOTA_AUTHORITY_LISTEN``."""
 
     exit_status = 4
+
+
+class CannotDistribute(StartupError):
+    """``QUOTA_AUTHORITY_DISTRIBUTE`` is true and Citus refused to distribute the schema (no
+    worker nodes, a table it cannot distribute); the message says what Citus said."""
+
+    exit_status = 5

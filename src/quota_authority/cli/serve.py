@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ..errors import CannotListen, ConfigError, DatabaseUnreachable, StartupError
+from ..errors import CannotDistribute, CannotListen, ConfigError, DatabaseUnreachable, StartupError
 from ..logs import configure_logging
 from ..settings import Settings, load_settings
 from .shared import OK, Commands, ExitStatus, add_command
@@ -30,6 +30,11 @@ _DATABASE_UNREACHABLE = ExitStatus(
     "database unreachable",
     "the database could not be reached (QUOTA_AUTHORITY_DATABASE_URL, password hidden)",
 )
+_CANNOT_DISTRIBUTE = ExitStatus(
+    CannotDistribute.exit_status,
+    "cannot distribute",
+    "QUOTA_AUTHORITY_DISTRIBUTE is true and Citus refused to distribute the schema",
+)
 _SERVE_STATUSES = (
     ExitStatus(OK, "stopped", "stopped gracefully (SIGTERM or SIGINT)"),
     _BAD_CONFIGURATION,
@@ -39,11 +44,13 @@ _SERVE_STATUSES = (
         "cannot listen",
         "QUOTA_AUTHORITY_LISTEN cannot be bound (in use, not this machine's, not permitted)",
     ),
+    _CANNOT_DISTRIBUTE,
 )
 _MIGRATE_STATUSES = (
     ExitStatus(OK, "", "the schema is at this release's newest revision (printed)"),
     _BAD_CONFIGURATION,
     _DATABASE_UNREACHABLE,
+    _CANNOT_DISTRIBUTE,
 )
 
 

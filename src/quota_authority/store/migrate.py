@@ -21,9 +21,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from ..errors import CannotDistribute
 from . import distribution
 
 __all__ = ["head_revision", "migrate", "serves_revision"]
@@ -107,9 +109,16 @@ async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
                 return current
             await conn.run_sync(_upgrade)
         if distribute:
-            async with unbounded.begin() as conn:
-                await conn.execute(_TAKE_MIGRATION_LOCK, {"key": _MIGRATION_LOCK})
-                await distribution.distribute(conn)
+            try:
+                async with unbounded.begin() as conn:
+                    await conn.execute(_TAKE_MIGRATION_LOCK, {"key": _MIGRATION_LOCK})
+                    await distribution.distribute(conn)
+            except sa_exc.DBAPIError as e:
+                # Citus' refusal, in one line; the migration before it has committed.
+                said = str(getattr(e.orig, "args", [e])[0] if e.orig else e).splitlines()[0]
+                raise CannotDistribute(
+                    f"QUOTA_AUTHORITY_DISTRIBUTE: the schema could not be distributed: {said}"
+                ) from e
     finally:
         await unbounded.dispose()
     return head_revision()
