@@ -16,7 +16,8 @@ run: $(GENERATED)
 test: $(GENERATED)
 	$(BIN)/pytest
 
-# The reliability suite at full size (up to 15 minutes); `make test` runs it small.
+# The reliability suite at full size (about 20 minutes), then on Citus (about 15 more);
+# `make test` runs it small.
 # Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
 # Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
 # (a worker stopped, the coordinator restarted) and the hot-row hammer and the retry storm.
