@@ -17,6 +17,7 @@ from sqlalchemy import text
 from support import invite, message, new_id
 
 from quota_authority.cli import main
+from quota_authority.cli import serve as cli_serve
 from quota_authority.errors import CannotDistribute
 from quota_authority.server import QuotaAuthorityServer
 from quota_authority.store import PostgresLedger, create_engine, distribution, migrate
@@ -57,6 +58,9 @@ async def test_a_schema_citus_refuses_to_distribute_stops_the_start_with_one_lin
         monkeypatch.setattr(distribution, "DISTRIBUTED_TABLES", (*DISTRIBUTED_TABLES, "nowhere"))
         monkeypatch.setenv("QUOTA_AUTHORITY_DATABASE_URL", url)
         monkeypatch.setenv("QUOTA_AUTHORITY_DISTRIBUTE", "true")
+        # Not the process's logging: its handler would hold this test's captured stderr,
+        # closed once the test ends, and fail every later test's log lines.
+        monkeypatch.setattr(cli_serve, "configure_logging", lambda level: None)
 
         status = await asyncio.to_thread(main, ["migrate"])
 
