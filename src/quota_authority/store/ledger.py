@@ -317,6 +317,11 @@ class _Transaction:
         self.distributed = distributed
 
     async def find_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
+        return await self._week(seller_id, at, lock=False)
+
+    async def _week(self, seller_id: str, at: datetime, *, lock: bool) -> SellerWeek | None:
+        """The latest-starting week of the seller containing ``at``; with ``lock``, locked
+        (FOR UPDATE: the row lock every decision of the seller takes)."""
         w = seller_weeks.c
         stmt = (
             select(seller_weeks)
@@ -324,6 +329,8 @@ class _Transaction:
             .order_by(w.week_start.desc())
             .limit(1)
         )
+        if lock:
+            stmt = stmt.with_for_update()
         row = (await self.conn.execute(stmt)).first()
         return None if row is None else seller_week(row._mapping)
 
@@ -515,16 +522,7 @@ class _Transaction:
     # --- R14 release ----------------------------------------------------------------------
 
     async def lock_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
-        w = seller_weeks.c
-        stmt = (
-            select(seller_weeks)
-            .where(w.seller_id == seller_id, w.week_start <= at, w.week_end > at)
-            .order_by(w.week_start.desc())
-            .limit(1)
-            .with_for_update()
-        )
-        row = (await self.conn.execute(stmt)).first()
-        return None if row is None else seller_week(row._mapping)
+        return await self._week(seller_id, at, lock=True)
 
     def _week_audit(self, week: SellerWeek) -> Any:
         """The seller's audit records of ``week``: its decisions were made inside it, so
