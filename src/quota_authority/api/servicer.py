@@ -124,13 +124,8 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
     ) -> pb.BatchCheckAndConsumeResponse:
         v = Validator()
         v.identifier("seller_id", request.seller_id)
-        count = len(request.items)
         items: list[OutreachItem] = []
-        if count == 0:
-            v.bad("items", "must hold at least one item")
-        elif count > self._outreach_batch_max_items:
-            v.bad("items", f"must hold at most {self._outreach_batch_max_items} items; got {count}")
-        else:
+        if v.batch_size("items", len(request.items), self._outreach_batch_max_items, "item"):
             items = [self._outreach_item(v, n, item) for n, item in enumerate(request.items)]
         v.enum("mode", request.mode, _BATCH_MODE_NAMES)
         request_id = v.request_id("request_id", request.request_id)
@@ -287,13 +282,8 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         self, request: pb.BatchRecordGmvRequest, context: Context
     ) -> pb.BatchRecordGmvResponse:
         v = Validator()
-        count = len(request.rows)
         rows: list[GmvRow] = []
-        if count == 0:
-            v.bad("rows", "must hold at least one row")
-        elif count > self._gmv_batch_max_rows:
-            v.bad("rows", f"must hold at most {self._gmv_batch_max_rows} rows; got {count}")
-        else:
+        if v.batch_size("rows", len(request.rows), self._gmv_batch_max_rows, "row"):
             rows = _gmv_rows(v, request.rows)
         request_id = v.request_id("request_id", request.request_id)
         v.done()

@@ -123,6 +123,17 @@ class Validator:
             return DEFAULT_PAGE_SIZE
         return min(value, MAX_PAGE_SIZE)
 
+    def batch_size(self, field: str, count: int, maximum: int, noun: str) -> bool:
+        """Whether a batch of ``count`` ``noun``s (1 to ``maximum``) may be checked item by
+        item; otherwise ``field`` is named, and its items are not worth checking."""
+        if count == 0:
+            self.bad(field, f"must hold at least one {noun}")
+        elif count > maximum:
+            self.bad(field, f"must hold at most {maximum} {noun}s; got {count}")
+        else:
+            return True
+        return False
+
     def done(self) -> None:
         if self._violations:
             raise InvalidArgument(self._violations)
