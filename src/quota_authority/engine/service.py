@@ -233,7 +233,7 @@ class QuotaService:
             running = self._batches_in_flight.get(key)
             if running is not None and running[0] == fingerprint:
                 return dataclasses.replace(await asyncio.shield(running[1]), replayed=True)
-        task = asyncio.ensure_future(self._bounded_batch(batch))
+        task = asyncio.ensure_future(self._bounded_batch(batch, fingerprint))
         if key is not None and key not in self._batches_in_flight:
             self._batches_in_flight[key] = (fingerprint, task)
             task.add_done_callback(lambda _: self._batches_in_flight.pop(key, None))
@@ -243,18 +243,21 @@ class QuotaService:
             task.add_done_callback(_discard_outcome)
             raise
 
-    async def _bounded_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
+    async def _bounded_batch(self, batch: OutreachBatch, fingerprint: str) -> OutreachBatchResult:
         if self._outreach_wait_s is None:
-            return await self._decide_outreach_batch(batch)
+            return await self._decide_outreach_batch(batch, fingerprint)
         until = asyncio.get_running_loop().time() + self._outreach_wait_s
         deadline = current_deadline()
         with deadline_at(until if deadline is None else min(deadline, until)):
-            return await self._decide_outreach_batch(batch)
+            return await self._decide_outreach_batch(batch, fingerprint)
 
-    async def _decide_outreach_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
+    async def _decide_outreach_batch(
+        self, batch: OutreachBatch, fingerprint: str
+    ) -> OutreachBatchResult:
+        """``batch`` (its ``fingerprint()`` given) decided and written, as the docstring of
+        ``check_and_consume_batch`` says."""
         now = self._clock.now()
         seller_id, request_id = batch.seller_id, batch.request_id
-        fingerprint = batch.fingerprint()
         creators = [item.creator_id for item in batch.items]
         max_before_reply = self._policy.messages.max_before_reply
 
