@@ -79,20 +79,25 @@ class OutreachTransaction:
         self, at: datetime, keys: Sequence[OutreachKey]
     ) -> list[LockedOutreach]:
         creators, requests = [k.creator_id for k in keys], [k.request_id for k in keys]
-        try:
-            if self._one_seller:
-                rows = await self._conn.fetch(
-                    _LOCK_AND_READ_ONE_SELLER, _only_seller(keys), at, creators, requests
-                )
-            else:
-                rows = await self._conn.fetch(
-                    _LOCK_AND_READ, at, [k.seller_id for k in keys], creators, requests
-                )
-        except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as e:
-            # Waiting for a week's lock is what makes this statement long; PostgreSQL times
-            # each lock wait of a statement apart, so the statement timeout often ends it.
-            raise LockTimeout("a seller-week lock was not granted in time") from e
+        if self._one_seller:
+            rows = await self._lock(
+                _LOCK_AND_READ_ONE_SELLER, _only_seller(keys), at, creators, requests
+            )
+        else:
+            rows = await self._lock(
+                _LOCK_AND_READ, at, [k.seller_id for k in keys], creators, requests
+            )
         return [_locked(key, row) for key, row in zip(keys, rows, strict=True)]
+
+    async def _lock(self, statement: str, *args: Any) -> list[Any]:
+        """The rows of a lock-and-read ``statement``; ``LockTimeout`` when its lock wait
+        ran out. Waiting for a week's lock is what makes such a statement long; PostgreSQL
+        times each lock wait of a statement apart, so the statement timeout often ends it."""
+        try:
+            rows: list[Any] = await self._conn.fetch(statement, *args)
+            return rows
+        except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as e:
+            raise LockTimeout("a seller-week lock was not granted in time") from e
 
     async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
         if self._one_seller:
@@ -131,12 +136,7 @@ class OutreachTransaction:
         creators = [*creator_ids, ""]
         requests: list[str | None] = [None] * len(creator_ids)
         requests.append(request_id)
-        try:
-            rows = await self._conn.fetch(
-                _LOCK_AND_READ_ONE_SELLER, seller_id, at, creators, requests
-            )
-        except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as e:
-            raise LockTimeout("a seller-week lock was not granted in time") from e
+        rows = await self._lock(_LOCK_AND_READ_ONE_SELLER, seller_id, at, creators, requests)
         keys = [OutreachKey(seller_id, c, None) for c in creator_ids]
         locked = [_locked(key, row) for key, row in zip(keys, rows, strict=False)]
         return locked, _locked(OutreachKey(seller_id, "", request_id), rows[-1]).stored
