@@ -134,6 +134,24 @@ async def failure_details(
     return details
 
 
+async def answered(
+    call: Callable[[Any], Awaitable[Any]],
+    request: Any,
+    retry_on: grpc.StatusCode,
+    tries: int = 50,
+) -> Any:
+    """The answer to ``request``, sent again (as a caller does, its request_id unchanged)
+    while it fails with ``retry_on``, at most ``tries`` times: for a call that a loaded
+    machine can run past a deliberately short limit with nothing wrong."""
+    for _ in range(tries):
+        try:
+            return await call(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not retry_on:
+                raise
+    raise AssertionError(f"never answered in {tries} tries: always {retry_on.name}")
+
+
 async def eventually(check: Callable[[], Awaitable[object]], within_s: float) -> float:
     """Seconds until ``await check()`` is true; an ``AssertionError`` after ``within_s``."""
     loop = asyncio.get_running_loop()

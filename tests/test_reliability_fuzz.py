@@ -52,6 +52,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import BASE_TIME, new_id
 
+from quota_authority.engine.service import GMV_BATCH_KEY_SELLER
 from quota_authority.store.tables import metadata
 from quota_authority.v1 import quota_authority_pb2 as pb
 
@@ -317,7 +318,7 @@ class Case:
             if isinstance(row, dict) and isinstance(row.get("seller_id"), str):
                 named.add(row["seller_id"])
         if self.method.name == "BatchRecordGmv" and self.fields.get("request_id"):
-            named.add("")
+            named.add(GMV_BATCH_KEY_SELLER)
         return frozenset(named)
 
     def __str__(self) -> str:

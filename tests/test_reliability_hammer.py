@@ -65,6 +65,18 @@ class Hammered:
     audited_creators: Counter[str]  # creator -> charged audit records
     seconds: float
 
+    def figures(self) -> dict[str, float]:
+        """What a report records of the run, beside its sentence."""
+        return {
+            "calls": self.calls,
+            "grants": self.acknowledged_grants,
+            "ledger_used": self.ledger_used,
+            "audit_grants": self.audit_grants,
+            "limit": self.limit,
+            "distinct_creators": self.distinct_creators,
+            "seconds": round(self.seconds, 1),
+        }
+
     def violations(self) -> list[str]:
         expected = min(self.limit, self.distinct_creators)
         answered = self.calls - self.errors.total()
@@ -201,13 +213,7 @@ async def test_hot_row_hammer_grants_min_of_limit_and_creators_once_each(
         f"{seen.acknowledged_grants} grants = ledger used {seen.ledger_used} = audit grants "
         f"{seen.audit_grants} = min(limit {seen.limit}, distinct {seen.distinct_creators:,}); "
         f"0 over-grants, 0 double charges, 0 errors",
-        calls=seen.calls,
-        grants=seen.acknowledged_grants,
-        ledger_used=seen.ledger_used,
-        audit_grants=seen.audit_grants,
-        limit=seen.limit,
-        distinct_creators=seen.distinct_creators,
-        seconds=round(seen.seconds, 1),
+        **seen.figures(),
         calls_per_second=round(seen.calls / seen.seconds),
     )
 
@@ -223,13 +229,7 @@ async def test_hot_row_hammer_with_batches_grants_min_of_limit_and_creators_once
         f"decisions on 2 replicas: {seen.acknowledged_grants} grants = ledger used "
         f"{seen.ledger_used} = audit grants {seen.audit_grants} = min(limit {seen.limit}, "
         f"distinct {seen.distinct_creators:,}); 0 over-grants, 0 double charges, 0 errors",
-        calls=seen.calls,
-        grants=seen.acknowledged_grants,
-        ledger_used=seen.ledger_used,
-        audit_grants=seen.audit_grants,
-        limit=seen.limit,
-        distinct_creators=seen.distinct_creators,
-        seconds=round(seen.seconds, 1),
+        **seen.figures(),
     )
 
 
