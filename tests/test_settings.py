@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from quota_authority.errors import ConfigError
-from quota_authority.policy import Policy, TierPolicy
+from quota_authority.policy import Policy, RetentionPolicy, TierPolicy
 from quota_authority.settings import Settings, load_settings
 
 MONDAY, SUNDAY = 0, 6
@@ -224,6 +224,11 @@ max_before_reply = 3
 
 [idempotency]
 retention_days = 30
+
+[retention]
+decisions_days = 180
+ended_pair_weeks_days = 0
+gmv_days = 60
 """
 
 
@@ -253,6 +258,18 @@ def test_policy_file_overrides_messages_before_reply(tmp_path: Path) -> None:
 
 def test_policy_file_overrides_request_id_retention(tmp_path: Path) -> None:
     assert policy_from(tmp_path, EVERY_SECTION).idempotency_retention_days == 30
+
+
+def test_policy_file_overrides_the_retention(tmp_path: Path) -> None:
+    assert policy_from(tmp_path, EVERY_SECTION).retention == RetentionPolicy(
+        decisions_days=180, ended_pair_weeks_days=0, gmv_days=60
+    )
+
+
+def test_retention_defaults_keep_a_quarter_of_decisions_and_every_rules_window() -> None:
+    assert Policy().retention == RetentionPolicy(
+        decisions_days=91, ended_pair_weeks_days=7, gmv_days=90
+    )
 
 
 def test_settings_remember_the_policy_file_path(tmp_path: Path) -> None:
@@ -428,6 +445,24 @@ def tiers_plus(extra: str) -> str:
             "[idempotency]\nretention_days = 7\n",
             "idempotency.retention_days",
             id="retention-under-14-days",
+        ),
+        pytest.param(
+            "[retention]\ndecisions_days = 7\n",
+            "retention.decisions_days",
+            id="decisions-kept-less-than-a-week-and-a-day",
+        ),
+        pytest.param(
+            "[retention]\ngmv_days = 37\n",
+            "retention.gmv_days",
+            id="gmv-kept-less-than-the-tier-window-needs",
+        ),
+        pytest.param(
+            "[retention]\nended_pair_weeks_days = -1\n",
+            "retention.ended_pair_weeks_days",
+            id="pair-weeks-negative",
+        ),
+        pytest.param(
+            "[retention]\naudit_days = 30\n", "retention.audit_days", id="retention-unknown-key"
         ),
         pytest.param("[limits]\nweekly = 5\n", "limits", id="unknown-section"),
         pytest.param("[week\n", "QUOTA_AUTHORITY_CONFIG", id="not-toml"),

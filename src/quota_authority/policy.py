@@ -26,6 +26,7 @@ __all__ = [
     "WEEKDAYS",
     "MessagePolicy",
     "Policy",
+    "RetentionPolicy",
     "TierPolicy",
     "WeekPolicy",
     "load_policy",
@@ -90,6 +91,25 @@ class MessagePolicy:
 
 
 @dataclass(frozen=True)
+class RetentionPolicy:
+    """How long the data behind the rules and the audit is kept (docs/operations.md#retention).
+
+    Each minimum keeps what a rule still reads: ``engine.retention`` turns these into what
+    the store keeps, and the store trims by dropping whole time partitions, so data is kept
+    at least this long and at most one partition (7 days) longer."""
+
+    # Days decisions are kept and listed (R13); at least 8, so a week's charges stay
+    # releasable (R14) until the week ends.
+    decisions_days: int = 91
+    # Days a week's per-creator state (pair_weeks) is kept after the week ends; no rule reads
+    # an ended week's, so 0 is allowed.
+    ended_pair_weeks_days: int = 7
+    # Days of daily GMV kept; at least 38: a week's tier (R1) reads the 30 days before its
+    # start, and the week may be snapshotted up to 8 days after it starts.
+    gmv_days: int = 90
+
+
+@dataclass(frozen=True)
 class Policy:
     """The business rules' parameters, from the TOML file (defaults: docs/rules.md#defaults)."""
 
@@ -103,6 +123,8 @@ class Policy:
     messages: MessagePolicy = field(default_factory=MessagePolicy)
     # Days a request_id is kept for replay (R11); at least 14.
     idempotency_retention_days: int = 14
+    # How long decisions, pair-weeks and GMV are kept.
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @functools.cached_property
     def digest(self) -> str:
@@ -120,7 +142,7 @@ def load_policy(path: Path) -> Policy:
 
 def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     """The policy in an already-parsed TOML document."""
-    known = {"tiers", "week", "starter_pack", "messages", "idempotency"}
+    known = {"tiers", "week", "starter_pack", "messages", "idempotency", "retention"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (expected one of {sorted(known)})")
@@ -133,6 +155,8 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     only(messages, "messages", {"max_before_reply"})
     idempotency = table(data, "idempotency")
     only(idempotency, "idempotency", {"retention_days"})
+    retention = table(data, "retention")
+    only(retention, "retention", {"decisions_days", "ended_pair_weeks_days", "gmv_days"})
     return Policy(
         tiers=tiers,
         week=week,
@@ -152,6 +176,24 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
             defaults.idempotency_retention_days,
             minimum=14,
         ),
+        retention=_retention(retention, defaults.retention),
+    )
+
+
+def _retention(table: Mapping[str, Any], defaults: RetentionPolicy) -> RetentionPolicy:
+    """The minimums are the reasons given on RetentionPolicy's fields."""
+    return RetentionPolicy(
+        decisions_days=integer(
+            table, "retention.decisions_days", "decisions_days", defaults.decisions_days, 8
+        ),
+        ended_pair_weeks_days=integer(
+            table,
+            "retention.ended_pair_weeks_days",
+            "ended_pair_weeks_days",
+            defaults.ended_pair_weeks_days,
+            0,
+        ),
+        gmv_days=integer(table, "retention.gmv_days", "gmv_days", defaults.gmv_days, 38),
     )
 
 
