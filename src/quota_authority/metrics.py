@@ -29,7 +29,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .engine.ports import LedgerStore, LedgerTransaction, OutreachTransaction
+from .engine.ports import LedgerStore, LedgerTransaction, OutreachTransaction, UpkeepReport
+from .engine.retention import Retained
 
 __all__ = ["Metrics", "TimedLedger"]
 
@@ -170,8 +171,8 @@ class TimedLedger:
     ) -> AbstractAsyncContextManager[OutreachTransaction]:
         return self._timed("outreach", self._ledger.outreach_transaction(timeout_s))
 
-    async def purge_responses(self, older_than: datetime) -> int:
-        return await self._ledger.purge_responses(older_than)
+    async def keep_bounded(self, now: datetime, keep: Retained) -> UpkeepReport | None:
+        return await self._ledger.keep_bounded(now, keep)
 
     async def ping(self) -> bool:
         return await self._ledger.ping()

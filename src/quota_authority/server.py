@@ -57,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QuotaAuthorityService"].full_name
-_PURGE_EVERY_S = 3600.0
+_UPKEEP_EVERY_S = 3600.0
 
 T = TypeVar("T")
 
@@ -278,7 +278,7 @@ class QuotaAuthorityServer:
         await self._check_health()
         self._tasks = [
             asyncio.create_task(self._watch_health(), name="health-watcher"),
-            asyncio.create_task(self._purge_responses(), name="response-purger"),
+            asyncio.create_task(self._keep_data_bounded(), name="storage-upkeep"),
         ]
         log.info("policy in use", extra={"policy_digest": self.settings.policy.digest})
         log.info("serving", extra={"listen": self.settings.listen, "port": port})
@@ -306,16 +306,16 @@ class QuotaAuthorityServer:
             await asyncio.sleep(self.settings.health_interval_s)
             await self._check_health()
 
-    async def _purge_responses(self) -> None:
+    async def _keep_data_bounded(self) -> None:
+        """Storage upkeep (``store.partitions``) at start and every ``_UPKEEP_EVERY_S``; a
+        failed round is logged and retried at the next."""
         assert self.service is not None
         while True:
             try:
-                purged = await self.service.purge_expired_responses()
-                if purged:
-                    log.info("purged expired request_ids", extra={"count": purged})
+                await self.service.keep_data_bounded()
             except Exception:
-                log.warning("purging expired request_ids failed", exc_info=True)
-            await asyncio.sleep(_PURGE_EVERY_S)
+                log.warning("storage upkeep failed", exc_info=True)
+            await asyncio.sleep(_UPKEEP_EVERY_S)
 
     async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
         """Stop serving, in this order: health reports NOT_SERVING; for ``drain`` seconds

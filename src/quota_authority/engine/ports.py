@@ -25,6 +25,7 @@ from ..domain import (
     SellerWeek,
     StoredResponse,
 )
+from .retention import Retained
 
 __all__ = [
     "LedgerStore",
@@ -35,6 +36,7 @@ __all__ = [
     "OutreachWrites",
     "ResponseToStore",
     "SellerRecord",
+    "UpkeepReport",
 ]
 
 
@@ -76,6 +78,20 @@ class ResponseToStore:
     request_id: str
     fingerprint: str
     response: dict[str, Any]
+
+
+@dataclass
+class UpkeepReport:
+    """What one round of storage upkeep did (``LedgerStore.keep_bounded``)."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    # Rows that had landed in a default partition, moved into the partition made for them.
+    moved: int = 0
+    # Seller-weeks and daily GMV rows deleted.
+    deleted: int = 0
+    # Steps that gave up (a lock not granted in time); the next round retries them.
+    deferred: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -273,8 +289,11 @@ class LedgerStore(Protocol):
         ``CommitOutcomeUnknown``: the changes may or may not have landed."""
         ...
 
-    async def purge_responses(self, older_than: datetime) -> int:
-        """Delete stored responses kept since before ``older_than``; how many were deleted."""
+    async def keep_bounded(self, now: datetime, keep: Retained) -> UpkeepReport | None:
+        """Trim storage to ``keep`` at ``now`` and make room ahead: what is older than
+        ``keep`` may go (whole partitions at a time, so some of it may stay a while longer),
+        nothing newer does, and a write made at any time up to weeks after ``now`` finds
+        its partition. None when another process holding the same database is doing it."""
         ...
 
     async def ping(self) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ..clock import Clock
@@ -58,7 +58,8 @@ from .batching import MicroBatcher
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
 from .outreach import Outcome, decide_batch
-from .ports import LedgerStore, LedgerTransaction, OutreachKey
+from .ports import LedgerStore, LedgerTransaction, OutreachKey, UpkeepReport
+from .retention import retained
 from .weeks import after_previous, gmv_window, week_containing
 
 __all__ = ["GMV_BATCH_KEY_SELLER", "QuotaService"]
@@ -366,12 +367,16 @@ class QuotaService:
 
         async def read() -> DecisionPage:
             since, until, week_start = query.start_time, query.end_time, None
+            # R13: decisions are listed for the retention period, and none older, whether
+            # or not their partition is dropped yet.
+            kept_from = retained(self._clock.now(), self._policy).decisions_from
             async with self._store.transaction(time_left()) as tx:
                 if query.week_time is not None:
                     week = await tx.find_week(query.seller_id, query.week_time)
                     if week is None:
                         return DecisionPage([], None)
                     since, until, week_start = week.week_start, week.week_end, week.week_start
+                since = kept_from if since is None else max(since, kept_from)
                 found = await tx.decisions(
                     query.seller_id, since, until, week_start, after, page_size + 1
                 )
@@ -503,10 +508,12 @@ class QuotaService:
             work,
         )
 
-    async def purge_expired_responses(self) -> int:
-        """R11: forget request_ids kept longer than the retention period."""
-        cutoff = self._clock.now() - timedelta(days=self._policy.idempotency_retention_days)
-        return await self._store.purge_responses(cutoff)
+    async def keep_data_bounded(self) -> UpkeepReport | None:
+        """Trim what the retention policy no longer keeps (``engine.retention``: old
+        decisions, pair-weeks of ended weeks, request_ids past R11's period, GMV days R1 no
+        longer reads) and make room for the weeks ahead. None when another replica is at it."""
+        now = self._clock.now()
+        return await self._store.keep_bounded(now, retained(now, self._policy))
 
     # --- idempotency (R11) -------------------------------------------------------------
 

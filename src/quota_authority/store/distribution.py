@@ -51,6 +51,7 @@ SELLER_FUNCTIONS = {
     "write_seller_batch(text, timestamptz, int, int, int, text[], boolean[], int[], text[], "
     "text[], boolean[], text[], text[], text[], text[], timestamptz[], int[], text[], text[], "
     "jsonb[], timestamptz)": "p_seller_id",
+    "claim_seller_request_ids(text, text[])": "p_seller_id",
 }
 
 

@@ -33,10 +33,11 @@ from ..domain import (
     SellerWeek,
     StoredResponse,
 )
-from ..engine.ports import SellerRecord
+from ..engine.ports import SellerRecord, UpkeepReport
+from ..engine.retention import Retained
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
-from . import distribution
+from . import distribution, partitions
 from .gmv import record_gmv_rows
 from .migrate import serves_revision
 from .outreach import OutreachTransaction
@@ -84,6 +85,9 @@ _GRANT_STARTER_PACK = text(
        AND NOT starter_pack_granted AND NOT has_had_gmv
     """
 )
+# True when the key is free; locks it until the transaction ends (migration 0008).
+_CLAIM_REQUEST_ID = text("SELECT claim_seller_request_ids(:s, CAST(:r AS text[]))")
+
 _CREATE_WEEK = text(
     """
     INSERT INTO seller_weeks (seller_id, week_start, week_end, time_zone, tier, weekly_limit,
@@ -224,12 +228,17 @@ class PostgresLedger:
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
 
-    async def purge_responses(self, older_than: datetime) -> int:
-        async with self.transaction() as tx:
-            result = await tx.conn.execute(
-                request_responses.delete().where(request_responses.c.created_at < older_than)
+    async def keep_bounded(self, now: datetime, keep: Retained) -> UpkeepReport | None:
+        try:
+            return await partitions.run_upkeep(
+                self._engine,
+                now,
+                {t.name: getattr(keep, t.kept_from) for t in partitions.PARTITIONED_TABLES},
+                seller_weeks_ended_before=keep.decisions_from,
+                gmv_before=keep.gmv_from,
             )
-            return int(result.rowcount)
+        except _UNAVAILABLE as e:
+            raise _unavailable(e) from e
 
     async def ping(self) -> bool:
         try:
@@ -437,6 +446,10 @@ class _Transaction:
         response: dict[str, Any],
         at: datetime,
     ) -> bool:
+        # R11's one response per key: request_responses is partitioned by time and cannot
+        # be unique on it (migration 0008); the claim locks the key and checks it is free.
+        if not await self.conn.scalar(_CLAIM_REQUEST_ID, {"s": seller_id, "r": [request_id]}):
+            return False
         inserted = await self.conn.scalar(
             insert(request_responses)
             .values(
@@ -446,7 +459,7 @@ class _Transaction:
                 response=response,
                 created_at=at,
             )
-            .on_conflict_do_nothing(index_elements=["seller_id", "request_id"])
+            .on_conflict_do_nothing()
             .returning(request_responses.c.seller_id)
         )
         return inserted is not None

@@ -1,7 +1,8 @@
 """Schema migrations with Alembic, run on an open async connection (no nested event loop).
 
-Concurrent migrators (several servers starting at once) are serialised by a transaction-level
-advisory lock, so each revision is applied exactly once.
+Concurrent migrators (several servers starting at once) are serialised by a session-level
+advisory lock, so each revision is applied exactly once. Session-level, because a revision
+may commit as it goes (migration 0008 runs its steps outside a transaction).
 
 Migrations are additive (expand only): code keeps working on a schema migrated by a newer
 release. So a schema at a revision this code does not know is taken to be newer and is
@@ -12,6 +13,7 @@ revision is not served until migrated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from functools import cache
 from pathlib import Path
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x51A_0001  # pg_advisory_xact_lock key, arbitrary but fixed
-_TAKE_MIGRATION_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_TAKE_MIGRATION_LOCK = text("SELECT pg_advisory_lock(:key)")
+_RELEASE_MIGRATION_LOCK = text("SELECT pg_advisory_unlock(:key)")
 
 
 def _config() -> Config:
@@ -98,30 +101,44 @@ async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
         },
     )
     try:
-        async with unbounded.begin() as conn:
+        async with unbounded.connect() as conn:
             await conn.execute(_TAKE_MIGRATION_LOCK, {"key": _MIGRATION_LOCK})
-            current = await _revision(conn)
-            if _newer_than_code(current):
-                log.warning(
-                    "schema at a revision newer than this code's; not migrating",
-                    extra={"revision": current, "head": head_revision()},
-                )
-                return current
-            await conn.run_sync(_upgrade)
-        if distribute:
+            await conn.commit()
             try:
-                async with unbounded.begin() as conn:
-                    await conn.execute(_TAKE_MIGRATION_LOCK, {"key": _MIGRATION_LOCK})
-                    await distribution.distribute(conn)
-            except sa_exc.DBAPIError as e:
-                # Citus' refusal, in one line; the migration before it has committed.
-                said = str(getattr(e.orig, "args", [e])[0] if e.orig else e).splitlines()[0]
-                raise CannotDistribute(
-                    f"QUOTA_AUTHORITY_DISTRIBUTE: the schema could not be distributed: {said}"
-                ) from e
+                current = await _revision(conn)
+                if _newer_than_code(current):
+                    log.warning(
+                        "schema at a revision newer than this code's; not migrating",
+                        extra={"revision": current, "head": head_revision()},
+                    )
+                    return current
+                await conn.commit()  # alembic begins each revision's transaction itself
+                await conn.run_sync(_upgrade)
+                await conn.commit()
+                if distribute:
+                    await _distribute(conn)
+            finally:
+                # A connection that died has released the lock with it.
+                with contextlib.suppress(sa_exc.DBAPIError):
+                    await conn.rollback()
+                    await conn.execute(_RELEASE_MIGRATION_LOCK, {"key": _MIGRATION_LOCK})
+                    await conn.commit()
     finally:
         await unbounded.dispose()
     return head_revision()
+
+
+async def _distribute(conn: AsyncConnection) -> None:
+    try:
+        await distribution.distribute(conn)
+        await conn.commit()
+    except sa_exc.DBAPIError as e:
+        await conn.rollback()
+        # Citus' refusal, in one line; the migration before it has committed.
+        said = str(getattr(e.orig, "args", [e])[0] if e.orig else e).splitlines()[0]
+        raise CannotDistribute(
+            f"QUOTA_AUTHORITY_DISTRIBUTE: the schema could not be distributed: {said}"
+        ) from e
 
 
 async def _revision(conn: AsyncConnection) -> str | None:

@@ -1,0 +1,557 @@
+"""Time partitions: the tables that grow with traffic, partitioned by range on a time column
+into UTC weeks, created ahead by the service and trimmed by dropping whole partitions.
+
+Each partitioned table has
+
+* weekly partitions ``<table>_pYYYYMMDD`` covering ``[Monday 00:00 UTC, next Monday)``;
+* ``<table>_legacy``, ``[MINVALUE, cutover)``: the table as it was before migration 0008
+  turned it into a partitioned one in place (``partition_in_place``), dropped like any other
+  once all of it is older than the retention;
+* ``<table>_default``, the DEFAULT partition: a row for which no weekly partition exists
+  yet lands there instead of failing its write. Upkeep moves such rows into the partition
+  it then creates (``_create_holding``); normally the default stays empty, since
+  partitions are created ``AHEAD`` weeks ahead.
+
+Upkeep (``run_upkeep``) runs in every server, hourly, under a session advisory lock that
+one replica at a time holds (the others skip that round). Each step is its own short
+transaction with a short lock timeout: creating a partition (``CREATE TABLE … LIKE`` then
+``ATTACH PARTITION``) takes only SHARE UPDATE EXCLUSIVE on the parent, which writes do not
+conflict with; dropping one (``DETACH`` then ``DROP``) needs ACCESS EXCLUSIVE on the parent
+for a moment, and gives up after ``_LOCK_TIMEOUT_MS`` rather than queue the hot path behind
+it (the next round retries). On Citus the same statements apply to the distributed parents:
+Citus distributes an attached partition, and propagates the detach and drop.
+
+``seller_weeks`` and ``daily_gmv`` grow with sellers, not with traffic (a row per seller
+and week, or day): they are trimmed by deleting in small batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..engine.ports import UpkeepReport
+
+__all__ = [
+    "AHEAD",
+    "PARTITIONED_TABLES",
+    "WIDTH",
+    "Partition",
+    "PartitionedTable",
+    "UpkeepPlan",
+    "existing_partitions",
+    "partition_in_place",
+    "partition_name",
+    "partition_start",
+    "plan_upkeep",
+    "run_upkeep",
+]
+
+log = logging.getLogger(__name__)
+
+WIDTH = timedelta(days=7)
+# Weekly partitions kept ready beyond the current one: upkeep runs hourly, so two weeks
+# leave two weeks of missed rounds before a row would land in the default partition.
+AHEAD = 2
+_MONDAY = datetime(2001, 1, 1, tzinfo=UTC)  # partitions start on Mondays, 00:00 UTC
+_UPKEEP_LOCK = 0x51A_0002  # pg_try_advisory_lock key (store.migrate holds 0x51A_0001)
+_LOCK_TIMEOUT_MS = 500
+_DELETE_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class PartitionedTable:
+    """A table partitioned by range on ``column``, and its retention's bound in
+    ``engine.retention.Retained``."""
+
+    name: str
+    column: str
+    # The attribute of Retained giving the oldest value of ``column`` to keep.
+    kept_from: str
+    # Indexes of the partitioned parent: (name, columns). Its primary key, if any, is the
+    # table's own (it must contain ``column``).
+    indexes: tuple[tuple[str, str], ...] = ()
+    primary_key: str | None = None
+
+
+PARTITIONED_TABLES = (
+    PartitionedTable(
+        "audit_log",
+        "decided_at",
+        "decisions_from",
+        # ListDecisions' order (migration 0004); the legacy table already has it.
+        indexes=(("audit_log_by_seller_time", "seller_id, decided_at, id"),),
+    ),
+    PartitionedTable(
+        "pair_weeks",
+        "week_start",
+        "pair_weeks_from",
+        primary_key="seller_id, week_start, creator_id",
+    ),
+    PartitionedTable(
+        "request_responses",
+        "created_at",
+        "responses_from",
+        # Not unique: a partitioned table's unique index must hold the partition key. The
+        # one-response-per-key rule is kept by claim_request_ids (migration 0008).
+        indexes=(("request_responses_by_key", "seller_id, request_id"),),
+    ),
+)
+
+
+def partition_start(instant: datetime) -> datetime:
+    """The start of the weekly partition holding ``instant``: its Monday, 00:00 UTC."""
+    weeks = (instant - _MONDAY) // WIDTH
+    return _MONDAY + weeks * WIDTH
+
+
+def partition_name(table: str, lower: datetime) -> str:
+    return f"{table}_p{lower:%Y%m%d}"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition: ``[lower, upper)``; lower None is MINVALUE; both None: the default."""
+
+    table: str
+    name: str
+    lower: datetime | None
+    upper: datetime | None
+
+    @property
+    def is_default(self) -> bool:
+        return self.lower is None and self.upper is None
+
+
+@dataclass(frozen=True)
+class UpkeepPlan:
+    """Partitions to create (table, lower) and to drop, in the order upkeep does them."""
+
+    create: tuple[tuple[str, datetime], ...]
+    drop: tuple[Partition, ...]
+
+
+def plan_upkeep(
+    now: datetime, existing: Mapping[str, Sequence[Partition]], kept_from: Mapping[str, datetime]
+) -> UpkeepPlan:
+    """What upkeep does at ``now``: create every missing weekly partition from the current
+    one to ``AHEAD`` weeks ahead, and drop every partition (but the default) whose rows are
+    all older than the table's ``kept_from``."""
+    create: list[tuple[str, datetime]] = []
+    drop: list[Partition] = []
+    first = partition_start(now)
+    for table in PARTITIONED_TABLES:
+        parts = existing.get(table.name, ())
+        covered = [(p.lower, p.upper) for p in parts if not p.is_default]
+        for k in range(AHEAD + 1):
+            lower = first + k * WIDTH
+            if not any(_overlaps(lower, lower + WIDTH, lo, hi) for lo, hi in covered):
+                create.append((table.name, lower))
+        keep = kept_from[table.name]
+        drop.extend(p for p in parts if p.upper is not None and p.upper <= keep)
+    return UpkeepPlan(tuple(create), tuple(drop))
+
+
+def _overlaps(lower: datetime, upper: datetime, lo: datetime | None, hi: datetime | None) -> bool:
+    return (lo is None or lo < upper) and (hi is None or lower < hi)
+
+
+_BOUND = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)")
+
+
+def _bound(expr: str) -> datetime | None:
+    expr = expr.strip().strip("'")
+    return None if expr == "MINVALUE" else datetime.fromisoformat(expr).astimezone(UTC)
+
+
+async def existing_partitions(conn: AsyncConnection) -> dict[str, list[Partition]]:
+    """Each partitioned table's partitions, from the catalog, oldest first (the default
+    last). A table not partitioned yet (before migration 0008) has none."""
+    await conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
+    rows = await conn.execute(
+        text(
+            "SELECT p.relname AS parent, c.relname AS name, "
+            "pg_get_expr(c.relpartbound, c.oid) AS bound "
+            "FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+            "JOIN pg_class AS p ON p.oid = i.inhparent "
+            "WHERE p.relkind = 'p' AND p.relname = ANY(:tables) "
+            "AND p.relnamespace = to_regnamespace(current_schema())::oid"
+        ),
+        {"tables": [t.name for t in PARTITIONED_TABLES]},
+    )
+    found: dict[str, list[Partition]] = {t.name: [] for t in PARTITIONED_TABLES}
+    for row in rows:
+        match = _BOUND.fullmatch(row.bound)
+        if match is None:  # DEFAULT
+            found[row.parent].append(Partition(row.parent, row.name, None, None))
+        else:
+            lower, upper = (_bound(g) for g in match.groups())
+            found[row.parent].append(Partition(row.parent, row.name, lower, upper))
+    for parts in found.values():
+        parts.sort(key=lambda p: (p.is_default, p.lower or datetime.min.replace(tzinfo=UTC)))
+    return found
+
+
+async def run_upkeep(
+    engine: AsyncEngine,
+    now: datetime,
+    kept_from: Mapping[str, datetime],
+    *,
+    seller_weeks_ended_before: datetime,
+    gmv_before: date,
+) -> UpkeepReport | None:
+    """One round of upkeep at ``now``: partitions created ahead, rows that landed in a
+    default partition moved into theirs, partitions older than the retention dropped,
+    old seller-weeks and daily GMV deleted. None when another process holds the upkeep
+    lock (it is doing the same)."""
+    report = UpkeepReport()
+    async with engine.connect() as conn:
+        await conn.commit()
+        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _UPKEEP_LOCK})
+        await conn.commit()
+        if not got:
+            return None
+        try:
+            await _upkeep(conn, now, kept_from, report)
+            await _trim_rows(conn, seller_weeks_ended_before, gmv_before, report)
+        finally:
+            await conn.rollback()
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _UPKEEP_LOCK})
+            await conn.commit()
+    if report.created or report.dropped or report.moved or report.deleted:
+        log.info(
+            "partition upkeep",
+            extra={
+                "created": report.created,
+                "dropped": report.dropped,
+                "moved": report.moved,
+                "deleted": report.deleted,
+            },
+        )
+    if report.deferred:
+        log.warning("partition upkeep deferred", extra={"steps": report.deferred})
+    return report
+
+
+async def _short(conn: AsyncConnection) -> None:
+    await conn.execute(text(f"SET LOCAL lock_timeout = {_LOCK_TIMEOUT_MS}"))
+    await conn.execute(text("SET LOCAL statement_timeout = 0"))
+
+
+async def _upkeep(
+    conn: AsyncConnection,
+    now: datetime,
+    kept_from: Mapping[str, datetime],
+    report: UpkeepReport,
+) -> None:
+    existing = await existing_partitions(conn)
+    await conn.commit()
+    if not any(existing.values()):
+        return  # not partitioned yet: migrate first
+    for table in PARTITIONED_TABLES:
+        # Rows that landed in the default partition: their partitions first.
+        default = next((p for p in existing[table.name] if p.is_default), None)
+        if default is None:
+            continue
+        starts = await conn.scalars(
+            text(f"SELECT DISTINCT {_floor(table.column)} FROM {default.name} ORDER BY 1")
+        )
+        for lower in list(starts):
+            await conn.commit()
+            await _step(
+                conn,
+                report,
+                f"create {partition_name(table.name, lower)}",
+                _create_holding(conn, table, default.name, lower, report),
+            )
+        await conn.commit()
+    existing = await existing_partitions(conn)
+    await conn.commit()
+    plan = plan_upkeep(now, existing, kept_from)
+    for name, lower in plan.create:
+        table = next(t for t in PARTITIONED_TABLES if t.name == name)
+        await _step(
+            conn,
+            report,
+            f"create {partition_name(name, lower)}",
+            _create(conn, table, lower, report),
+        )
+    for partition in plan.drop:
+        await _step(conn, report, f"drop {partition.name}", _drop(conn, partition, report))
+
+
+async def _step(conn: AsyncConnection, report: UpkeepReport, what: str, work: Any) -> None:
+    """Run one step in its own transaction; a lock not granted in time defers it."""
+    try:
+        await work
+        await conn.commit()
+    except Exception as e:
+        await conn.rollback()
+        cause = getattr(e, "orig", e)
+        report.deferred.append(
+            f"{what}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
+        )
+
+
+def _floor(column: str) -> str:
+    """SQL: the start of the weekly partition holding ``column``."""
+    return (
+        f"(TIMESTAMPTZ '{_MONDAY.isoformat()}' + floor(extract(epoch FROM {column} - "
+        f"TIMESTAMPTZ '{_MONDAY.isoformat()}') / {int(WIDTH.total_seconds())}) "
+        f"* INTERVAL '{WIDTH.days} days')"
+    )
+
+
+def _range(lower: datetime) -> str:
+    upper = lower + WIDTH
+    return f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+
+
+async def _create(
+    conn: AsyncConnection, table: PartitionedTable, lower: datetime, report: UpkeepReport
+) -> None:
+    """A new, empty weekly partition: made as a table of its own, then attached, which
+    locks the parent only against schema changes (SHARE UPDATE EXCLUSIVE), not writes."""
+    name = partition_name(table.name, lower)
+    await _short(conn)
+    await conn.execute(
+        text(f"CREATE TABLE {name} (LIKE {table.name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+    )
+    await conn.execute(text(f"ALTER TABLE {table.name} ATTACH PARTITION {name} {_range(lower)}"))
+    report.created.append(name)
+
+
+async def _create_holding(
+    conn: AsyncConnection,
+    table: PartitionedTable,
+    default: str,
+    lower: datetime,
+    report: UpkeepReport,
+) -> None:
+    """The partition for rows that landed in the default partition, with those rows moved
+    into it, in one transaction: nothing is lost or seen twice. It locks the default
+    partition only, which holds no other rows."""
+    name = partition_name(table.name, lower)
+    upper = lower + WIDTH
+    where = (
+        f"{table.column} >= TIMESTAMPTZ '{lower.isoformat()}' "
+        f"AND {table.column} < TIMESTAMPTZ '{upper.isoformat()}'"
+    )
+    await _short(conn)
+    await conn.execute(text(f"LOCK TABLE {default} IN ACCESS EXCLUSIVE MODE"))
+    await conn.execute(
+        text(f"CREATE TEMP TABLE moving ON COMMIT DROP AS SELECT * FROM {default} WHERE {where}")
+    )
+    moved = await conn.execute(text(f"DELETE FROM {default} WHERE {where}"))
+    await conn.execute(text(f"CREATE TABLE {name} PARTITION OF {table.name} {_range(lower)}"))
+    await conn.execute(
+        text(f"INSERT INTO {table.name} OVERRIDING SYSTEM VALUE SELECT * FROM moving")
+    )
+    report.created.append(name)
+    report.moved += int(moved.rowcount)
+
+
+async def _drop(conn: AsyncConnection, partition: Partition, report: UpkeepReport) -> None:
+    await _short(conn)
+    await conn.execute(text(f"ALTER TABLE {partition.table} DETACH PARTITION {partition.name}"))
+    await conn.execute(text(f"DROP TABLE {partition.name}"))
+    report.dropped.append(partition.name)
+
+
+async def _trim_rows(
+    conn: AsyncConnection, weeks_before: datetime, gmv_before: date, report: UpkeepReport
+) -> None:
+    """Seller-weeks that ended before ``weeks_before`` and GMV days before ``gmv_before``,
+    deleted a batch a transaction so that no transaction holds many row locks."""
+    statements = (
+        (
+            "DELETE FROM seller_weeks WHERE (seller_id, week_start) IN ("
+            "SELECT seller_id, week_start FROM seller_weeks WHERE week_end < :bound "
+            f"LIMIT {_DELETE_BATCH})",
+            weeks_before,
+        ),
+        (
+            "DELETE FROM daily_gmv WHERE (seller_id, day) IN ("
+            f"SELECT seller_id, day FROM daily_gmv WHERE day < :bound LIMIT {_DELETE_BATCH})",
+            gmv_before,
+        ),
+    )
+    for (statement, bound), table in zip(statements, ("seller_weeks", "daily_gmv"), strict=True):
+        deleted = 0
+        while True:
+            try:
+                await _short(conn)
+                result = await conn.execute(text(statement), {"bound": bound})
+                await conn.commit()
+            except Exception as e:
+                await conn.rollback()
+                report.deferred.append(f"trim: {str(getattr(e, 'orig', e)).splitlines()[0]}")
+                break
+            deleted += int(result.rowcount)
+            if result.rowcount < _DELETE_BATCH:
+                break
+        report.deleted += deleted
+        if deleted:
+            # The deleted rows' space is reusable at once rather than when autovacuum
+            # comes by; VACUUM (not FULL) does not block reads or writes.
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute(f"VACUUM {table}")  # type: ignore[union-attr]
+
+
+# --- migration 0008: an unpartitioned table becomes partitioned, in place, online ----------
+
+
+def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime) -> None:
+    """Turn ``table`` (unpartitioned, possibly large and written to by the previous release
+    as this runs) into a partitioned table whose first partition is the table itself.
+
+    Runs in autocommit (``op.get_context().autocommit_block()``), step by step, each step
+    idempotent so that a migration interrupted anywhere resumes:
+
+    1. ``cutover``, the start of the partition two weeks ahead: every row the previous
+       release writes from now on (decided, stored, started now) lies before it.
+    2. Indexes the parent needs and the table lacks, built ``CONCURRENTLY`` (writes go on).
+    3. ``CHECK (column < cutover)`` added ``NOT VALID`` (a catalog change: a moment's lock)
+       then validated, which scans the table without blocking writes.
+    4. One short transaction, under ACCESS EXCLUSIVE on the table for milliseconds: rename
+       it ``<table>_legacy``, create the partitioned parent under the old name with the
+       same columns, defaults, constraints and identity (its sequence continued from the
+       table's), attach the table as ``[MINVALUE, cutover)`` — no scan: the validated CHECK
+       proves it — and create the weekly partitions after it and the default partition.
+
+    Statements name tables, not their OIDs, so the previous release's statements and the
+    SQL functions resolve the name to the parent from then on; no row moves."""
+    if _relkind(conn, table.name) == "p":
+        return
+    cutover = partition_start(now) + AHEAD * WIDTH
+    check = f"{table.name}_legacy_range"
+    existing_check = conn.scalar(
+        text(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = to_regclass(:t) AND conname = :c"
+        ),
+        {"t": table.name, "c": check},
+    )
+    if existing_check is not None:  # a resumed run keeps the cutover it started with
+        cutover = datetime.fromisoformat(
+            re.search(r"'([^']+)'", existing_check).group(1)  # type: ignore[union-attr]
+        ).astimezone(UTC)
+    for index, columns in table.indexes:
+        legacy_index = f"{index}_legacy"
+        if not _has_index_on(conn, table.name, columns):
+            _drop_invalid_index(conn, legacy_index)
+            conn.exec_driver_sql(
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {legacy_index} "
+                f"ON {table.name} ({columns})"
+            )
+    if existing_check is None:
+        _with_lock_retries(
+            conn,
+            f"ALTER TABLE {table.name} ADD CONSTRAINT {check} "
+            f"CHECK ({table.column} < '{cutover.isoformat()}') NOT VALID",
+        )
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} VALIDATE CONSTRAINT {check}")
+    legacy = f"{table.name}_legacy"
+    identity = conn.scalar(
+        text(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+            "AND attidentity <> '' AND NOT attisdropped"
+        ),
+        {"t": table.name},
+    )
+    swap = [
+        f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE",
+        f"ALTER TABLE {table.name} RENAME TO {legacy}",
+        f"CREATE TABLE {table.name} (LIKE {legacy} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+        f"INCLUDING IDENTITY) PARTITION BY RANGE ({table.column})",
+        f"ALTER TABLE {table.name} DROP CONSTRAINT {check}",
+    ]
+    if identity is not None:
+        swap.append(
+            f"SELECT setval(pg_get_serial_sequence('{table.name}', '{identity}'), "
+            f"last_value, is_called) FROM {_sequence(conn, table.name, identity)}"
+        )
+    if table.primary_key is not None:
+        swap.append(
+            f"ALTER TABLE {table.name} ADD CONSTRAINT {table.name}_partitioned_pkey "
+            f"PRIMARY KEY ({table.primary_key})"
+        )
+    swap += [
+        f"CREATE INDEX {index} ON {table.name} ({columns})" for index, columns in table.indexes
+    ]
+    swap.append(
+        f"ALTER TABLE {table.name} ATTACH PARTITION {legacy} "
+        f"FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat()}')"
+    )
+    lower = cutover
+    while lower < partition_start(now) + (2 * AHEAD + 1) * WIDTH:
+        swap.append(
+            f"CREATE TABLE {partition_name(table.name, lower)} PARTITION OF {table.name} "
+            f"{_range(lower)}"
+        )
+        lower += WIDTH
+    swap.append(f"CREATE TABLE {table.name}_default PARTITION OF {table.name} DEFAULT")
+    _with_lock_retries(conn, *swap)
+
+
+def _relkind(conn: Connection, name: str) -> str | None:
+    kind = conn.scalar(
+        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"), {"t": name}
+    )
+    return None if kind is None else str(kind)
+
+
+def _has_index_on(conn: Connection, table: str, columns: str) -> bool:
+    """True when ``table`` has a valid, non-partial, plain index on exactly ``columns``."""
+    wanted = [c.strip() for c in columns.split(",")]
+    rows = conn.execute(
+        text(
+            "SELECT i.indisunique, i.indpred IS NULL AS whole, "
+            "array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+            "JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "ORDER BY k.n) AS cols "
+            "FROM pg_index AS i WHERE i.indrelid = to_regclass(:t) AND i.indisvalid"
+        ),
+        {"t": table},
+    )
+    return any(not r.indisunique and r.whole and list(r.cols) == wanted for r in rows)
+
+
+def _drop_invalid_index(conn: Connection, name: str) -> None:
+    invalid = conn.scalar(
+        text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:i)"),
+        {"i": name},
+    )
+    if invalid:
+        conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY {name}")
+
+
+def _sequence(conn: Connection, table: str, column: str) -> str:
+    sequence = conn.scalar(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table, "c": column})
+    return str(sequence)
+
+
+def _with_lock_retries(conn: Connection, *statements: str, attempts: int = 50) -> None:
+    """Run ``statements`` in one transaction that waits at most 1 s for each lock, retried:
+    a migration waiting in the lock queue of a busy table would stall every write queued
+    behind it, so it waits briefly, steps aside and tries again."""
+    for attempt in range(attempts):
+        conn.exec_driver_sql("BEGIN")
+        try:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+            conn.exec_driver_sql("COMMIT")
+            return
+        except Exception as e:
+            conn.exec_driver_sql("ROLLBACK")
+            if "lock timeout" not in str(e) or attempt == attempts - 1:
+                raise
+            log.info("migration step waiting for a lock", extra={"attempt": attempt + 1})
