@@ -19,7 +19,9 @@ from typing import Any
 import grpc
 import pytest
 from servers import LedgerFactory, StartServer, server_settings
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
@@ -27,6 +29,7 @@ from quota_authority.policy import Policy
 from quota_authority.server import QuotaAuthorityServer, migrate_schema
 from quota_authority.settings import Settings
 from quota_authority.store import EmbeddedPostgres, PostgresLedger, create_engine
+from quota_authority.store.database import to_async_url
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 
@@ -112,6 +115,24 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url, server_settings())
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the session's server, dropped after the test: for tests
+    that move the clock across months and trim what is older (retention), or count every
+    row of a table, which the shared database's other tests would disturb. On Citus it is a
+    plain database of the coordinator (Citus does not propagate CREATE DATABASE)."""
+    name = f"scratch_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(to_async_url(database_url), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(to_async_url(database_url)).set(database=name).render_as_string(False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        await admin.dispose()
 
 
 @pytest.fixture

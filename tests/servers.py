@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support import command_environment, eventually, free_port
 
 from quota_authority.clock import Clock
 from quota_authority.engine.ports import LedgerStore
@@ -34,9 +37,11 @@ __all__ = [
     "LedgerFactory",
     "OwnPostgres",
     "Replicas",
+    "ServerProcess",
     "StartServer",
     "replicas",
     "server_on_its_own_database",
+    "server_process",
     "server_settings",
 ]
 
@@ -213,3 +218,81 @@ async def server_on_its_own_database(
             await server.stop(grace=0)
     finally:
         await postgres.close()
+
+
+# --- a server in a process of its own ------------------------------------------------------
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+PROCESS_WAIT_S = 60.0  # the longest a server process may take to report SERVING
+
+
+class ServerProcess:
+    """``quota-authority serve`` in a process of its own, on ``database_url``; its log (JSON
+    lines) goes to ``log``."""
+
+    def __init__(self, process: asyncio.subprocess.Process, address: str, log: Path) -> None:
+        self.process = process
+        self.address = address
+        self.log = log
+
+    @classmethod
+    async def started(
+        cls, database_url: str, log: Path, port: int, **environment: str
+    ) -> ServerProcess:
+        """Start it and wait until its health reports SERVING."""
+        address = f"127.0.0.1:{port}"
+        env = command_environment(
+            QUOTA_AUTHORITY_DATABASE_URL=database_url,
+            QUOTA_AUTHORITY_LISTEN=address,
+            QUOTA_AUTHORITY_HEALTH_INTERVAL_S="0.2",
+            QUOTA_AUTHORITY_LOG_LEVEL="WARNING",
+            **environment,
+        )
+        with log.open("ab") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "quota_authority.cli",
+                "serve",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        server = cls(process, address, log)
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def serving() -> bool:
+                assert process.returncode is None, f"server exited: {server.log_tail()}"
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.aio.AioRpcError:
+                    return False
+                return reply.status == SERVING
+
+            await eventually(serving, within_s=PROCESS_WAIT_S)
+        return server
+
+    def log_tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log.exists() else ""
+
+    async def exit_code(self, within_s: float) -> int:
+        return await asyncio.wait_for(self.process.wait(), within_s)
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@asynccontextmanager
+async def server_process(
+    database_url: str, log: Path, port: int | None = None, **environment: str
+) -> AsyncIterator[ServerProcess]:
+    """A server process, killed at the end if the test has not ended it."""
+    server = await ServerProcess.started(database_url, log, port or free_port(), **environment)
+    try:
+        yield server
+    finally:
+        await server.kill()

@@ -163,6 +163,22 @@ async def eventually(check: Callable[[], Awaitable[object]], within_s: float) ->
     raise AssertionError(f"not true within {within_s} s")
 
 
+async def upkeep_round(server: Any) -> Any:
+    """One round of storage upkeep (``QuotaService.keep_data_bounded``) by the test, once
+    any other round (the server's own, at its start) has let go of the upkeep lock; what
+    the round did (``UpkeepReport``)."""
+    done: list[Any] = []
+
+    async def ran() -> bool:
+        report = await server.service.keep_data_bounded()
+        if report is not None:
+            done.append(report)
+        return report is not None
+
+    await eventually(ran, within_s=60)
+    return done[0]
+
+
 # --- the ledger's promises, checked against what callers were told ----------------------
 
 Key = tuple[str, str]  # (seller_id, request_id)

@@ -77,7 +77,7 @@ async def test_request_id_is_still_replayed_14_days_later_after_expired_keys_are
 
     server, address = await start_server()
     try:
-        await server.service.purge_expired_responses()
+        await server.service.keep_data_bounded()
         async with grpc.aio.insecure_channel(address) as channel:
             replay = await pb_grpc.QuotaAuthorityServiceStub(channel).CheckAndConsume(
                 invite(seller, "c1", request_id="r-1")

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import grpc
 import pytest
 from citus import NOT_ON_CITUS, ON_CITUS, cluster_database
 from servers import server_settings
 from sqlalchemy import text
-from support import answered, invite, message, new_id
+from support import BASE_TIME, answered, invite, message, new_id, upkeep_round
 
 from quota_authority.cli import main
 from quota_authority.cli import serve as cli_serve
+from quota_authority.clock import FakeClock
 from quota_authority.errors import CannotDistribute
 from quota_authority.server import QuotaAuthorityServer
 from quota_authority.store import PostgresLedger, create_engine, distribution, migrate
@@ -175,3 +177,57 @@ async def test_a_row_lock_held_on_a_worker_ends_at_the_lock_timeout_not_the_stat
     # far below the 5 s the statement timeout alone would take.
     assert waited_s < 2.5, f"waited {waited_s:.2f} s"
     print(f"a held worker lock answered UNAVAILABLE after {waited_s * 1000:.0f} ms")
+
+
+@on_citus_only
+async def test_time_partitions_are_distributed_and_kept_by_upkeep_on_the_cluster():
+    """Migration 0008's partitions, and those upkeep creates, are distributed colocated with
+    ``sellers``; a write with no partition lands in the default one and upkeep moves it on
+    the workers; partitions past the retention are dropped; the request_id claim runs on
+    the seller's worker."""
+    async with cluster_database(f"partitions_{uuid.uuid4().hex[:8]}") as url:
+        clock = FakeClock(BASE_TIME)
+        server = QuotaAuthorityServer(server_settings(distribute=True), url, clock, PostgresLedger)
+        port = await server.start()
+        engine = create_engine(url, server_settings())
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+                clock.set(BASE_TIME + timedelta(weeks=30))  # no partition there yet
+                first = await stub.CheckAndConsume(invite("s1", "c1", request_id="r-1"))
+                moved = await upkeep_round(server)
+                replay = await stub.CheckAndConsume(invite("s1", "c1", request_id="r-1"))
+                clock.advance(timedelta(weeks=20))  # everything older than 91 days
+                dropped = await upkeep_round(server)
+                async with engine.connect() as conn:
+                    colocation = dict(
+                        (
+                            await conn.execute(
+                                text(
+                                    "SELECT t.relid::text, d.colocationid = (SELECT colocationid"
+                                    " FROM pg_dist_partition WHERE logicalrelid = 'sellers'"
+                                    "::regclass) FROM unnest(ARRAY['audit_log', 'pair_weeks',"
+                                    " 'request_responses']) AS p(name),"
+                                    " LATERAL pg_partition_tree(p.name::regclass) AS t"
+                                    " LEFT JOIN pg_dist_partition AS d ON d.logicalrelid = t.relid"
+                                )
+                            )
+                        ).all()
+                    )
+                    claim_delegated = await conn.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_dist_object WHERE objid = CAST("
+                            "'claim_seller_request_ids(text, text[])' AS regprocedure)"
+                            " AND distribution_argument_index IS NOT NULL"
+                        )
+                    )
+        finally:
+            await engine.dispose()
+            await server.stop(grace=0)
+
+    assert "audit_log_legacy" not in colocation and "audit_log_default" in colocation
+    assert len(colocation) >= 3 * 5 and all(colocation.values()), colocation
+    assert claim_delegated == 1
+    assert first.allowed and replay.replayed
+    assert moved.moved == 3 and not moved.deferred
+    assert "audit_log_legacy" in dropped.dropped and not dropped.deferred

@@ -13,7 +13,6 @@ checks (a revision written, a ``ping``) runs with timeouts that no machine's loa
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -24,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from quota_authority.settings import Settings
 from quota_authority.store import PostgresLedger, create_engine, head_revision, migrate
-from quota_authority.store.database import to_async_url
 
 # Far shorter than any migration: the service's own timeouts must not bind migrations.
 TIGHT = Settings(lock_timeout_ms=1, statement_timeout_ms=1)
@@ -50,22 +48,14 @@ class Scratch:
 
 
 @pytest.fixture
-async def scratch(database_url: str) -> AsyncIterator[Scratch]:
-    name = f"scratch_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(to_async_url(database_url), isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(to_async_url(database_url)).set(database=name).render_as_string(False)
-    engine = create_engine(url, ROOMY)
-    tight = create_engine(url, TIGHT)
+async def scratch(fresh_database_url: str) -> AsyncIterator[Scratch]:
+    engine = create_engine(fresh_database_url, ROOMY)
+    tight = create_engine(fresh_database_url, TIGHT)
     try:
-        yield Scratch(name, engine, tight)
+        yield Scratch(make_url(fresh_database_url).database or "", engine, tight)
     finally:
         await tight.dispose()
         await engine.dispose()
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        await admin.dispose()
 
 
 async def set_revision(engine: AsyncEngine, revision: str) -> None:
