@@ -57,7 +57,9 @@ type QuotaAuthorityServiceClient interface {
 	// UpsertSeller creates a seller or changes its time zone.
 	UpsertSeller(ctx context.Context, in *UpsertSellerRequest, opts ...grpc.CallOption) (*UpsertSellerResponse, error)
 	// ListDecisions lists a seller's recorded decisions (R13), oldest first, one page at a
-	// time (AIP-158). It reads only: listing a week never creates or snapshots it.
+	// time (AIP-158). It reads only: listing a week never creates or snapshots it. Decisions
+	// are kept for the policy's retention.decisions_days (91 by default): older ones are
+	// never listed, whatever the filters, even before storage upkeep drops them.
 	ListDecisions(ctx context.Context, in *ListDecisionsRequest, opts ...grpc.CallOption) (*ListDecisionsResponse, error)
 	// BatchCheckAndConsume decides a list of one seller's invites and messages (R15): in
 	// order, each item seeing the effects of those before it exactly as if sent one by one,
@@ -220,7 +222,9 @@ type QuotaAuthorityServiceServer interface {
 	// UpsertSeller creates a seller or changes its time zone.
 	UpsertSeller(context.Context, *UpsertSellerRequest) (*UpsertSellerResponse, error)
 	// ListDecisions lists a seller's recorded decisions (R13), oldest first, one page at a
-	// time (AIP-158). It reads only: listing a week never creates or snapshots it.
+	// time (AIP-158). It reads only: listing a week never creates or snapshots it. Decisions
+	// are kept for the policy's retention.decisions_days (91 by default): older ones are
+	// never listed, whatever the filters, even before storage upkeep drops them.
 	ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error)
 	// BatchCheckAndConsume decides a list of one seller's invites and messages (R15): in
 	// order, each item seeing the effects of those before it exactly as if sent one by one,
