@@ -26,6 +26,7 @@ from . import (
     release,
     serve,
     status,
+    storage,
     upsert_seller,
 )
 from .shared import Commands, ExitStatus, UsageError
@@ -33,10 +34,11 @@ from .shared import Commands, ExitStatus, UsageError
 __all__ = ["CommandFacts", "command_facts", "main"]
 
 _DESCRIPTION = """\
-The server: serve and migrate. The operator's client: status, check, check-batch,
-release, block, unblock, record-reply, upsert-seller, import-gmv and audit, which share the
-connection options --target, --token-file and --ca-file. 'quota-authority COMMAND --help'
-has each command's options and exit statuses.
+The server: serve and migrate, and storage, which reads the database itself. The
+operator's client: status, check, check-batch, release, block, unblock, record-reply,
+upsert-seller, import-gmv and audit, which share the connection options --target,
+--token-file and --ca-file. 'quota-authority COMMAND --help' has each command's options and
+exit statuses.
 """
 
 
@@ -57,6 +59,7 @@ def _parser() -> tuple[argparse.ArgumentParser, Commands]:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve.add_parsers(commands)
+    storage.add_parser(commands)
     status.add_parser(commands)
     check.add_parser(commands)
     check_batch.add_parser(commands)
