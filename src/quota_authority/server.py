@@ -249,6 +249,9 @@ class QuotaAuthorityServer:
         )
         if self.metrics is not None:
             self.metrics.outreach_waiting(self.service.outreach_waiting)
+        # Before serving, so that this week's partitions exist when the first call comes
+        # (after a long outage too); a failed round does not stop the start.
+        await self._upkeep_round()
         self._certificates = _certificates(self.settings)
         if self.settings.callers is not None:
             self._authorizer = Authorizer(self.settings.callers)
@@ -307,15 +310,18 @@ class QuotaAuthorityServer:
             await self._check_health()
 
     async def _keep_data_bounded(self) -> None:
-        """Storage upkeep (``store.partitions``) at start and every ``_UPKEEP_EVERY_S``; a
-        failed round is logged and retried at the next."""
-        assert self.service is not None
+        """Storage upkeep (``store.partitions``) every ``_UPKEEP_EVERY_S`` after the round
+        ``start`` runs; a failed round is logged and retried at the next."""
         while True:
-            try:
-                await self.service.keep_data_bounded()
-            except Exception:
-                log.warning("storage upkeep failed", exc_info=True)
             await asyncio.sleep(_UPKEEP_EVERY_S)
+            await self._upkeep_round()
+
+    async def _upkeep_round(self) -> None:
+        assert self.service is not None
+        try:
+            await self.service.keep_data_bounded()
+        except Exception:
+            log.warning("storage upkeep failed", exc_info=True)
 
     async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
         """Stop serving, in this order: health reports NOT_SERVING; for ``drain`` seconds

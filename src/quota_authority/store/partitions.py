@@ -466,7 +466,11 @@ def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime)
         ),
         {"t": table.name},
     )
+    distributed = _distributed(conn, table.name)
     swap = [
+        # Citus: DDL on shards one connection per worker, so that the parent can be
+        # distributed in the same transaction.
+        *(["SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"] if distributed else []),
         f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE",
         f"ALTER TABLE {table.name} RENAME TO {legacy}",
         f"CREATE TABLE {table.name} (LIKE {legacy} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
@@ -486,6 +490,12 @@ def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime)
     swap += [
         f"CREATE INDEX {index} ON {table.name} ({columns})" for index, columns in table.indexes
     ]
+    if distributed:
+        # On Citus a distributed table is attached only to a distributed parent, colocated.
+        swap.append(
+            f"SELECT create_distributed_table('{table.name}', 'seller_id', "
+            "colocate_with => 'sellers')"
+        )
     swap.append(
         f"ALTER TABLE {table.name} ATTACH PARTITION {legacy} "
         f"FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat()}')"
@@ -499,6 +509,30 @@ def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime)
         lower += WIDTH
     swap.append(f"CREATE TABLE {table.name}_default PARTITION OF {table.name} DEFAULT")
     _with_lock_retries(conn, *swap)
+    if distributed and identity is not None:
+        # Each worker draws identity values from a range of its own, for the parent's
+        # sequence as for the legacy table's: continue the parent's from the legacy's, so
+        # that ids keep growing on every worker. A row a worker writes between the swap and
+        # this may repeat an id the legacy table has on that worker; ids order decisions
+        # only among equal decided_at (ListDecisions), where that cannot matter.
+        conn.exec_driver_sql(
+            "SELECT run_command_on_workers($$SELECT setval(pg_get_serial_sequence("
+            f"'{table.name}', '{identity}'), greatest(nextval(pg_get_serial_sequence("
+            f"'{legacy}', '{identity}')), nextval(pg_get_serial_sequence('{table.name}', "
+            f"'{identity}'))))$$)"
+        )
+
+
+def _distributed(conn: Connection, name: str) -> bool:
+    """True when ``name`` is a distributed table of a Citus coordinator."""
+    if conn.scalar(text("SELECT to_regclass('pg_dist_partition')")) is None:
+        return False
+    return bool(
+        conn.scalar(
+            text("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = to_regclass(:t)"),
+            {"t": name},
+        )
+    )
 
 
 def _relkind(conn: Connection, name: str) -> str | None:
