@@ -25,6 +25,7 @@ from quota_authority.cli import main
 from quota_authority.cli import serve as serve_command
 from quota_authority.engine.retention import retained
 from quota_authority.policy import Policy
+from quota_authority.store.distribution import DISTRIBUTED_TABLES
 from quota_authority.store.partitions import (
     AHEAD,
     PARTITIONED_TABLES,
@@ -43,15 +44,7 @@ from quota_authority.store.storage import (
 )
 
 CLI = [sys.executable, "-m", "quota_authority.cli"]
-TABLES = [
-    "sellers",
-    "seller_weeks",
-    "pairs",
-    "pair_weeks",
-    "daily_gmv",
-    "request_responses",
-    "audit_log",
-]
+TABLES = list(DISTRIBUTED_TABLES)  # every table of the schema
 PARTITIONED = {t.name for t in PARTITIONED_TABLES}
 WEEKLY = re.compile(r"_p\d{8}$")
 

@@ -17,7 +17,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -38,8 +38,8 @@ from .health import HealthServicer
 from .metrics import Metrics, TimedLedger
 from .policy import load_policy
 from .settings import Settings, unsafe_listen
-from .store import EmbeddedPostgres, PostgresLedger, create_engine, migrate
-from .store.database import unreachable_at_start
+from .store import PostgresLedger, create_engine, migrate
+from .store.database import database_in_use, unreachable_at_start
 from .tls import ServerCertificates
 from .v1 import quota_authority_pb2 as pb
 
@@ -449,19 +449,6 @@ def run_event_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-@contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[tuple[str, str]]:
-    """The database to use, as ``(url, where)``, ``where`` naming the setting behind it for
-    the one line printed when it cannot be reached: the configured URL, or an embedded
-    PostgreSQL started for the block and stopped after it."""
-    if settings.database_url is not None:
-        yield settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL"
-        return
-    with EmbeddedPostgres(settings.data_dir) as embedded:
-        where = f"the embedded PostgreSQL in {settings.data_dir} (QUOTA_AUTHORITY_DATA_DIR)"
-        yield embedded.url, where
-
-
 def migrate_schema(settings: Settings) -> str:
     """Bring the configured database, or the embedded one, to the latest schema; its
     revision. Raises ``DatabaseUnreachable`` (a ``StartupError``) when it cannot connect."""
@@ -474,7 +461,7 @@ def migrate_schema(settings: Settings) -> str:
         finally:
             await engine.dispose()
 
-    with _database(settings) as (url, where):
+    with database_in_use(settings) as (url, where):
         return asyncio.run(run(url, where))
 
 
@@ -483,5 +470,5 @@ def serve(settings: Settings) -> None:
     or an embedded one. Raises a ``StartupError`` when it cannot start; the listen address
     is checked first, before the embedded PostgreSQL starts."""
     check_can_listen(settings.listen)
-    with _database(settings) as (url, where):
+    with database_in_use(settings) as (url, where):
         run_event_loop(settings, _serve_until_signal(settings, url, where))

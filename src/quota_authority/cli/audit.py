@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 
 from ..client import QuotaClient
 from ..v1 import quota_authority_pb2 as pb
@@ -15,6 +15,7 @@ from .shared import (
     Commands,
     UsageError,
     add_command,
+    instant,
     print_table,
     reading_statuses,
     reason_words,
@@ -32,20 +33,6 @@ runs are not recorded. Listing changes nothing.
 """
 _STATUSES = reading_statuses("the decisions are printed")
 _COLUMNS = ("decided at", "action", "creator", "decision", "reason", "charged", "tier")
-
-
-def _instant(text: str) -> datetime:
-    """An argparse type: an ISO 8601 instant, or a date meaning 12:00 UTC that day; a time
-    without an offset is UTC."""
-    try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time(12), UTC)
-        instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected YYYY-MM-DD or an ISO 8601 time, got {text!r}"
-        ) from None
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -91,13 +78,13 @@ def add_parser(commands: Commands) -> None:
         "--week",
         nargs="?",
         const="current",
-        type=lambda text: text if text == "current" else _instant(text),
+        type=lambda text: text if text == "current" else instant(text),
         metavar="WHEN",
         help="only the seller's week that contains WHEN: YYYY-MM-DD (12:00 UTC that day), an "
         "ISO 8601 time, or nothing for the current week",
     )
-    audit.add_argument("--since", type=_instant, metavar="WHEN", help="made at or after WHEN")
-    audit.add_argument("--until", type=_instant, metavar="WHEN", help="made before WHEN")
+    audit.add_argument("--since", type=instant, metavar="WHEN", help="made at or after WHEN")
+    audit.add_argument("--until", type=instant, metavar="WHEN", help="made before WHEN")
     audit.add_argument(
         "--page-size", type=whole_number(0), default=500, metavar="N", help="decisions per call"
     )

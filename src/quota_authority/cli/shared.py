@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Protocol, TypeAlias, TypeVar
 
@@ -50,6 +51,7 @@ __all__ = [
     "add_command",
     "add_request_id",
     "client_failures",
+    "instant",
     "new_request_id",
     "print_rpc_error",
     "print_table",
@@ -424,3 +426,17 @@ CHARGES = {
 def reason_words(reason: pb.Reason.ValueType) -> str:
     """A ``Reason`` in lower-case words: ``REASON_NEW_CREATOR`` is "new creator"."""
     return pb.Reason.Name(reason).removeprefix("REASON_").lower().replace("_", " ")
+
+
+def instant(text: str, day_at: time = time(12)) -> datetime:
+    """An argparse type: an ISO 8601 instant, or a date meaning ``day_at`` UTC that day; a
+    time without an offset is UTC."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), day_at, UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected YYYY-MM-DD or an ISO 8601 time, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

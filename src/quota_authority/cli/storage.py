@@ -15,15 +15,14 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from ..engine.retention import retained
 from ..errors import DatabaseUnreachable, StartupError
-from ..settings import Settings, load_settings
-from ..store import EmbeddedPostgres
+from ..settings import load_settings
+from ..store.database import database_in_use
 from ..store.partitions import WIDTH, Partition, UpkeepPlan, partition_name
 from ..store.storage import (
     Storage,
@@ -33,7 +32,17 @@ from ..store.storage import (
     retention_bounds,
     upkeep_plan,
 )
-from .shared import ERROR, INTERRUPTED, OK, USAGE, Commands, ExitStatus, add_command, print_table
+from .shared import (
+    ERROR,
+    INTERRUPTED,
+    OK,
+    USAGE,
+    Commands,
+    ExitStatus,
+    add_command,
+    instant,
+    print_table,
+)
 
 __all__ = ["add_parser", "render_json", "render_table"]
 
@@ -68,35 +77,11 @@ _STATUSES = (
 )
 
 
-def _instant(text: str) -> datetime:
-    """An argparse type: an ISO 8601 instant or date (00:00); UTC when it has no offset."""
-    try:
-        instant = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected YYYY-MM-DD or an ISO 8601 time, got {text!r}"
-        ) from None
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
-
-
-@contextmanager
-def _database(settings: Settings) -> Iterator[tuple[str, str]]:
-    """``(url, where)`` of the database ``serve`` and ``migrate`` use: the configured URL,
-    or the embedded PostgreSQL, started for the block. (``server`` has the same choice, but
-    importing it imports gRPC.)"""
-    if settings.database_url is not None:
-        yield settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL"
-        return
-    with EmbeddedPostgres(settings.data_dir) as embedded:
-        where = f"the embedded PostgreSQL in {settings.data_dir} (QUOTA_AUTHORITY_DATA_DIR)"
-        yield embedded.url, where
-
-
 def _storage(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         at: datetime = args.at or datetime.now(UTC).replace(microsecond=0)
-        with _database(settings) as (url, where):
+        with database_in_use(settings) as (url, where):
             storage = asyncio.run(
                 read_storage(url, where, lock_timeout_ms=settings.lock_timeout_ms)
             )
@@ -317,7 +302,7 @@ def add_parser(commands: Commands) -> None:
     storage.add_argument("--json", action="store_true", help="print JSON instead of tables")
     storage.add_argument(
         "--at",
-        type=_instant,
+        type=lambda text: instant(text, time(0)),
         metavar="WHEN",
         help="show retention and upkeep as at WHEN (YYYY-MM-DD or an ISO 8601 time, UTC "
         "without an offset) instead of now; the figures are always the present's",

@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,6 +27,7 @@ from ..settings import Settings
 __all__ = [
     "EmbeddedPostgres",
     "create_engine",
+    "database_in_use",
     "redacted",
     "to_async_url",
     "unreachable_at_start",
@@ -207,3 +208,17 @@ def _import_pgserver() -> Any:
         import pgserver
 
     return pgserver
+
+
+@contextlib.contextmanager
+def database_in_use(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The database ``serve``, ``migrate`` and ``storage`` use, as ``(url, where)``,
+    ``where`` naming the setting behind it for the one line printed when it cannot be
+    reached: the configured URL, or an embedded PostgreSQL started for the block and
+    stopped after it."""
+    if settings.database_url is not None:
+        yield settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL"
+        return
+    with EmbeddedPostgres(settings.data_dir) as embedded:
+        where = f"the embedded PostgreSQL in {settings.data_dir} (QUOTA_AUTHORITY_DATA_DIR)"
+        yield embedded.url, where
