@@ -1,7 +1,8 @@
 """``make bench``: CheckAndConsume under ghz load, every figure a ratio to a baseline server
 measured in the same run on the same machine. BENCHMARKS.md explains the method.
 
-One run: a fresh embedded PostgreSQL in ``.bench/pgdata``, seeded for every scenario; the
+One run: a fresh embedded PostgreSQL in ``.bench/pgdata``, its time partitions laid out as
+a deployment's past its retention (``lay_out_partitions``), seeded for every scenario; the
 baseline server (``scripts/baseline_server.py``) under each load shape; then the real
 server (``quota-authority serve``, production settings) under every scenario; a table on
 stdout and ``.bench/results.json``. With ``--database citus`` (``make bench
@@ -21,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +35,14 @@ import asyncpg
 import bench_gmv
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
 
+from quota_authority.engine.retention import Retained, retained
 from quota_authority.engine.rules import r1_tier_for_gmv
 from quota_authority.engine.weeks import Week, week_containing
 from quota_authority.policy import Policy
 from quota_authority.settings import Settings
-from quota_authority.store import EmbeddedPostgres, create_engine, migrate
+from quota_authority.store import EmbeddedPostgres, create_engine, migrate, partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / ".bench"
@@ -63,13 +67,18 @@ MIXED_SELLERS = 1_000
 MIXED_COUNTED = 100  # creators each mixed seller already counted this week
 MIXED_CONNECTED = 10  # creators connected to each mixed seller
 GROWN_SELLERS = 100_000
-GROWN_AUDIT = 1_000_000
+GROWN_AUDIT = 10_000_000  # decisions over the retention's weekly partitions
+GROWN_PAIR_WEEKS = 1_000_000  # over the seller-weeks the retention keeps
 GROWN_RESPONSES = 250_000  # request_ids still within retention
 GMV_T2 = 500_000  # USD cents over 30 days: tier T2 with the default policy
 GMV_T3 = 6_000_000  # tier T3 (unlimited)
 # batch_invite: a Target Invite's shape, one seller's batch of new creators, 90% messages.
 BATCH_SELLERS = 10_000
 BATCH_ITEMS = 50
+# partition_upkeep: a round of the service's own upkeep (partitions.run_upkeep) every
+# UPKEEP_EVERY_S, each creating and attaching a weekly partition of every partitioned table
+# and detaching and dropping one (see churning_partitions).
+UPKEEP_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,7 @@ LOAD_OF = {
     "hot_seller": "hot_seller",
     "mixed": "mixed",
     "fixed_rate": "mixed",
+    "partition_upkeep": "spread",
     "grown": "spread",
     "batch_invite": "batch_invite",
 }
@@ -107,11 +117,15 @@ TARGETS = {
     "hot_seller": Target("ratio_to_baseline", 0.5),
     "mixed": Target("ratio_to_baseline", 0.6),
     "fixed_rate": Target("p99_ms", 10.0, at_most=True),
+    "partition_upkeep": Target("ratio_to_spread", 0.9),
     "grown": Target("ratio_to_spread", 0.9),
     # Items decided a second in batches, against spread's calls a second in the same run.
     "batch_invite": Target("decisions_ratio_to_spread", 4.0),
     "gmv_import": Target("rows_per_s", 20_000),
 }
+
+# Scenarios whose target is against spread's calls a second in the same run.
+AGAINST_SPREAD = ("partition_upkeep", "grown")
 
 # Scenarios that drive the server with something else than ghz (no load in LOAD_OF).
 OWN_DRIVER = {"gmv_import": "quota-authority import-gmv (scripts/bench_gmv.py)"}
@@ -271,6 +285,21 @@ class Server:
         return cpu
 
 
+async def analyze(url: str) -> None:
+    """``ANALYZE``, as autovacuum would have run it on a deployment's tables by now (on this
+    minute-old database it may not have yet). Seeding analyzed the weekly partitions the
+    calls write while they were empty, and a plan the server cached for them then stays
+    (a plan is remade when its tables' statistics change): claim_request_ids's, for one,
+    then reads the current partition of request_responses whole, every batch. Statistics
+    that change invalidate those plans, so the measured run plans for tables of their size,
+    as a deployment's sessions do once autovacuum has analyzed a new week's partition."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 def measure(
     server: Server,
     load: str,
@@ -280,6 +309,8 @@ def measure(
 ) -> dict[str, Any]:
     """A warm-up run, then the measured one, with each process's CPU per call."""
     ghz(server.target, load, WARMUP_S, rps, call)
+    if server.postgres_url is not None and not server.worker_urls:
+        asyncio.run(analyze(server.postgres_url))
     transactions_before = server.transactions()
     before = server.cpu_s()
     result = ghz(server.target, load, duration_s, rps, call)
@@ -428,39 +459,328 @@ async def seed_scenarios(url: str, week: Week, policy: Policy) -> None:
         await conn.close()
 
 
-async def seed_grown(url: str, week: Week, policy: Policy) -> None:
-    """100,000 more sellers, a million audit records over eight weeks, and a quarter of a
-    million request_ids within retention."""
+# The seeded rows' seller: a pseudo-random one of $2 sellers for row i (7919 is prime to
+# 100,000, so consecutive rows land far apart, as traffic does), and its creator.
+_GROWN_SELLER = "'grown-' || lpad(((i::bigint * 7919) % $2)::text, 5, '0')"
+_GROWN_CREATOR = "'creator-' || ((i::bigint * 104729) % 1000000)"
+# A stored response as large as the service's (a CheckAndConsume decision's to_json).
+_RESPONSE = (
+    '{"reason": "new_creator", "status": {"tier": "T2", "seller_id": "%s", '
+    '"time_zone": "UTC", "unlimited": false, "week_start": "2026-11-29T00:00:00+00:00", '
+    '"next_refresh": "2026-12-06T00:00:00+00:00", "weekly_limit": 500, '
+    '"gmv_30d_minor": 500000, "used_this_week": 1, "remaining_this_week": 499, '
+    '"max_creator_followers": 1000000, "starter_pack_remaining": 0}, "allowed": true, '
+    '"charged": "weekly", "messages_before_reply_remaining": 4}'
+)
+
+
+def _shares(total: int, spans: list[timedelta]) -> list[int]:
+    """``total`` rows split over ``spans`` in proportion to their length: a steady rate."""
+    whole = sum(spans, timedelta())
+    shares = [int(total * (s / whole)) for s in spans]
+    shares[-1] += total - sum(shares)
+    return shares
+
+
+async def seed_grown(url: str, week: Week, policy: Policy, now: datetime) -> dict[str, Any]:
+    """A deployment of 100,000 more sellers at the default retention (``engine.retention``),
+    each kind of row in the weekly partitions the retention keeps (``lay_out_partitions``):
+
+    * the sellers with their current week, and their ended weeks back to the oldest decision
+      kept (upkeep deletes those with the decisions);
+    * 10,000,000 decisions at a steady rate from the start of the oldest audit_log partition
+      kept to ``now``: a week's share in each weekly partition, the days so far in this one;
+    * 1,000,000 pair-weeks over the seller-weeks whose pair_weeks partition is kept (this
+      week and the last: weeks not ended, and ended ones for 7 days), in proportion to
+      their days so far;
+    * 250,000 stored responses created over the last 14 days (R11's period).
+
+    Rows are shaped as the service writes them (UUID request_ids, SHA-256 fingerprints,
+    responses as large as a real one), set-based (``INSERT … SELECT generate_series``), one
+    statement a partition or week, in time order, each row's seller a pseudo-random one, as
+    traffic fills them. Returns the seconds each part took and the rows it wrote."""
+    keep = retained(now, policy)
+    seconds: dict[str, float] = {}
+    rows: dict[str, int] = {}
     conn = await asyncpg.connect(url)
     try:
+        started = time.monotonic()
         await _seed_sellers(
             conn, [f"grown-{i:05d}" for i in range(GROWN_SELLERS)], GMV_T2, week, policy
         )
+        ended: list[Week] = []
+        while True:
+            previous = week_containing(
+                (ended[-1] if ended else week).start - timedelta(days=1), "UTC", policy.week
+            )
+            if previous.end < keep.decisions_from:
+                break
+            ended.append(previous)
+        tier = r1_tier_for_gmv(GMV_T2, policy.tiers)
         await conn.execute(
-            """INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed,
-                                      reason, charged, tier, request_id, decided_at)
-               SELECT 'grown-' || lpad((i % $2)::text, 5, '0'),
-                      $3::timestamptz - (i % 8) * interval '7 days', 'creator-' || i,
-                      'message', true, 'new_creator', 'weekly', 'T2', 'seed-' || i,
-                      $3::timestamptz - (i % 8) * interval '7 days' + interval '1 hour'
-                 FROM generate_series(1, $1) i""",
-            GROWN_AUDIT,
+            """INSERT INTO seller_weeks (seller_id, week_start, week_end, time_zone, tier,
+                   weekly_limit, max_creator_followers, gmv_30d_minor, starter_pack_at_start)
+               SELECT 'grown-' || lpad(k::text, 5, '0'), w.s, w.e, 'UTC', $4, $5, $6, $7, 0
+                 FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(s, e),
+                      generate_series(0, $1 - 1) AS k""",
             GROWN_SELLERS,
-            week.start,
+            [w.start for w in ended],
+            [w.end for w in ended],
+            tier.name,
+            tier.weekly_limit,
+            tier.max_creator_followers,
+            GMV_T2,
         )
+        seconds["sellers"] = time.monotonic() - started
+        rows["seller_weeks"] = GROWN_SELLERS * (len(ended) + 1)
+
+        started = time.monotonic()
+        lowers: list[datetime] = []
+        lower = partitions.partition_start(keep.decisions_from)
+        while lower < now:
+            lowers.append(lower)
+            lower += partitions.WIDTH
+        spans = [min(lo + partitions.WIDTH, now) - lo for lo in lowers]
+        for lo, span, n in zip(lowers, spans, _shares(GROWN_AUDIT, spans), strict=True):
+            await conn.execute(
+                f"""INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed,
+                                           reason, charged, tier, request_id, decided_at)
+                    SELECT {_GROWN_SELLER},
+                           $5::timestamptz + floor(extract(epoch FROM t - $5::timestamptz)
+                                                   / 604800) * interval '7 days',
+                           {_GROWN_CREATOR},
+                           CASE WHEN i % 10 = 0 THEN 'invite' ELSE 'message' END, true,
+                           'new_creator', 'weekly', 'T2', md5($6 || i)::uuid::text, t
+                      FROM (SELECT i, $3::timestamptz + i * $4::interval AS t
+                              FROM generate_series(0, $1 - 1) AS i) AS g""",
+                n,
+                GROWN_SELLERS,
+                lo,
+                span / n,
+                week.start,  # a seller-week's start (UTC sellers): the weeks' anchor
+                f"audit-{lo:%Y%m%d}-",
+            )
+            log(f"  audit_log: {n:,} decisions in {partitions.partition_name('audit_log', lo)}")
+        seconds["audit_log"] = time.monotonic() - started
+        rows["audit_log"] = GROWN_AUDIT
+
+        started = time.monotonic()
+        weeks = [week, *ended]
+        weeks = [
+            w
+            for w in weeks
+            if partitions.partition_start(w.start) + partitions.WIDTH > keep.pair_weeks_from
+        ][::-1]
+        spans = [min(w.end, now) - w.start for w in weeks]
+        for w, n in zip(weeks, _shares(GROWN_PAIR_WEEKS, spans), strict=True):
+            await conn.execute(
+                f"""INSERT INTO pair_weeks (seller_id, week_start, creator_id, counted, messages)
+                    SELECT {_GROWN_SELLER}, $3, {_GROWN_CREATOR}, i % 10 <> 0, i % 4
+                      FROM generate_series(0, $1 - 1) AS i""",
+                n,
+                GROWN_SELLERS,
+                w.start,
+            )
+            log(f"  pair_weeks: {n:,} of the week from {w.start:%Y-%m-%d}")
+        seconds["pair_weeks"] = time.monotonic() - started
+        rows["pair_weeks"] = GROWN_PAIR_WEEKS
+
+        started = time.monotonic()
         await conn.execute(
-            """INSERT INTO request_responses (seller_id, request_id, fingerprint, response,
-                                              created_at)
-               SELECT 'grown-' || lpad((i % $2)::text, 5, '0'), 'seed-' || i, md5(i::text),
-                      '{"allowed": true, "reason": "new_creator"}', $3
-                 FROM generate_series(1, $1) i""",
+            f"""INSERT INTO request_responses (seller_id, request_id, fingerprint, response,
+                                               created_at)
+                SELECT s, md5('response-' || i)::uuid::text,
+                       encode(sha256(('response-' || i)::bytea), 'hex'),
+                       replace($4, '%s', s)::jsonb, $3::timestamptz + i * $5::interval
+                  FROM (SELECT i, {_GROWN_SELLER} AS s
+                          FROM generate_series(0, $1 - 1) AS i) AS g""",
             GROWN_RESPONSES,
             GROWN_SELLERS,
-            datetime.now(UTC),
+            keep.responses_from,
+            _RESPONSE,
+            (now - keep.responses_from) / GROWN_RESPONSES,
         )
+        seconds["request_responses"] = time.monotonic() - started
+        rows["request_responses"] = GROWN_RESPONSES
+
+        started = time.monotonic()
         await conn.execute("VACUUM ANALYZE")
+        seconds["vacuum_analyze"] = time.monotonic() - started
     finally:
         await conn.close()
+    seconds = {k: round(v, 1) for k, v in seconds.items()}
+    return {"seconds": {**seconds, "total": round(sum(seconds.values()), 1)}, "rows": rows}
+
+
+async def disk_per_row(url: str) -> dict[str, Any]:
+    """Bytes on disk of each partitioned table, all its partitions together (the table: heap,
+    TOAST, free space and visibility maps; and its indexes), and per row."""
+    conn = await asyncpg.connect(url)
+    try:
+        figures: dict[str, Any] = {}
+        for table in partitions.PARTITIONED_TABLES:
+            sizes = await conn.fetchrow(
+                """SELECT count(*) AS partitions,
+                          sum(pg_table_size(inhrelid)) AS table_bytes,
+                          sum(pg_indexes_size(inhrelid)) AS index_bytes
+                     FROM pg_inherits WHERE inhparent = $1::regclass""",
+                table.name,
+            )
+            count = int(await conn.fetchval(f"SELECT count(*) FROM {table.name}"))
+            table_bytes, index_bytes = int(sizes["table_bytes"]), int(sizes["index_bytes"])
+            figures[table.name] = {
+                "rows": count,
+                "partitions": sizes["partitions"],
+                "table_bytes": table_bytes,
+                "index_bytes": index_bytes,
+                "bytes_per_row": round((table_bytes + index_bytes) / max(count, 1), 1),
+                "table_bytes_per_row": round(table_bytes / max(count, 1), 1),
+                "index_bytes_per_row": round(index_bytes / max(count, 1), 1),
+            }
+        return figures
+    finally:
+        await conn.close()
+
+
+# --- time partitions --------------------------------------------------------------------
+
+
+async def lay_out_partitions(url: str, keep: Retained) -> dict[str, int]:
+    """The partitions of a deployment that has run past its retention since migration 0008:
+    each table's legacy partition gone (empty here; upkeep drops it once it is older than
+    the retention) and a weekly partition for each week the retention keeps, from the one
+    holding its oldest kept instant (``keep``) to the migration's first. Returns how many it
+    created a table."""
+    created: dict[str, int] = {}
+    engine = create_engine(url, Settings())
+    try:
+        async with engine.connect() as conn:
+            existing = await partitions.existing_partitions(conn)
+            await conn.commit()
+            for table in partitions.PARTITIONED_TABLES:
+                legacy = f"{table.name}_legacy"
+                if await conn.scalar(text(f"SELECT EXISTS (SELECT FROM {legacy})")):
+                    raise RuntimeError(f"{legacy} is not empty: not a fresh database")
+                await conn.execute(text(f"ALTER TABLE {table.name} DETACH PARTITION {legacy}"))
+                await conn.execute(text(f"DROP TABLE {legacy}"))
+                first = min(
+                    p.lower
+                    for p in existing[table.name]
+                    if p.lower is not None and p.name != legacy
+                )
+                lower = partitions.partition_start(getattr(keep, table.kept_from))
+                created[table.name] = 0
+                while lower < first:
+                    await conn.execute(
+                        text(
+                            f"CREATE TABLE {partitions.partition_name(table.name, lower)} "
+                            f"PARTITION OF {table.name} FOR VALUES FROM ('{lower.isoformat()}') "
+                            f"TO ('{(lower + partitions.WIDTH).isoformat()}')"
+                        )
+                    )
+                    created[table.name] += 1
+                    lower += partitions.WIDTH
+                await conn.commit()
+    finally:
+        await engine.dispose()
+    return created
+
+
+# partition_upkeep's throw-away partitions: weeks from here on, 25 years before any row.
+FAR_PAST = partitions.partition_start(datetime(2001, 1, 1, tzinfo=UTC))
+
+
+@contextmanager
+def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[dict[str, Any]]:
+    """While the block runs, a round of the service's own upkeep every ``every_s`` on the
+    server's database (``partitions.run_upkeep``, as ``keep_data_bounded`` calls it, from a
+    thread of this process), round k at the week k weeks after ``FAR_PAST`` with everything
+    before that week past retention. So each round after the first, on each partitioned
+    table the calls write, creates the partition ``AHEAD`` weeks ahead of its week (CREATE
+    TABLE … LIKE, then ATTACH PARTITION: SHARE UPDATE EXCLUSIVE on the parent, and a scan of
+    the default partition under ACCESS EXCLUSIVE) and detaches and drops the one before its
+    week (DETACH PARTITION: ACCESS EXCLUSIVE on the parent, then DROP TABLE), each step
+    under upkeep's 500 ms lock timeout: the statements and locks of an hourly round, on
+    throw-away (empty) partitions far from the calls' rows. The yielded dict gets the
+    counts when the block ends; the throw-away partitions left are then dropped."""
+    figures: dict[str, Any] = {}
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    async def churn() -> None:
+        engine = create_engine(url, Settings())
+        counts = {"rounds": 0, "skipped": 0, "created": 0, "dropped": 0}
+        deferred: list[str] = []
+        round_ms: list[float] = []
+        started = time.monotonic()
+        week = FAR_PAST
+        try:
+            while not stop.is_set():
+                begun = time.monotonic()
+                report = await partitions.run_upkeep(
+                    engine,
+                    week,
+                    {t.name: week for t in partitions.PARTITIONED_TABLES},
+                    seller_weeks_ended_before=week,
+                    gmv_before=week.date(),
+                )
+                round_ms.append((time.monotonic() - begun) * 1000)
+                counts["rounds"] += 1
+                if report is None:  # the server's own upkeep held the lock
+                    counts["skipped"] += 1
+                else:
+                    counts["created"] += len(report.created)
+                    counts["dropped"] += len(report.dropped)
+                    deferred.extend(report.deferred)
+                week += partitions.WIDTH
+                await asyncio.sleep(max(0.0, begun + every_s - time.monotonic()))
+            elapsed = time.monotonic() - started
+            # The last round again, with every throw-away partition (up to the one it made,
+            # AHEAD weeks ahead) past retention: none is created, all are dropped.
+            last = week - partitions.WIDTH
+            after = last + (partitions.AHEAD + 1) * partitions.WIDTH
+            await partitions.run_upkeep(
+                engine,
+                last,
+                {t.name: after for t in partitions.PARTITIONED_TABLES},
+                seller_weeks_ended_before=last,
+                gmv_before=last.date(),
+            )
+            async with engine.connect() as conn:
+                left = await partitions.existing_partitions(conn)
+            round_ms.sort()
+            figures.update(
+                counts,
+                seconds=round(elapsed, 1),
+                deferred=len(deferred),
+                deferred_steps=deferred[:10],
+                round_ms_p50=round(round_ms[len(round_ms) // 2], 1),
+                round_ms_max=round(round_ms[-1], 1),
+                left_behind=[
+                    p.name
+                    for parts in left.values()
+                    for p in parts
+                    if p.upper is not None and p.upper <= after
+                ],
+            )
+        finally:
+            await engine.dispose()
+
+    def thread() -> None:
+        try:
+            asyncio.run(churn())
+        except BaseException as e:  # re-raised in the caller's thread
+            failure.append(e)
+
+    worker = threading.Thread(target=thread, name="partition-upkeep", daemon=True)
+    worker.start()
+    try:
+        yield figures
+    finally:
+        stop.set()
+        worker.join()
+    if failure:
+        raise failure[0]
 
 
 async def migrated(url: str, distribute: bool = False) -> None:
@@ -509,6 +829,9 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
         url = postgres.url
         log("migrating and seeding")
         asyncio.run(migrated(url))
+        results["partitions_created"] = asyncio.run(
+            lay_out_partitions(url, retained(datetime.now(UTC), policy))
+        )
         asyncio.run(seed_scenarios(url, week, policy))
         env = {"QUOTA_AUTHORITY_DATABASE_URL": url}
         # Both servers run throughout (the idle one costs nothing); each scenario measures
@@ -527,7 +850,12 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
                 load = LOAD_OF[name]
                 if name == "grown":
                     log("seeding the grown database")
-                    asyncio.run(seed_grown(url, week, policy))
+                    seeded = asyncio.run(seed_grown(url, week, policy, datetime.now(UTC)))
+                    log(f"  seeded in {seeded['seconds']}")
+                    results["grown_seed"] = seeded
+                    results["disk"] = asyncio.run(disk_per_row(url))
+                    for table, disk in results["disk"].items():
+                        log(f"  {table}: {disk}")
                 if name == "fixed_rate":
                     log("fixed_rate")
                     result = measure(server, load, rps=FIXED_RATE_RPS, duration_s=FIXED_RATE_S)
@@ -545,11 +873,24 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
                 else:
                     log(f"{name}: baseline, then quota-authority")
                     results["baseline"][name] = measure(base, load)
-                    result = measure(server, load)
+                    if name == "partition_upkeep":
+                        with churning_partitions(url) as upkeep:
+                            result = measure(server, load)
+                        log(
+                            f"  upkeep: {upkeep['rounds']} rounds in {upkeep['seconds']} s, "
+                            f"{upkeep['created']} partitions created and attached, "
+                            f"{upkeep['dropped']} detached and dropped, {upkeep['deferred']} "
+                            f"steps deferred, {upkeep['skipped']} rounds skipped; a round "
+                            f"p50 {upkeep['round_ms_p50']} ms, max {upkeep['round_ms_max']} ms; "
+                            f"left behind: {', '.join(upkeep['left_behind']) or 'none'}"
+                        )
+                        result["upkeep"] = upkeep
+                    else:
+                        result = measure(server, load)
                     result["ratio_to_baseline"] = round(
                         result["rps"] / results["baseline"][name]["rps"], 3
                     )
-                if name == "grown" and "spread" in results["scenarios"]:
+                if name in AGAINST_SPREAD and "spread" in results["scenarios"]:
                     result["ratio_to_spread"] = round(
                         result["rps"] / results["scenarios"]["spread"]["rps"], 3
                     )
@@ -674,6 +1015,22 @@ def main() -> int:
     results = run(scenarios, args.database)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    upkeep = results["scenarios"].get("partition_upkeep", {}).get("upkeep")
+    if upkeep:
+        print(
+            f"\npartition_upkeep: {upkeep['rounds']} upkeep rounds in {upkeep['seconds']} s: "
+            f"{upkeep['created']} partitions created and attached, {upkeep['dropped']} "
+            f"detached and dropped, {upkeep['deferred']} steps deferred"
+        )
+    if "disk" in results:
+        print("\nbytes on disk, all partitions (table + indexes):")
+        for name, d in results["disk"].items():
+            print(
+                f"  {name}: {d['rows']:,} rows in {d['partitions']} partitions, "
+                f"{(d['table_bytes'] + d['index_bytes']) / 2**20:,.0f} MiB: "
+                f"{d['bytes_per_row']:.0f} B a row ({d['table_bytes_per_row']:.0f} table + "
+                f"{d['index_bytes_per_row']:.0f} indexes)"
+            )
     print(f"\nwritten to {BENCH_DIR / 'results.json'}")
     errors = sum(
         r["errors"]

@@ -103,11 +103,13 @@ def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
         "hot_seller",
         "mixed",
         "fixed_rate",
+        "partition_upkeep",
         "grown",
         "gmv_import",
         "batch_invite",
     }
     assert set(bench.LOAD_OF) | set(bench.OWN_DRIVER) == set(bench.TARGETS)
+    assert all(bench.TARGETS[s].figure == "ratio_to_spread" for s in bench.AGAINST_SPREAD)
     assert not set(bench.LOAD_OF) & set(bench.OWN_DRIVER)
     for load in bench.LOAD_OF.values():
         assert (bench.LOADS / f"{load}.json").is_file() or load in bench.GENERATED_LOAD_NAMES
