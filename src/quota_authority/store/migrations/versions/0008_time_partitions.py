@@ -51,27 +51,48 @@ depends_on = None
 # claim_seller_request_ids reads one seller's rows only, the statement shape Citus routes
 # (migration 0006), and is distributed on p_seller_id (store.distribution), so that it
 # runs on the seller's worker, where the hot path's functions take the same locks.
-CLAIM_REQUEST_IDS = """
-CREATE OR REPLACE FUNCTION claim_request_ids(p_seller_ids text[], p_request_ids text[])
+# Locks each key (seller_id, request_id) with a transaction advisory lock, taken in one
+# order, until the transaction ends (a hash collision only makes two keys wait for each
+# other); false when a key is given twice. It reads no table, so it runs as well on a
+# Citus worker as on a single node.
+LOCK_REQUEST_IDS = """
+CREATE OR REPLACE FUNCTION lock_request_ids(p_seller_ids text[], p_request_ids text[])
 RETURNS boolean LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     key integer;
 BEGIN
-    IF coalesce(cardinality(p_request_ids), 0) = 0 THEN
-        RETURN true;
-    END IF;
     FOR key IN SELECT DISTINCT hashtext(d.s || '/' || d.r)
                  FROM unnest(p_seller_ids, p_request_ids) AS d(s, r) ORDER BY 1 LOOP
         PERFORM pg_advisory_xact_lock(1366, key);
     END LOOP;
-    -- A new statement, so a new snapshot: it sees what a holder of a key committed.
     RETURN (SELECT count(DISTINCT (d.s, d.r)) FROM unnest(p_seller_ids, p_request_ids) AS d(s, r))
-           = cardinality(p_request_ids)
-       AND NOT EXISTS (
-           SELECT 1 FROM request_responses AS rr
-             JOIN unnest(p_seller_ids, p_request_ids) AS d(s, r)
-               ON rr.seller_id = d.s AND rr.request_id = d.r);
+           = coalesce(cardinality(p_request_ids), 0);
+END
+$$
+"""
+
+# True when the keys are locked (above) and none is stored: the caller may store them. The
+# check is a statement after the locks, so its snapshot sees what a holder committed. No
+# sequential scans, as in migrations 0002 and 0006: PL/pgSQL keeps the plan it made while
+# the week's partition was new and empty, and a scan of it would be planned then.
+# claim_request_ids spans sellers (migration 0002's batch, plain PostgreSQL only);
+# claim_seller_request_ids reads one seller's rows only, the statement shape Citus routes
+# (migration 0006), and is distributed on p_seller_id (store.distribution), so that it
+# runs on the seller's worker, where the hot path's functions take the same locks.
+CLAIM_REQUEST_IDS = """
+CREATE OR REPLACE FUNCTION claim_request_ids(p_seller_ids text[], p_request_ids text[])
+RETURNS boolean LANGUAGE plpgsql VOLATILE
+  SET enable_seqscan = off
+AS $$
+BEGIN
+    IF NOT lock_request_ids(p_seller_ids, p_request_ids) THEN
+        RETURN false;
+    END IF;
+    RETURN NOT EXISTS (
+        SELECT 1 FROM request_responses AS rr
+          JOIN unnest(p_seller_ids, p_request_ids) AS d(s, r)
+            ON rr.seller_id = d.s AND rr.request_id = d.r);
 END
 $$
 """
@@ -79,21 +100,17 @@ $$
 CLAIM_SELLER_REQUEST_IDS = """
 CREATE OR REPLACE FUNCTION claim_seller_request_ids(p_seller_id text, p_request_ids text[])
 RETURNS boolean LANGUAGE plpgsql VOLATILE
+  SET enable_seqscan = off
 AS $$
-DECLARE
-    key integer;
 BEGIN
-    IF coalesce(cardinality(p_request_ids), 0) = 0 THEN
-        RETURN true;
+    IF NOT lock_request_ids(
+        array_fill(p_seller_id, ARRAY[coalesce(cardinality(p_request_ids), 0)]), p_request_ids
+    ) THEN
+        RETURN false;
     END IF;
-    FOR key IN SELECT DISTINCT hashtext(p_seller_id || '/' || r)
-                 FROM unnest(p_request_ids) AS r ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(1366, key);
-    END LOOP;
-    RETURN (SELECT count(DISTINCT r) FROM unnest(p_request_ids) AS r) = cardinality(p_request_ids)
-       AND NOT EXISTS (
-           SELECT 1 FROM request_responses AS rr
-            WHERE rr.seller_id = p_seller_id AND rr.request_id = ANY(p_request_ids));
+    RETURN NOT EXISTS (
+        SELECT 1 FROM request_responses AS rr
+         WHERE rr.seller_id = p_seller_id AND rr.request_id = ANY(p_request_ids));
 END
 $$
 """
@@ -128,6 +145,7 @@ def _claiming(sql: str, function: str) -> str:
 
 
 def upgrade() -> None:
+    op.execute(LOCK_REQUEST_IDS)
     op.execute(CLAIM_REQUEST_IDS)
     op.execute(CLAIM_SELLER_REQUEST_IDS)
     for filename, name, function in (
