@@ -36,9 +36,10 @@ from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 REPO = Path(__file__).resolve().parents[1]
 REVISION_0008 = "src/quota_authority/store/migrations/versions/0008_time_partitions.py"
 # Files the release that brought 0008 added: the previous release is the commit before the
-# first of them (the storage command, which reads partitions, landed just before 0008).
+# first of them.
 ADDED_WITH_0008 = (
     REVISION_0008,
+    "src/quota_authority/engine/retention.py",
     "src/quota_authority/store/partitions.py",
     "src/quota_authority/store/storage.py",
 )
