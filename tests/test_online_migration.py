@@ -184,9 +184,7 @@ async def test_the_previous_release_keeps_serving_while_0008_partitions_a_millio
 
     print(f"0008 on {busy.rows:,} audit rows under load: {took:.1f} s, {len(answered)} calls")
     assert failed == []
-    assert audit == busy.rows + len(answered)
-    if not busy.distribute:  # on Citus ids are unique per worker only (docs/operations.md)
-        assert distinct == audit
+    assert audit == distinct == busy.rows + len(answered)
     assert partitioned == 3
     assert legacy >= busy.rows
     assert keyed.value.code() == grpc.StatusCode.UNAVAILABLE

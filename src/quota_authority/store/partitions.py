@@ -425,6 +425,8 @@ def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime)
        same columns, defaults, constraints and identity (its sequence continued from the
        table's), attach the table as ``[MINVALUE, cutover)`` — no scan: the validated CHECK
        proves it — and create the weekly partitions after it and the default partition.
+       On Citus the parent is made (and distributed) before, as ``<table>_next``
+       (``_distributed_swap``), and the swap renames it.
 
     Statements name tables, not their OIDs, so the previous release's statements and the
     SQL functions resolve the name to the parent from then on; no row moves."""
@@ -467,35 +469,19 @@ def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime)
         {"t": table.name},
     )
     distributed = _distributed(conn, table.name)
-    swap = [
-        # Citus: DDL on shards one connection per worker, so that the parent can be
-        # distributed in the same transaction.
-        *(["SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"] if distributed else []),
-        f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE",
-        f"ALTER TABLE {table.name} RENAME TO {legacy}",
-        f"CREATE TABLE {table.name} (LIKE {legacy} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-        f"INCLUDING IDENTITY) PARTITION BY RANGE ({table.column})",
-        f"ALTER TABLE {table.name} DROP CONSTRAINT {check}",
-    ]
-    if identity is not None:
-        swap.append(
-            f"SELECT setval(pg_get_serial_sequence('{table.name}', '{identity}'), "
-            f"last_value, is_called) FROM {_sequence(conn, table.name, identity)}"
-        )
-    if table.primary_key is not None:
-        swap.append(
-            f"ALTER TABLE {table.name} ADD CONSTRAINT {table.name}_partitioned_pkey "
-            f"PRIMARY KEY ({table.primary_key})"
-        )
-    swap += [
-        f"CREATE INDEX {index} ON {table.name} ({columns})" for index, columns in table.indexes
-    ]
     if distributed:
-        # On Citus a distributed table is attached only to a distributed parent, colocated.
-        swap.append(
-            f"SELECT create_distributed_table('{table.name}', 'seller_id', "
-            "colocate_with => 'sellers')"
-        )
+        swap = _distributed_swap(conn, table, check, identity)
+    else:
+        swap = [
+            f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE",
+            f"ALTER TABLE {table.name} RENAME TO {legacy}",
+            *_parent(table, legacy, check),
+        ]
+        if identity is not None:  # the table is locked: its sequence stands still
+            swap.append(
+                f"SELECT setval(pg_get_serial_sequence('{table.name}', '{identity}'), "
+                f"last_value, is_called) FROM {_sequence(conn, table.name, identity)}"
+            )
     swap.append(
         f"ALTER TABLE {table.name} ATTACH PARTITION {legacy} "
         f"FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat()}')"
@@ -509,18 +495,65 @@ def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime)
         lower += WIDTH
     swap.append(f"CREATE TABLE {table.name}_default PARTITION OF {table.name} DEFAULT")
     _with_lock_retries(conn, *swap)
-    if distributed and identity is not None:
-        # Each worker draws identity values from a range of its own, for the parent's
-        # sequence as for the legacy table's: continue the parent's from the legacy's, so
-        # that ids keep growing on every worker. A row a worker writes between the swap and
-        # this may repeat an id the legacy table has on that worker; ids order decisions
-        # only among equal decided_at (ListDecisions), where that cannot matter.
-        conn.exec_driver_sql(
-            "SELECT run_command_on_workers($$SELECT setval(pg_get_serial_sequence("
-            f"'{table.name}', '{identity}'), greatest(nextval(pg_get_serial_sequence("
-            f"'{legacy}', '{identity}')), nextval(pg_get_serial_sequence('{table.name}', "
-            f"'{identity}'))))$$)"
+
+
+def _parent(table: PartitionedTable, like: str, check: str, name: str | None = None) -> list[str]:
+    """Statements creating the partitioned parent ``name`` (default: the table's) with
+    ``like``'s columns, defaults, constraints (but the range CHECK) and identity."""
+    name = name or table.name
+    statements = [
+        f"CREATE TABLE {name} (LIKE {like} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+        f"INCLUDING IDENTITY) PARTITION BY RANGE ({table.column})",
+        f"ALTER TABLE {name} DROP CONSTRAINT {check}",
+    ]
+    if table.primary_key is not None:
+        statements.append(
+            f"ALTER TABLE {name} ADD CONSTRAINT {table.name}_partitioned_pkey "
+            f"PRIMARY KEY ({table.primary_key})"
         )
+    statements += [
+        f"CREATE INDEX {index} ON {name} ({columns})" for index, columns in table.indexes
+    ]
+    return statements
+
+
+# How far ahead of the table's identity sequence the parent's starts on Citus (below).
+_IDENTITY_GAP = 2**32
+
+
+def _distributed_swap(
+    conn: Connection, table: PartitionedTable, check: str, identity: str | None
+) -> list[str]:
+    """On Citus a distributed table is attached only to a distributed parent, colocated,
+    and every node draws identity values from a range of its own, for the parent's sequence
+    as for the table's. So the parent is made first, as ``<table>_next``: distributed
+    colocated with ``sellers``, and its sequence on every node set ``_IDENTITY_GAP`` ahead
+    of the table's there, so that no id it gives repeats one the table has given or will
+    give before the swap. The swap then renames both; statements: its transaction's."""
+    following = f"{table.name}_next"
+    if _relkind(conn, following) is None:
+        _with_lock_retries(
+            conn,
+            "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'",
+            *_parent(table, table.name, check, following),
+            f"SELECT create_distributed_table('{following}', 'seller_id', "
+            "colocate_with => 'sellers')",
+        )
+        if identity is not None:
+            ahead = (
+                f"SELECT setval(pg_get_serial_sequence('{following}', '{identity}'), "
+                f"nextval(pg_get_serial_sequence('{table.name}', '{identity}')) "
+                f"+ {_IDENTITY_GAP})"
+            )
+            conn.exec_driver_sql(ahead)
+            conn.exec_driver_sql(f"SELECT run_command_on_workers($${ahead}$$)")
+    legacy = f"{table.name}_legacy"
+    return [
+        "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'",
+        f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE",
+        f"ALTER TABLE {table.name} RENAME TO {legacy}",
+        f"ALTER TABLE {following} RENAME TO {table.name}",
+    ]
 
 
 def _distributed(conn: Connection, name: str) -> bool:
