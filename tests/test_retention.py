@@ -148,6 +148,30 @@ async def test_a_write_with_no_partition_yet_lands_in_the_default_and_upkeep_mov
     assert (await ledger_counts(own.db, "s1"))["audits"] == 2
 
 
+async def test_a_server_makes_its_partitions_before_serving_and_leaves_deleting_to_upkeep(
+    own, fresh_database_url
+):
+    """The round a server runs before it serves creates and drops partitions only: a
+    backlog of old seller-weeks to delete must not hold the start; the hourly round does it."""
+    await own.stub.CheckAndConsume(invite("s1", "creator-1"))  # its seller-week
+    own.clock.set(BASE_TIME + timedelta(weeks=30))
+    starting = QuotaAuthorityServer(
+        server_settings(policy=Policy()), fresh_database_url, own.clock, PostgresLedger
+    )
+    await starting.start()
+    try:
+        this_week = partition_name("audit_log", partition_start(own.clock.now()))
+        ready = this_week in await own.partitions("audit_log")
+        weeks_once_started = await own.rows("seller_weeks")
+        report = await upkeep_round(starting)
+    finally:
+        await starting.stop(grace=0)
+
+    assert ready
+    assert weeks_once_started == 1
+    assert report.deleted == 1 and await own.rows("seller_weeks") == 0
+
+
 async def test_a_replica_finding_upkeep_under_way_skips_its_round(own):
     own.clock.set(BASE_TIME + timedelta(weeks=20))
     await own.keep_bounded()  # the server's own round at start is over

@@ -171,8 +171,10 @@ class TimedLedger:
     ) -> AbstractAsyncContextManager[OutreachTransaction]:
         return self._timed("outreach", self._ledger.outreach_transaction(timeout_s))
 
-    async def keep_bounded(self, now: datetime, keep: Retained) -> UpkeepReport | None:
-        return await self._ledger.keep_bounded(now, keep)
+    async def keep_bounded(
+        self, now: datetime, keep: Retained, *, trim_rows: bool = True
+    ) -> UpkeepReport | None:
+        return await self._ledger.keep_bounded(now, keep, trim_rows=trim_rows)
 
     async def ping(self) -> bool:
         return await self._ledger.ping()

@@ -250,8 +250,10 @@ class QuotaAuthorityServer:
         if self.metrics is not None:
             self.metrics.outreach_waiting(self.service.outreach_waiting)
         # Before serving, so that this week's partitions exist when the first call comes
-        # (after a long outage too); a failed round does not stop the start.
-        await self._upkeep_round()
+        # (after a long outage too); a failed round does not stop the start. Partitions
+        # only: each step is bounded by a short lock timeout, where deleting a backlog of
+        # old seller-weeks could hold the start for long. That waits for the hourly round.
+        await self._upkeep_round(trim_rows=False)
         self._certificates = _certificates(self.settings)
         if self.settings.callers is not None:
             self._authorizer = Authorizer(self.settings.callers)
@@ -316,10 +318,10 @@ class QuotaAuthorityServer:
             await asyncio.sleep(_UPKEEP_EVERY_S)
             await self._upkeep_round()
 
-    async def _upkeep_round(self) -> None:
+    async def _upkeep_round(self, *, trim_rows: bool = True) -> None:
         assert self.service is not None
         try:
-            await self.service.keep_data_bounded()
+            await self.service.keep_data_bounded(trim_rows=trim_rows)
         except Exception:
             log.warning("storage upkeep failed", exc_info=True)
 

@@ -289,11 +289,16 @@ class LedgerStore(Protocol):
         ``CommitOutcomeUnknown``: the changes may or may not have landed."""
         ...
 
-    async def keep_bounded(self, now: datetime, keep: Retained) -> UpkeepReport | None:
+    async def keep_bounded(
+        self, now: datetime, keep: Retained, *, trim_rows: bool = True
+    ) -> UpkeepReport | None:
         """Trim storage to ``keep`` at ``now`` and make room ahead: what is older than
         ``keep`` may go (whole partitions at a time, so some of it may stay a while longer),
         nothing newer does, and a write made at any time up to weeks after ``now`` finds
-        its partition. None when another process holding the same database is doing it."""
+        its partition. Without ``trim_rows``, only partitions are created, filled from a
+        default partition and dropped (each step bounded by a short lock timeout); the rows
+        trimmed by deleting (seller-weeks, GMV days) wait for a round with it. None when
+        another process holding the same database is doing it."""
         ...
 
     async def ping(self) -> bool:

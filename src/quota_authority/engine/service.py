@@ -508,12 +508,12 @@ class QuotaService:
             work,
         )
 
-    async def keep_data_bounded(self) -> UpkeepReport | None:
+    async def keep_data_bounded(self, *, trim_rows: bool = True) -> UpkeepReport | None:
         """Trim what the retention policy no longer keeps (``engine.retention``: old
         decisions, pair-weeks of ended weeks, request_ids past R11's period, GMV days R1 no
         longer reads) and make room for the weeks ahead. None when another replica is at it."""
         now = self._clock.now()
-        return await self._store.keep_bounded(now, retained(now, self._policy))
+        return await self._store.keep_bounded(now, retained(now, self._policy), trim_rows=trim_rows)
 
     # --- idempotency (R11) -------------------------------------------------------------
 

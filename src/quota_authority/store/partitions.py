@@ -206,6 +206,7 @@ async def run_upkeep(
     *,
     seller_weeks_ended_before: datetime,
     gmv_before: date,
+    trim_rows: bool = True,
 ) -> UpkeepReport | None:
     """One round of upkeep at ``now``: partitions created ahead, rows that landed in a
     default partition moved into theirs, partitions older than the retention dropped,
@@ -220,7 +221,8 @@ async def run_upkeep(
             return None
         try:
             await _upkeep(conn, now, kept_from, report)
-            await _trim_rows(conn, seller_weeks_ended_before, gmv_before, report)
+            if trim_rows:
+                await _trim_rows(conn, seller_weeks_ended_before, gmv_before, report)
         finally:
             await conn.rollback()
             await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _UPKEEP_LOCK})
