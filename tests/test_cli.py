@@ -392,6 +392,13 @@ def write_csv(path: Path, *lines: str) -> Path:
     return path
 
 
+def gmv_lines(rows: int, sellers: int) -> Iterator[str]:
+    """``rows`` GMV rows of ``sellers`` sellers (``s.0`` …), a day's rows together from
+    2020-01-01, each figure its row's number."""
+    for n in range(rows):
+        yield f"s.{n % sellers},{date(2020, 1, 1) + timedelta(days=n // sellers)},{n}"
+
+
 async def daily_gmv(db, seller_id: str) -> dict[tuple[str, str], int]:
     """``(seller_id, day) -> gmv_minor`` for ``seller_id`` and the sellers named after it."""
     async with db.connect() as conn:
@@ -511,11 +518,7 @@ async def test_an_import_whose_file_fails_midway_stops_with_one_line_and_says_wh
     """The disk fails after 2,000 rows (bytes that are not UTF-8 are a bad row instead):
     the batches read before land, and the import says where it stopped and how to resume,
     without a traceback."""
-    csv_file = tmp_path / "gmv.csv"
-    with csv_file.open("w") as f:
-        f.write("seller_id,day,gmv_minor\n")
-        for n in range(4_000):
-            f.write(f"s.{n % 10},{date(2020, 1, 1) + timedelta(days=n // 10)},{n}\n")
+    csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", *gmv_lines(4_000, 10))
     client = CountingClient()
 
     def failing(rows: Iterator[Any]) -> Iterator[Any]:
@@ -842,11 +845,7 @@ class CountingClient:
 
 
 async def test_import_gmv_reads_at_most_a_batch_ahead_of_the_batches_in_flight(tmp_path):
-    csv_file = tmp_path / "gmv.csv"
-    with csv_file.open("w") as f:
-        f.write("seller_id,day,gmv_minor\n")
-        for n in range(20_000):
-            f.write(f"s.{n % 100},{date(2020, 1, 1) + timedelta(days=n // 100)},{n}\n")
+    csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", *gmv_lines(20_000, 100))
     client = CountingClient()
 
     def counted(rows: Iterator[Any]) -> Iterator[Any]:
