@@ -690,6 +690,11 @@ async def lay_out_partitions(url: str, keep: Retained) -> dict[str, int]:
 FAR_PAST = partitions.partition_start(datetime(2001, 1, 1, tzinfo=UTC))
 
 
+def everything_before(instant: datetime) -> Retained:
+    """A retention that keeps nothing older than ``instant``, of any kind."""
+    return Retained(instant, instant, instant, instant.date())
+
+
 @contextmanager
 def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[dict[str, Any]]:
     """While the block runs, a round of the service's own upkeep every ``every_s`` on the
@@ -717,13 +722,7 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
         try:
             while not stop.is_set():
                 begun = time.monotonic()
-                report = await partitions.run_upkeep(
-                    engine,
-                    week,
-                    {t.name: week for t in partitions.PARTITIONED_TABLES},
-                    seller_weeks_ended_before=week,
-                    gmv_before=week.date(),
-                )
+                report = await partitions.run_upkeep(engine, week, everything_before(week))
                 round_ms.append((time.monotonic() - begun) * 1000)
                 counts["rounds"] += 1
                 if report is None:  # the server's own upkeep held the lock
@@ -739,13 +738,7 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
             # AHEAD weeks ahead) past retention: none is created, all are dropped.
             last = week - partitions.WIDTH
             after = last + (partitions.AHEAD + 1) * partitions.WIDTH
-            await partitions.run_upkeep(
-                engine,
-                last,
-                {t.name: after for t in partitions.PARTITIONED_TABLES},
-                seller_weeks_ended_before=last,
-                gmv_before=last.date(),
-            )
+            await partitions.run_upkeep(engine, last, everything_before(after))
             async with engine.connect() as conn:
                 left = await partitions.existing_partitions(conn)
             round_ms.sort()

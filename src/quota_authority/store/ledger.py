@@ -232,14 +232,7 @@ class PostgresLedger:
         self, now: datetime, keep: Retained, *, trim_rows: bool = True
     ) -> UpkeepReport | None:
         try:
-            return await partitions.run_upkeep(
-                self._engine,
-                now,
-                {t.name: getattr(keep, t.kept_from) for t in partitions.PARTITIONED_TABLES},
-                seller_weeks_ended_before=keep.decisions_from,
-                gmv_before=keep.gmv_from,
-                trim_rows=trim_rows,
-            )
+            return await partitions.run_upkeep(self._engine, now, keep, trim_rows=trim_rows)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
 

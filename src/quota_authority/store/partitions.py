@@ -31,22 +31,26 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..engine.ports import UpkeepReport
+from ..engine.retention import Retained
 
 __all__ = [
     "AHEAD",
     "PARTITIONED_TABLES",
+    "TRIMMED_TABLES",
     "WIDTH",
     "Partition",
     "PartitionedTable",
+    "TrimmedTable",
     "UpkeepPlan",
     "existing_partitions",
+    "kept_from",
     "partition_in_place",
     "partition_name",
     "partition_start",
@@ -104,6 +108,30 @@ PARTITIONED_TABLES = (
         indexes=(("request_responses_by_key", "seller_id, request_id"),),
     ),
 )
+
+
+@dataclass(frozen=True)
+class TrimmedTable:
+    """A table that grows with sellers, not traffic, trimmed by deleting the rows whose
+    ``column`` is before its bound in ``Retained`` (attribute ``kept_from``), in batches
+    by its primary key ``key``."""
+
+    name: str
+    column: str
+    kept_from: str
+    key: str
+
+
+TRIMMED_TABLES = (
+    # Seller-weeks follow the decisions: one ended before decisions_from has none listed.
+    TrimmedTable("seller_weeks", "week_end", "decisions_from", "seller_id, week_start"),
+    TrimmedTable("daily_gmv", "day", "gmv_from", "seller_id, day"),
+)
+
+
+def kept_from(keep: Retained) -> dict[str, datetime]:
+    """Each partitioned table's oldest value of its time column that ``keep`` keeps."""
+    return {t.name: getattr(keep, t.kept_from) for t in PARTITIONED_TABLES}
 
 
 def partition_start(instant: datetime) -> datetime:
@@ -200,18 +228,13 @@ async def existing_partitions(conn: AsyncConnection) -> dict[str, list[Partition
 
 
 async def run_upkeep(
-    engine: AsyncEngine,
-    now: datetime,
-    kept_from: Mapping[str, datetime],
-    *,
-    seller_weeks_ended_before: datetime,
-    gmv_before: date,
-    trim_rows: bool = True,
+    engine: AsyncEngine, now: datetime, keep: Retained, *, trim_rows: bool = True
 ) -> UpkeepReport | None:
     """One round of upkeep at ``now``: partitions created ahead, rows that landed in a
-    default partition moved into theirs, partitions older than the retention dropped,
-    old seller-weeks and daily GMV deleted. None when another process holds the upkeep
-    lock (it is doing the same)."""
+    default partition moved into theirs, partitions older than ``keep`` dropped, and with
+    ``trim_rows`` seller-weeks that ended before ``keep.decisions_from`` and daily GMV
+    before ``keep.gmv_from`` deleted. None when another process holds the upkeep lock (it
+    is doing the same)."""
     report = UpkeepReport()
     async with engine.connect() as conn:
         await conn.commit()
@@ -220,9 +243,9 @@ async def run_upkeep(
         if not got:
             return None
         try:
-            await _upkeep(conn, now, kept_from, report)
+            await _upkeep(conn, now, kept_from(keep), report)
             if trim_rows:
-                await _trim_rows(conn, seller_weeks_ended_before, gmv_before, report)
+                await _trim_rows(conn, keep, report)
         finally:
             await conn.rollback()
             await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _UPKEEP_LOCK})
@@ -274,8 +297,9 @@ async def _upkeep(
                 _create_holding(conn, table, default.name, lower, report),
             )
         await conn.commit()
-    existing = await existing_partitions(conn)
-    await conn.commit()
+    if report.created:  # partitions for rows of a default partition: they count below
+        existing = await existing_partitions(conn)
+        await conn.commit()
     plan = plan_upkeep(now, existing, kept_from)
     for name, lower in plan.create:
         table = next(t for t in PARTITIONED_TABLES if t.name == name)
@@ -321,8 +345,14 @@ async def _create(
 ) -> None:
     """A new, empty weekly partition: made as a table of its own, then attached, which
     locks the parent only against schema changes (SHARE UPDATE EXCLUSIVE), not writes."""
-    name = partition_name(table.name, lower)
     await _short(conn)
+    await _attach_new(conn, table, lower, report)
+
+
+async def _attach_new(
+    conn: AsyncConnection, table: PartitionedTable, lower: datetime, report: UpkeepReport
+) -> None:
+    name = partition_name(table.name, lower)
     await conn.execute(
         text(f"CREATE TABLE {name} (LIKE {table.name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     )
@@ -338,9 +368,9 @@ async def _create_holding(
     report: UpkeepReport,
 ) -> None:
     """The partition for rows that landed in the default partition, with those rows moved
-    into it, in one transaction: nothing is lost or seen twice. It locks the default
-    partition only, which holds no other rows."""
-    name = partition_name(table.name, lower)
+    into it, in one transaction: nothing is lost or seen twice. Attached as ``_create``
+    attaches one, it locks the parent only against schema changes, and the default
+    partition (which the attach checks, and which then holds none of its rows) wholly."""
     upper = lower + WIDTH
     where = (
         f"{table.column} >= TIMESTAMPTZ '{lower.isoformat()}' "
@@ -352,11 +382,10 @@ async def _create_holding(
         text(f"CREATE TEMP TABLE moving ON COMMIT DROP AS SELECT * FROM {default} WHERE {where}")
     )
     moved = await conn.execute(text(f"DELETE FROM {default} WHERE {where}"))
-    await conn.execute(text(f"CREATE TABLE {name} PARTITION OF {table.name} {_range(lower)}"))
+    await _attach_new(conn, table, lower, report)
     await conn.execute(
         text(f"INSERT INTO {table.name} OVERRIDING SYSTEM VALUE SELECT * FROM moving")
     )
-    report.created.append(name)
     report.moved += int(moved.rowcount)
 
 
@@ -367,30 +396,20 @@ async def _drop(conn: AsyncConnection, partition: Partition, report: UpkeepRepor
     report.dropped.append(partition.name)
 
 
-async def _trim_rows(
-    conn: AsyncConnection, weeks_before: datetime, gmv_before: date, report: UpkeepReport
-) -> None:
-    """Seller-weeks that ended before ``weeks_before`` and GMV days before ``gmv_before``,
-    deleted a batch a transaction so that no transaction holds many row locks."""
-    statements = (
-        (
-            "DELETE FROM seller_weeks WHERE (seller_id, week_start) IN ("
-            "SELECT seller_id, week_start FROM seller_weeks WHERE week_end < :bound "
-            f"LIMIT {_DELETE_BATCH})",
-            weeks_before,
-        ),
-        (
-            "DELETE FROM daily_gmv WHERE (seller_id, day) IN ("
-            f"SELECT seller_id, day FROM daily_gmv WHERE day < :bound LIMIT {_DELETE_BATCH})",
-            gmv_before,
-        ),
-    )
-    for (statement, bound), table in zip(statements, ("seller_weeks", "daily_gmv"), strict=True):
+async def _trim_rows(conn: AsyncConnection, keep: Retained, report: UpkeepReport) -> None:
+    """The rows of ``TRIMMED_TABLES`` older than ``keep``, deleted a batch a transaction so
+    that no transaction holds many row locks."""
+    for table in TRIMMED_TABLES:
+        statement = text(
+            f"DELETE FROM {table.name} WHERE ({table.key}) IN (SELECT {table.key} "
+            f"FROM {table.name} WHERE {table.column} < :bound LIMIT {_DELETE_BATCH})"
+        )
+        bound = getattr(keep, table.kept_from)
         deleted = 0
         while True:
             try:
                 await _short(conn)
-                result = await conn.execute(text(statement), {"bound": bound})
+                result = await conn.execute(statement, {"bound": bound})
                 await conn.commit()
             except Exception as e:
                 await conn.rollback()
@@ -404,7 +423,7 @@ async def _trim_rows(
             # The deleted rows' space is reusable at once rather than when autovacuum
             # comes by; VACUUM (not FULL) does not block reads or writes.
             raw = await conn.get_raw_connection()
-            await raw.driver_connection.execute(f"VACUUM {table}")  # type: ignore[union-attr]
+            await raw.driver_connection.execute(f"VACUUM {table.name}")  # type: ignore[union-attr]
 
 
 # --- migration 0008: an unpartitioned table becomes partitioned, in place, online ----------

@@ -36,7 +36,15 @@ from ..engine.retention import Retained
 from ..errors import QuotaAuthorityError
 from .database import to_async_url, unreachable_at_start
 from .distribution import is_citus
-from .partitions import PARTITIONED_TABLES, Partition, UpkeepPlan, existing_partitions, plan_upkeep
+from .partitions import (
+    PARTITIONED_TABLES,
+    TRIMMED_TABLES,
+    Partition,
+    UpkeepPlan,
+    existing_partitions,
+    kept_from,
+    plan_upkeep,
+)
 from .tables import metadata
 
 __all__ = [
@@ -45,7 +53,6 @@ __all__ = [
     "Storage",
     "StorageUnreadable",
     "TableUsage",
-    "kept_from",
     "read_storage",
     "retention_bounds",
     "upkeep_plan",
@@ -115,22 +122,15 @@ class Storage:
         }
 
 
-def kept_from(keep: Retained) -> dict[str, datetime]:
-    """Each partitioned table's oldest kept value, as upkeep is given it
-    (``PostgresLedger.keep_bounded``)."""
-    return {t.name: getattr(keep, t.kept_from) for t in PARTITIONED_TABLES}
-
-
 def retention_bounds(keep: Retained) -> dict[str, tuple[str, datetime | date]]:
     """What upkeep keeps of each table it trims, as ``(column, bound)``: rows whose
     ``column`` is older than ``bound`` go (whole partitions of a partitioned table once all
     of a partition is older; seller-weeks that ended before it and GMV days before it,
     deleted in batches). ``sellers`` and ``pairs`` are never trimmed."""
     bounds: dict[str, tuple[str, datetime | date]] = {
-        "seller_weeks": ("week_end", keep.decisions_from),
-        "daily_gmv": ("day", keep.gmv_from),
+        t.name: (t.column, getattr(keep, t.kept_from))
+        for t in (*TRIMMED_TABLES, *PARTITIONED_TABLES)
     }
-    bounds.update({t.name: (t.column, getattr(keep, t.kept_from)) for t in PARTITIONED_TABLES})
     return {name: bounds[name] for name in TIME_COLUMNS if name in bounds}
 
 
