@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -161,6 +162,33 @@ async def eventually(check: Callable[[], Awaitable[object]], within_s: float) ->
             return loop.time() - started
         await asyncio.sleep(0.05)
     raise AssertionError(f"not true within {within_s} s")
+
+
+def stamp(instant: datetime) -> Timestamp:
+    """``instant`` as a protobuf Timestamp, for a request's time fields."""
+    ts = Timestamp()
+    ts.FromDatetime(instant)
+    return ts
+
+
+async def list_all(
+    stub: Any, seller_id: str, page_size: int = 0, **query: Any
+) -> list[pb.Decision]:
+    """Every decision the query selects, page after page; checks each page's size."""
+    decisions: list[pb.Decision] = []
+    token = ""
+    while True:
+        page = await stub.ListDecisions(
+            pb.ListDecisionsRequest(
+                seller_id=seller_id, page_size=page_size, page_token=token, **query
+            )
+        )
+        if page.next_page_token and page_size:
+            assert len(page.decisions) == page_size
+        decisions.extend(page.decisions)
+        token = page.next_page_token
+        if not token:
+            return decisions
 
 
 async def upkeep_round(server: Any) -> Any:

@@ -14,36 +14,12 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from sqlalchemy import text
-from support import failure_details, invite, message, new_id
+from support import failure_details, invite, list_all, message, new_id, stamp
 
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 ONE_WEEK = timedelta(days=7)
 WEEK_START = datetime(2026, 11, 22, tzinfo=UTC)  # the Sunday before BASE_TIME
-
-
-def stamp(instant: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(instant)
-    return ts
-
-
-async def list_all(stub, seller_id: str, page_size: int = 0, **query) -> list[pb.Decision]:
-    """Every decision the query selects, page after page; checks each page's size."""
-    decisions: list[pb.Decision] = []
-    token = ""
-    while True:
-        page = await stub.ListDecisions(
-            pb.ListDecisionsRequest(
-                seller_id=seller_id, page_size=page_size, page_token=token, **query
-            )
-        )
-        if page.next_page_token and page_size:
-            assert len(page.decisions) == page_size
-        decisions.extend(page.decisions)
-        token = page.next_page_token
-        if not token:
-            return decisions
 
 
 async def field_violations(call) -> list[str]:

@@ -16,10 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from servers import server_settings
 from sqlalchemy import text
-from support import BASE_TIME, invite, ledger_counts, message, upkeep_round
+from support import BASE_TIME, invite, ledger_counts, list_all, message, stamp, upkeep_round
 
 from quota_authority.clock import FakeClock
 from quota_authority.policy import Policy
@@ -87,12 +86,6 @@ async def own(fresh_database_url: str) -> AsyncIterator[Own]:
         await own.channel.close()
         await server.stop(grace=0)
         await own.db.dispose()
-
-
-def at(instant: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(instant)
-    return stamp
 
 
 # --- R11: request_ids kept at least 14 days (test_api_restart), then forgotten ------------
@@ -289,19 +282,6 @@ async def one_week(own: Own, week: int) -> None:
         await own.stub.CheckAndConsume(invite(s, f"w{week}-c0"))
 
 
-async def listed(own: Own, seller_id: str) -> list[pb.Decision]:
-    found: list[pb.Decision] = []
-    token = ""
-    while True:
-        page = await own.stub.ListDecisions(
-            pb.ListDecisionsRequest(seller_id=seller_id, page_size=50, page_token=token)
-        )
-        found.extend(page.decisions)
-        token = page.next_page_token
-        if not token:
-            return found
-
-
 async def test_sixty_weeks_of_traffic_keep_every_table_bounded_and_the_rules_whole(own):
     start = BASE_TIME + timedelta(weeks=1)
     rows: list[dict[str, int]] = []
@@ -326,7 +306,7 @@ async def test_sixty_weeks_of_traffic_keep_every_table_bounded_and_the_rules_who
     # ListDecisions: everything decided within 91 days, nothing older.
     now = own.clock.now()
     kept_from = now - timedelta(days=Policy().retention.decisions_days)
-    decisions = await listed(own, SELLERS[0])
+    decisions = await list_all(own.stub, SELLERS[0])
     weeks_listed = {d.decided_at.ToDatetime(UTC) for d in decisions}
     expected = {start + w * WIDTH for w in range(WEEKS) if start + w * WIDTH >= kept_from}
     assert weeks_listed == expected
@@ -348,9 +328,9 @@ async def test_decisions_older_than_the_retention_are_not_listed_even_before_the
     await own.stub.CheckAndConsume(invite("s1", "creator-2"))
 
     still_stored = (await ledger_counts(own.db, "s1"))["audits"]
-    decisions = await listed(own, "s1")
+    decisions = await list_all(own.stub, "s1")
     since_long_ago = await own.stub.ListDecisions(
-        pb.ListDecisionsRequest(seller_id="s1", start_time=at(datetime(2000, 1, 1, tzinfo=UTC)))
+        pb.ListDecisionsRequest(seller_id="s1", start_time=stamp(datetime(2000, 1, 1, tzinfo=UTC)))
     )
 
     assert still_stored == 2  # no upkeep ran: its partition is still there

@@ -51,6 +51,7 @@ __all__ = [
     "add_command",
     "add_request_id",
     "client_failures",
+    "in_utc",
     "instant",
     "new_request_id",
     "print_rpc_error",
@@ -413,7 +414,12 @@ def yes(value: bool) -> str:
 
 
 def when(timestamp: Timestamp) -> str:
-    return timestamp.ToDatetime().isoformat() + "Z"
+    return in_utc(timestamp.ToDatetime(tzinfo=UTC))
+
+
+def in_utc(moment: datetime) -> str:
+    """An instant as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 CHARGES = {

@@ -40,6 +40,7 @@ from .shared import (
     Commands,
     ExitStatus,
     add_command,
+    in_utc,
     instant,
     print_table,
 )
@@ -109,9 +110,7 @@ def _storage(args: argparse.Namespace) -> int:
 
 def _moment(value: datetime | date) -> str:
     """A date as ``YYYY-MM-DD``, an instant in UTC as ``YYYY-MM-DDTHH:MM:SSZ``."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
-    return value.isoformat()
+    return in_utc(value) if isinstance(value, datetime) else value.isoformat()
 
 
 def _short(value: datetime | date) -> str:
