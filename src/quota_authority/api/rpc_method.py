@@ -2,8 +2,8 @@
 
 Three jobs, each in its own place, applied in this order:
 
-1. the deadline: the caller's, capped at the servicer's ``max_deadline_s``
-   (``deadline_cap.within_deadline_cap``);
+1. the deadline: the caller's, capped by the servicer's ``deadline_cap``
+   (``deadline_cap.DeadlineCap``, ``QUOTA_AUTHORITY_MAX_DEADLINE_MS``);
 2. errors: every one leaves as its documented gRPC status (``error_mapping``), mapped once;
 3. metrics: with the servicer's ``metrics``, the call's time and code are observed.
 
@@ -23,7 +23,7 @@ from google.rpc import code_pb2
 
 from ..errors import FieldViolation, InvalidArgument
 from ..metrics import Metrics
-from .deadline_cap import within_deadline_cap
+from .deadline_cap import DeadlineCap
 from .error_mapping import abort, to_status
 
 __all__ = ["Malformed", "RpcServicer", "rpc_method"]
@@ -33,7 +33,7 @@ class RpcServicer(Protocol):
     """What ``rpc_method`` reads from the servicer whose methods it wraps."""
 
     @property
-    def max_deadline_s(self) -> float:
+    def deadline_cap(self) -> DeadlineCap:
         """The longest any call may run (``QUOTA_AUTHORITY_MAX_DEADLINE_MS``)."""
         ...
 
@@ -75,10 +75,8 @@ def rpc_method(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         try:
             if isinstance(request, Malformed):
                 raise InvalidArgument([request.violation])
-            response = await within_deadline_cap(
-                lambda: handler(self, request, context),
-                self.max_deadline_s,
-                context.time_remaining(),
+            response = await self.deadline_cap.run(
+                lambda: handler(self, request, context), context.time_remaining()
             )
             code = "OK"
             return response

@@ -44,6 +44,7 @@ from .convert import (
     release_to_proto,
     status_to_proto,
 )
+from .deadline_cap import DeadlineCap
 from .pagination import decode_page_token, encode_page_token
 from .rpc_method import Malformed, rpc_method
 from .validation import MAX_DAILY_GMV_MINOR, Validator
@@ -80,7 +81,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         gmv_batch_max_rows: int = 1000,
     ) -> None:
         self._service = service
-        self.max_deadline_s = max_deadline_s
+        self.deadline_cap = DeadlineCap(max_deadline_s)
         self.metrics = metrics
         self._outreach_batch_max_items = outreach_batch_max_items
         self._gmv_batch_max_rows = gmv_batch_max_rows
