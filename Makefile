@@ -7,7 +7,7 @@ PROTO := protos/quota_authority/v1/quota_authority.proto
 GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto proto-lint install clean bench reliability clients interop docs \
+.PHONY: run test lint proto proto-lint install clean bench bench-peers reliability clients interop docs \
 	citus citus-stop test-citus
 
 run: $(GENERATED)
@@ -56,6 +56,11 @@ GHZ_VERSION := v0.121.0
 bench: $(GENERATED) $(GHZ)
 	$(BIN)/python scripts/bench.py $(if $(DATABASE),--database $(DATABASE)) $(SCENARIOS)
 
+# Our spread and hot_seller beside the two peers only (scripts/peers.py builds them, pinned,
+# where missing); a full `make bench` runs them too.
+bench-peers: $(GENERATED) $(GHZ)
+	$(BIN)/python scripts/bench.py spread hot_seller peers
+
 $(GHZ):
 	mkdir -p .bench/bin
 	GOBIN=$(CURDIR)/.bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
@@ -66,7 +71,7 @@ lint: $(GENERATED) proto-lint go-client-check
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py \
-		scripts/interop.py scripts/api_reference.py
+		scripts/interop.py scripts/api_reference.py scripts/peers.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against
 # the proto callers may have generated clients from (scripts/buf_breaking.sh says which).

@@ -64,6 +64,8 @@ class Peer:
     promises: str
     binary: str  # in bench_dir/bin
     proto_file: str  # the call's .proto, as registered in the peer's Go package
+    package: str  # what ``go install`` builds, at ``version``
+    version: str
 
 
 RATELIMIT = Peer(
@@ -78,6 +80,8 @@ RATELIMIT = Peer(
     ),
     binary="service_cmd",
     proto_file="envoy/service/ratelimit/v3/rls.proto",
+    package=RATELIMIT_PKG,
+    version=RATELIMIT_VERSION,
 )
 GUBERNATOR = Peer(
     name="gubernator",
@@ -91,6 +95,8 @@ GUBERNATOR = Peer(
     ),
     binary="gubernator",
     proto_file="gubernator.proto",
+    package=GUBERNATOR_PKG,
+    version=GUBERNATOR_VERSION,
 )
 PEERS: tuple[Peer, ...] = (RATELIMIT, GUBERNATOR)
 
@@ -122,12 +128,9 @@ def build(bench_dir: Path) -> None:
         apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         _run([*sudo, "apt-get", "update"], apt_env)
         _run([*sudo, "apt-get", "install", "-y", "redis-server"], apt_env)
-    for peer, package, version in (
-        (RATELIMIT, RATELIMIT_PKG, RATELIMIT_VERSION),
-        (GUBERNATOR, GUBERNATOR_PKG, GUBERNATOR_VERSION),
-    ):
-        if _built_version(bin_dir / peer.binary) != version:
-            _run(["go", "install", f"{package}@{version}"], go_env)
+    for peer in PEERS:
+        if _built_version(bin_dir / peer.binary) != peer.version:
+            _run(["go", "install", f"{peer.package}@{peer.version}"], go_env)
     tool = bin_dir / "peer-protoset"
     if not tool.exists():
         _run(["go", "build", "-o", str(tool), "."], go_env, cwd=PROTOSET_SRC)
@@ -192,16 +195,20 @@ def write_loads(
     a fixed random order (ghz sends an array's items round-robin), "hot" one call."""
     sellers = list(spread_sellers)
     random.Random(SEED).shuffle(sellers)
-    loads_dir = bench_dir / "peers" / "loads"
-    loads_dir.mkdir(parents=True, exist_ok=True)
+    (bench_dir / "peers" / "loads").mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, Path]] = {}
     for peer in PEERS:
-        spread = loads_dir / f"{peer.name}-spread.json"
+        spread = load_file(bench_dir, peer, "spread")
         spread.write_text(json.dumps([call_data(peer, s) for s in sellers]))
-        hot = loads_dir / f"{peer.name}-hot.json"
+        hot = load_file(bench_dir, peer, "hot")
         hot.write_text(json.dumps(call_data(peer, hot_seller)))
         files[peer.name] = {"spread": spread, "hot": hot}
     return files
+
+
+def load_file(bench_dir: Path, peer: Peer, load: str) -> Path:
+    """Where ``write_loads`` writes ``peer``'s ``load`` ("spread" or "hot")."""
+    return bench_dir / "peers" / "loads" / f"{peer.name}-{load}.json"
 
 
 # --- running ----------------------------------------------------------------------------
@@ -253,9 +260,10 @@ def remaining(peer: Peer, answer: dict[str, Any]) -> int:
 
 
 @contextmanager
-def running(peer: Peer, bench_dir: Path) -> Iterator[tuple[str, tuple[int, ...]]]:
+def running(peer: Peer, bench_dir: Path) -> Iterator[tuple[str, int, tuple[tuple[str, int], ...]]]:
     """Run ``peer`` (and Redis for ratelimit) on free loopback ports until it answers a real
-    call; yield its target and the pids whose CPU it costs; stop them all at the end."""
+    call; yield its target, its pid and its helpers' (name, pid) ("redis"), whose CPU it
+    costs too; stop them all at the end."""
     logs = bench_dir / "peers"
     env = {"PATH": os.environ["PATH"]}
     grpc_port = free_port()
@@ -305,7 +313,9 @@ def running(peer: Peer, bench_dir: Path) -> Iterator[tuple[str, tuple[int, ...]]
         start(peer.name, [str(bench_dir / "bin" / peer.binary)], settings)
         target = f"127.0.0.1:{grpc_port}"
         _wait_until(lambda: _answers(peer, target), procs)
-        yield target, tuple(p.pid for p in procs.values())
+        peer_log = logs / f"{peer.name}.log"
+        helpers = tuple((log.stem, p.pid) for log, p in procs.items() if log != peer_log)
+        yield target, procs[peer_log].pid, helpers
 
 
 @contextmanager
@@ -405,8 +415,8 @@ def main() -> int:
     loads = write_loads(BENCH_DIR, [f"spread-{i:05d}" for i in range(10000)], hot)
     failed = False
     for peer in PEERS:
-        with running(peer, BENCH_DIR) as (target, pids):
-            print(f"{peer.name} at {target}, pids {pids}: {peer.call}")
+        with running(peer, BENCH_DIR) as (target, pid, helpers):
+            print(f"{peer.name} at {target}, pid {pid}, helpers {helpers}: {peer.call}")
             print(f"  one answer: {json.dumps(ask(peer, target, 'spread-00042'))}")
             results = {}
             for load, data_file in loads[peer.name].items():

@@ -4,10 +4,12 @@ a real one, and ``scripts/loadtest.sh`` refuses bad arguments before starting an
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import baseline_server  # noqa: E402
 import bench  # noqa: E402
 import bench_gmv  # noqa: E402
+import peers  # noqa: E402
 
 
 def to_asyncpg(url: str) -> str:
@@ -109,7 +112,14 @@ def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
         "batch_invite",
     }
     assert set(bench.LOAD_OF) | set(bench.OWN_DRIVER) == set(bench.TARGETS)
-    assert all(bench.TARGETS[s].figure == "ratio_to_spread" for s in bench.AGAINST_SPREAD)
+    assert all(
+        "ratio_to_spread" in {t.figure for t in bench.TARGETS[s]} for s in bench.AGAINST_SPREAD
+    )
+    # A full run measures the peers too, before the batch target that is against them.
+    assert set(bench.SCENARIOS) == set(bench.TARGETS) | {bench.PEERS}
+    order = list(bench.SCENARIOS)
+    assert order.index(bench.PEERS) < order.index("batch_invite")
+    assert set(bench.PEER_LOADS.values()) <= set(bench.LOAD_OF)
     assert not set(bench.LOAD_OF) & set(bench.OWN_DRIVER)
     for load in bench.LOAD_OF.values():
         assert (bench.LOADS / f"{load}.json").is_file() or load in bench.GENERATED_LOAD_NAMES
@@ -154,3 +164,25 @@ async def test_gmv_import_checks_each_row_against_the_figure_its_file_holds(
     assert lines[0] == "seller_id,day,gmv_minor"
     assert [int(gmv) for _, _, gmv in rows] == in_sql
     assert len({(s, d) for s, d, _ in rows}) == 12 and 0 not in in_sql
+
+
+def test_each_peers_spread_load_names_every_spread_seller_once_and_hot_the_hot_one(tmp_path):
+    sellers = [f"spread-{i:05d}" for i in range(100)]
+    files = peers.write_loads(tmp_path, sellers, "hot-seller")
+
+    for peer in peers.PEERS:
+        spread = json.loads(files[peer.name]["spread"].read_text())
+        hot = json.loads(files[peer.name]["hot"].read_text())
+        named = [_seller_of(peer, call) for call in spread]
+        assert sorted(named) == sellers and named != sellers  # all, once, shuffled
+        assert _seller_of(peer, hot) == "hot-seller"
+        assert files[peer.name]["spread"] == peers.load_file(tmp_path, peer, "spread")
+
+
+def _seller_of(peer: Any, call: dict[str, Any]) -> str:
+    if peer is peers.RATELIMIT:
+        (descriptor,) = call["descriptors"]
+        (entry,) = descriptor["entries"]
+        return str(entry["value"])
+    (request,) = call["requests"]
+    return str(request["unique_key"])
