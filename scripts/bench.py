@@ -231,7 +231,9 @@ def ghz(
     return {
         "rps": round(report["rps"], 1),
         "p50_ms": round(percentiles[50], 2),
+        "p90_ms": round(percentiles[90], 2),
         "p99_ms": round(percentiles[99], 2),
+        "max_ms": round(report["slowest"] / 1e6, 2),
         "requests": report["count"],
         "errors": report["count"] - ok,
         "error_kinds": report["errorDistribution"],
@@ -1068,6 +1070,56 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(results: dict[str, Any]) -> str | None:
+    """The peers, our baseline and our server under spread and hot, as BENCHMARKS.md shows
+    them: calls a second, spread's p99 and each process's CPU a call on spread (None: the
+    run measured no peer, or not both of spread and hot_seller)."""
+    ours, base = results["scenarios"], results["baseline"]
+    if "peers" not in results or not {"spread", "hot_seller"} <= set(ours) & set(base):
+        return None
+
+    def cpu(r: dict[str, Any]) -> str:
+        c = r["cpu_us_per_call"]
+        others = [f"+{c[k]} {k}" for k in ("redis", "postgres") if k in c]
+        return " ".join([str(c["server"]), *others])
+
+    rows = [("server", "spread rps", "hot rps", "p99 ms (spread)", "server CPU µs a call")]
+    for name, figures in results["peers"].items():
+        spread, hot = figures["spread"], figures["hot"]
+        rows.append(
+            (
+                name,
+                f"{spread['rps']:,.0f}",
+                f"{hot['rps']:,.0f}",
+                str(spread["p99_ms"]),
+                cpu(spread),
+            )
+        )
+    rows.append(
+        (
+            "baseline",
+            f"{base['spread']['rps']:,.0f}",
+            f"{base['hot_seller']['rps']:,.0f}",
+            str(base["spread"]["p99_ms"]),
+            cpu(base["spread"]),
+        )
+    )
+    spread, hot = ours["spread"], ours["hot_seller"]
+    rows.append(
+        (
+            "quota-authority",
+            f"{spread['rps']:,.0f} ({spread['ratio_to_baseline']:.2f}×)",
+            f"{hot['rps']:,.0f} ({hot['ratio_to_baseline']:.2f}×)",
+            str(spread["p99_ms"]),
+            f"{cpu(spread)} ({spread['cpu_ratio_to_baseline']:.2f}× baseline)",
+        )
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("scenarios", nargs="*", help=f"of {', '.join(SCENARIOS)} (default: all)")
@@ -1088,6 +1140,9 @@ def main() -> int:
     results = run(scenarios, args.database)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
+    beside = side_by_side(results)
+    if beside is not None:
+        print(f"\nside by side (the peers: {', '.join(results['peers'])}):\n{beside}")
     upkeep = results["scenarios"].get("partition_upkeep", {}).get("upkeep")
     if upkeep:
         print(

@@ -186,3 +186,35 @@ def _seller_of(peer: Any, call: dict[str, Any]) -> str:
         return str(entry["value"])
     (request,) = call["requests"]
     return str(request["unique_key"])
+
+
+def test_the_side_by_side_table_shows_each_peer_the_baseline_and_ours_with_ratios():
+    def figures(rps: float, server: int, **cpu: int) -> dict[str, Any]:
+        return {"rps": rps, "p99_ms": 20.0, "cpu_us_per_call": {"server": server, **cpu}}
+
+    ours = {
+        "spread": {**figures(3000, 250, postgres=100), "ratio_to_baseline": 0.5},
+        "hot_seller": {**figures(3300, 240, postgres=80), "ratio_to_baseline": 0.55},
+    }
+    ours["spread"]["cpu_ratio_to_baseline"] = 1.92
+    results = {
+        "scenarios": ours,
+        "baseline": {"spread": figures(6000, 130), "hot_seller": figures(6000, 135)},
+        "peers": {
+            p.name: {"spread": figures(11000, 66, redis=9), "hot": figures(12000, 65)}
+            for p in peers.PEERS
+        },
+    }
+
+    table = bench.side_by_side(results)
+
+    assert table is not None
+    lines = table.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == [
+        *(p.name for p in peers.PEERS),
+        "baseline",
+        "quota-authority",
+    ]
+    assert "3,000 (0.50×)" in lines[-1] and "250 +100 postgres (1.92× baseline)" in lines[-1]
+    assert "66 +9 redis" in lines[1]
+    assert bench.side_by_side({**results, "scenarios": {}}) is None  # ours not measured
