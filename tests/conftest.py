@@ -7,6 +7,7 @@ and tests never wait on each other's rows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from servers import LedgerFactory, StartServer, server_settings
@@ -49,9 +51,41 @@ def database_url() -> Iterator[str]:
     data_dir = Path(tempfile.mkdtemp(prefix="quota-authority-tests-"))
     try:
         with EmbeddedPostgres(data_dir / "pgdata") as embedded:
+            raised = asyncio.run(_with_room_for_servers(embedded.url))
+        # Restarted, when the setting changed: max_connections takes effect at start only.
+        with EmbeddedPostgres(data_dir / "pgdata") as embedded:
+            assert not raised or asyncio.run(_max_connections(embedded.url)) == TEST_CONNECTIONS
             yield embedded.url
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# The session's servers stay up until it ends (``start_server``), each with a pool of up to
+# 10 connections, beside the replicas a test starts: about 80 connections are in use at
+# times, and two suites at once on a loaded machine reached PostgreSQL's default of 100
+# (TooManyConnectionsError in test_reliability_many_weeks). A deployment sizes
+# max_connections for its replicas; the test database gets room for the session's.
+TEST_CONNECTIONS = 300
+
+
+async def _max_connections(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SHOW max_connections"))
+    finally:
+        await conn.close()
+
+
+async def _with_room_for_servers(url: str) -> bool:
+    """Set max_connections to ``TEST_CONNECTIONS`` for the next start; whether it changed."""
+    if await _max_connections(url) >= TEST_CONNECTIONS:
+        return False
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"ALTER SYSTEM SET max_connections = {TEST_CONNECTIONS}")
+    finally:
+        await conn.close()
+    return True
 
 
 @pytest.fixture(scope="session")
