@@ -45,7 +45,9 @@ async def test_int_bool_and_instant_columns_split_back_to_what_was_joined(db):
     assert await split(db, "int", outreach._ints([])) == []
 
 
-@pytest.mark.parametrize("bad", ["a\x1fb", "\x1e", "x\x1ey"])
+@pytest.mark.parametrize("bad", ["a\x1fb", "\x1e", "x\x1ey", ""])
 def test_a_value_that_would_split_wrong_is_refused(bad):
     with pytest.raises(ValueError, match="U\\+001F"):
         outreach._texts(["ok", bad])
+    with pytest.raises(ValueError, match="U\\+001F"):
+        outreach._texts([bad])

@@ -26,15 +26,16 @@ from .rows import seller_week
 
 __all__ = ["OutreachTransaction"]
 
-# Columns of many values are sent joined into one text parameter each (``_joined``) and
-# split back by ``string_to_array`` (``_split``): asyncpg encodes an array element by
-# element, with isinstance checks against collections.abc classes for each, and a batch
-# of 42 calls writes about 1,000 elements. Measured on 19 such columns of 42 values:
-# 270-300 µs of the server's CPU a statement as arrays, 160-170 µs joined. The separator,
-# U+001F, occurs in no value joined: identifiers and request_ids are [A-Za-z0-9._:-]
-# (``api.validation``), fingerprints hex, times ISO text, JSON text escapes control
-# characters, actions, reasons and charges are enum values; U+001E stands for NULL. Tier
-# names (any non-empty string of the policy file) stay arrays.
+# Columns of many values are sent joined into one text parameter each (``_texts``,
+# ``_ints``, ``_bools``, ``_times``) and split back by ``string_to_array`` (``_split``):
+# asyncpg encodes an array element by element, with isinstance checks against
+# collections.abc classes for each, and a batch of 42 calls writes about 1,000 elements.
+# Measured on 19 such columns of 42 values: 270-300 µs of the server's CPU a statement as
+# arrays, 160-170 µs joined. The separator, U+001F, occurs in no value joined:
+# identifiers and request_ids are [A-Za-z0-9._:-] (``api.validation``), fingerprints hex,
+# times ISO text, JSON text escapes control characters, actions, reasons and charges are
+# enum values; U+001E stands for NULL. Tier names (any non-empty string of the policy
+# file) stay arrays.
 _SEP = "\x1f"
 _NULL = "\x1e"
 
@@ -251,11 +252,16 @@ def _response_columns(responses: Sequence[ResponseToStore]) -> list[list[Any]]:
 
 
 def _texts(values: Sequence[str | None]) -> str:
-    """A text column joined for ``_split``. A value holding the separator or the NULL mark
-    would split wrong: raises ValueError (validation lets none through)."""
+    """A text column joined for ``_split``. A value that would split wrong (one holding the
+    separator or the NULL mark, or an empty one: alone, it would read as no value) raises
+    ValueError; validation lets none through."""
     joined = _SEP.join([_NULL if v is None else v for v in values])
-    if joined.count(_SEP) != max(len(values) - 1, 0) or joined.count(_NULL) != values.count(None):
-        raise ValueError("a value to write holds U+001F or U+001E")
+    if (
+        joined.count(_SEP) != max(len(values) - 1, 0)
+        or joined.count(_NULL) != values.count(None)
+        or "" in values
+    ):
+        raise ValueError("a value to write is empty or holds U+001F or U+001E")
     return joined
 
 
