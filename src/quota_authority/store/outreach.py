@@ -13,7 +13,7 @@ migration 0002, which says why.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -145,33 +145,27 @@ class OutreachTransaction:
         pair_weeks = writes.pair_weeks
         audit = writes.audit
         responses = writes.responses
+        columns = [
+            [seller for seller, _ in weeks],
+            [start for _, start in weeks],
+            [weekly for weekly, _ in weeks.values()],
+            [pack for _, pack in weeks.values()],
+            list(writes.pack_charges),
+            list(writes.pack_charges.values()),
+            [seller for seller, _, _ in pair_weeks],
+            [start for _, start, _ in pair_weeks],
+            [creator for _, _, creator in pair_weeks],
+            [pair.counted_this_week for pair in pair_weeks.values()],
+            [pair.messages_this_week for pair in pair_weeks.values()],
+            [a.seller_id for a in audit],
+            [a.week_start for a in audit],
+            *_audit_columns(audit),
+            [r.seller_id for r in responses],
+            *_response_columns(responses),
+        ]
         stored = await self._conn.fetchval(
             _WRITE,
-            _texts([seller for seller, _ in weeks]),
-            _times([start for _, start in weeks]),
-            _ints([weekly for weekly, _ in weeks.values()]),
-            _ints([pack for _, pack in weeks.values()]),
-            _texts(list(writes.pack_charges)),
-            _ints(list(writes.pack_charges.values())),
-            _texts([seller for seller, _, _ in pair_weeks]),
-            _times([start for _, start, _ in pair_weeks]),
-            _texts([creator for _, _, creator in pair_weeks]),
-            _bools([pair.counted_this_week for pair in pair_weeks.values()]),
-            _ints([pair.messages_this_week for pair in pair_weeks.values()]),
-            _texts([a.seller_id for a in audit]),
-            _times([a.week_start for a in audit]),
-            _texts([a.creator_id for a in audit]),
-            _texts([a.action.value for a in audit]),
-            _bools([a.allowed for a in audit]),
-            _texts([a.reason.value for a in audit]),
-            _texts([a.charged.value for a in audit]),
-            [a.tier for a in audit],
-            _texts([a.request_id for a in audit]),
-            _times([a.decided_at for a in audit]),
-            _texts([r.seller_id for r in responses]),
-            _texts([r.request_id for r in responses]),
-            _texts([r.fingerprint for r in responses]),
-            _texts([json.dumps(r.response, separators=(",", ":")) for r in responses]),
+            *(_JOINED[kind](c) for kind, c in zip(_WRITE_COLUMNS, columns, strict=True)),
             at,
         )
         return bool(stored == len(responses))
@@ -278,6 +272,17 @@ def _times(values: Sequence[datetime]) -> str:
     decisions share one instant, its sellers' weeks mostly one start)."""
     text = {v: v.isoformat() for v in set(values)}
     return _SEP.join([text[v] for v in values])
+
+
+# How each kind of ``_WRITE_COLUMNS`` is sent; "tiers" as the array it is.
+_JOINED: dict[str, Callable[[Any], Any]] = {
+    "text": _texts,
+    "int": _ints,
+    "boolean": _bools,
+    "timestamptz": _times,
+    "jsonb": _texts,  # JSON text
+    "tiers": list,
+}
 
 
 def _only_seller(keys: Sequence[OutreachKey]) -> str:
