@@ -35,8 +35,8 @@ class DeadlineCap:
     def __init__(self, cap_s: float) -> None:
         self.cap_s = cap_s
         # Capped calls running, oldest first (so by cap time): token -> (cap time, task).
+        # A call past its cap is taken off by the timer, so one no longer here expired.
         self._running: dict[int, tuple[float, asyncio.Task[object]]] = {}
-        self._expired: set[int] = set()
         self._tokens = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -63,7 +63,7 @@ class DeadlineCap:
             with deadline_at(when):
                 return await work()
         except asyncio.CancelledError:
-            if token in self._expired and task.uncancel() <= cancelling:
+            if token not in self._running and task.uncancel() <= cancelling:
                 raise DeadlineExceeded(
                     f"the call ran past the server's limit of {self.cap_s * 1000:.0f} ms; its "
                     "outcome is unknown: retry with the same request_id"
@@ -71,7 +71,6 @@ class DeadlineCap:
             raise
         finally:
             self._running.pop(token, None)
-            self._expired.discard(token)
 
     def _expire(self) -> None:
         """Cancel every call past its cap, then wait for the oldest of the others."""
@@ -85,7 +84,6 @@ class DeadlineCap:
             past.append(token)
         for token in past:
             _, task = self._running.pop(token)
-            self._expired.add(token)
             task.cancel()
         if self._running:
             oldest = next(iter(self._running.values()))[0]
