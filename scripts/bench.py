@@ -19,7 +19,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ import bench_gmv
 import grpc
 import peers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from peers import free_port as free_port  # also interop.py's, as bench.free_port
 from sqlalchemy import text
 
 from quota_authority.engine.retention import Retained, retained
@@ -158,12 +158,6 @@ def judge(name: str, result: dict[str, Any]) -> None:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- ghz --------------------------------------------------------------------------------
@@ -841,6 +835,15 @@ def machine() -> dict[str, Any]:
 CITUS_PORT = int(os.environ.get("CITUS_PORT", "9700"))
 
 
+def against_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> None:
+    """Add ``result``'s calls a second and its server's CPU a call as ratios to
+    ``baseline``'s, measured under the same load in the same run."""
+    result["ratio_to_baseline"] = round(result["rps"] / baseline["rps"], 3)
+    result["cpu_ratio_to_baseline"] = round(
+        result["cpu_us_per_call"]["server"] / baseline["cpu_us_per_call"]["server"], 2
+    )
+
+
 def measure_peers(results: dict[str, Any]) -> dict[str, Any]:
     """Each peer (``peers.PEERS``) under the spread and hot loads, with our ghz settings:
     ``peers.build`` installs them, pinned, where missing; their loads name the same sellers
@@ -859,11 +862,7 @@ def measure_peers(results: dict[str, Any]) -> dict[str, Any]:
                 log(f"peer {peer.name}: {load}")
                 result = measure(server, load)
                 if ours in results["baseline"]:
-                    base = results["baseline"][ours]
-                    result["ratio_to_baseline"] = round(result["rps"] / base["rps"], 3)
-                    result["cpu_ratio_to_baseline"] = round(
-                        result["cpu_us_per_call"]["server"] / base["cpu_us_per_call"]["server"], 2
-                    )
+                    against_baseline(result, results["baseline"][ours])
                 figures[load] = result
             measured[peer.name] = figures
     return measured
@@ -957,13 +956,7 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
                         result["upkeep"] = upkeep
                     else:
                         result = measure(server, load)
-                    base_result = results["baseline"][name]
-                    result["ratio_to_baseline"] = round(result["rps"] / base_result["rps"], 3)
-                    result["cpu_ratio_to_baseline"] = round(
-                        result["cpu_us_per_call"]["server"]
-                        / base_result["cpu_us_per_call"]["server"],
-                        2,
-                    )
+                    against_baseline(result, results["baseline"][name])
                 if name in AGAINST_SPREAD and "spread" in results["scenarios"]:
                     result["ratio_to_spread"] = round(
                         result["rps"] / results["scenarios"]["spread"]["rps"], 3

@@ -375,39 +375,14 @@ def _answers(peer: Peer, target: str) -> str | None:
 
 # --- smoke ------------------------------------------------------------------------------
 
-
-def ghz(peer: Peer, target: str, data_file: Path, bench_dir: Path) -> dict[str, Any]:
-    """A 5 s ghz run of ``data_file`` against ``peer``: rps, p99, count, errors."""
-    report_path = bench_dir / "peers" / "ghz-report.json"
-    command = [
-        str(bench_dir / "bin" / "ghz"),
-        "--insecure",
-        f"--protoset={peer.protoset}",
-        f"--call={peer.call}",
-        f"--data-file={data_file}",
-        "--concurrency=100",
-        "--connections=4",
-        "--duration=5s",
-        "--duration-stop=wait",
-        "--format=json",
-        f"--output={report_path}",
-        target,
-    ]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    report = json.loads(report_path.read_text())
-    report_path.unlink()
-    p99 = next(p["latency"] for p in report["latencyDistribution"] if p["percentage"] == 99)
-    ok = report["statusCodeDistribution"].get("OK", 0)
-    return {
-        "rps": round(report["rps"]),
-        "p99_ms": round(p99 / 1e6, 2),
-        "count": report["count"],
-        "errors": report["count"] - ok,
-        "error_kinds": report["errorDistribution"],
-    }
+SMOKE_S = 5.0  # each smoke run's measured seconds
 
 
 def main() -> int:
+    """Build, then run each peer under both loads with the benchmark's own ghz run, and
+    check every answer was OK and every hot call counted."""
+    import bench  # the benchmark's ghz settings; it imports this module as ``peers``
+
     start = time.monotonic()
     build(BENCH_DIR)
     _log(f"build: {time.monotonic() - start:.1f} s")
@@ -419,14 +394,15 @@ def main() -> int:
             print(f"{peer.name} at {target}, pid {pid}, helpers {helpers}: {peer.call}")
             print(f"  one answer: {json.dumps(ask(peer, target, 'spread-00042'))}")
             results = {}
-            for load, data_file in loads[peer.name].items():
-                results[load] = ghz(peer, target, data_file, BENCH_DIR)
+            for load in loads[peer.name]:
+                results[load] = bench.ghz(target, load, SMOKE_S, peer=peer)
                 print(f"  {load}: {results[load]}")
                 failed |= results[load]["errors"] > 0
             # Every hot call was counted: what is left is the limit less those calls and this.
             counted = LIMIT - remaining(peer, ask(peer, target, hot)) - 1
-            print(f"  hot seller: {counted} calls counted, ghz made {results['hot']['count']}")
-            failed |= counted != results["hot"]["count"]
+            made = results["hot"]["requests"]
+            print(f"  hot seller: {counted} calls counted, ghz made {made}")
+            failed |= counted != made
     return 1 if failed else 0
 
 
