@@ -10,7 +10,9 @@
 #   scripts/citus.sh createdb NAME  a fresh database NAME on every node, with the extension
 #                                   and the workers registered; prints its URL
 #   scripts/citus.sh dropdb NAME    drop NAME on every node
-#   scripts/citus.sh url [NAME]     the URL of database NAME (default quota_authority)
+#   scripts/citus.sh url [NAME [N]] the URL of database NAME (default quota_authority) on
+#                                   node N (default the coordinator)
+#   scripts/citus.sh port N         the port of node N
 #   scripts/citus.sh node-ctl N ARGS...   pg_ctl ARGS on node N (coordinator, worker1, worker2)
 #
 # Users run Citus from Citus' own packages or images; this builds it only for this project's
@@ -82,7 +84,7 @@ psql_on() {  # psql_on NODE DB SQL
         -U "$OWNER" -d "$2" -tAc "$3"
 }
 
-url() { echo "postgresql://$OWNER@127.0.0.1:$PORT/${1:-$DEFAULT_DB}"; }
+url() { echo "postgresql://$OWNER@127.0.0.1:$(port_of "${2:-coordinator}")/${1:-$DEFAULT_DB}"; }
 
 running() { as_owner "$PG_BIN/pg_ctl" -D "$STATE/$1" status >/dev/null 2>&1; }
 
@@ -156,8 +158,9 @@ case "${1:-}" in
     stop) stop ;;
     createdb) createdb "${2:?database name}" ;;
     dropdb) dropdb "${2:?database name}" ;;
-    url) url "${2:-}" ;;
+    url) url "${2:-}" "${3:-}" ;;
+    port) port_of "${2:?node}" ;;
     node-ctl) node="${2:?node}"; shift 2; port_of "$node" >/dev/null
               as_owner "$PG_BIN/pg_ctl" -D "$STATE/$node" -l "$STATE/$node/server.log" "$@" ;;
-    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac

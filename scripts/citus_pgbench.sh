@@ -17,8 +17,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS_EACH="${1:-15}"
 CITUS="$ROOT/scripts/citus.sh"
 PG_BIN=/usr/lib/postgresql/15/bin
-PORT="${CITUS_PORT:-9700}"
-WORKER1=$((PORT + 1))
 SELLERS=1000
 DISTRIBUTED=qa_pgbench_citus
 PLAIN=qa_pgbench_plain
@@ -26,17 +24,19 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 export PGOPTIONS="-c client_min_messages=warning"
 
-psql_at() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres "$@"; }
+psql_at() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }  # URL, then psql's options
 
 "$CITUS" start >/dev/null
 "$CITUS" dropdb "$DISTRIBUTED" >/dev/null 2>&1 || true
-psql_at -p "$PORT" -d postgres -c "DROP DATABASE IF EXISTS $PLAIN"
-url=$("$CITUS" createdb "$DISTRIBUTED")
-psql_at -p "$PORT" -d postgres -c "CREATE DATABASE $PLAIN"
-QUOTA_AUTHORITY_DATABASE_URL="$url" QUOTA_AUTHORITY_DISTRIBUTE=true \
+admin=$("$CITUS" url postgres)
+psql_at "$admin" -c "DROP DATABASE IF EXISTS $PLAIN"
+distributed=$("$CITUS" createdb "$DISTRIBUTED")
+psql_at "$admin" -c "CREATE DATABASE $PLAIN"
+plain=$("$CITUS" url "$PLAIN")
+distributed_on_worker1=$("$CITUS" url "$DISTRIBUTED" worker1)
+QUOTA_AUTHORITY_DATABASE_URL="$distributed" QUOTA_AUTHORITY_DISTRIBUTE=true \
     "$ROOT/.venv/bin/quota-authority" migrate >/dev/null 2>&1
-QUOTA_AUTHORITY_DATABASE_URL="postgresql://postgres@127.0.0.1:$PORT/$PLAIN" \
-    "$ROOT/.venv/bin/quota-authority" migrate >/dev/null 2>&1
+QUOTA_AUTHORITY_DATABASE_URL="$plain" "$ROOT/.venv/bin/quota-authority" migrate >/dev/null 2>&1
 
 # Sellers s1..s1000, each with its current week (UTC, no limit) and no starter pack.
 cat >"$WORK/seed.sql" <<SQL
@@ -47,8 +47,8 @@ SELECT 's' || g, date_trunc('week', now()), date_trunc('week', now()) + interval
        'UTC', 'tier', 0, 0
   FROM generate_series(1, $SELLERS) g;
 SQL
-psql_at -p "$PORT" -d "$DISTRIBUTED" -f "$WORK/seed.sql"
-psql_at -p "$PORT" -d "$PLAIN" -f "$WORK/seed.sql"
+psql_at "$distributed" -f "$WORK/seed.sql"
+psql_at "$plain" -f "$WORK/seed.sql"
 
 # transaction SELLER_EXPR COUNT: the pgbench script for one new creator's invite.
 transaction() {
@@ -70,25 +70,29 @@ SQL
 }
 transaction "'s' || :s" "$SELLERS" >"$WORK/any.sql"
 grep -v propagate_set_commands "$WORK/any.sql" >"$WORK/plain.sql"
-worker1_sellers=$(psql_at -p "$PORT" -d "$DISTRIBUTED" -At -c "
+worker1_sellers=$(psql_at "$distributed" -At -c "
     SELECT string_agg(quote_literal(s), ',')
       FROM (SELECT 's' || g AS s FROM generate_series(1, $SELLERS) g) AS x
       JOIN citus_shards AS c
         ON c.shardid = get_shard_id_for_distribution_column('sellers', x.s)
-       AND c.table_name = 'sellers'::regclass AND c.nodeport = $WORKER1")
+       AND c.table_name = 'sellers'::regclass AND c.nodeport = $("$CITUS" port worker1)")
 transaction "(ARRAY[$worker1_sellers])[:s]" "$(tr ',' '\n' <<<"$worker1_sellers" | wc -l)" \
     >"$WORK/worker1.sql"
 
-run() {  # LABEL PORT DATABASE SCRIPT
-    tps=$("$PG_BIN/pgbench" -n -h 127.0.0.1 -U postgres -p "$2" -c 8 -j 2 -M prepared \
-        -T "$SECONDS_EACH" -f "$4" "$3" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
-    printf '%-58s %8.0f transactions/s\n' "$1" "${tps:-0}"
+run() {  # LABEL URL SCRIPT; a run with any failed transaction stops the script
+    local out tps
+    out=$("$PG_BIN/pgbench" -n -c 8 -j 2 -M prepared -T "$SECONDS_EACH" -f "$3" "$2" 2>&1) || true
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+    if [ -z "$tps" ] || ! grep -q '^number of failed transactions: 0 ' <<<"$out"; then
+        echo "citus_pgbench: $1: pgbench failed:" >&2; echo "$out" >&2; exit 1
+    fi
+    printf '%-58s %8.0f transactions/s\n' "$1" "$tps"
 }
-run "plain PostgreSQL (the same functions, no Citus)" "$PORT" "$PLAIN" "$WORK/plain.sql"
-run "a worker directly, sellers it holds" "$WORKER1" "$DISTRIBUTED" "$WORK/worker1.sql"
-run "the coordinator, sellers of one worker" "$PORT" "$DISTRIBUTED" "$WORK/worker1.sql"
-run "the coordinator, sellers of both workers" "$PORT" "$DISTRIBUTED" "$WORK/any.sql"
-run "a worker directly, sellers of both workers" "$WORKER1" "$DISTRIBUTED" "$WORK/any.sql"
+run "plain PostgreSQL (the same functions, no Citus)" "$plain" "$WORK/plain.sql"
+run "a worker directly, sellers it holds" "$distributed_on_worker1" "$WORK/worker1.sql"
+run "the coordinator, sellers of one worker" "$distributed" "$WORK/worker1.sql"
+run "the coordinator, sellers of both workers" "$distributed" "$WORK/any.sql"
+run "a worker directly, sellers of both workers" "$distributed_on_worker1" "$WORK/any.sql"
 
 "$CITUS" dropdb "$DISTRIBUTED" >/dev/null
-psql_at -p "$PORT" -d postgres -c "DROP DATABASE $PLAIN"
+psql_at "$admin" -c "DROP DATABASE $PLAIN"
