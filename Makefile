@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 PROTO := protos/quota_authority/v1/quota_authority.proto
 GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
+DEV_LOCK := requirements/dev.lock
+SERVICE_LOCK := requirements/service.lock
 
-.PHONY: run test lint proto proto-lint install clean bench bench-peers reliability clients interop docs \
+.PHONY: run test lint proto proto-lint install lock clean bench bench-peers reliability clients interop docs \
 	citus citus-stop test-citus
 
 run: $(GENERATED)
@@ -104,11 +106,34 @@ docs: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every install comes from the lock files (requirements/), each package pinned with its hashes,
+# so a fresh machine next month runs what was tested. The project itself goes in last, built
+# with the locked setuptools and nothing fetched beside it (--no-deps --no-build-isolation).
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# The one target that refreshes the lock files from pyproject.toml's ranges (and
+# requirements/build.in): the development set, then the service's own, held to the same versions.
+# A package already locked keeps its version; `make lock UPGRADE=1` moves each to its newest.
+# uv, pinned, installs itself into .tools. Commit the lock files with what changed.
+UV := .tools/uv/bin/uv
+UV_VERSION := 0.13.10
+LOCK_FLAGS := --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock'
+
+lock: $(UV)
+	$(UV) pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) --extra dev \
+		pyproject.toml requirements/build.in -o $(DEV_LOCK)
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml requirements/build.in -c $(DEV_LOCK) \
+		-o $(SERVICE_LOCK)
+
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
 # The one target that generates code: Python messages, gRPC stubs and their type stubs.
 proto: $(STAMP)

@@ -1,0 +1,142 @@
+"""Installs are reproducible: the lock files pin every package the service and its development
+need, each with its hashes and within the ranges pyproject.toml allows; the service's lock holds
+the same versions as the development lock and nothing only development needs; and the
+environment these tests run in was installed from the lock (`make install`), not resolved anew.
+No network: what `make lock` would resolve is not asked, only what the files promise."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV_LOCK = ROOT / "requirements" / "dev.lock"
+SERVICE_LOCK = ROOT / "requirements" / "service.lock"
+BUILD_INPUT = ROOT / "requirements" / "build.in"
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    marker: Marker | None
+    hashes: tuple[str, ...]
+
+    def applies_here(self) -> bool:
+        return self.marker is None or self.marker.evaluate()
+
+
+def read_lock(path: Path) -> dict[str, Pin]:
+    """The pins of a lock file as `uv pip compile --generate-hashes` writes them: a
+    ``name==version [; marker] \\`` line, then its ``--hash=`` lines."""
+    pins: dict[str, Pin] = {}
+    statement = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].rstrip() if not raw.lstrip().startswith("--hash") else raw
+        if not line.strip():
+            continue
+        statement += " " + line.rstrip("\\").strip()
+        if line.endswith("\\"):
+            continue
+        requirement_text, *hash_options = statement.split(" --hash=")
+        requirement = Requirement(requirement_text.strip())
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", f"{path.name}: {requirement} is not pinned exactly"
+        name = canonicalize_name(requirement.name)
+        pins[name] = Pin(
+            name, specifier.version, requirement.marker, tuple(h.strip() for h in hash_options)
+        )
+        statement = ""
+    assert not statement.strip(), f"{path.name} ends inside a statement"
+    return pins
+
+
+def declared(extra: str | None) -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    listed = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    return [Requirement(text) for text in listed]
+
+
+def build_requirements() -> list[Requirement]:
+    lines = BUILD_INPUT.read_text(encoding="utf-8").splitlines()
+    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def brought_by_extras(requirement: Requirement) -> list[Requirement]:
+    """What the extras named in ``requirement`` add to the package's own requirements, as the
+    installed package's metadata declares them."""
+    brought = []
+    for text in metadata.requires(requirement.name) or []:
+        dependency = Requirement(text)
+        if dependency.marker is None:
+            continue
+        if any(dependency.marker.evaluate({"extra": extra}) for extra in requirement.extras):
+            brought.append(dependency)
+    return brought
+
+
+DEV = read_lock(DEV_LOCK)
+SERVICE = read_lock(SERVICE_LOCK)
+
+
+@pytest.mark.parametrize("lock", [DEV, SERVICE], ids=["dev.lock", "service.lock"])
+def test_every_pin_carries_hashes(lock: dict[str, Pin]) -> None:
+    unhashed = [pin.name for pin in lock.values() if not pin.hashes]
+    assert not unhashed
+    for pin in lock.values():
+        assert all(h.startswith("sha256:") for h in pin.hashes), pin
+
+
+@pytest.mark.parametrize(
+    ("lock", "requirements"),
+    [
+        (DEV, declared(None) + declared("dev") + build_requirements()),
+        (SERVICE, declared(None) + build_requirements()),
+    ],
+    ids=["dev.lock", "service.lock"],
+)
+def test_every_declared_requirement_is_pinned_within_its_range(
+    lock: dict[str, Pin], requirements: list[Requirement]
+) -> None:
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{requirement} is not locked: run `make lock`"
+        version = lock[name].version
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{name}=={version} is outside {requirement}: run `make lock`"
+        )
+        for brought in brought_by_extras(requirement):  # sqlalchemy[asyncio]: greenlet
+            assert canonicalize_name(brought.name) in lock, f"{brought} ({requirement})"
+
+
+def test_the_service_runs_the_versions_development_tests() -> None:
+    differing = {
+        name: (pin.version, DEV[name].version)
+        for name, pin in SERVICE.items()
+        if name not in DEV or DEV[name].version != pin.version
+    }
+    assert not differing
+
+
+def test_the_service_lock_holds_nothing_only_development_needs() -> None:
+    for requirement in declared("dev"):
+        assert canonicalize_name(requirement.name) not in SERVICE, requirement
+
+
+def test_this_environment_was_installed_from_the_lock() -> None:
+    """`make install` installs the lock; a resolver's newer choice would show here."""
+    differing = {}
+    for pin in DEV.values():
+        if not pin.applies_here():
+            continue
+        installed = metadata.version(pin.name)
+        if installed != pin.version:
+            differing[pin.name] = (installed, pin.version)
+    assert not differing, f"installed vs locked: {differing}; run `make install`"
