@@ -73,7 +73,7 @@ lint: $(GENERATED) proto-lint go-client-check
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py \
-		scripts/interop.py scripts/api_reference.py scripts/peers.py
+		scripts/interop.py scripts/api_reference.py scripts/peers.py scripts/readme_output.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against
 # the proto callers may have generated clients from (scripts/buf_breaking.sh says which).
@@ -96,9 +96,10 @@ $(BUF):
 
 clients: go-client ts-client
 
-# Both clients' interop tests against a freshly started server on a fresh embedded database.
+# Both clients' interop tests against a freshly started server on a fresh embedded database,
+# and their READMEs' printed output against what that server answers.
 interop: $(GENERATED) clients
-	$(BIN)/python scripts/interop.py go-interop ts-interop
+	$(BIN)/python scripts/interop.py go-interop ts-interop go-readme ts-readme
 
 # The API reference, generated from the proto's comments; tests/test_docs.py checks it.
 docs: $(STAMP)

@@ -8,6 +8,8 @@
 #                          generates (part of make lint, so CI)
 #   make go-interop        go vet and go test in clients/go; the interop test needs a server
 #                          at QUOTA_AUTHORITY_TARGET, so run it through `make interop`
+#   make go-readme         the README's example output and its snippet's line against a real
+#                          run at QUOTA_AUTHORITY_TARGET (scripts/readme_output.py; make interop)
 #
 # The protoc plugins are installed with `go install`, pinned, into .tools/bin; buf is the
 # root Makefile's $(BUF).
@@ -17,7 +19,7 @@ GO_CLIENT_GENERATED := clients/go/gen/quota_authority/v1/quota_authority_grpc.pb
 GO_CLIENT_PLUGINS := .tools/bin/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
 	.tools/bin/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
 
-.PHONY: go-client go-client-check go-interop
+.PHONY: go-client go-client-check go-interop go-readme
 
 go-client: $(GO_CLIENT_GENERATED)
 
@@ -56,3 +58,11 @@ go-client-check: $(BUF) $(GO_CLIENT_PLUGINS)
 
 go-interop: go-client
 	cd clients/go && go vet ./... && go test -count=1 ./...
+
+# Built first, so what the go command prints while building is not taken for their output.
+go-readme: go-client $(STAMP)
+	cd clients/go && go build -o $(CURDIR)/.tools/bin/go-example ./cmd/example
+	$(BIN)/python scripts/readme_output.py clients/go/README.md example -- .tools/bin/go-example
+	$(BIN)/python scripts/readme_output.py clients/go/README.md snippet --cwd clients/go \
+		--snippet go:.readme/main.go -- sh -c \
+		'go build -o $(CURDIR)/.tools/bin/go-readme-snippet ./.readme && $(CURDIR)/.tools/bin/go-readme-snippet'

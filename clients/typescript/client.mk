@@ -4,6 +4,8 @@
 #                     changes), tsc into clients/typescript/dist
 #   make ts-interop   its tests, with the interop scenario against QUOTA_AUTHORITY_TARGET
 #                     (make interop starts a server and sets it)
+#   make ts-readme    the README's example output against a real run at QUOTA_AUTHORITY_TARGET
+#                     (scripts/readme_output.py; make interop runs it)
 #   make ts-clean     removes node_modules, src/gen and dist
 TS_DIR := clients/typescript
 TS_INSTALLED := $(TS_DIR)/node_modules/.installed
@@ -12,12 +14,15 @@ TS_BUILT := $(TS_DIR)/dist/index.js
 TS_PROTOS := $(wildcard protos/quota_authority/v1/*.proto) $(wildcard $(TS_DIR)/proto/google/rpc/*.proto)
 TS_SOURCES := $(filter-out $(TS_DIR)/src/gen/%,$(wildcard $(TS_DIR)/src/*.ts $(TS_DIR)/src/*/*.ts))
 
-.PHONY: ts-client ts-interop ts-clean
+.PHONY: ts-client ts-interop ts-readme ts-clean
 
 ts-client: $(TS_BUILT)
 
 ts-interop: ts-client
 	cd $(TS_DIR) && npm test --silent
+
+ts-readme: ts-client $(STAMP)
+	$(BIN)/python scripts/readme_output.py $(TS_DIR)/README.md example -- node $(TS_DIR)/dist/example.js
 
 ts-clean:
 	rm -rf $(TS_DIR)/node_modules $(TS_DIR)/src/gen $(TS_DIR)/dist
