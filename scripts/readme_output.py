@@ -92,15 +92,15 @@ def main(argv: list[str]) -> int:
     shown = comparable("\n".join(lines[start:end]), DEFAULT_TARGET)
     real = comparable(printed, target)
     if shown == real:
-        print(f"readme_output: {args.readme} shows what {' '.join(args.command)} prints")
+        print(f"readme_output: {args.readme}'s {args.name!r} block is what a real run prints")
         return 0
     sys.stdout.writelines(
         line + "\n"
         for line in difflib.unified_diff(shown, real, str(args.readme), "real run", lineterm="")
     )
     print(
-        f"readme_output: {args.readme} (lines {start + 1}-{end}) shows output the server no "
-        "longer gives; check the change, then rerun with --write",
+        f"readme_output: {args.readme}'s {args.name!r} block (lines {start + 1}-{end}) shows "
+        "output the server no longer gives; check the change, then rerun with --write",
         file=sys.stderr,
     )
     return 1
