@@ -8,7 +8,7 @@ GENERATED := src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint proto proto-lint install clean bench bench-peers reliability clients interop docs \
-	citus citus-stop test-citus
+	citus citus-stop test-citus chart
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
@@ -97,6 +97,22 @@ clients: go-client ts-client
 # Both clients' interop tests against a freshly started server on a fresh embedded database.
 interop: $(GENERATED) clients
 	$(BIN)/python scripts/interop.py go-interop ts-interop
+
+# The Helm chart's checks (tests/test_chart.py, marker chart, which make test leaves out):
+# helm lint --strict and helm template over deploy/helm/quota-authority/ci/*.yaml, each
+# rendered object checked against the Kubernetes schemas kubernetes-validate bundles, and
+# what the objects promise. No cluster. helm comes from the Go module proxy, pinned, into
+# .tools/bin (about three minutes to build once).
+HELM := .tools/bin/helm
+HELM_VERSION := v3.21.4
+
+chart: $(GENERATED) $(HELM)
+	$(BIN)/pytest -m chart tests/test_chart.py
+
+$(HELM):
+	GOBIN=$(CURDIR)/.tools/bin go install \
+		-ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
+		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 # The API reference, generated from the proto's comments; tests/test_docs.py checks it.
 docs: $(STAMP)
