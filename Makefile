@@ -105,13 +105,18 @@ interop: $(GENERATED) clients
 # .tools/bin (about three minutes to build once).
 HELM := .tools/bin/helm
 HELM_VERSION := v3.21.4
+# Stamped in as helm's own release build does: its version, and the Kubernetes it assumes
+# without --kube-version, that of its client-go (v0.36): 1.20 otherwise, which the chart's
+# kubeVersion refuses. The checks pass --kube-version themselves.
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,lint/rules chartutil,-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMajor=1 \
+		-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMinor=36)
 
 chart: $(GENERATED) $(HELM)
 	$(BIN)/pytest -m chart tests/test_chart.py
 
 $(HELM):
-	GOBIN=$(CURDIR)/.tools/bin go install \
-		-ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" \
+	GOBIN=$(CURDIR)/.tools/bin go install -ldflags "$(HELM_LDFLAGS)" \
 		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 # The API reference, generated from the proto's comments; tests/test_docs.py checks it.

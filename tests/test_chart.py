@@ -333,11 +333,32 @@ def mounted_file(workload: dict[str, Any], path: str) -> tuple[dict[str, Any], s
     return volume, item["key"]
 
 
+def database_secret(workload: dict[str, Any]) -> dict[str, str]:
+    reference: dict[str, str] = env(workload)["QUOTA_AUTHORITY_DATABASE_URL"]["valueFrom"][
+        "secretKeyRef"
+    ]
+    return reference
+
+
 def test_the_database_url_comes_from_its_secret_for_the_server_and_the_migration() -> None:
-    for workload in workloads(render(SECURED)):
-        assert env(workload)["QUOTA_AUTHORITY_DATABASE_URL"]["valueFrom"] == {
-            "secretKeyRef": {"name": "quota-authority-database", "key": "dsn"}
-        }
+    objects = render(REQUIRED)
+
+    expected = {"name": "quota-authority-database", "key": "url"}
+    assert database_secret(the(objects, "Deployment")) == expected
+    assert database_secret(the(objects, "Job")) == expected
+
+
+def test_the_migration_may_connect_as_the_owner_and_the_server_as_a_runtime_role() -> None:
+    objects = render(SECURED)
+
+    assert database_secret(the(objects, "Deployment")) == {
+        "name": "quota-authority-database",
+        "key": "dsn",
+    }
+    assert database_secret(the(objects, "Job")) == {
+        "name": "quota-authority-database-owner",
+        "key": "url",
+    }
 
 
 def test_callers_and_tls_files_are_mounted_from_their_secrets() -> None:

@@ -108,14 +108,17 @@ QUOTA_AUTHORITY_DRAIN_DELAY_S: shutdown.drainDelaySeconds
 QUOTA_AUTHORITY_SHUTDOWN_GRACE_S: shutdown.graceSeconds
 {{- end }}
 
-{{/* The database URL and the env map: what both the server and the migration Job get. */}}
+{{/*
+A database URL and the env map: what both the server and the migration Job get. .database
+is the Secret to read the URL from (existingSecret, key).
+*/}}
 {{- define "quota-authority.commonEnv" -}}
 - name: QUOTA_AUTHORITY_DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.database.existingSecret }}
-      key: {{ .Values.database.key }}
-{{- range $name, $value := .Values.env }}
+      name: {{ .database.existingSecret }}
+      key: {{ .database.key }}
+{{- range $name, $value := .root.Values.env }}
 {{- if not (kindIs "invalid" $value) }}
 - name: {{ $name }}
   {{- /* toJson writes 1048576 as such, where Helm's float64 prints 1.048576e+06 */}}
@@ -126,7 +129,7 @@ QUOTA_AUTHORITY_SHUTDOWN_GRACE_S: shutdown.graceSeconds
 
 {{/* The server's environment: the common part, then what its mounts and values set. */}}
 {{- define "quota-authority.serverEnv" -}}
-{{ include "quota-authority.commonEnv" . }}
+{{ include "quota-authority.commonEnv" (dict "root" . "database" .Values.database) }}
 - name: QUOTA_AUTHORITY_LISTEN
   value: "0.0.0.0:{{ .Values.grpcPort }}"
 - name: QUOTA_AUTHORITY_DRAIN_DELAY_S
