@@ -115,7 +115,8 @@ def _helm(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def _values_args(files: tuple[Path, ...], values: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """helm's options for ``files``, then ``values`` as one more values file's text."""
+    """What a rendering is cached by: the paths of ``files``, then ``values`` as the text of
+    one more values file, which helm reads last."""
     text = yaml.safe_dump(dict(values), sort_keys=True) if values else ""
     return (*(str(file) for file in files), text)
 

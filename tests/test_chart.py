@@ -45,6 +45,7 @@ REQUIRED = CHART / "ci" / "required-values.yaml"
 SECURED = CHART / "ci" / "secured-values.yaml"
 FULLNAME = "qa-quota-authority"
 POLICY = "[starter_pack]\nsize = 500\n"
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
 
 
 def values_id(path: Path) -> str:
@@ -111,19 +112,18 @@ def test_every_object_has_the_recommended_labels(values: Path) -> None:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "quota-authority"
         assert labels["app.kubernetes.io/instance"] == "qa"
-        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["app.kubernetes.io/version"] == APP_VERSION
         assert labels["app.kubernetes.io/component"] in ("server", "migration")
         assert labels["app.kubernetes.io/part-of"] == "quota-authority"
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
 
 
 def test_the_image_is_the_repository_at_the_app_version_which_is_the_package_version() -> None:
-    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
     package = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
-    assert app_version == package["project"]["version"]
+    assert package["project"]["version"] == APP_VERSION
     for workload in workloads(render(REQUIRED)):
-        assert container(workload)["image"] == f"quota-authority:{app_version}"
+        assert container(workload)["image"] == f"quota-authority:{APP_VERSION}"
     tagged = render(REQUIRED, values={"image": {"repository": "registry.example/qa", "tag": "7"}})
     for workload in workloads(tagged):
         assert container(workload)["image"] == "registry.example/qa:7"
@@ -194,6 +194,12 @@ def seconds(variables_: dict[str, dict[str, Any]], name: str) -> float:
     return float(variables_[name]["value"])
 
 
+def pre_stop_sleep(deployment: dict[str, Any]) -> int:
+    """Seconds the preStop hook sleeps; 0 without one."""
+    pre_stop = container(deployment).get("lifecycle", {}).get("preStop")
+    return int(pre_stop["sleep"]["seconds"]) if pre_stop else 0
+
+
 @pytest.mark.parametrize(
     "shutdown",
     [
@@ -217,8 +223,7 @@ def test_termination_grace_covers_the_prestop_sleep_the_drain_and_the_grace(
     grace = seconds(variables_, "QUOTA_AUTHORITY_SHUTDOWN_GRACE_S")
     assert drain == shutdown.get("drainDelaySeconds", 6)
     assert grace == shutdown.get("graceSeconds", 10)
-    pre_stop = container(deployment).get("lifecycle", {}).get("preStop", {})
-    slept = pre_stop["sleep"]["seconds"] if pre_stop else 0
+    slept = pre_stop_sleep(deployment)
     assert slept == math.ceil(shutdown.get("preStopSleepSeconds", 0))
     termination = pod_spec(deployment)["terminationGracePeriodSeconds"]
     assert isinstance(termination, int)
@@ -237,9 +242,8 @@ def test_each_values_file_leaves_time_for_the_drain_and_the_grace(values: Path) 
     deployment = the(render(values), "Deployment")
 
     variables_ = env(deployment)
-    pre_stop = container(deployment).get("lifecycle", {}).get("preStop", {})
     needed = (
-        (pre_stop["sleep"]["seconds"] if pre_stop else 0)
+        pre_stop_sleep(deployment)
         + seconds(variables_, "QUOTA_AUTHORITY_DRAIN_DELAY_S")
         + seconds(variables_, "QUOTA_AUTHORITY_SHUTDOWN_GRACE_S")
     )
@@ -451,9 +455,13 @@ def test_an_env_value_that_is_no_scalar_is_refused() -> None:
 
 def test_the_rendered_settings_are_ones_the_server_accepts(tmp_path: Path) -> None:
     """The server's own check (settings.load_settings) passes on each container's
-    environment, with the Secrets' files in place: 0.0.0.0 with callers or without them."""
-    callers = '[[callers]]\nname = "invitation-service"\nroles = ["outreach"]\n'
-    callers += 'token = "a-token-of-at-least-16-characters"\n'
+    environment, with the mounted files in place: 0.0.0.0 with callers whose tokens travel
+    over TLS or an encrypting mesh, or without callers at all."""
+    contents = {
+        "QUOTA_AUTHORITY_CONFIG": POLICY,
+        "QUOTA_AUTHORITY_CALLERS_FILE": '[[callers]]\nname = "invitation-service"\n'
+        'roles = ["outreach"]\ntoken = "a-token-of-at-least-16-characters"\n',
+    }
     for values in VALUES_FILES:
         for workload in workloads(render(values, values={"policy": POLICY})):
             environ = {}
@@ -462,11 +470,16 @@ def test_the_rendered_settings_are_ones_the_server_accepts(tmp_path: Path) -> No
                 if value.startswith("/etc/quota-authority/"):
                     file = tmp_path / value.removeprefix("/")
                     file.parent.mkdir(parents=True, exist_ok=True)
-                    file.write_text(POLICY if name == "QUOTA_AUTHORITY_CONFIG" else callers)
+                    file.write_text(contents.get(name, ""), encoding="utf-8")
                     value = str(file)
                 environ[name] = value
+
             settings = load_settings(environ)
-            assert settings.database_url is not None
+
+            assert settings.database_url == "postgresql://quota@database/quota_authority"
+            if workload["kind"] == "Deployment":
+                assert settings.listen == "0.0.0.0:50051"
+                assert settings.policy.starter_pack_size == 500
 
 
 # --- Services, the migration, scaling, metrics --------------------------------------------------
