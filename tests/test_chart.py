@@ -208,23 +208,24 @@ def pre_stop_sleep(deployment: dict[str, Any]) -> int:
         {"drainDelaySeconds": 2.5, "graceSeconds": 10.2},
         {"preStopSleepSeconds": 1.5, "drainDelaySeconds": 30, "graceSeconds": 30},
         {"preStopSleepSeconds": 4, "marginSeconds": 0},
+        {"preStopSleepSeconds": "2", "drainDelaySeconds": "4", "graceSeconds": "8.5"},
     ],
-    ids=["defaults", "none", "fractions", "prestop-fraction", "no-margin"],
+    ids=["defaults", "none", "fractions", "prestop-fraction", "no-margin", "quoted"],
 )
 def test_termination_grace_covers_the_prestop_sleep_the_drain_and_the_grace(
-    shutdown: dict[str, float],
+    shutdown: dict[str, float | str],
 ) -> None:
-    margin = shutdown.get("marginSeconds", 5)
+    margin = float(shutdown.get("marginSeconds", 5))
 
     deployment = the(render(REQUIRED, values={"shutdown": shutdown}), "Deployment")
 
     variables_ = env(deployment)
     drain = seconds(variables_, "QUOTA_AUTHORITY_DRAIN_DELAY_S")
     grace = seconds(variables_, "QUOTA_AUTHORITY_SHUTDOWN_GRACE_S")
-    assert drain == shutdown.get("drainDelaySeconds", 6)
-    assert grace == shutdown.get("graceSeconds", 10)
+    assert drain == float(shutdown.get("drainDelaySeconds", 6))
+    assert grace == float(shutdown.get("graceSeconds", 10))
     slept = pre_stop_sleep(deployment)
-    assert slept == math.ceil(shutdown.get("preStopSleepSeconds", 0))
+    assert slept == math.ceil(float(shutdown.get("preStopSleepSeconds", 0)))
     termination = pod_spec(deployment)["terminationGracePeriodSeconds"]
     assert isinstance(termination, int)
     assert termination >= slept + drain + grace + margin

@@ -121,10 +121,17 @@ is the Secret to read the URL from (existingSecret, key).
 {{- range $name, $value := .root.Values.env }}
 {{- if not (kindIs "invalid" $value) }}
 - name: {{ $name }}
-  {{- /* toJson writes 1048576 as such, where Helm's float64 prints 1.048576e+06 */}}
-  value: {{ (kindIs "string" $value | ternary $value (toJson $value)) | quote }}
+  value: {{ include "quota-authority.setting" $value | quote }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+A value as a variable's text, as the server reads it: a string as it is, a number or a
+boolean by toJson, which writes 1048576 where Helm's float64 prints 1.048576e+06.
+*/}}
+{{- define "quota-authority.setting" -}}
+{{- kindIs "string" . | ternary . (toJson .) }}
 {{- end }}
 
 {{/* The server's environment: the common part, then what its mounts and values set. */}}
@@ -133,9 +140,9 @@ is the Secret to read the URL from (existingSecret, key).
 - name: QUOTA_AUTHORITY_LISTEN
   value: "0.0.0.0:{{ .Values.grpcPort }}"
 - name: QUOTA_AUTHORITY_DRAIN_DELAY_S
-  value: {{ toJson .Values.shutdown.drainDelaySeconds | quote }}
+  value: {{ include "quota-authority.setting" .Values.shutdown.drainDelaySeconds | quote }}
 - name: QUOTA_AUTHORITY_SHUTDOWN_GRACE_S
-  value: {{ toJson .Values.shutdown.graceSeconds | quote }}
+  value: {{ include "quota-authority.setting" .Values.shutdown.graceSeconds | quote }}
 {{- if .Values.policy }}
 - name: QUOTA_AUTHORITY_CONFIG
   value: {{ printf "%s/%s" (include "quota-authority.policyDir" .) (include "quota-authority.policyFile" .) | quote }}
