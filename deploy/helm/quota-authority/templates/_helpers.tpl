@@ -61,8 +61,8 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 
 {{/*
 The choices without a default, made once, and made consistently: rendering stops with a
-message naming the values to set. Checks only what the server cannot see (which Secrets
-exist, what the chart itself sets); the server validates every setting's value at start.
+message naming the values to set. Checks only what the chart decides (what to mount, which
+variables it sets itself); the server validates every setting's value at start.
 */}}
 {{- define "quota-authority.checkValues" -}}
 {{- if not .Values.database.existingSecret }}
