@@ -10,7 +10,7 @@ DEV_LOCK := requirements/dev.lock
 SERVICE_LOCK := requirements/service.lock
 
 .PHONY: run test lint proto proto-lint install lock clean bench bench-peers reliability clients interop docs \
-	citus citus-stop test-citus
+	citus citus-stop test-citus chart
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
@@ -100,6 +100,27 @@ clients: go-client ts-client
 # and their READMEs' printed output against what that server answers.
 interop: $(GENERATED) clients
 	$(BIN)/python scripts/interop.py go-interop ts-interop go-readme ts-readme
+
+# The Helm chart's checks (tests/test_chart.py, marker chart, which make test leaves out):
+# helm lint --strict and helm template over deploy/helm/quota-authority/ci/*.yaml, each
+# rendered object checked against the Kubernetes schemas kubernetes-validate bundles, and
+# what the objects promise. No cluster. helm comes from the Go module proxy, pinned, into
+# .tools/bin (about three minutes to build once).
+HELM := .tools/bin/helm
+HELM_VERSION := v3.21.4
+# Stamped in as helm's own release build does: its version, and the Kubernetes it assumes
+# without --kube-version, that of its client-go (v0.36): 1.20 otherwise, which the chart's
+# kubeVersion refuses. The checks pass --kube-version themselves.
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,lint/rules chartutil,-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMajor=1 \
+		-X helm.sh/helm/v3/pkg/$(pkg).k8sVersionMinor=36)
+
+chart: $(GENERATED) $(HELM)
+	$(BIN)/pytest -m chart tests/test_chart.py
+
+$(HELM):
+	GOBIN=$(CURDIR)/.tools/bin go install -ldflags "$(HELM_LDFLAGS)" \
+		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 # The API reference, generated from the proto's comments; tests/test_docs.py checks it.
 docs: $(STAMP)
