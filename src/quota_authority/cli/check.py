@@ -18,6 +18,7 @@ from .shared import (
     UsageError,
     add_command,
     add_request_id,
+    answer_of,
     client_failures,
     new_request_id,
     print_table,
@@ -77,7 +78,8 @@ def _check(args: argparse.Namespace) -> int:
             rows.append(("dry run", "yes: nothing was charged or recorded"))
         if request_id:
             rows.append(("request id", request_id))
-        print_table(rows)
+        with answer_of(request_id):
+            print_table(rows)
         return OK if reply.allowed else DENIED
 
     hint = "" if args.dry_run else retry_hint(request_id)

@@ -34,6 +34,7 @@ from .shared import (
     ExitStatus,
     add_command,
     add_request_id,
+    answer_of,
     client_failures,
     new_request_id,
     print_table,
@@ -226,14 +227,15 @@ def _check_batch(args: argparse.Namespace) -> int:
                 raise
             _print_item_violations(e, items)
             return ERROR
-        print_table(_result_rows(items, reply, args.dry_run))
-        print()
         summary = _summary_rows(reply, args.all_or_nothing, args.dry_run)
         if args.dry_run:
             summary.append(("dry run", "yes: nothing was charged or recorded"))
         if request_id:
             summary.append(("request id", request_id))
-        print_table(summary)
+        with answer_of(request_id):
+            print_table(_result_rows(items, reply, args.dry_run))
+            print()
+            print_table(summary)
         return OK if all(r.allowed for r in reply.results) else DENIED
 
     hint = "" if args.dry_run else retry_hint(request_id)

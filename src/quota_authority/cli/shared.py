@@ -41,6 +41,7 @@ __all__ = [
     "INT64_MAX",
     "INTERRUPTED",
     "OK",
+    "OUTPUT_CLOSED",
     "PAIR",
     "SELLER",
     "USAGE",
@@ -50,6 +51,7 @@ __all__ = [
     "add_change_command",
     "add_command",
     "add_request_id",
+    "answer_of",
     "client_failures",
     "in_utc",
     "instant",
@@ -73,6 +75,10 @@ R = TypeVar("R", bound="_Replayable")
 # --- exit statuses -----------------------------------------------------------------------
 
 OK, ERROR, USAGE, DENIED, INTERRUPTED = 0, 1, 2, 3, 130
+# stdout's reader went away before the output was all written (a pipe into head that has
+# its lines): 128 + SIGPIPE, what a shell reports for a Unix tool that the pipe ended. Any
+# command may end so; ``quota_authority.cli.main`` ends it.
+OUTPUT_CLOSED = 128 + signal.SIGPIPE
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,28 @@ def add_change_command(
     return parser
 
 
+@contextmanager
+def answer_of(request_id: str) -> Iterator[None]:
+    """Around the printing of the answer to a call made with ``request_id`` (empty for a
+    dry run, which has none): when stdout's reader has gone before the answer was all
+    written (EPIPE), stderr gets the command that shows the answer again, replayed and
+    never a second change, since the request id printed last may never have been read;
+    then the error goes on to ``main``, which ends the command quietly. stdout is flushed
+    inside, so that a buffered answer meets its EPIPE here."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if request_id:
+            print(
+                "output closed before the answer was all written: run the command again "
+                f"with --request-id {request_id} to see the answer again (replayed, never a "
+                "second change)",
+                file=sys.stderr,
+            )
+        raise
+
+
 def run_mutation(
     args: argparse.Namespace,
     send: Callable[[QuotaClient, str], Awaitable[R]],
@@ -370,7 +398,10 @@ def run_mutation(
 
     async def change(client: QuotaClient) -> int:
         reply = await send(client, request_id)
-        print_table([*rows(reply), ("replayed", yes(reply.replayed)), ("request id", request_id)])
+        with answer_of(request_id):
+            print_table(
+                [*rows(reply), ("replayed", yes(reply.replayed)), ("request id", request_id)]
+            )
         return OK
 
     return with_client(args, change, unknown_outcome=retry_hint(request_id))
