@@ -17,7 +17,7 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 
@@ -33,10 +33,13 @@ from .shared import (
     Commands,
     ExitStatus,
     add_command,
+    add_json_option,
     add_request_id,
     answer_of,
     client_failures,
+    message_json,
     new_request_id,
+    print_json,
     print_table,
     reason_words,
     retry_hint,
@@ -167,6 +170,30 @@ def _summary_rows(
     ]
 
 
+def _answer_json(
+    items: list[Item],
+    reply: pb.BatchCheckAndConsumeResponse,
+    mode: str,
+    dry_run: bool,
+    request_id: str,
+) -> dict[str, Any]:
+    """The answer as ``--json`` prints it: the reply, each result with its item's index,
+    line, creator and action first, then the mode, whether it was a dry run and the
+    request id."""
+    answer = message_json(reply)
+    answer["results"] = [
+        {
+            "item": n,
+            "line": item.line,
+            "creator_id": item.creator_id,
+            "action": item.action,
+            **result,
+        }
+        for n, (item, result) in enumerate(zip(items, answer["results"], strict=True))
+    ]
+    return {**answer, "mode": mode, "dry_run": dry_run, "request_id": request_id or None}
+
+
 def _print_item_violations(error: grpc.aio.AioRpcError, items: list[Item]) -> None:
     """``error``, an ``INVALID_ARGUMENT``, on stderr, its ``items[i].field`` violations as
     ``line N: field: description`` of the item's line."""
@@ -227,15 +254,18 @@ def _check_batch(args: argparse.Namespace) -> int:
                 raise
             _print_item_violations(e, items)
             return ERROR
-        summary = _summary_rows(reply, args.all_or_nothing, args.dry_run)
-        if args.dry_run:
-            summary.append(("dry run", "yes: nothing was charged or recorded"))
-        if request_id:
-            summary.append(("request id", request_id))
         with answer_of(request_id):
-            print_table(_result_rows(items, reply, args.dry_run))
-            print()
-            print_table(summary)
+            if args.json:
+                print_json(_answer_json(items, reply, mode, args.dry_run, request_id))
+            else:
+                summary = _summary_rows(reply, args.all_or_nothing, args.dry_run)
+                if args.dry_run:
+                    summary.append(("dry run", "yes: nothing was charged or recorded"))
+                if request_id:
+                    summary.append(("request id", request_id))
+                print_table(_result_rows(items, reply, args.dry_run))
+                print()
+                print_table(summary)
         return OK if all(r.allowed for r in reply.results) else DENIED
 
     hint = "" if args.dry_run else retry_hint(request_id)
@@ -272,3 +302,4 @@ def add_parser(commands: Commands) -> None:
         "the server's default maximum)",
     )
     add_request_id(command, charges=True)
+    add_json_option(command)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import textwrap
@@ -22,9 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..client import QuotaClient, field_violations
@@ -50,12 +53,15 @@ __all__ = [
     "UsageError",
     "add_change_command",
     "add_command",
+    "add_json_option",
     "add_request_id",
     "answer_of",
     "client_failures",
     "in_utc",
     "instant",
+    "message_json",
     "new_request_id",
+    "print_json",
     "print_rpc_error",
     "print_table",
     "reading_statuses",
@@ -438,6 +444,57 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--json`` option of a command that prints tables."""
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+
+
+def print_json(value: Any) -> None:
+    """``value`` as ``--json`` prints it: one JSON object, indented, on stdout."""
+    print(json.dumps(value, indent=2))
+
+
+# A message's field descriptor, of protobuf's upb runtime or its pure-Python one.
+_Field: TypeAlias = Any
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A reply's message as ``--json`` prints it: every field by its proto name; 64-bit
+    integers as JSON numbers (not strings, as proto3's JSON mapping has them); enum values
+    by name (``REASON_NEW_CREATOR``); timestamps as ISO 8601 in UTC with ``Z``; an unset
+    optional field as null; nested messages alike."""
+    fields: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if _repeated(field):
+            fields[field.name] = [_field_json(field, item) for item in value]
+        elif field.has_presence and not message.HasField(field.name):
+            fields[field.name] = None
+        else:
+            fields[field.name] = _field_json(field, value)
+    return fields
+
+
+def _repeated(field: _Field) -> bool:
+    is_repeated = getattr(field, "is_repeated", None)  # protobuf 6.31 on; ``label`` before
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(getattr(field, "label", None) == FieldDescriptor.LABEL_REPEATED)
+
+
+def _field_json(field: _Field, value: Any) -> Any:
+    if field.message_type is not None:
+        if field.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
+            return when(value)
+        return message_json(value)
+    if field.enum_type is not None:
+        known = field.enum_type.values_by_number.get(value)
+        return value if known is None else known.name
+    return value
 
 
 def yes(value: bool) -> str:
