@@ -253,6 +253,29 @@ async def test_check_of_a_bad_creator_id_exits_1_with_the_field_violation(target
     assert "\n  creator_id: must be 1-64 characters" in err
 
 
+async def test_an_invalid_argument_is_printed_once_each_violation_on_its_line(target, capsys):
+    code = await run_cli("check", "bad seller", "bad creator", "--message", "--target", target)
+
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: INVALID_ARGUMENT: the request was refused; nothing was changed",
+        "  seller_id: must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+        "  creator_id: must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+    ]
+
+
+async def test_check_a_message_with_followers_is_a_usage_error_and_sends_nothing(
+    target, db, seller, capsys
+):
+    code = await run_cli(
+        "check", seller, "c-1", "--message", "--followers", "5", "--target", target
+    )
+
+    assert code == 2
+    assert "--followers is for --invite" in capsys.readouterr().err
+    assert (await ledger_counts(db, seller))["audits"] == 0
+
+
 async def test_block_prints_the_blocks_and_then_check_is_denied(target, seller, clock, capsys):
     blocked = await run_cli("block", seller, "c-1", "--by", "creator", "--target", target)
     blocks = table(capsys.readouterr().out)

@@ -71,6 +71,8 @@ def _decision_rows(
 def _check(args: argparse.Namespace) -> int:
     if args.action == "invite" and args.followers is None:
         raise UsageError("--invite needs --followers N")
+    if args.action == "message" and args.followers is not None:
+        raise UsageError("--followers is for --invite only: a message has no follower cap")
     request_id: str = args.request_id or ("" if args.dry_run else new_request_id())
 
     async def ask(client: QuotaClient) -> int:
@@ -114,7 +116,7 @@ def add_parser(commands: Commands) -> None:
         "--followers",
         type=whole_number(0),
         metavar="N",
-        help="the creator's follower count (required with --invite)",
+        help="the creator's follower count (required with --invite, refused with --message)",
     )
     check.add_argument(
         "--dry-run", action="store_true", help="answer what would happen; change and record nothing"

@@ -2,12 +2,14 @@
 out now? (``BatchCheckAndConsume``, one call for the whole file; it charges unless
 ``--dry-run``.) A denial is an answer: exit 3, as ``check``.
 
-The file (``outreach_csv``) is read and checked whole before anything is sent: a bad row is
-reported on stderr as ``line N: reason`` and nothing is sent; so is a file of more items
-than one batch may hold (``--max-items``, the server's default maximum of 500). It is never
+The file (``outreach_csv``) is read and checked whole before anything is sent, ids as the
+server checks them, the seller id and ``--request-id`` too: a bad row is reported on stderr
+as ``line N: reason``, every problem in one pass, and nothing is sent; so is a file of more
+items than one batch may hold (``--max-items``, the server's default maximum of 500). It is never
 split into several batches: an all-or-nothing batch or a dry run split in two would not
 mean what it says (the second part would not see the first's effects, or would apply while
-the first did not). The server's ``items[i].field`` violations are reported by line too.
+the first did not). The server's ``items[i].field`` violations (a rule of a newer server
+this command does not know) are reported by line too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Literal
 import grpc
 
 from ..client import OutreachItem, QuotaClient, field_violations
+from ..formats import IDENTIFIER, IDENTIFIER_WORDS, REQUEST_ID, REQUEST_ID_WORDS, quoted
 from ..v1 import quota_authority_pb2 as pb
 from .outreach_csv import BadFile, Item, read_outreach
 from .shared import (
@@ -208,13 +211,27 @@ def _print_item_violations(error: grpc.aio.AioRpcError, items: list[Item]) -> No
             print(f"  {field}: {description}", file=sys.stderr)
 
 
+def _bad_arguments(args: argparse.Namespace) -> list[str]:
+    """What the server would refuse in the seller id and ``--request-id``, checked as it
+    checks them (``formats``), before anything is sent."""
+    problems = []
+    if not IDENTIFIER.fullmatch(args.seller_id):
+        problems.append(f"seller_id must be {IDENTIFIER_WORDS}, got {quoted(args.seller_id)}")
+    if args.request_id is not None and not REQUEST_ID.fullmatch(args.request_id):
+        problems.append(f"--request-id must be {REQUEST_ID_WORDS}, got {quoted(args.request_id)}")
+    return problems
+
+
 def _check_batch(args: argparse.Namespace) -> int:
     try:
         read = read_outreach(args.file)
     except BadFile as e:
         print(f"error: {e}", file=sys.stderr)
         return ERROR
-    refused = False
+    bad_arguments = _bad_arguments(args)
+    refused = bool(bad_arguments)
+    for problem in bad_arguments:
+        print(f"error: {problem}", file=sys.stderr)
     for bad in read.bad:
         print(f"line {bad.line}: {bad.reason}", file=sys.stderr)
         refused = True
@@ -231,8 +248,11 @@ def _check_batch(args: argparse.Namespace) -> int:
         )
         refused = True
     if refused:
-        if read.bad:
-            print(f"error: {len(read.bad)} bad rows: nothing was sent", file=sys.stderr)
+        bad_rows = f"{len(read.bad)} bad rows" if read.bad else ""
+        both = " and " if read.bad and bad_arguments else ""
+        if bad_rows or bad_arguments:
+            what = bad_rows + both + ("bad arguments" if bad_arguments else "")
+            print(f"error: {what}: nothing was sent", file=sys.stderr)
         return ERROR
     items = read.items
     request_id: str = args.request_id or ("" if args.dry_run else new_request_id())

@@ -45,6 +45,7 @@ from typing import Any, Generic, TextIO, TypeVar
 import grpc
 
 from ..client import QuotaClient, field_violations
+from ..formats import IDENTIFIER, IDENTIFIER_WORDS
 from .gmv_csv import BadHeader, BadRow, GmvCsv, Row
 from .shared import (
     ERROR,
@@ -72,8 +73,6 @@ ATTEMPTS = 5
 # Good rows a batch holds (the server's default maximum), and batches in flight at once.
 BATCH_ROWS = 1000
 CONCURRENCY = 4
-
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 _STATUSES = (
     ExitStatus(OK, "all rows", "every row was imported"),
@@ -442,8 +441,8 @@ class GmvImport:
 
 
 def _run_id(text: str) -> str:
-    if not _RUN_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError("must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    if not IDENTIFIER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be {IDENTIFIER_WORDS}")
     return text
 
 

@@ -4,8 +4,8 @@
 ``read_outreach`` reads the whole file (a batch is at most a few hundred items) and returns
 every good row as an ``Item`` and every bad one, with all its problems, as a ``BadRow``. A
 row's line is the physical line it starts on (the header is line 1), so reports speak of
-the lines an editor shows. Whether a creator id is well formed is the server's to say: its
-``items[i].creator_id`` violation is mapped back to the item's line. Nothing here sends
+the lines an editor shows. A creator id is checked as the server checks it
+(``formats.IDENTIFIER``), so that one pass finds every bad row. Nothing here sends
 anything.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
-from ..formats import quoted
+from ..formats import IDENTIFIER, IDENTIFIER_WORDS, quoted
 from .shared import INT64_MAX
 
 __all__ = ["HEADER", "BadFile", "BadRow", "Item", "OutreachFile", "read_outreach"]
@@ -67,6 +67,8 @@ def parse_row(line: int, cells: list[str]) -> Item | BadRow:
     problems = []
     if not creator_id:
         problems.append("creator_id is empty")
+    elif not IDENTIFIER.fullmatch(creator_id):
+        problems.append(f"creator_id must be {IDENTIFIER_WORDS}, got {quoted(creator_id)}")
     action = _ACTIONS.get(action_text.lower())
     if action is None:
         problems.append(f"action must be invite or message, got {quoted(action_text)}")

@@ -314,9 +314,15 @@ _UNKNOWN_OUTCOME = {
 
 
 def print_rpc_error(error: grpc.aio.AioRpcError) -> None:
-    """``error: CODE: details`` on stderr, then one line per field violation."""
-    print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-    for field, description in field_violations(error):
+    """``error: CODE: details`` on stderr, then one line per field violation. The server's
+    details of an ``INVALID_ARGUMENT`` are its violations again, on one line: they are
+    said once, a line each, after a line saying that the request was refused."""
+    violations = field_violations(error)
+    details = error.details()
+    if violations and details == "; ".join(f"{f}: {d}" for f, d in violations):
+        details = "the request was refused; nothing was changed"
+    print(f"error: {error.code().name}: {details}", file=sys.stderr)
+    for field, description in violations:
         print(f"  {field}: {description}", file=sys.stderr)
 
 
