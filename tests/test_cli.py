@@ -831,18 +831,52 @@ async def test_import_gmv_streams_the_file_batch_by_batch(target, db, seller, tm
     assert len(await daily_gmv(db, seller)) == 3
 
 
-async def test_import_gmv_of_many_rows_in_many_batches(target, db, seller, tmp_path, capsys):
+async def test_import_gmv_of_many_rows_in_many_batches_counts_them_as_its_progress_does(
+    target, db, seller, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(import_gmv, "PROGRESS_EVERY_ROWS", 1_000)
     csv_file = tmp_path / "gmv.csv"
     with csv_file.open("w") as f:
         f.write("seller_id,day,gmv_minor\n")
         for n in range(1_000):
             f.write(f"{seller}.{n % 50},{date(2025, 1, 1) + timedelta(days=n // 50)},{n}\n")
 
-    code = await run_cli("import-gmv", str(csv_file), "--batch-rows", "100", "--target", target)
+    code = await run_cli(
+        "import-gmv", str(csv_file), "--batch-rows", "100", "--concurrency", "1",
+        "--target", target,
+    )  # fmt: skip
 
-    assert code == 0, capsys.readouterr().err
-    assert table(capsys.readouterr().out)["rows imported"].startswith("1000 ")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "progress: 1,000 rows done (1,000 imported, 0 bad), " in err
+    assert table(out)["rows imported"] == "1,000 (0 replayed from an earlier run)"
     assert len(await daily_gmv(db, seller)) == 1_000
+
+
+async def test_import_gmv_of_larger_batches_than_the_server_takes_says_so_and_no_resume(
+    start_server, db, seller, tmp_path, capsys
+):
+    # A server whose QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS is 2: every batch of 3 is refused,
+    # so resuming with the same --batch-rows would fail alike.
+    _, small = await start_server(gmv_batch_max_rows=2)
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        *(f"{seller},2026-11-0{day},{day}" for day in range(1, 7)),
+    )
+
+    code = await run_cli(
+        "import-gmv", str(csv_file), "--batch-rows", "3", "--concurrency", "1",
+        "--run-id", f"r-{seller}", "--target", small,
+    )  # fmt: skip
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: stopped at line 2: the server refused a batch of 3 rows: " in err
+    assert "rows: must hold at most 2 rows; got 3" in err
+    assert "QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS" in err
+    assert "--batch-rows" in err and "--from-line" not in err
+    assert await daily_gmv(db, seller) == {}
 
 
 class CountingClient:
