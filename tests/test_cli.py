@@ -30,6 +30,7 @@ from support import (
     invite,
     ledger_counts,
     message,
+    seller_week_locked,
 )
 
 from quota_authority.cli import command_facts, gmv_csv, import_gmv, main
@@ -380,6 +381,78 @@ async def test_a_change_whose_outcome_is_unknown_prints_how_to_ask_again(command
     assert "run the command again with --request-id r-7" in err
 
 
+@pytest.mark.parametrize("option", ["--token-file", "--ca-file"])
+async def test_a_missing_token_or_ca_file_is_a_usage_error(option, target, tmp_path, capsys):
+    code = await run_cli("status", "s-1", option, str(tmp_path / "gone"), "--target", target)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"quota-authority status: error: cannot read {tmp_path / 'gone'}: No such file" in err
+
+
+async def test_no_server_at_the_target_names_the_address_and_what_to_check(capsys):
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens there
+
+    code = await run_cli("status", "s-1", "--target", nobody)
+
+    error, hint = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert error.startswith("error: UNAVAILABLE: ")
+    assert hint == (
+        f"no server answered at {nobody} (--target): check the address, and that a server "
+        "runs there (quota-authority serve)"
+    )
+
+
+async def test_an_import_with_no_server_at_the_target_names_the_address(
+    seller, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(import_gmv, "ATTEMPTS", 1)
+    nobody = f"127.0.0.1:{free_port()}"
+    csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", f"{seller},2026-11-01,1")
+
+    code = await run_cli("import-gmv", str(csv_file), "--target", nobody)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: stopped at line 2: UNAVAILABLE: " in err
+    assert err.endswith(f"no server answered at {nobody} (--target): check the address, and "
+                        "that a server runs there (quota-authority serve)\n")  # fmt: skip
+
+
+async def test_no_server_at_the_default_target_says_it_came_from_the_listen_setting(
+    capsys, monkeypatch
+):
+    nobody = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("QUOTA_AUTHORITY_LISTEN", nobody)
+
+    code = await run_cli("audit", "s-1")
+
+    assert code == 1
+    assert (
+        f"no server answered at {nobody} (QUOTA_AUTHORITY_LISTEN, as no --target was given): "
+        in capsys.readouterr().err
+    )
+
+
+async def test_a_servers_own_unavailable_gets_no_hint_about_the_address(
+    start_server, db, seller, clock, capsys
+):
+    # The server answers UNAVAILABLE itself: the seller's week is locked past its lock
+    # timeout. A server answered, so the address is not in question.
+    _, impatient = await start_server(lock_timeout_ms=100)
+    assert await run_cli("status", seller, "--target", impatient) == 0
+    capsys.readouterr()
+
+    async with seller_week_locked(db, seller):
+        code = await run_cli("check", seller, "c-1", "--message", "--target", impatient)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: UNAVAILABLE: ")
+    assert "no server answered" not in err
+
+
 def test_version_prints_the_packages_version():
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
 
@@ -527,12 +600,16 @@ async def test_import_gmv_with_a_bad_header_sends_nothing(target, db, seller, tm
     assert await daily_gmv(db, seller) == {}
 
 
-async def test_import_gmv_of_a_missing_file_is_a_clear_error(target, tmp_path, capsys):
+async def test_import_gmv_of_a_missing_file_is_a_usage_error(target, tmp_path, capsys):
     code = await run_cli("import-gmv", str(tmp_path / "nowhere.csv"), "--target", target)
 
     err = capsys.readouterr().err
-    assert code == 1
-    assert err == f"error: cannot read {tmp_path / 'nowhere.csv'}: No such file or directory\n"
+    assert code == 2
+    assert err.startswith("usage: quota-authority import-gmv ")
+    assert err.endswith(
+        f"quota-authority import-gmv: error: cannot read {tmp_path / 'nowhere.csv'}: "
+        "No such file or directory\n"
+    )
 
 
 async def test_an_import_whose_file_fails_midway_stops_with_one_line_and_says_where(

@@ -26,7 +26,7 @@ import grpc
 from ..client import OutreachItem, QuotaClient, field_violations
 from ..formats import IDENTIFIER, IDENTIFIER_WORDS, REQUEST_ID, REQUEST_ID_WORDS, quoted
 from ..v1 import quota_authority_pb2 as pb
-from .outreach_csv import BadFile, Item, read_outreach
+from .outreach_csv import BadFile, Item, UnreadableFile, read_outreach
 from .shared import (
     ASK_AGAIN,
     CHARGES,
@@ -35,6 +35,7 @@ from .shared import (
     OK,
     Commands,
     ExitStatus,
+    UsageError,
     add_command,
     add_json_option,
     add_request_id,
@@ -225,6 +226,8 @@ def _bad_arguments(args: argparse.Namespace) -> list[str]:
 def _check_batch(args: argparse.Namespace) -> int:
     try:
         read = read_outreach(args.file)
+    except UnreadableFile as e:
+        raise UsageError(str(e)) from None
     except BadFile as e:
         print(f"error: {e}", file=sys.stderr)
         return ERROR

@@ -58,8 +58,11 @@ from .shared import (
     OK,
     Commands,
     ExitStatus,
+    UsageError,
     add_command,
+    cannot_read,
     client_failures,
+    no_server_hint,
     print_table,
     whole_number,
     with_client,
@@ -177,6 +180,7 @@ class _Stop:
     line: int
     why: str
     resumable: bool = True
+    error: grpc.aio.AioRpcError | None = None  # the call's error, when one stopped it
 
 
 _ROW_FIELD = re.compile(r"rows\[(\d+)\]\.(.+)")
@@ -374,7 +378,7 @@ class GmvImport:
                     request_id=request_id,
                 )
             except grpc.aio.AioRpcError as e:
-                stop = _Stop(batch.first_line, f"{e.code().name}: {e.details()}")
+                stop = _Stop(batch.first_line, f"{e.code().name}: {e.details()}", error=e)
                 if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     refused = self._refused_rows(e, rows)
                     if refused:
@@ -410,6 +414,11 @@ class GmvImport:
                 why = f"the server refused a batch of {rows} rows: rows: {description}"
                 return _Stop(line, why, resumable=False)
         return None
+
+    @property
+    def stopped_by(self) -> grpc.aio.AioRpcError | None:
+        """The error of the call that stopped the import, if one did."""
+        return None if self._stop is None else self._stop.error
 
     def _refused_rows(self, error: grpc.aio.AioRpcError, rows: list[Row]) -> set[int]:
         """The indexes in ``rows`` of the rows ``error`` names (``rows[i].field``), each
@@ -533,8 +542,10 @@ def _import(args: argparse.Namespace) -> int:
     is sent."""
     try:
         source = GmvCsv.open(args.file)
-    except (OSError, BadHeader) as e:
-        print(f"error: {_reason(e)}", file=sys.stderr)
+    except OSError as e:
+        raise UsageError(cannot_read(e)) from None
+    except BadHeader as e:
+        print(f"error: {e}", file=sys.stderr)
         return ERROR
     with source:
         run_id = args.run_id or secrets.token_hex(8)
@@ -552,10 +563,7 @@ def _import(args: argparse.Namespace) -> int:
             job.finish()
             return f"interrupted; {job.resume_advice()}"
 
-        return with_client(args, job.run, attempts=ATTEMPTS, interrupted=interrupted)
-
-
-def _reason(error: OSError | BadHeader) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return f"cannot read {error.filename}: {error.strerror}"
-    return str(error)
+        code = with_client(args, job.run, attempts=ATTEMPTS, interrupted=interrupted)
+        if job.stopped_by is not None and (hint := no_server_hint(job.stopped_by, args)):
+            print(hint, file=sys.stderr)
+        return code

@@ -20,7 +20,15 @@ from typing import Literal, TextIO
 from ..formats import IDENTIFIER, IDENTIFIER_WORDS, quoted
 from .shared import INT64_MAX
 
-__all__ = ["HEADER", "BadFile", "BadRow", "Item", "OutreachFile", "read_outreach"]
+__all__ = [
+    "HEADER",
+    "BadFile",
+    "BadRow",
+    "Item",
+    "OutreachFile",
+    "UnreadableFile",
+    "read_outreach",
+]
 
 HEADER = ("creator_id", "action", "creator_follower_count")
 
@@ -31,6 +39,10 @@ _ACTIONS: dict[str, Literal["invite", "message"]] = {"invite": "invite", "messag
 class BadFile(ValueError):
     """The file cannot be read as a creators file at all: unreadable, empty, not CSV, or
     its first line is not the header."""
+
+
+class UnreadableFile(BadFile):
+    """The file cannot be read at all: missing, a directory, not permitted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +107,7 @@ def read_outreach(path: Path) -> OutreachFile:
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
             return _read(path, file)
     except OSError as e:
-        raise BadFile(f"cannot read {path}: {e.strerror or e}") from None
+        raise UnreadableFile(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _read(path: Path, file: TextIO) -> OutreachFile:

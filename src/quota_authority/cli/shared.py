@@ -29,6 +29,7 @@ import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_status import rpc_status
 
 from ..client import QuotaClient, field_violations
 from ..errors import ConfigError
@@ -56,11 +57,13 @@ __all__ = [
     "add_json_option",
     "add_request_id",
     "answer_of",
+    "cannot_read",
     "client_failures",
     "in_utc",
     "instant",
     "message_json",
     "new_request_id",
+    "no_server_hint",
     "print_json",
     "print_rpc_error",
     "print_table",
@@ -111,7 +114,12 @@ def client_failures(
     interrupted = "interrupted by Ctrl-C (SIGINT) or SIGTERM: calls in flight are cancelled"
     return (
         failed,
-        ExitStatus(USAGE, "usage", "usage error, or without --target a bad QUOTA_AUTHORITY_LISTEN"),
+        ExitStatus(
+            USAGE,
+            "usage",
+            "usage error (a file named on the command line that cannot be read too), or "
+            "without --target a bad QUOTA_AUTHORITY_LISTEN",
+        ),
         ExitStatus(
             INTERRUPTED,
             "interrupted",
@@ -212,8 +220,23 @@ class _Connection:
 
 def _connection(args: argparse.Namespace) -> _Connection:
     """The target and credentials the connection options name. The default target is
-    ``QUOTA_AUTHORITY_LISTEN``. Raises ``OSError`` for an unreadable file, ``ValueError``
-    for an empty token file, ``ConfigError`` for a bad setting."""
+    ``QUOTA_AUTHORITY_LISTEN``. Raises ``UsageError`` for a file that cannot be read,
+    ``ValueError`` for an empty token file, ``ConfigError`` for a bad setting."""
+    try:
+        return _read_connection(args)
+    except OSError as e:
+        raise UsageError(cannot_read(e)) from None
+
+
+def cannot_read(error: OSError) -> str:
+    """Why a file named on the command line cannot be read: ``cannot read PATH: reason``.
+    Such a file is a usage error (exit status 2), as argparse's own file arguments are."""
+    if error.strerror and error.filename is not None:
+        return f"cannot read {error.filename}: {error.strerror}"
+    return f"cannot read a file: {error}"
+
+
+def _read_connection(args: argparse.Namespace) -> _Connection:
     target: str = args.target or load_settings().listen
     token = None
     if args.token_file is not None:
@@ -276,7 +299,7 @@ def with_client(
     except ConfigError as e:
         print(f"{e.label}: {e}", file=sys.stderr)
         return USAGE
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return ERROR
 
@@ -295,6 +318,9 @@ def with_client(
         return asyncio.run(run())
     except grpc.aio.AioRpcError as e:
         print_rpc_error(e)
+        hint = no_server_hint(e, args)
+        if hint:
+            print(hint, file=sys.stderr)
         if unknown_outcome and e.code() in _UNKNOWN_OUTCOME:
             print(unknown_outcome, file=sys.stderr)
         return ERROR
@@ -311,6 +337,24 @@ _UNKNOWN_OUTCOME = {
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.UNKNOWN,
 }
+
+
+def no_server_hint(error: grpc.aio.AioRpcError, args: argparse.Namespace) -> str:
+    """When ``error`` says that no server answered, the line that names the address tried,
+    where it came from and what to check; else empty. No server answered when the
+    ``UNAVAILABLE`` is the client's own (nothing listens there, the name does not resolve,
+    the TLS handshake failed): a server's own ``UNAVAILABLE`` carries a google.rpc.Status
+    (its RetryInfo), and then the address is not in question."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE or rpc_status.from_call(error) is not None:
+        return ""
+    if args.target:
+        where = f"{args.target} (--target)"
+    else:
+        where = f"{load_settings().listen} (QUOTA_AUTHORITY_LISTEN, as no --target was given)"
+    return (
+        f"no server answered at {where}: check the address, and that a server runs there "
+        "(quota-authority serve)"
+    )
 
 
 def print_rpc_error(error: grpc.aio.AioRpcError) -> None:
