@@ -84,6 +84,17 @@ async def test_a_check_whose_reader_has_gone_says_on_stderr_how_to_see_its_answe
     assert (await ledger_counts(db, seller))["used"] == 1
 
 
+async def test_a_dry_run_whose_reader_has_gone_ends_quietly_having_no_answer_to_see_again(
+    target, seller, clock
+):
+    ended = await run_into_closed_pipe(
+        "check", seller, "c-1", "--message", "--dry-run", "--request-id", "d-1",
+        "--target", target, buffered=True,
+    )  # fmt: skip
+
+    assert (ended.code, ended.err) == (OUTPUT_CLOSED, "")
+
+
 async def test_a_check_batch_whose_reader_has_gone_mid_table_says_its_request_id(
     target, db, seller, clock, tmp_path
 ):

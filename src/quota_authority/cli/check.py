@@ -84,7 +84,7 @@ def _check(args: argparse.Namespace) -> int:
             request_id=request_id or None,
             dry_run=args.dry_run,
         )
-        with answer_of(request_id):
+        with answer_of("" if args.dry_run else request_id):  # a dry run stores no answer
             if args.json:
                 answer = message_json(reply)
                 print_json({**answer, "dry_run": args.dry_run, "request_id": request_id or None})

@@ -277,7 +277,7 @@ def _check_batch(args: argparse.Namespace) -> int:
                 raise
             _print_item_violations(e, items)
             return ERROR
-        with answer_of(request_id):
+        with answer_of("" if args.dry_run else request_id):  # a dry run stores no answer
             if args.json:
                 print_json(_answer_json(items, reply, mode, args.dry_run, request_id))
             else:

@@ -1,7 +1,8 @@
 """What every ``quota-authority`` command shares: exit statuses, declared once and rendered
 into each command's ``--help``; the connection options and ``with_client``, which connects,
 runs one command's calls and turns errors, Ctrl-C and SIGTERM into exit statuses; the
-argparse number type; and the one table printer.
+argparse number type; the one table printer, and the one JSON printer of ``--json``;
+``answer_of``, which keeps the request id of a change whose output was cut short.
 
 A command module adds itself with ``add_command``, which records its run function, its
 role and its exit statuses on its parser; ``quota_authority.cli`` dispatches on them and
@@ -530,7 +531,7 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 def _repeated(field: _Field) -> bool:
-    is_repeated = getattr(field, "is_repeated", None)  # protobuf 6.31 on; ``label`` before
+    is_repeated = getattr(field, "is_repeated", None)  # newer runtimes; ``label`` in older
     if is_repeated is not None:
         return bool(is_repeated)
     return bool(getattr(field, "label", None) == FieldDescriptor.LABEL_REPEATED)
