@@ -92,7 +92,7 @@ _STATUSES = (
             "error or bad rows",
             "error: the call failed (printed on stderr as 'error: CODE: details'), or the "
             "file has bad rows (each printed on stderr as 'line N: reason') or too many "
-            "items; then nothing was sent",
+            "items, or SELLER or --request-id is not a valid id; then nothing was sent",
         ),
         after_interruption=f"{ASK_AGAIN} (unless --dry-run)",
     ),
