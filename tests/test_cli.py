@@ -30,6 +30,7 @@ from support import (
     invite,
     ledger_counts,
     message,
+    seller_week_locked,
 )
 
 from quota_authority.cli import command_facts, gmv_csv, import_gmv, main
@@ -253,6 +254,29 @@ async def test_check_of_a_bad_creator_id_exits_1_with_the_field_violation(target
     assert "\n  creator_id: must be 1-64 characters" in err
 
 
+async def test_an_invalid_argument_is_printed_once_each_violation_on_its_line(target, capsys):
+    code = await run_cli("check", "bad seller", "bad creator", "--message", "--target", target)
+
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: INVALID_ARGUMENT: the request was refused; nothing was changed",
+        "  seller_id: must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+        "  creator_id: must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+    ]
+
+
+async def test_check_a_message_with_followers_is_a_usage_error_and_sends_nothing(
+    target, db, seller, capsys
+):
+    code = await run_cli(
+        "check", seller, "c-1", "--message", "--followers", "5", "--target", target
+    )
+
+    assert code == 2
+    assert "--followers is for --invite" in capsys.readouterr().err
+    assert (await ledger_counts(db, seller))["audits"] == 0
+
+
 async def test_block_prints_the_blocks_and_then_check_is_denied(target, seller, clock, capsys):
     blocked = await run_cli("block", seller, "c-1", "--by", "creator", "--target", target)
     blocks = table(capsys.readouterr().out)
@@ -355,6 +379,78 @@ async def test_a_change_whose_outcome_is_unknown_prints_how_to_ask_again(command
     assert code == 1
     assert err.startswith("error: UNAVAILABLE: ")
     assert "run the command again with --request-id r-7" in err
+
+
+@pytest.mark.parametrize("option", ["--token-file", "--ca-file"])
+async def test_a_missing_token_or_ca_file_is_a_usage_error(option, target, tmp_path, capsys):
+    code = await run_cli("status", "s-1", option, str(tmp_path / "gone"), "--target", target)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"quota-authority status: error: cannot read {tmp_path / 'gone'}: No such file" in err
+
+
+async def test_no_server_at_the_target_names_the_address_and_what_to_check(capsys):
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens there
+
+    code = await run_cli("status", "s-1", "--target", nobody)
+
+    error, hint = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert error.startswith("error: UNAVAILABLE: ")
+    assert hint == (
+        f"no server answered at {nobody} (--target): check the address, and that a server "
+        "runs there (quota-authority serve)"
+    )
+
+
+async def test_an_import_with_no_server_at_the_target_names_the_address(
+    seller, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(import_gmv, "ATTEMPTS", 1)
+    nobody = f"127.0.0.1:{free_port()}"
+    csv_file = write_csv(tmp_path / "gmv.csv", "seller_id,day,gmv_minor", f"{seller},2026-11-01,1")
+
+    code = await run_cli("import-gmv", str(csv_file), "--target", nobody)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: stopped at line 2: UNAVAILABLE: " in err
+    assert err.endswith(f"no server answered at {nobody} (--target): check the address, and "
+                        "that a server runs there (quota-authority serve)\n")  # fmt: skip
+
+
+async def test_no_server_at_the_default_target_says_it_came_from_the_listen_setting(
+    capsys, monkeypatch
+):
+    nobody = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("QUOTA_AUTHORITY_LISTEN", nobody)
+
+    code = await run_cli("audit", "s-1")
+
+    assert code == 1
+    assert (
+        f"no server answered at {nobody} (QUOTA_AUTHORITY_LISTEN, as no --target was given): "
+        in capsys.readouterr().err
+    )
+
+
+async def test_a_servers_own_unavailable_gets_no_hint_about_the_address(
+    start_server, db, seller, clock, capsys
+):
+    # The server answers UNAVAILABLE itself: the seller's week is locked past its lock
+    # timeout. A server answered, so the address is not in question.
+    _, impatient = await start_server(lock_timeout_ms=100)
+    assert await run_cli("status", seller, "--target", impatient) == 0
+    capsys.readouterr()
+
+    async with seller_week_locked(db, seller):
+        code = await run_cli("check", seller, "c-1", "--message", "--target", impatient)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: UNAVAILABLE: ")
+    assert "no server answered" not in err
 
 
 def test_version_prints_the_packages_version():
@@ -504,12 +600,16 @@ async def test_import_gmv_with_a_bad_header_sends_nothing(target, db, seller, tm
     assert await daily_gmv(db, seller) == {}
 
 
-async def test_import_gmv_of_a_missing_file_is_a_clear_error(target, tmp_path, capsys):
+async def test_import_gmv_of_a_missing_file_is_a_usage_error(target, tmp_path, capsys):
     code = await run_cli("import-gmv", str(tmp_path / "nowhere.csv"), "--target", target)
 
     err = capsys.readouterr().err
-    assert code == 1
-    assert err == f"error: cannot read {tmp_path / 'nowhere.csv'}: No such file or directory\n"
+    assert code == 2
+    assert err.startswith("usage: quota-authority import-gmv ")
+    assert err.endswith(
+        f"quota-authority import-gmv: error: cannot read {tmp_path / 'nowhere.csv'}: "
+        "No such file or directory\n"
+    )
 
 
 async def test_an_import_whose_file_fails_midway_stops_with_one_line_and_says_where(
@@ -808,18 +908,52 @@ async def test_import_gmv_streams_the_file_batch_by_batch(target, db, seller, tm
     assert len(await daily_gmv(db, seller)) == 3
 
 
-async def test_import_gmv_of_many_rows_in_many_batches(target, db, seller, tmp_path, capsys):
+async def test_import_gmv_of_many_rows_in_many_batches_counts_them_as_its_progress_does(
+    target, db, seller, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(import_gmv, "PROGRESS_EVERY_ROWS", 1_000)
     csv_file = tmp_path / "gmv.csv"
     with csv_file.open("w") as f:
         f.write("seller_id,day,gmv_minor\n")
         for n in range(1_000):
             f.write(f"{seller}.{n % 50},{date(2025, 1, 1) + timedelta(days=n // 50)},{n}\n")
 
-    code = await run_cli("import-gmv", str(csv_file), "--batch-rows", "100", "--target", target)
+    code = await run_cli(
+        "import-gmv", str(csv_file), "--batch-rows", "100", "--concurrency", "1",
+        "--target", target,
+    )  # fmt: skip
 
-    assert code == 0, capsys.readouterr().err
-    assert table(capsys.readouterr().out)["rows imported"].startswith("1000 ")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "progress: 1,000 rows done (1,000 imported, 0 bad), " in err
+    assert table(out)["rows imported"] == "1,000 (0 replayed from an earlier run)"
     assert len(await daily_gmv(db, seller)) == 1_000
+
+
+async def test_import_gmv_of_larger_batches_than_the_server_takes_says_so_and_no_resume(
+    start_server, db, seller, tmp_path, capsys
+):
+    # A server whose QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS is 2: every batch of 3 is refused,
+    # so resuming with the same --batch-rows would fail alike.
+    _, small = await start_server(gmv_batch_max_rows=2)
+    csv_file = write_csv(
+        tmp_path / "gmv.csv",
+        "seller_id,day,gmv_minor",
+        *(f"{seller},2026-11-0{day},{day}" for day in range(1, 7)),
+    )
+
+    code = await run_cli(
+        "import-gmv", str(csv_file), "--batch-rows", "3", "--concurrency", "1",
+        "--run-id", f"r-{seller}", "--target", small,
+    )  # fmt: skip
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "error: stopped at line 2: the server refused a batch of 3 rows: " in err
+    assert "rows: must hold at most 2 rows; got 3" in err
+    assert "QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS" in err
+    assert "--batch-rows" in err and "--from-line" not in err
+    assert await daily_gmv(db, seller) == {}
 
 
 class CountingClient:

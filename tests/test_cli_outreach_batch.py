@@ -204,19 +204,38 @@ async def test_check_batch_reports_every_bad_row_by_line_and_sends_nothing(
     }
 
 
-async def test_check_batch_maps_the_servers_item_violations_to_lines(
-    target, db, seller, tmp_path, capsys
+async def test_check_batch_checks_ids_with_the_rows_in_one_pass_and_sends_nothing(
+    target, db, tmp_path, capsys
 ):
+    # Every problem at once, the server's id rules included: one round to fix the file.
+    seller = "not a seller"
     csv_file = write_csv(
-        tmp_path / "ids.csv", HEADER, "c-1,message,", "", "not a creator id,message,"
+        tmp_path / "ids.csv",
+        HEADER,
+        "c-1,message,",
+        "",
+        "not a creator id,message,",
+        "c-2,invite,",
+        f"{'c' * 65},message,",
     )
 
-    code = await run_cli("check-batch", seller, str(csv_file), "--target", target)
+    code = await run_cli(
+        "check-batch", seller, str(csv_file), "--request-id", "r" * 129, "--target", target
+    )
 
-    error, *violations = capsys.readouterr().err.splitlines()
+    out, err = capsys.readouterr()
     assert code == 1
-    assert error == "error: INVALID_ARGUMENT: the batch was refused; nothing was applied"
-    assert violations == ["line 4: creator_id: must be 1-64 characters of A-Z a-z 0-9 . _ : -"]
+    assert out == ""
+    assert err.splitlines() == [
+        "error: seller_id must be 1-64 characters of A-Z a-z 0-9 . _ : -, got 'not a seller'",
+        "error: --request-id must be 1-128 characters of A-Z a-z 0-9 . _ : -, got 'rrrrrrrrrrrr"
+        "rrrrrrrrrrrrrrrrrrrrrrrrrr… (129 chars)",
+        "line 4: creator_id must be 1-64 characters of A-Z a-z 0-9 . _ : -, got 'not a creator id'",
+        "line 5: creator_follower_count is required for an invite",
+        "line 6: creator_id must be 1-64 characters of A-Z a-z 0-9 . _ : -, got 'cccccccccccccc"
+        "cccccccccccccccccccccccc… (65 chars)",
+        "error: 3 bad rows and bad arguments: nothing was sent",
+    ]
     assert (await ledger_counts(db, seller))["audits"] == 0
 
 
@@ -231,7 +250,8 @@ async def test_check_batch_of_a_bad_header_or_no_items_sends_nothing(
     missing = await run_cli("check-batch", seller, str(tmp_path / "gone.csv"), "--target", target)
 
     err = capsys.readouterr().err
-    assert bad_header == no_items == missing == 1
+    assert bad_header == no_items == 1
+    assert missing == 2  # a file named on the command line that cannot be read: usage
     assert "line 1: expected the header creator_id,action,creator_follower_count" in err
     assert "has no items after its header" in err
     assert "cannot read " in err and "gone.csv" in err

@@ -3,19 +3,23 @@ before anything is read or changed."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ..errors import FieldViolation, InvalidArgument
-from ..formats import calendar_day, quoted
+from ..formats import (
+    IDENTIFIER,
+    IDENTIFIER_WORDS,
+    REQUEST_ID,
+    REQUEST_ID_WORDS,
+    calendar_day,
+    quoted,
+)
 from ..policy import valid_time_zone
 
 __all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator"]
 
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # One day's GMV in cents (10 trillion USD): 30 days of it still sum within a bigint.
 MAX_DAILY_GMV_MINOR = 10**15
 # AIP-158: the page size used when a caller sets none, and the most a page holds.
@@ -33,15 +37,15 @@ class Validator:
         self._violations.append(FieldViolation(field, description))
 
     def identifier(self, field: str, value: str) -> str:
-        if not _ID.fullmatch(value):
-            self.bad(field, "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        if not IDENTIFIER.fullmatch(value):
+            self.bad(field, f"must be {IDENTIFIER_WORDS}")
         return value
 
     def request_id(self, field: str, value: str) -> str | None:
         if value == "":
             return None
-        if not _REQUEST_ID.fullmatch(value):
-            self.bad(field, "must be empty or 1-128 characters of A-Z a-z 0-9 . _ : -")
+        if not REQUEST_ID.fullmatch(value):
+            self.bad(field, f"must be empty or {REQUEST_ID_WORDS}")
         return value
 
     def enum(self, field: str, value: int, allowed: dict[int, str]) -> int:
@@ -84,7 +88,7 @@ class Validator:
         if (
             parsed is not None
             and 0 <= gmv_minor <= MAX_DAILY_GMV_MINOR
-            and _ID.fullmatch(seller_id)
+            and IDENTIFIER.fullmatch(seller_id)
         ):
             return parsed
         at = f"{field}[{index}]."

@@ -12,6 +12,8 @@ role its calls need and the exit statuses it may end with; ``main`` dispatches o
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -29,7 +31,7 @@ from . import (
     storage,
     upsert_seller,
 )
-from .shared import Commands, ExitStatus, UsageError
+from .shared import OUTPUT_CLOSED, Commands, ExitStatus, UsageError
 
 __all__ = ["CommandFacts", "command_facts", "main"]
 
@@ -38,7 +40,8 @@ The server: serve and migrate, and storage, which reads the database itself. The
 operator's client: status, check, check-batch, release, block, unblock, record-reply,
 upsert-seller, import-gmv and audit, which share the connection options --target,
 --token-file and --ca-file. 'quota-authority COMMAND --help' has each command's options and
-exit statuses.
+exit statuses. Into a pipe whose reader has gone (a pipe into head that has its lines),
+any command stops quietly with exit status 141, as Unix tools do.
 """
 
 
@@ -93,7 +96,26 @@ def command_facts() -> dict[str, CommandFacts]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command that ``argv`` (default: the process's arguments) names; its exit
-    status. Usage errors exit through argparse (``SystemExit(2)``)."""
+    status. Usage errors exit through argparse (``SystemExit(2)``).
+
+    When stdout's reader has gone (``quota-authority audit s1 | head -1``: EPIPE), the
+    command stops quietly, as Unix tools do, with ``OUTPUT_CLOSED`` (141, what a shell
+    reports for a tool that SIGPIPE ended); a command that made a change has said on stderr
+    how to see its answer again (``shared.answer_of``). stdout is flushed here, so that an
+    EPIPE on the last lines ends the command here too rather than at the interpreter's
+    exit (status 120, "Exception ignored")."""
+    try:
+        try:
+            code = _run(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return OUTPUT_CLOSED
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser, _ = _parser()
     args = parser.parse_args(argv)
     try:
@@ -101,3 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         args.command_parser.error(str(e))
     return code
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for the pipe that broke goes
+    nowhere at exit instead of failing again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (a test's capture)
+        pass

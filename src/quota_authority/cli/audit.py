@@ -15,7 +15,10 @@ from .shared import (
     Commands,
     UsageError,
     add_command,
+    add_json_option,
     instant,
+    message_json,
+    print_json,
     print_table,
     reading_statuses,
     reason_words,
@@ -41,14 +44,18 @@ def _audit(args: argparse.Namespace) -> int:
     week_time = datetime.now(UTC) if args.week == "current" else args.week
 
     async def list_them(client: QuotaClient) -> int:
-        rows: list[tuple[str, ...]] = [_COLUMNS + (("request id",) if args.request_ids else ())]
-        async for d in client.list_decisions(
+        decisions = client.list_decisions(
             args.seller_id,
             week_time=week_time,
             start_time=args.since,
             end_time=args.until,
             page_size=args.page_size,
-        ):
+        )
+        if args.json:
+            print_json({"decisions": [message_json(d) async for d in decisions]})
+            return OK
+        rows: list[tuple[str, ...]] = [_COLUMNS + (("request id",) if args.request_ids else ())]
+        async for d in decisions:
             rows.append(
                 (
                     when(d.decided_at),
@@ -91,3 +98,4 @@ def add_parser(commands: Commands) -> None:
     audit.add_argument(
         "--request-ids", action="store_true", help="add a column with each call's request_id"
     )
+    add_json_option(audit)

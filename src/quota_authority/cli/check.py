@@ -17,9 +17,13 @@ from .shared import (
     ExitStatus,
     UsageError,
     add_command,
+    add_json_option,
     add_request_id,
+    answer_of,
     client_failures,
+    message_json,
     new_request_id,
+    print_json,
     print_table,
     reason_words,
     retry_hint,
@@ -42,7 +46,9 @@ _STATUSES = (
 )
 
 
-def _decision_rows(reply: pb.CheckAndConsumeResponse, dry_run: bool) -> list[tuple[str, str]]:
+def _decision_rows(
+    reply: pb.CheckAndConsumeResponse, dry_run: bool, request_id: str
+) -> list[tuple[str, str]]:
     """The decision as ``(label, value)`` rows: the reason in lower-case words."""
     s = reply.status
     rows = [
@@ -55,12 +61,18 @@ def _decision_rows(reply: pb.CheckAndConsumeResponse, dry_run: bool) -> list[tup
     if reply.HasField("messages_before_reply_remaining"):
         rows.append(("messages before reply", str(reply.messages_before_reply_remaining)))
     rows += [("next refresh", when(s.next_refresh)), ("replayed", yes(reply.replayed))]
+    if dry_run:
+        rows.append(("dry run", "yes: nothing was charged or recorded"))
+    if request_id:
+        rows.append(("request id", request_id))
     return rows
 
 
 def _check(args: argparse.Namespace) -> int:
     if args.action == "invite" and args.followers is None:
         raise UsageError("--invite needs --followers N")
+    if args.action == "message" and args.followers is not None:
+        raise UsageError("--followers is for --invite only: a message has no follower cap")
     request_id: str = args.request_id or ("" if args.dry_run else new_request_id())
 
     async def ask(client: QuotaClient) -> int:
@@ -72,12 +84,12 @@ def _check(args: argparse.Namespace) -> int:
             request_id=request_id or None,
             dry_run=args.dry_run,
         )
-        rows = _decision_rows(reply, args.dry_run)
-        if args.dry_run:
-            rows.append(("dry run", "yes: nothing was charged or recorded"))
-        if request_id:
-            rows.append(("request id", request_id))
-        print_table(rows)
+        with answer_of("" if args.dry_run else request_id):  # a dry run stores no answer
+            if args.json:
+                answer = message_json(reply)
+                print_json({**answer, "dry_run": args.dry_run, "request_id": request_id or None})
+            else:
+                print_table(_decision_rows(reply, args.dry_run, request_id))
         return OK if reply.allowed else DENIED
 
     hint = "" if args.dry_run else retry_hint(request_id)
@@ -104,9 +116,10 @@ def add_parser(commands: Commands) -> None:
         "--followers",
         type=whole_number(0),
         metavar="N",
-        help="the creator's follower count (required with --invite)",
+        help="the creator's follower count (required with --invite, refused with --message)",
     )
     check.add_argument(
         "--dry-run", action="store_true", help="answer what would happen; change and record nothing"
     )
     add_request_id(check, charges=True)
+    add_json_option(check)

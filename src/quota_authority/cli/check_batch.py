@@ -2,12 +2,14 @@
 out now? (``BatchCheckAndConsume``, one call for the whole file; it charges unless
 ``--dry-run``.) A denial is an answer: exit 3, as ``check``.
 
-The file (``outreach_csv``) is read and checked whole before anything is sent: a bad row is
-reported on stderr as ``line N: reason`` and nothing is sent; so is a file of more items
-than one batch may hold (``--max-items``, the server's default maximum of 500). It is never
+The file (``outreach_csv``) is read and checked whole before anything is sent, ids as the
+server checks them, the seller id and ``--request-id`` too: a bad row is reported on stderr
+as ``line N: reason``, every problem in one pass, and nothing is sent; so is a file of more
+items than one batch may hold (``--max-items``, the server's default maximum of 500). It is never
 split into several batches: an all-or-nothing batch or a dry run split in two would not
 mean what it says (the second part would not see the first's effects, or would apply while
-the first did not). The server's ``items[i].field`` violations are reported by line too.
+the first did not). The server's ``items[i].field`` violations (a rule of a newer server
+this command does not know) are reported by line too.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 
 from ..client import OutreachItem, QuotaClient, field_violations
+from ..formats import IDENTIFIER, IDENTIFIER_WORDS, REQUEST_ID, REQUEST_ID_WORDS, quoted
 from ..v1 import quota_authority_pb2 as pb
-from .outreach_csv import BadFile, Item, read_outreach
+from .outreach_csv import BadFile, Item, UnreadableFile, read_outreach
 from .shared import (
     ASK_AGAIN,
     CHARGES,
@@ -32,10 +35,15 @@ from .shared import (
     OK,
     Commands,
     ExitStatus,
+    UsageError,
     add_command,
+    add_json_option,
     add_request_id,
+    answer_of,
     client_failures,
+    message_json,
     new_request_id,
+    print_json,
     print_table,
     reason_words,
     retry_hint,
@@ -84,7 +92,7 @@ _STATUSES = (
             "error or bad rows",
             "error: the call failed (printed on stderr as 'error: CODE: details'), or the "
             "file has bad rows (each printed on stderr as 'line N: reason') or too many "
-            "items; then nothing was sent",
+            "items, or SELLER or --request-id is not a valid id; then nothing was sent",
         ),
         after_interruption=f"{ASK_AGAIN} (unless --dry-run)",
     ),
@@ -166,6 +174,30 @@ def _summary_rows(
     ]
 
 
+def _answer_json(
+    items: list[Item],
+    reply: pb.BatchCheckAndConsumeResponse,
+    mode: str,
+    dry_run: bool,
+    request_id: str,
+) -> dict[str, Any]:
+    """The answer as ``--json`` prints it: the reply, each result with its item's index,
+    line, creator and action first, then the mode, whether it was a dry run and the
+    request id."""
+    answer = message_json(reply)
+    answer["results"] = [
+        {
+            "item": n,
+            "line": item.line,
+            "creator_id": item.creator_id,
+            "action": item.action,
+            **result,
+        }
+        for n, (item, result) in enumerate(zip(items, answer["results"], strict=True))
+    ]
+    return {**answer, "mode": mode, "dry_run": dry_run, "request_id": request_id or None}
+
+
 def _print_item_violations(error: grpc.aio.AioRpcError, items: list[Item]) -> None:
     """``error``, an ``INVALID_ARGUMENT``, on stderr, its ``items[i].field`` violations as
     ``line N: field: description`` of the item's line."""
@@ -180,13 +212,29 @@ def _print_item_violations(error: grpc.aio.AioRpcError, items: list[Item]) -> No
             print(f"  {field}: {description}", file=sys.stderr)
 
 
+def _bad_arguments(args: argparse.Namespace) -> list[str]:
+    """What the server would refuse in the seller id and ``--request-id``, checked as it
+    checks them (``formats``), before anything is sent."""
+    problems = []
+    if not IDENTIFIER.fullmatch(args.seller_id):
+        problems.append(f"seller_id must be {IDENTIFIER_WORDS}, got {quoted(args.seller_id)}")
+    if args.request_id is not None and not REQUEST_ID.fullmatch(args.request_id):
+        problems.append(f"--request-id must be {REQUEST_ID_WORDS}, got {quoted(args.request_id)}")
+    return problems
+
+
 def _check_batch(args: argparse.Namespace) -> int:
     try:
         read = read_outreach(args.file)
+    except UnreadableFile as e:
+        raise UsageError(str(e)) from None
     except BadFile as e:
         print(f"error: {e}", file=sys.stderr)
         return ERROR
-    refused = False
+    bad_arguments = _bad_arguments(args)
+    refused = bool(bad_arguments)
+    for problem in bad_arguments:
+        print(f"error: {problem}", file=sys.stderr)
     for bad in read.bad:
         print(f"line {bad.line}: {bad.reason}", file=sys.stderr)
         refused = True
@@ -203,8 +251,11 @@ def _check_batch(args: argparse.Namespace) -> int:
         )
         refused = True
     if refused:
-        if read.bad:
-            print(f"error: {len(read.bad)} bad rows: nothing was sent", file=sys.stderr)
+        bad_rows = f"{len(read.bad)} bad rows" if read.bad else ""
+        both = " and " if read.bad and bad_arguments else ""
+        if bad_rows or bad_arguments:
+            what = bad_rows + both + ("bad arguments" if bad_arguments else "")
+            print(f"error: {what}: nothing was sent", file=sys.stderr)
         return ERROR
     items = read.items
     request_id: str = args.request_id or ("" if args.dry_run else new_request_id())
@@ -226,14 +277,18 @@ def _check_batch(args: argparse.Namespace) -> int:
                 raise
             _print_item_violations(e, items)
             return ERROR
-        print_table(_result_rows(items, reply, args.dry_run))
-        print()
-        summary = _summary_rows(reply, args.all_or_nothing, args.dry_run)
-        if args.dry_run:
-            summary.append(("dry run", "yes: nothing was charged or recorded"))
-        if request_id:
-            summary.append(("request id", request_id))
-        print_table(summary)
+        with answer_of("" if args.dry_run else request_id):  # a dry run stores no answer
+            if args.json:
+                print_json(_answer_json(items, reply, mode, args.dry_run, request_id))
+            else:
+                summary = _summary_rows(reply, args.all_or_nothing, args.dry_run)
+                if args.dry_run:
+                    summary.append(("dry run", "yes: nothing was charged or recorded"))
+                if request_id:
+                    summary.append(("request id", request_id))
+                print_table(_result_rows(items, reply, args.dry_run))
+                print()
+                print_table(summary)
         return OK if all(r.allowed for r in reply.results) else DENIED
 
     hint = "" if args.dry_run else retry_hint(request_id)
@@ -270,3 +325,4 @@ def add_parser(commands: Commands) -> None:
         "the server's default maximum)",
     )
     add_request_id(command, charges=True)
+    add_json_option(command)

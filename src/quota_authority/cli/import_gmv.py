@@ -14,6 +14,12 @@ wins, as in a sequential import: the server applies a batch's rows in order, and
 that holds a (seller, day) of an earlier batch still in flight is sent only once that one
 has landed.
 
+A server that takes fewer rows a batch than ``--batch-rows`` (its
+``QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS``; the CLI cannot know a remote server's setting, and
+refusing more than the default would refuse a server that allows more) refuses the first
+batch naming ``rows``: the import stops saying so, with the server's maximum, and without
+the ``--from-line`` resume, which would fail alike.
+
 Bad rows are reported on stderr as ``line N: reason`` and the other rows still land. Rows
 the file's parser refuses (wrong column count, a bad date, a gmv_minor that is not a whole
 number of cents or is negative) are never sent. When the server refuses a batch naming
@@ -45,14 +51,18 @@ from typing import Any, Generic, TextIO, TypeVar
 import grpc
 
 from ..client import QuotaClient, field_violations
+from ..formats import IDENTIFIER, IDENTIFIER_WORDS
 from .gmv_csv import BadHeader, BadRow, GmvCsv, Row
 from .shared import (
     ERROR,
     OK,
     Commands,
     ExitStatus,
+    UsageError,
     add_command,
+    cannot_read,
     client_failures,
+    no_server_hint,
     print_table,
     whole_number,
     with_client,
@@ -72,8 +82,6 @@ ATTEMPTS = 5
 # Good rows a batch holds (the server's default maximum), and batches in flight at once.
 BATCH_ROWS = 1000
 CONCURRENCY = 4
-
-_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 _STATUSES = (
     ExitStatus(OK, "all rows", "every row was imported"),
@@ -166,10 +174,13 @@ def _describe(tally: Tally) -> str:
 
 @dataclass(frozen=True)
 class _Stop:
-    """Why the import stopped before the file's end, and at which line."""
+    """Why the import stopped before the file's end, and at which line; ``resumable``
+    False when resuming alike would stop alike (the server refuses batches of this size)."""
 
     line: int
     why: str
+    resumable: bool = True
+    error: grpc.aio.AioRpcError | None = None  # the call's error, when one stopped it
 
 
 _ROW_FIELD = re.compile(r"rows\[(\d+)\]\.(.+)")
@@ -367,12 +378,14 @@ class GmvImport:
                     request_id=request_id,
                 )
             except grpc.aio.AioRpcError as e:
+                stop = _Stop(batch.first_line, f"{e.code().name}: {e.details()}", error=e)
                 if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     refused = self._refused_rows(e, rows)
                     if refused:
                         rows = [row for n, row in enumerate(rows) if n not in refused]
                         left_out += len(refused)
                         continue
+                    stop = self._too_large(e, batch.first_line, len(rows)) or stop
                 elif e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     reason = f"request_id {request_id} was used before for other rows"
                     for row in rows:
@@ -381,7 +394,7 @@ class GmvImport:
                         )
                     return True
                 if self._stop is None or batch.first_line < self._stop.line:
-                    self._stop = _Stop(batch.first_line, f"{e.code().name}: {e.details()}")
+                    self._stop = stop
                 return False
             self.tally.imported += len(rows)
             self.tally.replayed += len(rows) if reply.replayed else 0
@@ -389,6 +402,23 @@ class GmvImport:
         self.tally.line = max(self.tally.line, batch.rows[-1].line)
         self._progress.update(self.tally)
         return True
+
+    @staticmethod
+    def _too_large(error: grpc.aio.AioRpcError, line: int, rows: int) -> _Stop | None:
+        """The stop when ``error`` refuses the batch of ``rows`` rows at ``line`` for its
+        size (the violation ``rows``: more than the server's
+        QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS), which every batch of that size would meet
+        again; else None."""
+        for name, description in field_violations(error):
+            if name == "rows":
+                why = f"the server refused a batch of {rows} rows: rows: {description}"
+                return _Stop(line, why, resumable=False)
+        return None
+
+    @property
+    def stopped_by(self) -> grpc.aio.AioRpcError | None:
+        """The error of the call that stopped the import, if one did."""
+        return None if self._stop is None else self._stop.error
 
     def _refused_rows(self, error: grpc.aio.AioRpcError, rows: list[Row]) -> set[int]:
         """The indexes in ``rows`` of the rows ``error`` names (``rows[i].field``), each
@@ -413,8 +443,8 @@ class GmvImport:
         self._progress.finish(self.tally)
         t = self.tally
         rows = [
-            ("rows imported", f"{t.imported} ({t.replayed} replayed from an earlier run)"),
-            ("bad rows", str(t.bad)),
+            ("rows imported", f"{t.imported:,} ({t.replayed:,} replayed from an earlier run)"),
+            ("bad rows", f"{t.bad:,}"),
             ("time", f"{t.elapsed():.1f} s ({t.rate():,.0f} rows/s)"),
             ("run id", self.run_id),
         ]
@@ -423,7 +453,16 @@ class GmvImport:
     def _stopped(self, stop: _Stop) -> None:
         self.finish()
         print(f"error: stopped at line {stop.line}: {stop.why}", file=sys.stderr)
-        print(self.resume_advice(), file=sys.stderr)
+        if stop.resumable:
+            print(self.resume_advice(), file=sys.stderr)
+        else:
+            print(
+                f"This server takes fewer rows a batch than --batch-rows {self._batch_rows} "
+                "(its QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS, 1000 by default): run the import "
+                "again with --batch-rows at most the maximum it names (a row already "
+                "imported is set again to the same figure).",
+                file=sys.stderr,
+            )
 
     def resume_advice(self) -> str:
         """Which lines are done, and how to resume this run."""
@@ -442,8 +481,8 @@ class GmvImport:
 
 
 def _run_id(text: str) -> str:
-    if not _RUN_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError("must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    if not IDENTIFIER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be {IDENTIFIER_WORDS}")
     return text
 
 
@@ -472,7 +511,8 @@ def add_parser(commands: Commands) -> None:
         default=BATCH_ROWS,
         metavar="N",
         help=f"good rows a BatchRecordGmv holds, at most the server's maximum "
-        f"(QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS; default: {BATCH_ROWS})",
+        f"(QUOTA_AUTHORITY_GMV_BATCH_MAX_ROWS; default: {BATCH_ROWS}); --batch-size, its "
+        "name before batches became BatchRecordGmv calls, still works",
     )
     command.add_argument(
         "--concurrency",
@@ -502,8 +542,10 @@ def _import(args: argparse.Namespace) -> int:
     is sent."""
     try:
         source = GmvCsv.open(args.file)
-    except (OSError, BadHeader) as e:
-        print(f"error: {_reason(e)}", file=sys.stderr)
+    except OSError as e:
+        raise UsageError(cannot_read(e)) from None
+    except BadHeader as e:
+        print(f"error: {e}", file=sys.stderr)
         return ERROR
     with source:
         run_id = args.run_id or secrets.token_hex(8)
@@ -521,10 +563,7 @@ def _import(args: argparse.Namespace) -> int:
             job.finish()
             return f"interrupted; {job.resume_advice()}"
 
-        return with_client(args, job.run, attempts=ATTEMPTS, interrupted=interrupted)
-
-
-def _reason(error: OSError | BadHeader) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return f"cannot read {error.filename}: {error.strerror}"
-    return str(error)
+        code = with_client(args, job.run, attempts=ATTEMPTS, interrupted=interrupted)
+        if job.stopped_by is not None and (hint := no_server_hint(job.stopped_by, args)):
+            print(hint, file=sys.stderr)
+        return code

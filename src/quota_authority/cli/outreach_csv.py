@@ -4,8 +4,8 @@
 ``read_outreach`` reads the whole file (a batch is at most a few hundred items) and returns
 every good row as an ``Item`` and every bad one, with all its problems, as a ``BadRow``. A
 row's line is the physical line it starts on (the header is line 1), so reports speak of
-the lines an editor shows. Whether a creator id is well formed is the server's to say: its
-``items[i].creator_id`` violation is mapped back to the item's line. Nothing here sends
+the lines an editor shows. A creator id is checked as the server checks it
+(``formats.IDENTIFIER``), so that one pass finds every bad row. Nothing here sends
 anything.
 """
 
@@ -17,10 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
-from ..formats import quoted
+from ..formats import IDENTIFIER, IDENTIFIER_WORDS, quoted
 from .shared import INT64_MAX
 
-__all__ = ["HEADER", "BadFile", "BadRow", "Item", "OutreachFile", "read_outreach"]
+__all__ = [
+    "HEADER",
+    "BadFile",
+    "BadRow",
+    "Item",
+    "OutreachFile",
+    "UnreadableFile",
+    "read_outreach",
+]
 
 HEADER = ("creator_id", "action", "creator_follower_count")
 
@@ -31,6 +39,10 @@ _ACTIONS: dict[str, Literal["invite", "message"]] = {"invite": "invite", "messag
 class BadFile(ValueError):
     """The file cannot be read as a creators file at all: unreadable, empty, not CSV, or
     its first line is not the header."""
+
+
+class UnreadableFile(BadFile):
+    """The file cannot be read at all: missing, a directory, not permitted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +79,8 @@ def parse_row(line: int, cells: list[str]) -> Item | BadRow:
     problems = []
     if not creator_id:
         problems.append("creator_id is empty")
+    elif not IDENTIFIER.fullmatch(creator_id):
+        problems.append(f"creator_id must be {IDENTIFIER_WORDS}, got {quoted(creator_id)}")
     action = _ACTIONS.get(action_text.lower())
     if action is None:
         problems.append(f"action must be invite or message, got {quoted(action_text)}")
@@ -93,7 +107,7 @@ def read_outreach(path: Path) -> OutreachFile:
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
             return _read(path, file)
     except OSError as e:
-        raise BadFile(f"cannot read {path}: {e.strerror or e}") from None
+        raise UnreadableFile(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _read(path: Path, file: TextIO) -> OutreachFile:

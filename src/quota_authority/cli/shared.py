@@ -1,7 +1,8 @@
 """What every ``quota-authority`` command shares: exit statuses, declared once and rendered
 into each command's ``--help``; the connection options and ``with_client``, which connects,
 runs one command's calls and turns errors, Ctrl-C and SIGTERM into exit statuses; the
-argparse number type; and the one table printer.
+argparse number type; the one table printer, and the one JSON printer of ``--json``;
+``answer_of``, which keeps the request id of a change whose output was cut short.
 
 A command module adds itself with ``add_command``, which records its run function, its
 role and its exit statuses on its parser; ``quota_authority.cli`` dispatches on them and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import textwrap
@@ -22,10 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_status import rpc_status
 
 from ..client import QuotaClient, field_violations
 from ..errors import ConfigError
@@ -41,6 +46,7 @@ __all__ = [
     "INT64_MAX",
     "INTERRUPTED",
     "OK",
+    "OUTPUT_CLOSED",
     "PAIR",
     "SELLER",
     "USAGE",
@@ -49,11 +55,17 @@ __all__ = [
     "UsageError",
     "add_change_command",
     "add_command",
+    "add_json_option",
     "add_request_id",
+    "answer_of",
+    "cannot_read",
     "client_failures",
     "in_utc",
     "instant",
+    "message_json",
     "new_request_id",
+    "no_server_hint",
+    "print_json",
     "print_rpc_error",
     "print_table",
     "reading_statuses",
@@ -73,6 +85,10 @@ R = TypeVar("R", bound="_Replayable")
 # --- exit statuses -----------------------------------------------------------------------
 
 OK, ERROR, USAGE, DENIED, INTERRUPTED = 0, 1, 2, 3, 130
+# stdout's reader went away before the output was all written (a pipe into head that has
+# its lines): 128 + SIGPIPE, what a shell reports for a Unix tool that the pipe ended. Any
+# command may end so; ``quota_authority.cli.main`` ends it.
+OUTPUT_CLOSED = 128 + signal.SIGPIPE
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,12 @@ def client_failures(
     interrupted = "interrupted by Ctrl-C (SIGINT) or SIGTERM: calls in flight are cancelled"
     return (
         failed,
-        ExitStatus(USAGE, "usage", "usage error, or without --target a bad QUOTA_AUTHORITY_LISTEN"),
+        ExitStatus(
+            USAGE,
+            "usage",
+            "usage error (a file named on the command line that cannot be read too), or "
+            "without --target a bad QUOTA_AUTHORITY_LISTEN",
+        ),
         ExitStatus(
             INTERRUPTED,
             "interrupted",
@@ -200,8 +221,23 @@ class _Connection:
 
 def _connection(args: argparse.Namespace) -> _Connection:
     """The target and credentials the connection options name. The default target is
-    ``QUOTA_AUTHORITY_LISTEN``. Raises ``OSError`` for an unreadable file, ``ValueError``
-    for an empty token file, ``ConfigError`` for a bad setting."""
+    ``QUOTA_AUTHORITY_LISTEN``. Raises ``UsageError`` for a file that cannot be read,
+    ``ValueError`` for an empty token file, ``ConfigError`` for a bad setting."""
+    try:
+        return _read_connection(args)
+    except OSError as e:
+        raise UsageError(cannot_read(e)) from None
+
+
+def cannot_read(error: OSError) -> str:
+    """Why a file named on the command line cannot be read: ``cannot read PATH: reason``.
+    Such a file is a usage error (exit status 2), as argparse's own file arguments are."""
+    if error.strerror and error.filename is not None:
+        return f"cannot read {error.filename}: {error.strerror}"
+    return f"cannot read a file: {error}"
+
+
+def _read_connection(args: argparse.Namespace) -> _Connection:
     target: str = args.target or load_settings().listen
     token = None
     if args.token_file is not None:
@@ -264,7 +300,7 @@ def with_client(
     except ConfigError as e:
         print(f"{e.label}: {e}", file=sys.stderr)
         return USAGE
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return ERROR
 
@@ -283,6 +319,9 @@ def with_client(
         return asyncio.run(run())
     except grpc.aio.AioRpcError as e:
         print_rpc_error(e)
+        hint = no_server_hint(e, args)
+        if hint:
+            print(hint, file=sys.stderr)
         if unknown_outcome and e.code() in _UNKNOWN_OUTCOME:
             print(unknown_outcome, file=sys.stderr)
         return ERROR
@@ -301,10 +340,34 @@ _UNKNOWN_OUTCOME = {
 }
 
 
+def no_server_hint(error: grpc.aio.AioRpcError, args: argparse.Namespace) -> str:
+    """When ``error`` says that no server answered, the line that names the address tried,
+    where it came from and what to check; else empty. No server answered when the
+    ``UNAVAILABLE`` is the client's own (nothing listens there, the name does not resolve,
+    the TLS handshake failed): a server's own ``UNAVAILABLE`` carries a google.rpc.Status
+    (its RetryInfo), and then the address is not in question."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE or rpc_status.from_call(error) is not None:
+        return ""
+    if args.target:
+        where = f"{args.target} (--target)"
+    else:
+        where = f"{load_settings().listen} (QUOTA_AUTHORITY_LISTEN, as no --target was given)"
+    return (
+        f"no server answered at {where}: check the address, and that a server runs there "
+        "(quota-authority serve)"
+    )
+
+
 def print_rpc_error(error: grpc.aio.AioRpcError) -> None:
-    """``error: CODE: details`` on stderr, then one line per field violation."""
-    print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-    for field, description in field_violations(error):
+    """``error: CODE: details`` on stderr, then one line per field violation. The server's
+    details of an ``INVALID_ARGUMENT`` are its violations again, on one line: they are
+    said once, a line each, after a line saying that the request was refused."""
+    violations = field_violations(error)
+    details = error.details()
+    if violations and details == "; ".join(f"{f}: {d}" for f, d in violations):
+        details = "the request was refused; nothing was changed"
+    print(f"error: {error.code().name}: {details}", file=sys.stderr)
+    for field, description in violations:
         print(f"  {field}: {description}", file=sys.stderr)
 
 
@@ -358,6 +421,28 @@ def add_change_command(
     return parser
 
 
+@contextmanager
+def answer_of(request_id: str) -> Iterator[None]:
+    """Around the printing of the answer to a call made with ``request_id`` (empty for a
+    dry run, which has none): when stdout's reader has gone before the answer was all
+    written (EPIPE), stderr gets the command that shows the answer again, replayed and
+    never a second change, since the request id printed last may never have been read;
+    then the error goes on to ``main``, which ends the command quietly. stdout is flushed
+    inside, so that a buffered answer meets its EPIPE here."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if request_id:
+            print(
+                "output closed before the answer was all written: run the command again "
+                f"with --request-id {request_id} to see the answer again (replayed, never a "
+                "second change)",
+                file=sys.stderr,
+            )
+        raise
+
+
 def run_mutation(
     args: argparse.Namespace,
     send: Callable[[QuotaClient, str], Awaitable[R]],
@@ -370,7 +455,10 @@ def run_mutation(
 
     async def change(client: QuotaClient) -> int:
         reply = await send(client, request_id)
-        print_table([*rows(reply), ("replayed", yes(reply.replayed)), ("request id", request_id)])
+        with answer_of(request_id):
+            print_table(
+                [*rows(reply), ("replayed", yes(reply.replayed)), ("request id", request_id)]
+            )
         return OK
 
     return with_client(args, change, unknown_outcome=retry_hint(request_id))
@@ -407,6 +495,57 @@ def print_table(rows: Sequence[Sequence[str]]) -> None:
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--json`` option of a command that prints tables."""
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+
+
+def print_json(value: Any) -> None:
+    """``value`` as ``--json`` prints it: one JSON object, indented, on stdout."""
+    print(json.dumps(value, indent=2))
+
+
+# A message's field descriptor, of protobuf's upb runtime or its pure-Python one.
+_Field: TypeAlias = Any
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A reply's message as ``--json`` prints it: every field by its proto name; 64-bit
+    integers as JSON numbers (not strings, as proto3's JSON mapping has them); enum values
+    by name (``REASON_NEW_CREATOR``); timestamps as ISO 8601 in UTC with ``Z``; an unset
+    optional field as null; nested messages alike."""
+    fields: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if _repeated(field):
+            fields[field.name] = [_field_json(field, item) for item in value]
+        elif field.has_presence and not message.HasField(field.name):
+            fields[field.name] = None
+        else:
+            fields[field.name] = _field_json(field, value)
+    return fields
+
+
+def _repeated(field: _Field) -> bool:
+    is_repeated = getattr(field, "is_repeated", None)  # newer runtimes; ``label`` in older
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(getattr(field, "label", None) == FieldDescriptor.LABEL_REPEATED)
+
+
+def _field_json(field: _Field, value: Any) -> Any:
+    if field.message_type is not None:
+        if field.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
+            return when(value)
+        return message_json(value)
+    if field.enum_type is not None:
+        known = field.enum_type.values_by_number.get(value)
+        return value if known is None else known.name
+    return value
 
 
 def yes(value: bool) -> str:

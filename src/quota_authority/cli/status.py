@@ -10,6 +10,9 @@ from .shared import (
     SELLER,
     Commands,
     add_command,
+    add_json_option,
+    message_json,
+    print_json,
     print_table,
     reading_statuses,
     when,
@@ -21,6 +24,8 @@ __all__ = ["add_parser"]
 _ABOUT = """\
 Print a seller's quota status this week.
 Through GetStatus, which like any GetStatus creates an unknown seller and snapshots its week.
+The policy digest names the policy the week was snapshotted under; a server logs the digest
+of the policy it uses ('policy in use') at start and at each reload.
 """
 _STATUSES = reading_statuses("the status is printed")
 
@@ -28,6 +33,9 @@ _STATUSES = reading_statuses("the status is printed")
 def _status(args: argparse.Namespace) -> int:
     async def ask(client: QuotaClient) -> int:
         s = await client.get_status(args.seller_id)
+        if args.json:
+            print_json(message_json(s))
+            return OK
         limit = "unlimited" if s.unlimited else str(s.weekly_limit)
         cap = str(s.max_creator_followers) if s.HasField("max_creator_followers") else "no cap"
         remaining = "unlimited" if s.unlimited else str(s.remaining_this_week)
@@ -44,6 +52,7 @@ def _status(args: argparse.Namespace) -> int:
                 ("time zone", s.time_zone),
                 ("week start", when(s.week_start)),
                 ("next refresh", when(s.next_refresh)),
+                ("policy digest", s.policy_digest or "not recorded (an older week)"),
             ]
         )
         return OK
@@ -53,6 +62,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def add_parser(commands: Commands) -> None:
     """Add ``status`` to ``commands``."""
-    add_command(
+    status = add_command(
         commands, "status", _status, _STATUSES, about=_ABOUT, role="reader", operands=SELLER
     )
+    add_json_option(status)

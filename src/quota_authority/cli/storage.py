@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time
@@ -40,8 +39,10 @@ from .shared import (
     Commands,
     ExitStatus,
     add_command,
+    add_json_option,
     in_utc,
     instant,
+    print_json,
     print_table,
 )
 
@@ -99,7 +100,7 @@ def _storage(args: argparse.Namespace) -> int:
     bounds = retention_bounds(keep)
     plan = upkeep_plan(storage, at, keep)
     if args.json:
-        print(json.dumps(render_json(storage, at, bounds, plan), indent=2))
+        print_json(render_json(storage, at, bounds, plan))
     else:
         render_table(storage, at, bounds, plan)
     return OK
@@ -298,7 +299,7 @@ def render_json(
 def add_parser(commands: Commands) -> None:
     """Add ``storage`` to ``commands``."""
     storage = add_command(commands, "storage", _storage, _STATUSES, about=_ABOUT)
-    storage.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_json_option(storage)
     storage.add_argument(
         "--at",
         type=lambda text: instant(text, time(0)),
