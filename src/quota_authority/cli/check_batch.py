@@ -21,8 +21,9 @@ from typing import Literal
 
 import grpc
 
-from ..client import OutreachItem, QuotaClient, field_violations
-from ..v1 import quota_authority_pb2 as pb
+from quota_authority.client import OutreachItem, QuotaClient, field_violations
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from .outreach_csv import BadFile, Item, read_outreach
 from .shared import (
     ASK_AGAIN,

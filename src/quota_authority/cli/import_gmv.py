@@ -44,7 +44,8 @@ from typing import Any, Generic, TextIO, TypeVar
 
 import grpc
 
-from ..client import QuotaClient, field_violations
+from quota_authority.client import QuotaClient, field_violations
+
 from .gmv_csv import BadHeader, BadRow, GmvCsv, Row
 from .shared import (
     ERROR,

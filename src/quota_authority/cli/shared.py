@@ -27,10 +27,11 @@ from typing import Protocol, TypeAlias, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ..client import QuotaClient, field_violations
+from quota_authority.client import QuotaClient, field_violations
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from ..errors import ConfigError
 from ..settings import load_settings
-from ..v1 import quota_authority_pb2 as pb
 
 __all__ = [
     "ASK_AGAIN",
