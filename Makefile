@@ -74,13 +74,15 @@ $(GHZ):
 # go-client-check (clients/go/client.mk): the committed Go code is what the proto generates.
 # mypy's configuration (pyproject.toml) names the two roots of the quota_authority namespace
 # package as its bases; the scripts, which import each other from scripts/, take theirs from
-# where they are (--no-explicit-package-bases).
+# where they are (--no-explicit-package-bases), and the client's interop scenario is checked
+# apart, its module name (interop) being a script's too.
 lint: $(GENERATED) proto-lint go-client-check
 	$(BIN)/ruff check src tests scripts $(PY_CLIENT)
 	$(BIN)/ruff format --check src tests scripts $(PY_CLIENT)
 	$(BIN)/mypy
 	$(BIN)/mypy --no-explicit-package-bases scripts/bench.py scripts/baseline_server.py \
 		scripts/reliability_report.py scripts/interop.py scripts/api_reference.py scripts/peers.py
+	$(BIN)/mypy $(PY_CLIENT)/tests/interop.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against
 # the proto callers may have generated clients from (scripts/buf_breaking.sh says which).
@@ -105,9 +107,10 @@ $(BUF):
 
 clients: go-client ts-client py-client
 
-# Both clients' interop tests against a freshly started server on a fresh embedded database.
+# The three clients' interop tests against a freshly started server on a fresh embedded
+# database; the Python one from a virtual environment with only the client's wheel installed.
 interop: $(GENERATED) clients
-	$(BIN)/python scripts/interop.py go-interop ts-interop
+	$(BIN)/python scripts/interop.py go-interop ts-interop py-interop
 
 # The API reference, generated from the proto's comments; tests/test_docs.py checks it.
 docs: $(STAMP)
