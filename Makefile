@@ -4,10 +4,14 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PROTO := protos/quota_authority/v1/quota_authority.proto
-GENERATED := src/quota_authority/v1/quota_authority_pb2.py
+# The Python client distribution (clients/python): QuotaClient and the generated stubs the
+# server uses too.
+PY_CLIENT := clients/python
+GENERATED := $(PY_CLIENT)/src/quota_authority/v1/quota_authority_pb2.py
 STAMP := $(VENV)/.installed
 DEV_LOCK := requirements/dev.lock
 SERVICE_LOCK := requirements/service.lock
+CLIENT_LOCK := $(PY_CLIENT)/requirements.lock
 
 .PHONY: run test lint proto proto-lint install lock clean bench bench-peers reliability clients interop docs \
 	citus citus-stop test-citus chart
@@ -68,12 +72,18 @@ $(GHZ):
 	GOBIN=$(CURDIR)/.bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
 # go-client-check (clients/go/client.mk): the committed Go code is what the proto generates.
+# mypy's configuration (pyproject.toml) names the two roots of the quota_authority namespace
+# package as its bases; the scripts, which import each other from scripts/, take theirs from
+# where they are (--no-explicit-package-bases), and the client's interop scenario is checked
+# apart, its module name (interop) being a script's too.
 lint: $(GENERATED) proto-lint go-client-check
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts $(PY_CLIENT)
+	$(BIN)/ruff format --check src tests scripts $(PY_CLIENT)
 	$(BIN)/mypy
-	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py \
-		scripts/interop.py scripts/api_reference.py scripts/peers.py scripts/readme_output.py
+	$(BIN)/mypy --no-explicit-package-bases scripts/bench.py scripts/baseline_server.py \
+		scripts/reliability_report.py scripts/interop.py scripts/api_reference.py scripts/peers.py \
+		scripts/readme_output.py
+	$(BIN)/mypy $(PY_CLIENT)/tests/interop.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against
 # the proto callers may have generated clients from (scripts/buf_breaking.sh says which).
@@ -91,15 +101,18 @@ $(BUF):
 # Clients in other languages, generated from the proto by buf (each directory's
 # buf.gen.yaml) with pinned plugins; see clients/go/README.md, clients/typescript/README.md.
 # The Go module's generated code is committed (so `go get` works), the TypeScript client's is not.
+# The Python client's wheel (clients/python/client.mk) holds the stubs `make proto` generates.
 -include clients/go/client.mk
 -include clients/typescript/client.mk
+-include clients/python/client.mk
 
-clients: go-client ts-client
+clients: go-client ts-client py-client
 
-# Both clients' interop tests against a freshly started server on a fresh embedded database,
-# and their READMEs' printed output against what that server answers.
+# The three clients' interop tests against a freshly started server on a fresh embedded
+# database, the Python one from a virtual environment with only the client's wheel installed;
+# then the Go and TypeScript READMEs' printed output against what that server answers.
 interop: $(GENERATED) clients
-	$(BIN)/python scripts/interop.py go-interop ts-interop go-readme ts-readme
+	$(BIN)/python scripts/interop.py go-interop ts-interop py-interop go-readme ts-readme
 
 # The Helm chart's checks (tests/test_chart.py, marker chart, which make test leaves out):
 # helm lint --strict and helm template over deploy/helm/quota-authority/ci/*.yaml, each
@@ -129,41 +142,54 @@ docs: $(STAMP)
 install: $(STAMP)
 
 # Every install comes from the lock files (requirements/), each package pinned with its hashes,
-# so a fresh machine next month runs what was tested. The project itself goes in last, built
-# with the locked setuptools and nothing fetched beside it (--no-deps --no-build-isolation).
-$(STAMP): pyproject.toml $(DEV_LOCK)
+# so a fresh machine next month runs what was tested. The project goes in last, built with the
+# locked setuptools and nothing fetched beside it (--no-deps --no-build-isolation): the client
+# distribution (clients/python) and the server, which depends on it, both editable, so pip
+# check finds the server's quota-authority-client requirement met by the local one.
+$(STAMP): pyproject.toml $(PY_CLIENT)/pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e $(PY_CLIENT) -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 # The one target that refreshes the lock files from pyproject.toml's ranges (and
-# requirements/build.in): the development set, then the service's own, held to the same versions.
+# requirements/build.in): the development set, then the service's own and the Python
+# client's (clients/python/requirements.lock), both held to the development set's versions.
 # A package already locked keeps its version; `make lock UPGRADE=1` moves each to its newest.
+# The server's quota-authority-client is the local clients/python: requirements/local.in
+# names it, so uv takes it from there, never from an index, and it is left out of the locks
+# (it is installed from the tree).
 # uv, pinned, installs itself into .tools. Commit the lock files with what changed.
 UV := .tools/uv/bin/uv
 UV_VERSION := 0.13.10
 LOCK_FLAGS := --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command 'make lock'
+LOCAL_PACKAGES := requirements/local.in
+SERVER_LOCK_FLAGS := $(LOCK_FLAGS) --no-emit-package quota-authority-client
 
 lock: $(UV)
-	$(UV) pip compile $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) --extra dev \
-		pyproject.toml requirements/build.in -o $(DEV_LOCK)
-	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml requirements/build.in -c $(DEV_LOCK) \
-		-o $(SERVICE_LOCK)
+	$(UV) pip compile $(SERVER_LOCK_FLAGS) $(if $(UPGRADE),--upgrade) --extra dev \
+		pyproject.toml requirements/build.in $(LOCAL_PACKAGES) -o $(DEV_LOCK)
+	$(UV) pip compile $(SERVER_LOCK_FLAGS) pyproject.toml requirements/build.in \
+		$(LOCAL_PACKAGES) -c $(DEV_LOCK) -o $(SERVICE_LOCK)
+	$(UV) pip compile $(LOCK_FLAGS) $(PY_CLIENT)/pyproject.toml -c $(DEV_LOCK) -o $(CLIENT_LOCK)
 
 $(UV):
 	$(PYTHON) -m venv .tools/uv
 	.tools/uv/bin/python -m pip install --quiet uv==$(UV_VERSION)
 
-# The one target that generates code: Python messages, gRPC stubs and their type stubs.
+# The one target that generates code: Python messages, gRPC stubs and their type stubs, into
+# the client distribution (quota_authority.v1), which the server imports them from. Stubs
+# generated into src/quota_authority/v1 before they moved are removed, so no checkout keeps a
+# second copy.
 proto: $(STAMP)
+	rm -rf src/quota_authority/v1
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
-		--python_out=src --grpc_python_out=src \
-		--mypy_out=src --mypy_grpc_out=src \
+		--python_out=$(PY_CLIENT)/src --grpc_python_out=$(PY_CLIENT)/src \
+		--mypy_out=$(PY_CLIENT)/src --mypy_grpc_out=$(PY_CLIENT)/src \
 		$(PROTO)
 
 $(GENERATED): $(PROTO) $(STAMP)
@@ -171,6 +197,6 @@ $(GENERATED): $(PROTO) $(STAMP)
 
 # The Python and TypeScript generated code goes; the Go client's clients/go/gen is committed
 # and stays.
-clean: ts-clean
+clean: ts-clean py-clean
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
-	rm -f src/quota_authority/v1/*_pb2*.py src/quota_authority/v1/*_pb2*.pyi
+	rm -f $(PY_CLIENT)/src/quota_authority/v1/*_pb2*.py $(PY_CLIENT)/src/quota_authority/v1/*_pb2*.pyi

@@ -5,7 +5,7 @@ in a temporary directory (or on ``QUOTA_AUTHORITY_DATABASE_URL`` when set), wait
 its health check answers SERVING, runs ``make TARGET`` for each target with
 ``QUOTA_AUTHORITY_TARGET`` set to the server's address, then stops the server with
 SIGTERM. Exits with the first failing target's code, or 0; every target runs either way,
-so one client's failure does not hide the other's result.
+so one client's failure does not hide the others' results.
 """
 
 from __future__ import annotations

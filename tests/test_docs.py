@@ -33,6 +33,7 @@ from quota_authority.v1 import quota_authority_pb2 as pb
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PACKAGE = ROOT / "src" / "quota_authority"
+CLIENT = ROOT / "clients" / "python"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import api_reference  # noqa: E402
@@ -467,8 +468,11 @@ def broken_paths(files: Iterable[Path], roots: Sequence[Path]) -> list[str]:
 
 
 def package_sources() -> list[Path]:
-    generated = PACKAGE / "v1"
-    return [p for p in sorted(PACKAGE.rglob("*.py")) if generated not in p.parents]
+    """The server's and the client distribution's code, the generated stubs left out."""
+    generated = CLIENT / "src" / "quota_authority" / "v1"
+    sources = [*PACKAGE.rglob("*.py"), *CLIENT.glob("src/quota_authority/**/*.py")]
+    sources += CLIENT.glob("tests/*.py")
+    return sorted(p for p in sources if generated not in p.parents)
 
 
 def test_every_file_path_named_in_the_code_exists() -> None:

@@ -1,7 +1,10 @@
 """Installs are reproducible: the lock files pin every package the service and its development
 need, each with its hashes and within the ranges pyproject.toml allows; the service's lock holds
-the same versions as the development lock and nothing only development needs; and the
-environment these tests run in was installed from the lock (`make install`), not resolved anew.
+the same versions as the development lock and nothing only development needs; the Python
+client's lock (clients/python/requirements.lock) holds the client's dependencies at the
+development lock's versions and nothing of the server; the client distribution the server
+depends on is the one in the tree, in no lock (it is on no index); and the environment these
+tests run in was installed from the lock (`make install`), not resolved anew.
 No network: what `make lock` would resolve is not asked, only what the files promise."""
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.markers import Marker
@@ -20,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEV_LOCK = ROOT / "requirements" / "dev.lock"
 SERVICE_LOCK = ROOT / "requirements" / "service.lock"
 BUILD_INPUT = ROOT / "requirements" / "build.in"
+CLIENT = ROOT / "clients" / "python"
+CLIENT_LOCK = CLIENT / "requirements.lock"
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,23 @@ def read_lock(path: Path) -> dict[str, Pin]:
     return pins
 
 
-def declared(extra: str | None) -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    listed = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
-    return [Requirement(text) for text in listed]
+def project(directory: Path) -> dict[str, Any]:
+    table: dict[str, Any] = tomllib.loads(
+        (directory / "pyproject.toml").read_text(encoding="utf-8")
+    )["project"]
+    return table
+
+
+CLIENT_NAME = canonicalize_name(project(CLIENT)["name"])
+
+
+def declared(extra: str | None, directory: Path = ROOT) -> list[Requirement]:
+    """The requirements ``directory``'s pyproject.toml declares (with ``extra``'s), but the
+    one on the client distribution of this repository, which is installed from the tree."""
+    table = project(directory)
+    listed = table["dependencies"] if extra is None else table["optional-dependencies"][extra]
+    requirements = [Requirement(text) for text in listed]
+    return [r for r in requirements if canonicalize_name(r.name) != CLIENT_NAME]
 
 
 def build_requirements() -> list[Requirement]:
@@ -84,9 +103,12 @@ def brought_by_extras(requirement: Requirement) -> list[Requirement]:
 
 DEV = read_lock(DEV_LOCK)
 SERVICE = read_lock(SERVICE_LOCK)
+CLIENT_PINS = read_lock(CLIENT_LOCK)
+LOCKS = [DEV, SERVICE, CLIENT_PINS]
+LOCK_NAMES = ["dev.lock", "service.lock", "clients/python/requirements.lock"]
 
 
-@pytest.mark.parametrize("lock", [DEV, SERVICE], ids=["dev.lock", "service.lock"])
+@pytest.mark.parametrize("lock", LOCKS, ids=LOCK_NAMES)
 def test_every_pin_carries_hashes(lock: dict[str, Pin]) -> None:
     unhashed = [pin.name for pin in lock.values() if not pin.hashes]
     assert not unhashed
@@ -97,10 +119,11 @@ def test_every_pin_carries_hashes(lock: dict[str, Pin]) -> None:
 @pytest.mark.parametrize(
     ("lock", "requirements"),
     [
-        (DEV, declared(None) + declared("dev") + build_requirements()),
-        (SERVICE, declared(None) + build_requirements()),
+        (DEV, declared(None) + declared("dev") + build_requirements() + declared(None, CLIENT)),
+        (SERVICE, declared(None) + build_requirements() + declared(None, CLIENT)),
+        (CLIENT_PINS, declared(None, CLIENT)),
     ],
-    ids=["dev.lock", "service.lock"],
+    ids=LOCK_NAMES,
 )
 def test_every_declared_requirement_is_pinned_within_its_range(
     lock: dict[str, Pin], requirements: list[Requirement]
@@ -116,10 +139,13 @@ def test_every_declared_requirement_is_pinned_within_its_range(
             assert canonicalize_name(brought.name) in lock, f"{brought} ({requirement})"
 
 
-def test_the_service_runs_the_versions_development_tests() -> None:
+@pytest.mark.parametrize("lock", [SERVICE, CLIENT_PINS], ids=LOCK_NAMES[1:])
+def test_the_service_and_the_client_run_the_versions_development_tests(
+    lock: dict[str, Pin],
+) -> None:
     differing = {
         name: (pin.version, DEV[name].version)
-        for name, pin in SERVICE.items()
+        for name, pin in lock.items()
         if name not in DEV or DEV[name].version != pin.version
     }
     assert not differing
@@ -128,6 +154,34 @@ def test_the_service_runs_the_versions_development_tests() -> None:
 def test_the_service_lock_holds_nothing_only_development_needs() -> None:
     for requirement in declared("dev"):
         assert canonicalize_name(requirement.name) not in SERVICE, requirement
+
+
+def test_the_client_lock_holds_nothing_of_the_server() -> None:
+    """A service that installs the client gets grpcio, protobuf and grpcio-status and what
+    they need: no package the server alone declares, none of development's."""
+    client_needs = {canonicalize_name(r.name) for r in declared(None, CLIENT)}
+    server_only = [
+        r
+        for r in declared(None) + declared("dev") + build_requirements()
+        if canonicalize_name(r.name) not in client_needs
+    ]
+    assert server_only, "the server declares packages of its own"
+    for requirement in server_only:
+        assert canonicalize_name(requirement.name) not in CLIENT_PINS, requirement
+
+
+def test_the_server_depends_on_the_client_in_the_tree_which_no_lock_holds() -> None:
+    """quota-authority-client is on no index: `make lock` takes it from clients/python
+    (requirements/local.in) and leaves it out, so no lock can fetch a package of that name
+    from an index. The server requires the version the tree holds."""
+    (requirement,) = [
+        Requirement(text)
+        for text in project(ROOT)["dependencies"]
+        if canonicalize_name(Requirement(text).name) == CLIENT_NAME
+    ]
+    assert requirement.specifier.contains(project(CLIENT)["version"])
+    for lock in LOCKS:
+        assert CLIENT_NAME not in lock
 
 
 def test_this_environment_was_installed_from_the_lock() -> None:

@@ -52,7 +52,9 @@ CLIENTS = 8
 
 def previous_release(into: Path) -> Path:
     """The ``src`` tree of the last commit before the release that added revision 0008,
-    with this checkout's generated protobuf modules (the wire format did not change)."""
+    with this checkout's generated protobuf modules (the wire format did not change). That
+    tree's quota_authority is a regular package, stubs and client inside, so the process
+    that runs it with it first on PYTHONPATH imports nothing of this checkout's."""
 
     def git(*args: str) -> bytes:
         return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True).stdout
@@ -61,7 +63,7 @@ def previous_release(into: Path) -> Path:
     revision = f"{added[-1].decode()}^" if added else "HEAD"  # not committed yet: HEAD is it
     with tarfile.open(fileobj=BytesIO(git("archive", revision, "src"))) as archive:
         archive.extractall(into, filter="data")
-    generated = REPO / "src/quota_authority/v1"
+    generated = REPO / "clients/python/src/quota_authority/v1"  # where make proto puts them now
     for module in generated.glob("*_pb2*.py"):
         shutil.copy(module, into / "src/quota_authority/v1" / module.name)
     assert not (into / "src" / REVISION_0008.removeprefix("src/")).exists()

@@ -27,6 +27,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from .api import QuotaAuthorityServicer, add_to_server
 from .api.auth import Authorizer
 from .api.callers import load_callers
@@ -41,7 +43,6 @@ from .settings import Settings, unsafe_listen
 from .store import PostgresLedger, create_engine, migrate
 from .store.database import database_in_use, unreachable_at_start
 from .tls import ServerCertificates
-from .v1 import quota_authority_pb2 as pb
 
 __all__ = [
     "SERVICE_NAME",

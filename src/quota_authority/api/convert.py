@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from ..domain import (
     Action,
     BatchMode,
@@ -19,7 +21,6 @@ from ..domain import (
     RecordedDecision,
     ReleaseResult,
 )
-from ..v1 import quota_authority_pb2 as pb
 
 __all__ = [
     "ACTIONS",

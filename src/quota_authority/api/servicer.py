@@ -15,6 +15,9 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from quota_authority.v1 import quota_authority_pb2 as pb
+from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
 from ..domain import (
     Action,
     BlockChange,
@@ -31,8 +34,6 @@ from ..domain import (
 )
 from ..engine import QuotaService
 from ..metrics import Metrics
-from ..v1 import quota_authority_pb2 as pb
-from ..v1 import quota_authority_pb2_grpc as pb_grpc
 from .convert import (
     ACTIONS,
     BATCH_MODES,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..client import QuotaClient
-from ..v1 import quota_authority_pb2 as pb
+from quota_authority.client import QuotaClient
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from .shared import PAIR, Commands, add_change_command, run_mutation, yes
 
 __all__ = ["add_parsers"]

@@ -23,9 +23,16 @@ from typing import Any, Literal
 
 import grpc
 
-from ..client import OutreachItem, QuotaClient, field_violations
-from ..formats import IDENTIFIER, IDENTIFIER_WORDS, REQUEST_ID, REQUEST_ID_WORDS, quoted
-from ..v1 import quota_authority_pb2 as pb
+from quota_authority.client import OutreachItem, QuotaClient, field_violations
+from quota_authority.formats import (
+    IDENTIFIER,
+    IDENTIFIER_WORDS,
+    REQUEST_ID,
+    REQUEST_ID_WORDS,
+    quoted,
+)
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from .outreach_csv import BadFile, Item, UnreadableFile, read_outreach
 from .shared import (
     ASK_AGAIN,

@@ -50,8 +50,9 @@ from typing import Any, Generic, TextIO, TypeVar
 
 import grpc
 
-from ..client import QuotaClient, field_violations
-from ..formats import IDENTIFIER, IDENTIFIER_WORDS
+from quota_authority.client import QuotaClient, field_violations
+from quota_authority.formats import IDENTIFIER, IDENTIFIER_WORDS
+
 from .gmv_csv import BadHeader, BadRow, GmvCsv, Row
 from .shared import (
     ERROR,

@@ -15,8 +15,9 @@ import sys
 
 import grpc
 
-from ..client import QuotaClient, error_reason
-from ..v1 import quota_authority_pb2 as pb
+from quota_authority.client import QuotaClient, error_reason
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from .shared import (
     DENIED,
     OK,

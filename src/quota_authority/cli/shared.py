@@ -32,10 +32,11 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 
-from ..client import QuotaClient, field_violations
+from quota_authority.client import QuotaClient, field_violations
+from quota_authority.v1 import quota_authority_pb2 as pb
+
 from ..errors import ConfigError
 from ..settings import load_settings
-from ..v1 import quota_authority_pb2 as pb
 
 __all__ = [
     "ASK_AGAIN",

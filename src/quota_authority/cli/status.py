@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..client import QuotaClient
+from quota_authority.client import QuotaClient
+
 from .shared import (
     OK,
     SELLER,

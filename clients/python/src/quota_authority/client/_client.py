@@ -1,19 +1,5 @@
-"""``QuotaClient``: a small typed async client for Python services that call quota-authority.
-
-It speaks the generated protobuf messages, adds the caller's credentials (a bearer token,
-TLS, a client certificate) and a deadline to every call, and retries a call that answered
-``UNAVAILABLE`` with the same request_id, as the API asks: a retry is answered from the
-stored response or decided once, never charged twice. A mutating call made without a
-request_id gets one generated here, so that its retries are safe too.
-
-::
-
-    async with QuotaClient("quota.internal:50051", token=token, root_certificates=ca) as quota:
-        reply = await quota.check_and_consume("seller-1", "creator-9", "invite",
-                                              creator_follower_count=1200)
-        if reply.allowed:
-            ...
-"""
+"""``QuotaClient`` and ``OutreachItem``: the calls, their credentials, deadlines and retries
+(the package's docstring says what a caller gets)."""
 
 from __future__ import annotations
 
@@ -25,13 +11,11 @@ from types import TracebackType
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from .v1 import quota_authority_pb2 as pb
-from .v1 import quota_authority_pb2_grpc as pb_grpc
+from ..v1 import quota_authority_pb2 as pb
+from ..v1 import quota_authority_pb2_grpc as pb_grpc
 
-__all__ = ["OutreachItem", "QuotaClient", "error_reason", "field_violations"]
+__all__ = ["OutreachItem", "QuotaClient"]
 
 T = TypeVar("T")
 
@@ -311,31 +295,6 @@ class QuotaClient:
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
-
-
-def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    """The (field, description) pairs of the google.rpc.BadRequest an INVALID_ARGUMENT
-    ``error`` carries; empty for any other error."""
-    status = rpc_status.from_call(error)
-    pairs = []
-    for detail in [] if status is None else status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            pairs += [(v.field, v.description) for v in bad.field_violations]
-    return pairs
-
-
-def error_reason(error: grpc.aio.AioRpcError) -> str | None:
-    """The reason of the google.rpc.ErrorInfo ``error`` carries, such as
-    ``REQUEST_ID_REUSED`` or ``NOTHING_CHARGED``; None when it carries none."""
-    status = rpc_status.from_call(error)
-    for detail in [] if status is None else status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return None
 
 
 def _outreach_item(
