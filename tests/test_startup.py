@@ -40,9 +40,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def _run(command: str, **settings: str) -> subprocess.CompletedProcess[str]:
+def _run(*command: str, **settings: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(QUOTA_AUTHORITY), command],
+        [str(QUOTA_AUTHORITY), *command],
         env=command_environment(**settings),
         capture_output=True,
         text=True,
@@ -145,6 +145,46 @@ def test_bad_configuration_is_exit_status_2_naming_the_key():
     assert _one_line(result.stderr).startswith(
         "configuration error: QUOTA_AUTHORITY_DB_POOL_SIZE: must be at least 1"
     )
+
+
+# --- a variable that is no setting ------------------------------------------------------
+
+MISSPELLED = "QUOTA_AUTHORITY_DATABSE_URL"  # in test_settings.py's UNKNOWN_ON_PURPOSE
+
+
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["storage"], ["status", "s1"]])
+def test_a_misspelled_setting_stops_every_command_that_reads_settings_naming_it(
+    command, embedded_data_dir
+):
+    """Not silently ignored, which would serve an embedded PostgreSQL instead of the
+    database meant; the client command reads QUOTA_AUTHORITY_LISTEN (no --target)."""
+    result = _run(
+        *command,
+        **{MISSPELLED: "postgresql://quota@db.internal/quota"},
+        QUOTA_AUTHORITY_DATA_DIR=str(embedded_data_dir),
+        QUOTA_AUTHORITY_LISTEN=f"127.0.0.1:{free_port()}",
+    )
+
+    assert result.returncode == ConfigError.exit_status == 2, result.stderr
+    assert _one_line(result.stderr) == (
+        f"configuration error: {MISSPELLED}: unknown variable, not a setting; "
+        "did you mean QUOTA_AUTHORITY_DATABASE_URL?"
+    )
+    assert not embedded_data_dir.exists(), "refused before an embedded PostgreSQL was made"
+
+
+def test_the_variables_of_our_tools_that_are_no_setting_do_not_stop_a_command():
+    """A shell set up for the client examples and the reliability suite still migrates: it
+    gets as far as the database (unreachable here), not refused as bad configuration."""
+    result = _run(
+        "migrate",
+        QUOTA_AUTHORITY_TARGET="127.0.0.1:50051",
+        QUOTA_AUTHORITY_TOKEN="a-token-of-a-caller",
+        QUOTA_AUTHORITY_RELIABILITY="full",
+        QUOTA_AUTHORITY_DATABASE_URL="postgresql://quota@127.0.0.1:1/quota",
+    )
+
+    assert result.returncode == DatabaseUnreachable.exit_status, result.stderr
 
 
 async def test_stop_before_start_does_nothing(database_url):

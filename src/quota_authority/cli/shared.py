@@ -99,7 +99,12 @@ def client_failures(
     interrupted = "interrupted by Ctrl-C (SIGINT) or SIGTERM: calls in flight are cancelled"
     return (
         failed,
-        ExitStatus(USAGE, "usage", "usage error, or without --target a bad QUOTA_AUTHORITY_LISTEN"),
+        ExitStatus(
+            USAGE,
+            "usage",
+            "usage error, or without --target bad configuration (QUOTA_AUTHORITY_LISTEN, or "
+            "an unknown QUOTA_AUTHORITY_* variable)",
+        ),
         ExitStatus(
             INTERRUPTED,
             "interrupted",
