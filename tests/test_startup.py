@@ -33,6 +33,7 @@ from support import command_environment, eventually, free_port, invite
 from quota_authority.clock import SystemClock
 from quota_authority.errors import CannotListen, ConfigError, DatabaseUnreachable
 from quota_authority.server import QuotaAuthorityServer, check_can_listen
+from quota_authority.store.migrate import head_revision
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 QUOTA_AUTHORITY = Path(sys.executable).with_name("quota-authority")  # the console script
@@ -40,9 +41,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def _run(*command: str, **settings: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    *command: str, cwd: Path | None = None, **settings: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(QUOTA_AUTHORITY), *command],
+        cwd=cwd,
         env=command_environment(**settings),
         capture_output=True,
         text=True,
@@ -288,6 +292,56 @@ async def test_after_a_server_is_killed_the_last_live_server_still_stops_postgre
             if serve is not None and serve.process.poll() is None:
                 serve.process.kill()
                 serve.process.wait(60)
+
+
+# --- which database: named, and never made by a command that reads -------------------
+
+
+def test_storage_where_no_embedded_postgresql_is_says_so_and_creates_none(embedded_data_dir):
+    """Run in another directory, the relative default QUOTA_AUTHORITY_DATA_DIR names a
+    directory that does not exist: no PostgreSQL is made and started there to report an
+    empty, unmigrated database."""
+    elsewhere = embedded_data_dir.parent
+
+    result = _run("storage", cwd=elsewhere)
+
+    assert result.returncode == DatabaseUnreachable.exit_status == 3, result.stderr
+    assert _one_line(result.stderr) == (
+        f"error: QUOTA_AUTHORITY_DATA_DIR: no embedded PostgreSQL in "
+        f"{elsewhere / '.quota-authority'}: the directory does not exist; nothing was created "
+        "(set QUOTA_AUTHORITY_DATA_DIR or QUOTA_AUTHORITY_DATABASE_URL to the database to read)"
+    )
+    assert list(elsewhere.iterdir()) == []
+    assert result.stdout == ""
+
+
+def test_storage_on_a_directory_without_postgresql_data_creates_none(embedded_data_dir):
+    embedded_data_dir.mkdir()
+
+    result = _run("storage", QUOTA_AUTHORITY_DATA_DIR=str(embedded_data_dir))
+
+    assert result.returncode == 3, result.stderr
+    assert _one_line(result.stderr).startswith(
+        f"error: QUOTA_AUTHORITY_DATA_DIR: no embedded PostgreSQL in {embedded_data_dir}: "
+        "the directory holds no PostgreSQL data; nothing was created"
+    )
+    assert list(embedded_data_dir.iterdir()) == []
+
+
+def test_migrate_and_storage_name_the_embedded_postgresql_they_use(embedded_data_dir):
+    """By its absolute directory, even when QUOTA_AUTHORITY_DATA_DIR is relative."""
+    root = embedded_data_dir.parent
+    relative = {"cwd": root, "QUOTA_AUTHORITY_DATA_DIR": embedded_data_dir.name}
+
+    migrated = _run("migrate", **relative)
+    storage = _run("storage", "--json", **relative)
+
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.strip() == (
+        f"schema at revision {head_revision()} in the embedded PostgreSQL in {embedded_data_dir}"
+    )
+    assert storage.returncode == 0, storage.stderr
+    assert not _postgres_running(embedded_data_dir), "each stopped it when it was done"
 
 
 # --- draining --------------------------------------------------------------------------
