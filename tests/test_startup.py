@@ -294,6 +294,57 @@ async def test_after_a_server_is_killed_the_last_live_server_still_stops_postgre
                 serve.process.wait(60)
 
 
+async def test_the_embedded_postgresql_stops_soon_after_its_last_user_is_killed(
+    embedded_data_dir, tmp_path
+):
+    """Not only when the next command starts: killed servers never take themselves off
+    pgserver's list of users, and their PostgreSQL used to run on, unused, until then."""
+    data_dir = embedded_data_dir
+    first = EmbeddedServe(data_dir, tmp_path / "first.log")
+    second = restarted = None
+    try:
+        await first.serving()
+        second = EmbeddedServe(data_dir, tmp_path / "second.log")
+        await second.serving()
+        postmaster = _postmaster(data_dir)
+
+        first.process.kill()
+        first.process.wait(60)
+        # The second still uses it: it goes on deciding, on the same PostgreSQL.
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            reply = await pb_grpc.QuotaAuthorityServiceStub(channel).CheckAndConsume(
+                invite("s-after-kill", "c-1"), timeout=60
+            )
+        assert reply.allowed
+        assert _postmaster(data_dir) == postmaster
+
+        second.process.kill()
+        second.process.wait(60)
+
+        async def stopped() -> bool:
+            return not _postgres_running(data_dir)
+
+        await eventually(stopped, within_s=120)
+        assert not psutil.pid_exists(postmaster) or (
+            psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+        )
+        # And the next server starts it again.
+        restarted = EmbeddedServe(data_dir, tmp_path / "restarted.log")
+        await restarted.serving()
+        assert await restarted.stopped(signal.SIGTERM) == 0
+        assert not _postgres_running(data_dir)
+    finally:
+        for serve in (first, second, restarted):
+            if serve is not None and serve.process.poll() is None:
+                serve.process.kill()
+                serve.process.wait(60)
+
+
+def _postmaster(data_dir: Path) -> int:
+    assert _postgres_running(data_dir)
+    return int((data_dir / "postmaster.pid").read_text().split()[0])
+
+
 # --- which database: named, and never made by a command that reads -------------------
 
 

@@ -17,13 +17,13 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-import psutil
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import DatabaseUnreachable
 from ..settings import Settings
+from .watchdog import ensure_watched, holder_alive
 
 __all__ = [
     "DatabaseInUse",
@@ -119,14 +119,6 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
 _HOLDERS_FILE = ".handle_pids.json"
 
 
-def _alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:  # no such process, or gone while we asked
-        return False
-
-
 class EmbeddedPostgres:
     """A PostgreSQL server in ``data_dir``, started with pgserver on entry, stopped on exit.
     With ``create`` false (a command that only reads), a ``data_dir`` that holds no
@@ -136,7 +128,9 @@ class EmbeddedPostgres:
     leaves. pgserver keeps the processes using it in a list in the data directory; one that
     was killed (SIGKILL, a crash) never takes itself off, and pgserver would then never stop
     the server again. So on entry and exit the holders that no longer run are pruned, under
-    pgserver's own inter-process lock.
+    pgserver's own inter-process lock; and a watchdog process (``store/watchdog.py``), one
+    per data directory, stops the server once no process on the list runs, when the last
+    one was killed.
     """
 
     def __init__(self, data_dir: Path, *, create: bool = True) -> None:
@@ -169,6 +163,11 @@ class EmbeddedPostgres:
                 f"QUOTA_AUTHORITY_DATA_DIR: cannot start the embedded PostgreSQL in "
                 f"{self._data_dir}: {e}"
             ) from e
+        try:
+            ensure_watched(self._data_dir)  # now that this process is on the list
+        except OSError:
+            # It serves all the same; only a kill would leave PostgreSQL running.
+            log.warning("could not start the embedded PostgreSQL's watchdog", exc_info=True)
         return self
 
     def __exit__(
@@ -211,7 +210,7 @@ class EmbeddedPostgres:
             if not path.exists():
                 return []
             holders = [int(pid) for pid in json.loads(path.read_text())]
-            live = [pid for pid in holders if _alive(pid)]
+            live = [pid for pid in holders if holder_alive(pid)]
             if live != holders:
                 path.write_text(json.dumps(live))
                 log.info(
