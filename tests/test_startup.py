@@ -345,6 +345,72 @@ def _postmaster(data_dir: Path) -> int:
     return int((data_dir / "postmaster.pid").read_text().split()[0])
 
 
+# --- logs are JSON lines, through a stop ----------------------------------------------
+
+
+async def test_every_line_a_server_writes_on_stderr_is_json_through_a_stop(
+    embedded_data_dir, tmp_path
+):
+    """Including the stop of the embedded PostgreSQL, which forks pg_ctl while gRPC is
+    loaded: gRPC's fork handlers wrote a line of their own there (fork_posix.cc)."""
+    serve = EmbeddedServe(embedded_data_dir, tmp_path / "serve.log")
+    try:
+        await serve.serving()
+        async with grpc.aio.insecure_channel(serve.address) as channel:
+            stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+            assert (await stub.CheckAndConsume(invite("s-json", "c-1"), timeout=60)).allowed
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == SERVING
+            assert await serve.stopped(signal.SIGTERM) == 0
+    finally:
+        if serve.process.poll() is None:
+            serve.process.kill()
+            serve.process.wait(60)
+
+    assert "stopping embedded PostgreSQL" in serve.messages()
+    for line in serve.log.read_text().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON line on stderr: {line!r}")
+
+
+# A process of the command (its entry module imported first, as the console script does)
+# that forks while gRPC is busy, as the server does when it stops the embedded PostgreSQL
+# as root: pgserver runs pg_ctl with user=, for which Python forks rather than vforks.
+_FORK_WHILE_GRPC_RUNS = """
+import asyncio, subprocess
+import quota_authority.cli
+import grpc
+
+async def main():
+    server = grpc.aio.server()
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    for _ in range(5):
+        subprocess.run(["true"], preexec_fn=lambda: None, check=True)  # fork(), not vfork()
+    await server.stop(0)
+
+asyncio.run(main())
+"""
+
+
+def test_the_command_forks_without_grpc_fork_handlers_writing_on_stderr():
+    """gRPC's fork handlers skip, with a line on stderr, whenever a thread is in gRPC, and
+    in a child they restart gRPC's threads, which was seen to crash a child before its
+    exec. A child of ours always execs at once, so the command turns them off."""
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_GRPC_RUNS],
+        env=command_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
 # --- which database: named, and never made by a command that reads -------------------
 
 
