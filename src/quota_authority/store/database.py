@@ -165,7 +165,7 @@ class EmbeddedPostgres:
             ) from e
         try:
             ensure_watched(self._data_dir)  # now that this process is on the list
-        except OSError:
+        except (OSError, subprocess.SubprocessError):
             # It serves all the same; only a kill would leave PostgreSQL running.
             log.warning("could not start the embedded PostgreSQL's watchdog", exc_info=True)
         return self

@@ -17,7 +17,9 @@ after that decision finds the directory unwatched and starts another.
 
 It runs as a script, ``python -P watchdog.py DATA_DIR``, not as a module of the package:
 importing ``quota_authority.store`` would load SQLAlchemy and asyncpg into a process that
-needs neither. So it imports only the standard library, psutil and pgserver.
+needs neither. So it imports only the standard library, psutil and pgserver. The script
+forks and its parent exits at once, so the watchdog is no child of the process that started
+it (a plain fork is safe there: no gRPC, no threads).
 """
 
 from __future__ import annotations
@@ -73,28 +75,48 @@ def _claim(data_dir: Path) -> int | None:
 
 def ensure_watched(data_dir: Path) -> None:
     """Start a watchdog for ``data_dir`` unless one watches it. Call it after this process
-    is on pgserver's list: a watchdog that is deciding to exit has seen the list empty."""
+    is on pgserver's list: a watchdog that is deciding to exit has seen the list empty.
+    Raises ``OSError`` or ``subprocess.SubprocessError`` when it cannot be started."""
     fd = _claim(data_dir)
     if fd is None:
         return  # watched
     os.close(fd)  # the watchdog claims it; of two started at once, one stays
     with open(data_dir / _LOG, "ab") as log:
-        # Its own session: a Ctrl-C in the terminal of the process that started it, or a
-        # signal to that process's group, is not meant for it.
-        subprocess.Popen(
+        # The script detaches (_detach) and this waits only for that: the watchdog is
+        # nobody's child here, so it never lingers as a zombie of ours.
+        subprocess.run(
             [sys.executable, "-P", __file__, str(data_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            start_new_session=True,
+            check=True,
+            timeout=60,
         )
 
 
-def _holders(data_dir: Path) -> list[int]:
+def _detach() -> bool:
+    """Fork; True in the child, which goes on as the watchdog in a session of its own (a
+    Ctrl-C in the terminal of the process that started it, or a signal to that process's
+    group, is not meant for it), while the parent exits at once."""
+    if os.fork() > 0:
+        return False
+    os.setsid()
+    return True
+
+
+def _holders(data_dir: Path) -> list[int] | None:
+    """The processes on pgserver's list; None when it cannot be read (pgserver rewrites it
+    in place, so a look without its lock may find it half written)."""
     try:
         return [int(pid) for pid in json.loads((data_dir / _HOLDERS).read_text())]
     except FileNotFoundError:
         return []
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _anyone_uses(holders: list[int] | None) -> bool:
+    return holders is None or any(holder_alive(pid) for pid in holders)
 
 
 def _say(message: str) -> None:
@@ -146,11 +168,11 @@ def main(data_dir: Path) -> int:
     _say(f"watching the embedded PostgreSQL in {data_dir}")
     while True:
         time.sleep(POLL_S)
-        if any(holder_alive(pid) for pid in _holders(data_dir)):
+        if data_dir.is_dir() and _anyone_uses(_holders(data_dir)):
             continue
         with _pgserver_lock():
             holders = _holders(data_dir)
-            if any(holder_alive(pid) for pid in holders):
+            if data_dir.is_dir() and _anyone_uses(holders):
                 continue  # one joined meanwhile
             if holders:
                 (data_dir / _HOLDERS).write_text("[]")
@@ -164,4 +186,4 @@ def main(data_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1])) if _detach() else 0)
