@@ -37,6 +37,7 @@ from quota_authority.cli import command_facts, gmv_csv, import_gmv, main
 from quota_authority.engine.service import GMV_BATCH_KEY_SELLER
 from quota_authority.errors import StoreUnavailable
 from quota_authority.store import PostgresLedger, head_revision
+from quota_authority.store.database import redacted
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 CLI = [sys.executable, "-m", "quota_authority.cli"]
@@ -143,7 +144,7 @@ def test_migrate_brings_the_schema_to_the_head_revision(database_url):
     )
 
     assert result.returncode == 0, result.stderr
-    assert f"schema at revision {head_revision()}" in result.stdout
+    assert result.stdout == f"schema at revision {head_revision()} in {redacted(database_url)}\n"
 
 
 async def test_cli_module_is_importable_without_a_server():

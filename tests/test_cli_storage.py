@@ -25,6 +25,7 @@ from quota_authority.cli import main
 from quota_authority.cli import serve as serve_command
 from quota_authority.engine.retention import retained
 from quota_authority.policy import Policy
+from quota_authority.store.database import redacted
 from quota_authority.store.distribution import DISTRIBUTED_TABLES
 from quota_authority.store.partitions import (
     AHEAD,
@@ -268,11 +269,12 @@ def test_an_unreachable_database_is_one_line_and_exit_status_3():
     assert "hunter2secret" not in result.stderr
 
 
-async def test_a_database_that_is_not_migrated_is_an_error_saying_so(fresh_database_url):
+async def test_a_database_that_is_not_migrated_is_an_error_naming_it(fresh_database_url):
+    """Named, so that an operator sees it is not the database meant before migrating it."""
     result = storage_process(fresh_database_url)
 
     assert result.returncode == 1
-    assert result.stderr.startswith("error: no table sellers, ")
+    assert result.stderr.startswith(f"error: {redacted(fresh_database_url)}: no table sellers, ")
     assert "not migrated" in result.stderr and "Traceback" not in result.stderr
 
 

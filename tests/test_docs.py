@@ -22,6 +22,7 @@ from quota_authority.api import callers as callers_module
 from quota_authority.cli import command_facts
 from quota_authority.metrics import Metrics
 from quota_authority.settings import (
+    NOT_SETTINGS,
     Variable,
     documented_default,
     load_settings,
@@ -246,11 +247,21 @@ def test_the_readme_table_has_each_variable_with_its_default_and_minimum() -> No
     assert set(rows) == {v.name for v in variables().values()}
 
 
+# The misspelling docs/operations.md shows refused.
+MISSPELLED_EXAMPLE = "QUOTA_AUTHORITY_DATABSE_URL"
+
+
 def test_every_variable_named_in_operations_exists() -> None:
     named = set(VARIABLE.findall(read("operations.md")))
 
-    unknown = sorted(named - variables_read_by_load_settings())
+    known = variables_read_by_load_settings() | NOT_SETTINGS.keys() | {MISSPELLED_EXAMPLE}
+    unknown = sorted(named - known)
     assert not unknown, f"docs/operations.md names variables the code does not read: {unknown}"
+
+
+def test_the_configuration_reference_lists_the_variables_let_through_that_are_no_setting():
+    listed = set(re.findall(r"^- `(QUOTA_AUTHORITY_[A-Z0-9_]+)`:", configuration_reference(), re.M))
+    assert listed == set(NOT_SETTINGS)
 
 
 def keys_accepted_by_the_policy_and_callers_files() -> set[str]:

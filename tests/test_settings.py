@@ -3,6 +3,7 @@ defaults of docs/rules.md, and bad configuration refused with a message naming t
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from quota_authority.errors import ConfigError
 from quota_authority.policy import Policy, RetentionPolicy, TierPolicy
-from quota_authority.settings import Settings, load_settings
+from quota_authority.settings import NOT_SETTINGS, PREFIX, Settings, load_settings, variables
 
 MONDAY, SUNDAY = 0, 6
 
@@ -486,3 +487,65 @@ def test_missing_policy_file_is_refused_naming_the_variable_and_path(tmp_path: P
 
     assert "QUOTA_AUTHORITY_CONFIG" in str(refused.value)
     assert str(missing) in str(refused.value)
+
+
+# --- variables that are no setting ------------------------------------------------------------
+
+
+def test_a_misspelled_setting_is_refused_naming_the_nearest_setting() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"QUOTA_AUTHORITY_DATABSE_URL": "postgresql://quota@db/quota"})
+
+    assert str(refused.value) == (
+        "QUOTA_AUTHORITY_DATABSE_URL: unknown variable, not a setting; "
+        "did you mean QUOTA_AUTHORITY_DATABASE_URL?"
+    )
+
+
+def test_an_unknown_variable_like_no_setting_is_refused_pointing_to_the_docs() -> None:
+    with pytest.raises(ConfigError, match=r"^QUOTA_AUTHORITY_FOO: unknown variable.*operations"):
+        load_settings({"QUOTA_AUTHORITY_FOO": "1"})
+
+
+def test_an_unknown_variable_set_empty_counts_as_unset_like_a_setting() -> None:
+    assert load_settings({"QUOTA_AUTHORITY_DATABSE_URL": " "}) == load_settings({})
+
+
+def test_the_variables_our_own_tools_read_are_let_through() -> None:
+    assert load_settings(dict.fromkeys(NOT_SETTINGS, "x")) == load_settings({})
+
+
+# Unknown on purpose, in the tests and docs that show one refused.
+UNKNOWN_ON_PURPOSE = {"QUOTA_AUTHORITY_DATABSE_URL", "QUOTA_AUTHORITY_FOO"}
+ROOT = Path(__file__).resolve().parents[1]
+_NOT_OURS = {"node_modules", "dist", "__pycache__"}
+
+
+def _repository_files() -> list[Path]:
+    """The repository's own files: no hidden directory but .ci (.git, .venv, data
+    directories), no installed or built ones."""
+    files = []
+    for directory, subdirectories, names in os.walk(ROOT):
+        subdirectories[:] = [
+            d for d in subdirectories if d not in _NOT_OURS and (d == ".ci" or d[0] != ".")
+        ]
+        files += [Path(directory, name) for name in names]
+    return files
+
+
+def test_every_variable_of_our_prefix_the_repository_names_is_let_through() -> None:
+    """A variable a script, the Makefile, a client or a doc sets would otherwise stop every
+    command run where it is set: it must be a setting or in NOT_SETTINGS."""
+    known = {v.name for v in variables().values()} | NOT_SETTINGS.keys()
+    name = re.compile(re.escape(PREFIX) + r"[A-Z0-9_]*[A-Z0-9]")
+    named: dict[str, str] = {}
+    for path in _repository_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for found in name.findall(text):
+            named.setdefault(found, str(path.relative_to(ROOT)))
+    assert "QUOTA_AUTHORITY_TARGET" in named and "QUOTA_AUTHORITY_LISTEN" in named  # it looked
+    unknown = {n: where for n, where in named.items() if n not in known | UNKNOWN_ON_PURPOSE}
+    assert not unknown, f"variables that every command would refuse: {unknown}"

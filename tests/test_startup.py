@@ -33,6 +33,7 @@ from support import command_environment, eventually, free_port, invite
 from quota_authority.clock import SystemClock
 from quota_authority.errors import CannotListen, ConfigError, DatabaseUnreachable
 from quota_authority.server import QuotaAuthorityServer, check_can_listen
+from quota_authority.store.migrate import head_revision
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 QUOTA_AUTHORITY = Path(sys.executable).with_name("quota-authority")  # the console script
@@ -40,9 +41,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def _run(command: str, **settings: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    *command: str, cwd: Path | None = None, **settings: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(QUOTA_AUTHORITY), command],
+        [str(QUOTA_AUTHORITY), *command],
+        cwd=cwd,
         env=command_environment(**settings),
         capture_output=True,
         text=True,
@@ -147,6 +151,46 @@ def test_bad_configuration_is_exit_status_2_naming_the_key():
     )
 
 
+# --- a variable that is no setting ------------------------------------------------------
+
+MISSPELLED = "QUOTA_AUTHORITY_DATABSE_URL"  # in test_settings.py's UNKNOWN_ON_PURPOSE
+
+
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["storage"], ["status", "s1"]])
+def test_a_misspelled_setting_stops_every_command_that_reads_settings_naming_it(
+    command, embedded_data_dir
+):
+    """Not silently ignored, which would serve an embedded PostgreSQL instead of the
+    database meant; the client command reads QUOTA_AUTHORITY_LISTEN (no --target)."""
+    result = _run(
+        *command,
+        **{MISSPELLED: "postgresql://quota@db.internal/quota"},
+        QUOTA_AUTHORITY_DATA_DIR=str(embedded_data_dir),
+        QUOTA_AUTHORITY_LISTEN=f"127.0.0.1:{free_port()}",
+    )
+
+    assert result.returncode == ConfigError.exit_status == 2, result.stderr
+    assert _one_line(result.stderr) == (
+        f"configuration error: {MISSPELLED}: unknown variable, not a setting; "
+        "did you mean QUOTA_AUTHORITY_DATABASE_URL?"
+    )
+    assert not embedded_data_dir.exists(), "refused before an embedded PostgreSQL was made"
+
+
+def test_the_variables_of_our_tools_that_are_no_setting_do_not_stop_a_command():
+    """A shell set up for the client examples and the reliability suite still migrates: it
+    gets as far as the database (unreachable here), not refused as bad configuration."""
+    result = _run(
+        "migrate",
+        QUOTA_AUTHORITY_TARGET="127.0.0.1:50051",
+        QUOTA_AUTHORITY_TOKEN="a-token-of-a-caller",
+        QUOTA_AUTHORITY_RELIABILITY="full",
+        QUOTA_AUTHORITY_DATABASE_URL="postgresql://quota@127.0.0.1:1/quota",
+    )
+
+    assert result.returncode == DatabaseUnreachable.exit_status, result.stderr
+
+
 async def test_stop_before_start_does_nothing(database_url):
     server = QuotaAuthorityServer(server_settings(), database_url, SystemClock())
     await server.stop()
@@ -248,6 +292,173 @@ async def test_after_a_server_is_killed_the_last_live_server_still_stops_postgre
             if serve is not None and serve.process.poll() is None:
                 serve.process.kill()
                 serve.process.wait(60)
+
+
+async def test_the_embedded_postgresql_stops_soon_after_its_last_user_is_killed(
+    embedded_data_dir, tmp_path
+):
+    """Not only when the next command starts: killed servers never take themselves off
+    pgserver's list of users, and their PostgreSQL used to run on, unused, until then."""
+    data_dir = embedded_data_dir
+    first = EmbeddedServe(data_dir, tmp_path / "first.log")
+    second = restarted = None
+    try:
+        await first.serving()
+        second = EmbeddedServe(data_dir, tmp_path / "second.log")
+        await second.serving()
+        postmaster = _postmaster(data_dir)
+
+        first.process.kill()
+        first.process.wait(60)
+        # The second still uses it: it goes on deciding, on the same PostgreSQL.
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            reply = await pb_grpc.QuotaAuthorityServiceStub(channel).CheckAndConsume(
+                invite("s-after-kill", "c-1"), timeout=60
+            )
+        assert reply.allowed
+        assert _postmaster(data_dir) == postmaster
+
+        second.process.kill()
+        second.process.wait(60)
+
+        async def stopped() -> bool:
+            return not _postgres_running(data_dir)
+
+        await eventually(stopped, within_s=120)
+        assert not psutil.pid_exists(postmaster) or (
+            psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+        )
+        # And the next server starts it again.
+        restarted = EmbeddedServe(data_dir, tmp_path / "restarted.log")
+        await restarted.serving()
+        assert await restarted.stopped(signal.SIGTERM) == 0
+        assert not _postgres_running(data_dir)
+    finally:
+        for serve in (first, second, restarted):
+            if serve is not None and serve.process.poll() is None:
+                serve.process.kill()
+                serve.process.wait(60)
+
+
+def _postmaster(data_dir: Path) -> int:
+    assert _postgres_running(data_dir)
+    return int((data_dir / "postmaster.pid").read_text().split()[0])
+
+
+# --- logs are JSON lines, through a stop ----------------------------------------------
+
+
+async def test_every_line_a_server_writes_on_stderr_is_json_through_a_stop(
+    embedded_data_dir, tmp_path
+):
+    """Including the stop of the embedded PostgreSQL, which forks pg_ctl while gRPC is
+    loaded: gRPC's fork handlers wrote a line of their own there (fork_posix.cc)."""
+    serve = EmbeddedServe(embedded_data_dir, tmp_path / "serve.log")
+    try:
+        await serve.serving()
+        async with grpc.aio.insecure_channel(serve.address) as channel:
+            stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+            assert (await stub.CheckAndConsume(invite("s-json", "c-1"), timeout=60)).allowed
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == SERVING
+            assert await serve.stopped(signal.SIGTERM) == 0
+    finally:
+        if serve.process.poll() is None:
+            serve.process.kill()
+            serve.process.wait(60)
+
+    assert "stopping embedded PostgreSQL" in serve.messages()
+    for line in serve.log.read_text().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON line on stderr: {line!r}")
+
+
+# A process of the command (its entry module imported first, as the console script does)
+# that forks while gRPC is busy, as the server does when it stops the embedded PostgreSQL
+# as root: pgserver runs pg_ctl with user=, for which Python forks rather than vforks.
+_FORK_WHILE_GRPC_RUNS = """
+import asyncio, subprocess
+import quota_authority.cli
+import grpc
+
+async def main():
+    server = grpc.aio.server()
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    for _ in range(5):
+        subprocess.run(["true"], preexec_fn=lambda: None, check=True)  # fork(), not vfork()
+    await server.stop(0)
+
+asyncio.run(main())
+"""
+
+
+def test_the_command_forks_without_grpc_fork_handlers_writing_on_stderr():
+    """gRPC's fork handlers skip, with a line on stderr, whenever a thread is in gRPC, and
+    in a child they restart gRPC's threads, which was seen to crash a child before its
+    exec. A child of ours always execs at once, so the command turns them off."""
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_GRPC_RUNS],
+        env=command_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+# --- which database: named, and never made by a command that reads -------------------
+
+
+def test_storage_where_no_embedded_postgresql_is_says_so_and_creates_none(embedded_data_dir):
+    """Run in another directory, the relative default QUOTA_AUTHORITY_DATA_DIR names a
+    directory that does not exist: no PostgreSQL is made and started there to report an
+    empty, unmigrated database."""
+    elsewhere = embedded_data_dir.parent
+
+    result = _run("storage", cwd=elsewhere)
+
+    assert result.returncode == DatabaseUnreachable.exit_status == 3, result.stderr
+    assert _one_line(result.stderr) == (
+        f"error: QUOTA_AUTHORITY_DATA_DIR: no embedded PostgreSQL in "
+        f"{elsewhere / '.quota-authority'}: the directory does not exist; nothing was created "
+        "(set QUOTA_AUTHORITY_DATA_DIR or QUOTA_AUTHORITY_DATABASE_URL to the database to read)"
+    )
+    assert list(elsewhere.iterdir()) == []
+    assert result.stdout == ""
+
+
+def test_storage_on_a_directory_without_postgresql_data_creates_none(embedded_data_dir):
+    embedded_data_dir.mkdir()
+
+    result = _run("storage", QUOTA_AUTHORITY_DATA_DIR=str(embedded_data_dir))
+
+    assert result.returncode == 3, result.stderr
+    assert _one_line(result.stderr).startswith(
+        f"error: QUOTA_AUTHORITY_DATA_DIR: no embedded PostgreSQL in {embedded_data_dir}: "
+        "the directory holds no PostgreSQL data; nothing was created"
+    )
+    assert list(embedded_data_dir.iterdir()) == []
+
+
+def test_migrate_and_storage_name_the_embedded_postgresql_they_use(embedded_data_dir):
+    """By its absolute directory, even when QUOTA_AUTHORITY_DATA_DIR is relative."""
+    root = embedded_data_dir.parent
+    relative = {"cwd": root, "QUOTA_AUTHORITY_DATA_DIR": embedded_data_dir.name}
+
+    migrated = _run("migrate", **relative)
+    storage = _run("storage", "--json", **relative)
+
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.strip() == (
+        f"schema at revision {head_revision()} in the embedded PostgreSQL in {embedded_data_dir}"
+    )
+    assert storage.returncode == 0, storage.stderr
+    assert not _postgres_running(embedded_data_dir), "each stopped it when it was done"
 
 
 # --- draining --------------------------------------------------------------------------

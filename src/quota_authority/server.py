@@ -461,9 +461,10 @@ def run_event_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def migrate_schema(settings: Settings) -> str:
+def migrate_schema(settings: Settings) -> tuple[str, str]:
     """Bring the configured database, or the embedded one, to the latest schema; its
-    revision. Raises ``DatabaseUnreachable`` (a ``StartupError``) when it cannot connect."""
+    revision and the database's name (``DatabaseInUse.name``). Raises
+    ``DatabaseUnreachable`` (a ``StartupError``) when it cannot connect."""
 
     async def run(url: str, where: str) -> str:
         engine = create_engine(url, settings)
@@ -473,8 +474,8 @@ def migrate_schema(settings: Settings) -> str:
         finally:
             await engine.dispose()
 
-    with database_in_use(settings) as (url, where):
-        return asyncio.run(run(url, where))
+    with database_in_use(settings) as database:
+        return asyncio.run(run(database.url, database.setting)), database.name
 
 
 def serve(settings: Settings) -> None:
@@ -482,5 +483,5 @@ def serve(settings: Settings) -> None:
     or an embedded one. Raises a ``StartupError`` when it cannot start; the listen address
     is checked first, before the embedded PostgreSQL starts."""
     check_can_listen(settings.listen)
-    with database_in_use(settings) as (url, where):
-        run_event_loop(settings, _serve_until_signal(settings, url, where))
+    with database_in_use(settings) as database:
+        run_event_loop(settings, _serve_until_signal(settings, database.url, database.setting))

@@ -7,11 +7,18 @@ The files two variables name are read here too and kept beside the settings: the
 ``api.callers``). Everything is validated at start; anything wrong raises ``ConfigError``
 naming the offending key. The README's and docs/operations.md's tables of variables are
 checked against these declarations (tests/test_docs.py).
+
+Any other ``QUOTA_AUTHORITY_*`` variable is refused too, naming the nearest known name: a
+misspelled setting would otherwise be ignored, and ``QUOTA_AUTHORITY_DATABSE_URL=…`` would
+serve an embedded PostgreSQL instead of the database meant. The few variables of that
+prefix that the project's own tools read, and that are no setting, are listed once in
+``NOT_SETTINGS``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import typing
@@ -25,6 +32,8 @@ from .errors import ConfigError
 from .policy import Policy, load_policy
 
 __all__ = [
+    "NOT_SETTINGS",
+    "PREFIX",
     "Settings",
     "Variable",
     "documented_default",
@@ -264,6 +273,22 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
 
 
+# How the name of every variable of ours begins, settings and NOT_SETTINGS alike.
+PREFIX = "QUOTA_AUTHORITY_"
+
+# Variables of our prefix that are no setting of this process, by what reads them: a shell
+# that has them set (to try the client examples, say) must still start the server. Only
+# these are let through; docs/operations.md lists them (tests/test_docs.py checks it), and
+# tests/test_settings.py that the repository names no other.
+NOT_SETTINGS: dict[str, str] = {
+    "QUOTA_AUTHORITY_TARGET": "the server address of the Go and TypeScript examples and "
+    "interop tests",
+    "QUOTA_AUTHORITY_TOKEN": "the bearer token the Go and TypeScript examples send",
+    "QUOTA_AUTHORITY_RELIABILITY": "'full' runs the reliability suite at full size "
+    "(make reliability)",
+}
+
+
 def variables() -> dict[str, Variable]:
     """Each field of ``Settings`` that a variable sets, with its ``Variable``."""
     return {f.name: f.metadata["variable"] for f in dataclasses.fields(Settings) if f.metadata}
@@ -313,10 +338,31 @@ def _parsed(variable: Variable, kind: Any, raw: str) -> Any:
     return raw
 
 
+def _refuse_unknown(env: Mapping[str, str]) -> None:
+    """Raise ``ConfigError`` for the first variable of our prefix that is neither a setting
+    nor in ``NOT_SETTINGS``, naming the nearest known name. One set to an empty string
+    counts as unset, as a setting's does."""
+    known = sorted({v.name for v in variables().values()} | NOT_SETTINGS.keys())
+    for name in sorted(env):
+        if name.startswith(PREFIX) and name not in known and env[name].strip():
+            # Compared without the prefix they share, which would make any two look alike.
+            nearest = difflib.get_close_matches(
+                name.removeprefix(PREFIX), [k.removeprefix(PREFIX) for k in known], n=1
+            )
+            hint = (
+                f"did you mean {PREFIX}{nearest[0]}?"
+                if nearest
+                else "docs/operations.md lists the settings"
+            )
+            raise ConfigError(f"{name}: unknown variable, not a setting; {hint}")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``environ`` (default ``os.environ``) and the two files it names. A
-    variable set to an empty string counts as unset."""
+    variable set to an empty string counts as unset; any other variable of our prefix that
+    is not a setting (nor in ``NOT_SETTINGS``) is refused."""
     env = os.environ if environ is None else environ
+    _refuse_unknown(env)
     kinds = typing.get_type_hints(Settings)
     values: dict[str, Any] = {}
     for name, variable in variables().items():

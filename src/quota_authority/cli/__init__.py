@@ -11,6 +11,17 @@ role its calls need and the exit statuses it may end with; ``main`` dispatches o
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports grpc, which reads it once: no gRPC fork handlers in the command's
+# processes. The only forks are subprocesses that exec at once (pgserver's pg_ctl, the
+# embedded PostgreSQL's watchdog), which need none; as root, pgserver's pg_ctl runs with
+# user=, for which Python forks rather than vforks, and the handlers then wrote
+# "fork_posix.cc:71] Other threads are currently calling into gRPC, skipping fork()
+# handlers" on stderr, among the JSON log lines, or restarted gRPC's threads in the child
+# (tests/servers.py saw one crash before its exec).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 import argparse
 import os
 import sys

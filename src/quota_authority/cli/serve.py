@@ -20,7 +20,8 @@ It migrates the database first, unless its schema is newer, and serves until SIG
 SIGINT, with the settings of the QUOTA_AUTHORITY_* variables.
 """
 _MIGRATE = """\
-Bring the database schema to this release's newest revision, and print it.
+Bring the database schema to this release's newest revision, and print it and the database
+(its URL without the password, or the embedded PostgreSQL's absolute data directory).
 """
 _BAD_CONFIGURATION = ExitStatus(
     ConfigError.exit_status, "bad configuration", "bad configuration: the message names the key"
@@ -47,7 +48,9 @@ _SERVE_STATUSES = (
     _CANNOT_DISTRIBUTE,
 )
 _MIGRATE_STATUSES = (
-    ExitStatus(OK, "", "the schema is at this release's newest revision (printed)"),
+    ExitStatus(
+        OK, "", "the schema is at this release's newest revision (printed, with the database)"
+    ),
     _BAD_CONFIGURATION,
     _DATABASE_UNREACHABLE,
     _CANNOT_DISTRIBUTE,
@@ -75,7 +78,8 @@ def _serve(settings: Settings) -> None:
 def _migrate(settings: Settings) -> None:
     from ..server import migrate_schema
 
-    print(f"schema at revision {migrate_schema(settings)}")
+    revision, database = migrate_schema(settings)
+    print(f"schema at revision {revision} in {database}")
 
 
 def add_parsers(commands: Commands) -> None:

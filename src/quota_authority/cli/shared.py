@@ -120,7 +120,8 @@ def client_failures(
             USAGE,
             "usage",
             "usage error (a file named on the command line that cannot be read too), or "
-            "without --target a bad QUOTA_AUTHORITY_LISTEN",
+            "without --target bad configuration (QUOTA_AUTHORITY_LISTEN, or an unknown "
+            "QUOTA_AUTHORITY_* variable)",
         ),
         ExitStatus(
             INTERRUPTED,

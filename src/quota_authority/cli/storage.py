@@ -50,12 +50,12 @@ __all__ = ["add_parser", "render_json", "render_table"]
 
 _ABOUT = """\
 Print each table's and time partition's rows and bytes, and what upkeep would do next.
-It reads the database itself (QUOTA_AUTHORITY_DATABASE_URL, or the embedded PostgreSQL), in
-one read-only transaction; no server is needed and nothing is changed. Row counts are exact
-(count(*), which scans every table); bytes are on disk with indexes and TOAST (on Citus,
-over every shard). Oldest is the oldest value of the table's time column. Retention and
-upkeep are what the servers' partition upkeep would keep, create and drop at --at (default:
-now) under the policy of QUOTA_AUTHORITY_CONFIG.
+It reads the database itself (QUOTA_AUTHORITY_DATABASE_URL, or the embedded PostgreSQL,
+which it never creates), in one read-only transaction; no server is needed and nothing is
+changed. Row counts are exact (count(*), which scans every table); bytes are on disk with
+indexes and TOAST (on Citus, over every shard). Oldest is the oldest value of the table's
+time column. Retention and upkeep are what the servers' partition upkeep would keep,
+create and drop at --at (default: now) under the policy of QUOTA_AUTHORITY_CONFIG.
 """
 _STATUSES = (
     ExitStatus(OK, "", "the storage is printed"),
@@ -63,7 +63,8 @@ _STATUSES = (
         ERROR,
         "error",
         "error: the database answered but could not be read (not migrated, a lock not "
-        "granted within QUOTA_AUTHORITY_LOCK_TIMEOUT_MS); printed as 'error: details'",
+        "granted within QUOTA_AUTHORITY_LOCK_TIMEOUT_MS); printed as 'error: DATABASE: "
+        "details'",
     ),
     ExitStatus(
         USAGE,
@@ -73,7 +74,8 @@ _STATUSES = (
     ExitStatus(
         DatabaseUnreachable.exit_status,
         "database unreachable",
-        "the database could not be reached (QUOTA_AUTHORITY_DATABASE_URL, password hidden)",
+        "the database could not be reached (QUOTA_AUTHORITY_DATABASE_URL, password hidden), "
+        "or QUOTA_AUTHORITY_DATA_DIR holds no embedded PostgreSQL (none is created)",
     ),
     ExitStatus(INTERRUPTED, "interrupted", "interrupted by Ctrl-C (SIGINT); nothing was changed"),
 )
@@ -83,16 +85,21 @@ def _storage(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         at: datetime = args.at or datetime.now(UTC).replace(microsecond=0)
-        with database_in_use(settings) as (url, where):
-            storage = asyncio.run(
-                read_storage(url, where, lock_timeout_ms=settings.lock_timeout_ms)
-            )
+        with database_in_use(settings, create=False) as database:
+            try:
+                storage = asyncio.run(
+                    read_storage(
+                        database.url, database.setting, lock_timeout_ms=settings.lock_timeout_ms
+                    )
+                )
+            except StorageUnreadable as e:
+                # Named: "not migrated" of a database that is not the one meant (another
+                # QUOTA_AUTHORITY_DATA_DIR, say) must not send the operator to migrate it.
+                print(f"error: {database.name}: {e}", file=sys.stderr)
+                return ERROR
     except StartupError as e:
         print(f"{e.label}: {e}", file=sys.stderr)
         return e.exit_status
-    except StorageUnreadable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -4,6 +4,7 @@ serves when no URL is configured, and what a failure to reach either says at sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -16,15 +17,16 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-import psutil
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import DatabaseUnreachable
 from ..settings import Settings
+from .watchdog import ensure_watched, holder_alive
 
 __all__ = [
+    "DatabaseInUse",
     "EmbeddedPostgres",
     "create_engine",
     "database_in_use",
@@ -117,27 +119,29 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
 _HOLDERS_FILE = ".handle_pids.json"
 
 
-def _alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:  # no such process, or gone while we asked
-        return False
-
-
 class EmbeddedPostgres:
     """A PostgreSQL server in ``data_dir``, started with pgserver on entry, stopped on exit.
+    With ``create`` false (a command that only reads), a ``data_dir`` that holds no
+    PostgreSQL data is ``DatabaseUnreachable`` on entry, and nothing is made or started.
 
     Processes sharing a data directory share one server, and it stops when the last one
     leaves. pgserver keeps the processes using it in a list in the data directory; one that
     was killed (SIGKILL, a crash) never takes itself off, and pgserver would then never stop
     the server again. So on entry and exit the holders that no longer run are pruned, under
-    pgserver's own inter-process lock.
+    pgserver's own inter-process lock; and a watchdog process (``store/watchdog.py``), one
+    per data directory, stops the server once no process on the list runs, when the last
+    one was killed.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, create: bool = True) -> None:
         self._data_dir = data_dir.resolve()
+        self._create = create
         self._server: Any = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory, absolute."""
+        return self._data_dir
 
     @property
     def url(self) -> str:
@@ -146,6 +150,8 @@ class EmbeddedPostgres:
         return str(self._server.get_uri())
 
     def __enter__(self) -> EmbeddedPostgres:
+        if not self._create:
+            self._refuse_to_create()
         pgserver = _import_pgserver()
         try:
             self._data_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +163,11 @@ class EmbeddedPostgres:
                 f"QUOTA_AUTHORITY_DATA_DIR: cannot start the embedded PostgreSQL in "
                 f"{self._data_dir}: {e}"
             ) from e
+        try:
+            ensure_watched(self._data_dir)  # now that this process is on the list
+        except (OSError, subprocess.SubprocessError):
+            # It serves all the same; only a kill would leave PostgreSQL running.
+            log.warning("could not start the embedded PostgreSQL's watchdog", exc_info=True)
         return self
 
     def __exit__(
@@ -180,6 +191,18 @@ class EmbeddedPostgres:
         self._server.cleanup()
         self._server = None
 
+    def _refuse_to_create(self) -> None:
+        """Raise ``DatabaseUnreachable`` unless the data directory holds PostgreSQL's data
+        (pgserver would make it: initdb in it, creating it first)."""
+        if (self._data_dir / "PG_VERSION").is_file():
+            return
+        why = "holds no PostgreSQL data" if self._data_dir.exists() else "does not exist"
+        raise DatabaseUnreachable(
+            f"QUOTA_AUTHORITY_DATA_DIR: no embedded PostgreSQL in {self._data_dir}: the "
+            f"directory {why}; nothing was created (set QUOTA_AUTHORITY_DATA_DIR or "
+            "QUOTA_AUTHORITY_DATABASE_URL to the database to read)"
+        )
+
     def _live_holders(self, pgserver: Any) -> list[int]:
         """The processes in pgserver's list that still run, after taking the others off it."""
         path = self._data_dir / _HOLDERS_FILE
@@ -187,7 +210,7 @@ class EmbeddedPostgres:
             if not path.exists():
                 return []
             holders = [int(pid) for pid in json.loads(path.read_text())]
-            live = [pid for pid in holders if _alive(pid)]
+            live = [pid for pid in holders if holder_alive(pid)]
             if live != holders:
                 path.write_text(json.dumps(live))
                 log.info(
@@ -210,15 +233,28 @@ def _import_pgserver() -> Any:
     return pgserver
 
 
+@dataclasses.dataclass(frozen=True)
+class DatabaseInUse:
+    """The database a command uses: its ``url``; ``setting``, what the one line printed
+    when it cannot be reached names (the setting behind it); and ``name``, what it is
+    called in what a command prints: the URL without its password, or the embedded
+    PostgreSQL's absolute data directory (a relative one depends on where a command ran)."""
+
+    url: str
+    setting: str
+    name: str
+
+
 @contextlib.contextmanager
-def database_in_use(settings: Settings) -> Iterator[tuple[str, str]]:
-    """The database ``serve``, ``migrate`` and ``storage`` use, as ``(url, where)``,
-    ``where`` naming the setting behind it for the one line printed when it cannot be
-    reached: the configured URL, or an embedded PostgreSQL started for the block and
-    stopped after it."""
+def database_in_use(settings: Settings, *, create: bool = True) -> Iterator[DatabaseInUse]:
+    """The database ``serve``, ``migrate`` and ``storage`` use: the configured URL, or an
+    embedded PostgreSQL started for the block and stopped after it. With ``create`` false
+    (``storage``, which only reads), an embedded one whose data directory holds no data is
+    ``DatabaseUnreachable``, and nothing is made."""
     if settings.database_url is not None:
-        yield settings.database_url, "QUOTA_AUTHORITY_DATABASE_URL"
+        url = settings.database_url
+        yield DatabaseInUse(url, "QUOTA_AUTHORITY_DATABASE_URL", redacted(url))
         return
-    with EmbeddedPostgres(settings.data_dir) as embedded:
-        where = f"the embedded PostgreSQL in {settings.data_dir} (QUOTA_AUTHORITY_DATA_DIR)"
-        yield embedded.url, where
+    with EmbeddedPostgres(settings.data_dir, create=create) as embedded:
+        name = f"the embedded PostgreSQL in {embedded.data_dir}"
+        yield DatabaseInUse(embedded.url, f"{name} (QUOTA_AUTHORITY_DATA_DIR)", name)

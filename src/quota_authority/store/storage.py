@@ -187,7 +187,8 @@ async def _read(conn: AsyncConnection) -> Storage:
     ]
     if missing:
         raise StorageUnreadable(
-            f"no table {', '.join(missing)}: the schema is not migrated (quota-authority migrate)"
+            f"no table {', '.join(missing)}: the schema is not migrated (if this is the "
+            "database meant: quota-authority migrate, with the same settings)"
         )
     citus = await is_citus(conn)
     distributed: set[str] = set()
