@@ -20,7 +20,7 @@
         │                      reaches a caller; ``cli`` prints it and exits with it)
         ├── ConfigError        bad settings; names the key                   -> exit 2
         ├── DatabaseUnreachable  QUOTA_AUTHORITY_DATABASE_URL fails to connect -> exit 3
-        ├── CannotListen       QUOTA_AUTHORITY_LISTEN cannot be bound        -> exit 4
+        ├── CannotListen       a listen address cannot be bound              -> exit 4
         └── CannotDistribute   QUOTA_AUTHORITY_DISTRIBUTE: Citus refused     -> exit 5
 
 A denial (quota exhausted, blocked, ...) is an answer, not an error, and has no class here.
@@ -201,8 +201,8 @@ class DatabaseUnreachable(StartupError):
 
 
 class CannotListen(StartupError):
-    """The listen address cannot be bound (in use, not this machine's, not permitted); the
-    message names ``QUOTA_AUTHORITY_LISTEN``."""
+    """A listen address cannot be bound (in use, not this machine's, not permitted); the
+    message names its setting, ``QUOTA_AUTHORITY_LISTEN`` or ``QUOTA_AUTHORITY_METRICS_LISTEN``."""
 
     exit_status = 4
 

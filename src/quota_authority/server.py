@@ -123,11 +123,12 @@ def new_grpc_server(settings: Settings, authorizer: Authorizer | None = None) ->
     )
 
 
-def check_can_listen(listen: str) -> None:
-    """Raise ``CannotListen`` when ``listen`` cannot be bound now: its port is in use, or
-    its host is not an address of this machine. Checked before the slow part of starting
-    (the embedded PostgreSQL, migrations) so that the operator learns at once; the server's
-    own bind (``add_port``) is checked again. Port 0 (any free port) always binds."""
+def check_can_listen(listen: str, setting: str = "QUOTA_AUTHORITY_LISTEN") -> None:
+    """Raise ``CannotListen``, naming ``setting``, when ``listen`` cannot be bound now: its
+    port is in use, or its host is not an address of this machine. Checked before the slow
+    part of starting (the embedded PostgreSQL, migrations) so that the operator learns at
+    once; the server's own binds (``add_port``, the metrics server) are checked again. Port 0
+    (any free port) always binds."""
     host, _, port = listen.rpartition(":")
     if int(port) == 0:
         return
@@ -137,8 +138,7 @@ def check_can_listen(listen: str) -> None:
         )
     except socket.gaierror as e:
         raise CannotListen(
-            f"QUOTA_AUTHORITY_LISTEN: cannot listen on {listen}: the host does not resolve "
-            f"({e.strerror})"
+            f"{setting}: cannot listen on {listen}: the host does not resolve ({e.strerror})"
         ) from None
     failures: list[OSError] = []
     for family, kind, proto, _, address in addresses:
@@ -156,7 +156,18 @@ def check_can_listen(listen: str) -> None:
     in_use = [e for e in failures if e.errno == errno.EADDRINUSE]
     if in_use or (failures and len(failures) == len(addresses)):
         reason = (in_use or failures)[0].strerror
-        raise CannotListen(f"QUOTA_AUTHORITY_LISTEN: cannot listen on {listen}: {reason}")
+        raise CannotListen(f"{setting}: cannot listen on {listen}: {reason}")
+
+
+def _serve_metrics(metrics: Metrics, listen: str) -> Any:
+    """``metrics.serve(listen)``; ``CannotListen`` naming the setting when it cannot bind
+    (``check_can_listen`` looked before the start, but the port may have been taken since)."""
+    try:
+        return metrics.serve(listen)
+    except OSError as e:
+        raise CannotListen(
+            f"QUOTA_AUTHORITY_METRICS_LISTEN: cannot listen on {listen}: {e.strerror}"
+        ) from None
 
 
 def add_port(
@@ -285,10 +296,10 @@ class QuotaAuthorityServer:
             pool=_ReflectionPool(),
         )
         port = add_port(self._server, self.settings, self._certificates)
-        await self._server.start()
         if self.metrics is not None and self.settings.metrics_listen is not None:
-            self._metrics_http = self.metrics.serve(self.settings.metrics_listen)
+            self._metrics_http = _serve_metrics(self.metrics, self.settings.metrics_listen)
             self.metrics_port = self._metrics_http.server_port
+        await self._server.start()
         await self._check_health()
         self._tasks = [
             asyncio.create_task(self._watch_health(), name="health-watcher"),
@@ -483,5 +494,7 @@ def serve(settings: Settings) -> None:
     or an embedded one. Raises a ``StartupError`` when it cannot start; the listen address
     is checked first, before the embedded PostgreSQL starts."""
     check_can_listen(settings.listen)
+    if settings.metrics_listen is not None:
+        check_can_listen(settings.metrics_listen, "QUOTA_AUTHORITY_METRICS_LISTEN")
     with database_in_use(settings) as database:
         run_event_loop(settings, _serve_until_signal(settings, database.url, database.setting))
