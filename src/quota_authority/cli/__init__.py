@@ -21,6 +21,7 @@ from . import (
     blocks,
     check,
     check_batch,
+    health,
     import_gmv,
     record_reply,
     release,
@@ -37,8 +38,8 @@ _DESCRIPTION = """\
 The server: serve and migrate, and storage, which reads the database itself. The
 operator's client: status, check, check-batch, release, block, unblock, record-reply,
 upsert-seller, import-gmv and audit, which share the connection options --target,
---token-file and --ca-file. 'quota-authority COMMAND --help' has each command's options and
-exit statuses.
+--token-file and --ca-file. health, a probe: exit 0 when the server reports SERVING.
+'quota-authority COMMAND --help' has each command's options and exit statuses.
 """
 
 
@@ -69,6 +70,7 @@ def _parser() -> tuple[argparse.ArgumentParser, Commands]:
     upsert_seller.add_parser(commands)
     import_gmv.add_parser(commands)
     audit.add_parser(commands)
+    health.add_parser(commands)
     return parser, commands
 
 
