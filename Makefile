@@ -86,7 +86,7 @@ lint: $(GENERATED) proto-lint go-client-check
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/bench.py scripts/baseline_server.py scripts/reliability_report.py \
-		scripts/interop.py scripts/api_reference.py scripts/peers.py
+		scripts/interop.py scripts/api_reference.py scripts/peers.py scripts/lock_subset.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against
 # the proto callers may have generated clients from (scripts/buf_breaking.sh says which).
