@@ -148,7 +148,7 @@ class Containers:
 
     def remove_all(self) -> None:
         for name in self.names:
-            podman("rm", "-f", "-t", "0", name, check=False)
+            podman("rm", "-f", "-v", "-t", "0", name, check=False)
         for volume in self.volumes:
             podman("volume", "rm", "-f", volume, check=False)
 
