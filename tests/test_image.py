@@ -165,6 +165,8 @@ def test_a_read_only_root_as_a_non_root_user_with_data_on_a_volume(
     # Every process in the container (the server, its PostgreSQL) runs as that user.
     users = podman("top", name, "huser").stdout.split()[1:]
     assert users and set(users) == {NON_ROOT}, users
+    # The probe needs nothing writable either.
+    assert podman("exec", name, "quota-authority", "health").stdout == "SERVING\n"
     written = podman("exec", name, "touch", "/opt/quota-authority/written", check=False)
     assert written.returncode != 0 and "Read-only file system" in written.stderr
     # The final stage has no compilers.
