@@ -154,14 +154,16 @@ make_local_base() {
 resolve_base() {
     if podman image exists "$BASE"; then echo "$BASE"; return; fi
     local error
-    if error="$(timeout 300 podman pull --quiet "$BASE" 2>&1 >/dev/null)"; then
+    # Bounded: where a registry's address resolves but never answers, fall back in time.
+    if error="$(timeout 120 podman pull --quiet "$BASE" 2>&1 >/dev/null)"; then
         echo "$BASE"; return
     fi
+    error="$(echo "${error:-no answer within 120 s}" | tail -n 1)"
     if [ "$BASE" != "$OFFICIAL_BASE" ]; then
-        say "cannot pull BASE=$BASE: $(echo "$error" | tail -n 1)"; exit 1
+        say "cannot pull BASE=$BASE: $error"; exit 1
     fi
     if ! podman image exists "$LOCAL_BASE"; then
-        say "cannot pull $BASE ($(echo "$error" | tail -n 1))"
+        say "cannot pull $BASE ($error)"
         make_local_base
     fi
     say "base: $LOCAL_BASE (Debian's packages), in place of $BASE"
