@@ -14,7 +14,7 @@ SERVICE_LOCK := requirements/service.lock
 CLIENT_LOCK := $(PY_CLIENT)/requirements.lock
 
 .PHONY: run test lint proto proto-lint install lock clean bench bench-peers reliability clients interop docs \
-	citus citus-stop test-citus chart
+	citus citus-stop test-citus chart image test-image
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
@@ -55,6 +55,19 @@ test-citus: $(GENERATED)
 	QUOTA_AUTHORITY_DATABASE_URL=$$(scripts/citus.sh createdb quota_authority_test) \
 		QUOTA_AUTHORITY_DISTRIBUTE=true $(BIN)/pytest $(PYTEST_ARGS)
 
+# The container image (Containerfile) with podman, and the same without the embedded
+# PostgreSQL: scripts/image.sh installs podman, runc (and mmdebstrap) where missing, and makes
+# the base from Debian's packages when the official Python image cannot be pulled.
+# BASE=... builds on another base. Layers are cached: a second `make image` takes seconds.
+image:
+	scripts/image.sh build
+
+# The image in the real container runtime (tests/test_image.py, marked `image`): health,
+# a call, migrate as a one-off container against a PostgreSQL on the host, SIGTERM, a read-only
+# root as non-root, a restart on the same volume; it prints the sizes and run-to-SERVING times.
+test-image: $(GENERATED) image
+	$(BIN)/pytest -m image -s -v tests/test_image.py
+
 # Load tests with ghz against a baseline measured in the same run; see BENCHMARKS.md.
 GHZ := .bench/bin/ghz
 GHZ_VERSION := v0.121.0
@@ -82,7 +95,7 @@ lint: $(GENERATED) proto-lint go-client-check
 	$(BIN)/mypy
 	$(BIN)/mypy --no-explicit-package-bases scripts/bench.py scripts/baseline_server.py \
 		scripts/reliability_report.py scripts/interop.py scripts/api_reference.py scripts/peers.py \
-		scripts/readme_output.py
+		scripts/readme_output.py scripts/lock_subset.py
 	$(BIN)/mypy $(PY_CLIENT)/tests/interop.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against

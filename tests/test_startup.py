@@ -221,6 +221,37 @@ def test_the_variables_of_our_tools_that_are_no_setting_do_not_stop_a_command():
     assert result.returncode == DatabaseUnreachable.exit_status, result.stderr
 
 
+# The process as an installation without pgserver runs it (the image built with
+# EMBEDDED_POSTGRES=false): importing pgserver fails there.
+WITHOUT_PGSERVER = (
+    "import sys; sys.modules['pgserver'] = None; "
+    "from quota_authority.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "storage"])
+def test_without_pgserver_and_without_a_database_url_is_one_line_naming_the_url(command, tmp_path):
+    data_dir = tmp_path / "never-created"
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PGSERVER, command],
+        env=command_environment(
+            QUOTA_AUTHORITY_LISTEN=f"127.0.0.1:{free_port()}",
+            QUOTA_AUTHORITY_DATA_DIR=str(data_dir),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert result.returncode == ConfigError.exit_status == 2
+    assert _one_line(result.stderr) == (
+        "configuration error: QUOTA_AUTHORITY_DATABASE_URL: unset, and this installation has "
+        "no embedded PostgreSQL (the pgserver package): set it to a PostgreSQL URL"
+    )
+    assert not data_dir.exists()
+
+
 async def test_stop_before_start_does_nothing(database_url):
     server = QuotaAuthorityServer(server_settings(), database_url, SystemClock())
     await server.stop()

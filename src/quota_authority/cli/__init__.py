@@ -34,6 +34,7 @@ from . import (
     blocks,
     check,
     check_batch,
+    health,
     import_gmv,
     record_reply,
     release,
@@ -50,9 +51,10 @@ _DESCRIPTION = """\
 The server: serve and migrate, and storage, which reads the database itself. The
 operator's client: status, check, check-batch, release, block, unblock, record-reply,
 upsert-seller, import-gmv and audit, which share the connection options --target,
---token-file and --ca-file. 'quota-authority COMMAND --help' has each command's options and
-exit statuses. Into a pipe whose reader has gone (a pipe into head that has its lines),
-any command stops quietly with exit status 141, as Unix tools do.
+--token-file and --ca-file. health, a probe: exit 0 when the server reports SERVING.
+'quota-authority COMMAND --help' has each command's options and exit statuses. Into a pipe
+whose reader has gone (a pipe into head that has its lines), any command stops quietly with
+exit status 141, as Unix tools do.
 """
 
 
@@ -83,6 +85,7 @@ def _parser() -> tuple[argparse.ArgumentParser, Commands]:
     upsert_seller.add_parser(commands)
     import_gmv.add_parser(commands)
     audit.add_parser(commands)
+    health.add_parser(commands)
     return parser, commands
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ..errors import DatabaseUnreachable
+from ..errors import ConfigError, DatabaseUnreachable
 from ..settings import Settings
 from .watchdog import ensure_watched, holder_alive
 
@@ -223,13 +223,19 @@ class EmbeddedPostgres:
 def _import_pgserver() -> Any:
     """pgserver, imported without the warning platformdirs gives at import when
     ``XDG_RUNTIME_DIR`` is unset (pgserver then keeps its lock file in /tmp/runtime-UID,
-    which serves as well)."""
-    from platformdirs import RuntimeDirWarning
+    which serves as well). An installation without it (the image built with
+    EMBEDDED_POSTGRES=false) needs a database URL: ``ConfigError`` naming the setting."""
+    try:
+        from platformdirs import RuntimeDirWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeDirWarning)
-        import pgserver
-
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeDirWarning)
+            import pgserver
+    except ImportError:
+        raise ConfigError(
+            "QUOTA_AUTHORITY_DATABASE_URL: unset, and this installation has no embedded "
+            "PostgreSQL (the pgserver package): set it to a PostgreSQL URL"
+        ) from None
     return pgserver
 
 
