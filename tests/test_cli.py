@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cli_support import QUOTA_AUTHORITY, run_cli, table
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 from support import (
@@ -41,7 +42,6 @@ from quota_authority.store.database import redacted
 from quota_authority.v1 import quota_authority_pb2 as pb
 
 CLI = [sys.executable, "-m", "quota_authority.cli"]
-QUOTA_AUTHORITY = Path(sys.executable).with_name("quota-authority")  # the console script
 
 
 def env_for(database_url: str, **extra: str) -> dict[str, str]:
@@ -158,25 +158,6 @@ async def test_cli_module_is_importable_without_a_server():
 
 
 # --- the client commands, run in-process against the session's server ------------------
-
-
-async def run_cli(*args: str) -> int:
-    """``main(args)``'s exit status, argparse's usage errors included. It runs in a worker
-    thread with its own event loop: the servers under test serve on this one."""
-
-    def call() -> int:
-        try:
-            return main(list(args))
-        except SystemExit as e:  # argparse
-            return int(e.code or 0)
-
-    return await asyncio.to_thread(call)
-
-
-def table(output: str) -> dict[str, str]:
-    """The ``label  value`` lines the commands print, as a dict."""
-    rows = (re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in output.splitlines())
-    return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
 async def test_check_an_allowed_invite_prints_the_decision_and_exits_0(

@@ -5,29 +5,14 @@ limit, and a release in each of its answers, each with its exit status."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 import pytest
+from cli_support import run_cli, table
 from support import everything_of, free_port, ledger_counts
 
-from quota_authority.cli import main
-
 HEADER = "creator_id,action,creator_follower_count"
-
-
-async def run_cli(*args: str) -> int:
-    """``main(args)``'s exit status, argparse's usage errors included, in a worker thread
-    with its own event loop (the servers under test serve on this one)."""
-
-    def call() -> int:
-        try:
-            return main(list(args))
-        except SystemExit as e:  # argparse
-            return int(e.code or 0)
-
-    return await asyncio.to_thread(call)
 
 
 def write_csv(path: Path, *lines: str) -> Path:
@@ -43,11 +28,6 @@ def printed(output: str) -> tuple[list[dict[str, str]], dict[str, str]]:
     results = [dict(zip(header, cells, strict=False)) for cells in lines]
     rows = (re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in summary_part.splitlines())
     return results, {row[0]: row[1] for row in rows if len(row) == 2}
-
-
-def table(output: str) -> dict[str, str]:
-    rows = (re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in output.splitlines())
-    return {row[0]: row[1] for row in rows if len(row) == 2}
 
 
 @pytest.fixture

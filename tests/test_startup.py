@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+from cli_support import QUOTA_AUTHORITY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import server_settings
 from sqlalchemy.engine import make_url
@@ -36,7 +37,6 @@ from quota_authority.server import QuotaAuthorityServer, check_can_listen
 from quota_authority.store.migrate import head_revision
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
-QUOTA_AUTHORITY = Path(sys.executable).with_name("quota-authority")  # the console script
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

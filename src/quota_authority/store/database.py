@@ -150,9 +150,11 @@ class EmbeddedPostgres:
         return str(self._server.get_uri())
 
     def __enter__(self) -> EmbeddedPostgres:
+        # An installation without the embedded PostgreSQL says so first, whatever the data
+        # directory holds: the URL is what it needs.
+        pgserver = _import_pgserver()
         if not self._create:
             self._refuse_to_create()
-        pgserver = _import_pgserver()
         try:
             self._data_dir.mkdir(parents=True, exist_ok=True)
             self._live_holders(pgserver)
