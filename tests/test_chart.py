@@ -306,13 +306,17 @@ def test_rendering_fails_clearly_for_a_service_monitor_without_metrics() -> None
     assert "metrics.enabled" in rendering_error(REQUIRED, values=values)
 
 
-def test_unauthenticated_serving_is_said_once_by_its_variable() -> None:
-    assert env(the(render(REQUIRED), "Deployment"))[
-        "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE"
-    ] == {"name": "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE", "value": "true"}
-    assert "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE" not in env(
-        the(render(SECURED), "Deployment")
-    )
+def test_unauthenticated_serving_is_said_by_its_variable_either_way() -> None:
+    """Written "false" with callers too: the image's own default is "true"."""
+    variable = "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE"
+    assert env(the(render(REQUIRED), "Deployment"))[variable] == {
+        "name": variable,
+        "value": "true",
+    }
+    assert env(the(render(SECURED), "Deployment"))[variable] == {
+        "name": variable,
+        "value": "false",
+    }
 
 
 # --- settings, secrets and files ---------------------------------------------------------------

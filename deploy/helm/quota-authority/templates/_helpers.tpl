@@ -150,10 +150,11 @@ boolean by toJson, which writes 1048576 where Helm's float64 prints 1.048576e+06
 {{- if .Values.auth.callers.existingSecret }}
 - name: QUOTA_AUTHORITY_CALLERS_FILE
   value: {{ printf "%s/%s" (include "quota-authority.callersDir" .) .Values.auth.callers.key | quote }}
-{{- else }}
-- name: QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE
-  value: "true"
 {{- end }}
+{{- /* Always written: the image's own default is "true" (it serves unauthenticated with
+     nothing else set), so a chart with callers says "false" rather than inherit it. */}}
+- name: QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE
+  value: {{ ternary "false" "true" (not (empty .Values.auth.callers.existingSecret)) | quote }}
 {{- if .Values.tls.existingSecret }}
 - name: QUOTA_AUTHORITY_TLS_CERT_FILE
   value: {{ printf "%s/%s" (include "quota-authority.tlsDir" .) .Values.tls.certKey | quote }}
