@@ -1,6 +1,7 @@
 """The Prometheus endpoint (QUOTA_AUTHORITY_METRICS_LISTEN), scraped after real calls:
 decisions by action and reason, RPC latency by method and code, database transaction time,
-pool connections in use, and batch sizes."""
+pool connections in use, batch sizes, and the configured limits the alerting rules compare
+with."""
 
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ async def test_the_metrics_endpoint_counts_what_the_service_did(start_server, se
     assert samples[("quota_authority_db_transaction_seconds_count", (("kind", "outreach"),))] >= 2
     assert samples[("quota_authority_db_transaction_seconds_count", (("kind", "other"),))] >= 1
     assert samples[("quota_authority_db_pool_connections_in_use", ())] == 0
+    limits = server.settings
+    assert samples[("quota_authority_db_pool_size", ())] == limits.db_pool_size
+    assert samples[("quota_authority_batch_max_size", ())] == limits.batch_max_size
+    assert samples[("quota_authority_lock_timeout_seconds", ())] == limits.lock_timeout_ms / 1000
     await server.stop(grace=0)
 
 

@@ -12,7 +12,14 @@ quota_authority_gmv_rows_recorded_total     counter    (RecordGmv and BatchRecor
 quota_authority_outreach_calls_waiting      gauge
 quota_authority_outreach_batches_total      counter    applied (BatchCheckAndConsume calls)
 quota_authority_releases_total              counter    returned (weekly, starter_pack, none)
+quota_authority_db_pool_size                gauge      (QUOTA_AUTHORITY_DB_POOL_SIZE)
+quota_authority_batch_max_size              gauge      (QUOTA_AUTHORITY_BATCH_MAX_SIZE)
+quota_authority_lock_timeout_seconds        gauge      (QUOTA_AUTHORITY_LOCK_TIMEOUT_MS)
 ==========================================  =========  ===================================
+
+The last three are the process's configured limits, so that alerting rules
+(deploy/prometheus/quota-authority.rules.yaml) compare the pool, the batches and the
+transactions with each replica's own settings rather than with numbers copied into them.
 
 Each server has a registry of its own, so several servers in one process (tests) never mix
 their figures. The layers stay unaware of Prometheus: the servicer, the batcher and the
@@ -97,6 +104,27 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self._pool_size = Gauge(
+            "quota_authority_db_pool_size",
+            "Database connections the pool may hold (QUOTA_AUTHORITY_DB_POOL_SIZE).",
+            registry=self.registry,
+        )
+        self._batch_max_size = Gauge(
+            "quota_authority_batch_max_size",
+            "Most CheckAndConsume calls in one batch (QUOTA_AUTHORITY_BATCH_MAX_SIZE).",
+            registry=self.registry,
+        )
+        self._lock_timeout = Gauge(
+            "quota_authority_lock_timeout_seconds",
+            "Longest wait for a row lock before UNAVAILABLE (QUOTA_AUTHORITY_LOCK_TIMEOUT_MS).",
+            registry=self.registry,
+        )
+
+    def limits(self, *, pool_size: int, batch_max_size: int, lock_timeout_s: float) -> None:
+        """The configured limits the alerting rules compare with, set once at start."""
+        self._pool_size.set(pool_size)
+        self._batch_max_size.set(batch_max_size)
+        self._lock_timeout.set(lock_timeout_s)
 
     def batch_decided(self, decisions: list[tuple[str, str, bool]], applied: bool) -> None:
         """One BatchCheckAndConsume: each item (action, reason, allowed) is a decision."""

@@ -255,6 +255,11 @@ class QuotaAuthorityServer:
             store = TimedLedger(store, self.metrics)
             pool = self.engine.pool
             self.metrics.pool_in_use(lambda: float(pool.checkedout()))  # type: ignore[attr-defined]
+            self.metrics.limits(
+                pool_size=self.settings.db_pool_size,
+                batch_max_size=self.settings.batch_max_size,
+                lock_timeout_s=self.settings.lock_timeout_ms / 1000,
+            )
         self.store = store
         self.service = QuotaService(
             store,
