@@ -38,6 +38,7 @@ CLIENT = ROOT / "clients" / "python"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import api_reference  # noqa: E402
+from promql import alerting_rules  # noqa: E402
 
 VARIABLE = re.compile(r"QUOTA_AUTHORITY_[A-Z0-9_]+")
 FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -516,3 +517,43 @@ def test_no_document_promises_that_unavailable_granted_nothing() -> None:
         text = " ".join(document.read_text(encoding="utf-8").split()).lower()
         for match in re.finditer(r"unavailable[^.]{0,120}\.\s*nothing was granted", text):
             raise AssertionError(f"{document.name} promises too much: {match.group(0)!r}")
+
+
+# --- the alerting rules (deploy/prometheus) ---------------------------------------------
+
+
+def alert_table() -> dict[str, list[str]]:
+    """The rows of operations.md's "What to alert on" table, by alert name: their cells,
+    escaped pipes unescaped."""
+    rows: dict[str, list[str]] = {}
+    for line in section(read("operations.md"), "### What to alert on").splitlines():
+        cells = [cell.strip().replace("\\|", "|") for cell in CELL_BORDER.split(line)[1:-1]]
+        if cells and re.fullmatch(r"`\w+`", cells[0]):
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def test_the_alert_table_in_operations_is_the_rule_file() -> None:
+    rules = alerting_rules()
+    table = alert_table()
+
+    assert list(table) == [rule["alert"] for rule in rules], (
+        "docs/operations.md's 'What to alert on' lists other alerts than "
+        "deploy/prometheus/quota-authority.rules.yaml"
+    )
+    for rule in rules:
+        _, expr, for_, severity, _ = table[rule["alert"]]
+        assert expr == f"`{' '.join(rule['expr'].split())}`", (
+            f"{rule['alert']}: the table's PromQL is not the rule file's"
+        )
+        assert for_ == rule.get("for", "—"), f"{rule['alert']}: the table's `for` differs"
+        assert severity == rule["labels"]["severity"], f"{rule['alert']}: severity differs"
+
+
+def test_every_alert_runbook_leads_to_a_section_of_operations() -> None:
+    headings = anchors(DOCS / "operations.md")
+
+    for rule in alerting_rules():
+        document, _, anchor = rule["annotations"]["runbook"].partition("#")
+        assert document == "docs/operations.md", rule["alert"]
+        assert anchor in headings, f"{rule['alert']}: no heading #{anchor} in operations.md"
