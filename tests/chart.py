@@ -102,6 +102,58 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
+# The PrometheusRule (monitoring.coreos.com/v1), likewise: the fields of an alerting rule
+# group as the operator's API reference gives them; a recording rule is not expected.
+_ALERTING_RULE = {
+    "type": "object",
+    "required": ["alert", "expr"],
+    "additionalProperties": False,
+    "properties": {
+        "alert": {"type": "string", "minLength": 1},
+        "expr": {"type": "string", "minLength": 1},
+        "for": {"type": "string", "pattern": _DURATION},
+        "keep_firing_for": {"type": "string", "pattern": _DURATION},
+        "labels": _STRING_MAP,
+        "annotations": _STRING_MAP,
+    },
+}
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "rules": {"type": "array", "minItems": 1, "items": _ALERTING_RULE},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+_OPERATOR_SCHEMAS = {
+    "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
+    "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
+}
+
+
 class RenderFailed(AssertionError):
     """``helm template`` refused the values; the message is helm's stderr."""
 
@@ -197,8 +249,9 @@ def env(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def check_schema(obj: dict[str, Any], kube_version: str) -> None:
     """Raise if ``obj`` is not valid for that Kubernetes: its kind's strict schema from
-    kubernetes-validate (no unknown fields), or SERVICE_MONITOR_SCHEMA for a ServiceMonitor."""
-    if obj.get("kind") == "ServiceMonitor":
-        jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+    kubernetes-validate (no unknown fields), or, for the prometheus-operator's ServiceMonitor and
+    PrometheusRule, SERVICE_MONITOR_SCHEMA and PROMETHEUS_RULE_SCHEMA."""
+    if obj.get("kind") in _OPERATOR_SCHEMAS:
+        jsonschema.validate(obj, _OPERATOR_SCHEMAS[obj["kind"]])
     else:
         kubernetes_validate.validate(obj, kube_version, strict=True)

@@ -41,6 +41,7 @@ from quota_authority.settings import load_settings, variables
 pytestmark = pytest.mark.chart
 
 ROOT = Path(__file__).resolve().parents[1]
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "quota-authority.rules.yaml"
 REQUIRED = CHART / "ci" / "required-values.yaml"
 SECURED = CHART / "ci" / "secured-values.yaml"
 FULLNAME = "qa-quota-authority"
@@ -104,6 +105,11 @@ def test_the_schema_check_refuses_an_unknown_field_and_a_wrong_type() -> None:
     monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"
     with pytest.raises(jsonschema.ValidationError):
         check_schema(monitor, KUBERNETES_VERSIONS[0])
+
+    rule = the(render(SECURED), "PrometheusRule")
+    rule["spec"]["groups"][0]["rules"][0]["fore"] = "5m"
+    with pytest.raises(jsonschema.ValidationError):
+        check_schema(rule, KUBERNETES_VERSIONS[0])
 
 
 @pytest.mark.parametrize("values", VALUES_FILES, ids=values_id)
@@ -304,6 +310,13 @@ def test_rendering_fails_clearly_for_a_service_monitor_without_metrics() -> None
     values = {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}
 
     assert "metrics.enabled" in rendering_error(REQUIRED, values=values)
+
+
+def test_rendering_fails_clearly_for_a_prometheus_rule_without_metrics() -> None:
+    values = {"metrics": {"enabled": False, "prometheusRule": {"enabled": True}}}
+
+    message = rendering_error(REQUIRED, values=values)
+    assert "metrics.prometheusRule.enabled" in message and "metrics.enabled" in message
 
 
 def test_unauthenticated_serving_is_said_by_its_variable_either_way() -> None:
@@ -585,3 +598,13 @@ def test_without_metrics_no_metrics_port_is_served() -> None:
     assert "QUOTA_AUTHORITY_METRICS_LISTEN" not in env(the(objects, "Deployment"))
     for service in (o for o in objects if o["kind"] == "Service"):
         assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"]
+
+
+def test_the_prometheus_rule_holds_the_alerting_rules_as_they_are() -> None:
+    rules = yaml.safe_load(ALERT_RULES.read_text(encoding="utf-8"))
+
+    rule = the(render(SECURED), "PrometheusRule")
+
+    assert rule["spec"] == rules
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert not any(o["kind"] == "PrometheusRule" for o in render(REQUIRED))

@@ -82,6 +82,9 @@ variables it sets itself); the server validates every setting's value at start.
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled: needs metrics.enabled=true, or there is nothing to scrape" }}
 {{- end }}
+{{- if and .Values.metrics.prometheusRule.enabled (not .Values.metrics.enabled) }}
+{{- fail "metrics.prometheusRule.enabled: needs metrics.enabled=true, or the rules have nothing to read" }}
+{{- end }}
 {{- $owned := include "quota-authority.ownedEnv" . | fromYaml }}
 {{- range $name, $value := .Values.env }}
 {{- if hasKey $owned $name }}
