@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from otlp_sink import OtlpSink, Span, otlp_sink  # noqa: E402
 
-CALL_SPAN = "/quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
+CALL_SPAN = "quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
 TOKEN = "token-of-the-traced-caller-" + "s3cr3t" * 4
 CONCURRENT_CALLS = 40
 SPANS_WITHIN_S = 60.0

@@ -103,20 +103,13 @@ def _connection_age(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def new_grpc_server(
-    settings: Settings, authorizer: Authorizer | None = None, tracing: Tracing | None = None
-) -> grpc.aio.Server:
+def new_grpc_server(settings: Settings, authorizer: Authorizer | None = None) -> grpc.aio.Server:
     """The gRPC server every process of ours runs, with its options and its authorization
     in this one place (the benchmark's baseline server is built here too, so the two differ
-    only in their work). ``authorizer`` defaults to one over ``settings.callers``. With
-    ``tracing``, every call gets a span first, refused ones too."""
+    only in their work). ``authorizer`` defaults to one over ``settings.callers``."""
     if authorizer is None and settings.callers is not None:
         authorizer = Authorizer(settings.callers)
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    if tracing is not None:
-        interceptors.append(tracing.server_interceptor())
-    if authorizer is not None:
-        interceptors.append(authorizer)
+    interceptors = [] if authorizer is None else [authorizer]
     return grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -291,7 +284,7 @@ class QuotaAuthorityServer:
         self._certificates = _certificates(self.settings)
         if self.settings.callers is not None:
             self._authorizer = Authorizer(self.settings.callers)
-        self._server = new_grpc_server(self.settings, self._authorizer, self.tracing)
+        self._server = new_grpc_server(self.settings, self._authorizer)
         add_to_server(
             QuotaAuthorityServicer(
                 self.service,
