@@ -75,6 +75,10 @@ class Tracing:
         self._trace = trace
         self._context = context
         self._extract = propagate.extract
+        # The metadata keys the configured propagators read (traceparent, tracestate,
+        # baggage by default): a call that carries none has no trace to continue, and is
+        # spared the propagators' work.
+        self._carried = frozenset(propagate.get_global_textmap().fields)
         self._tracer = trace.get_tracer("quota_authority", tracer_provider=provider)
         # No parent: a batch serves many calls, and is the root of a trace of its own.
         self._no_parent = context.Context()
@@ -108,7 +112,10 @@ class Tracing:
         current; ``RpcSpan.end`` ends it. Attributes are set only on a span sampled."""
         from opentelemetry.trace import SpanKind
 
-        parent = self._extract({m[0]: m[1] for m in metadata or ()})
+        carried = self._carried
+        parent = None
+        if metadata and any(m[0] in carried for m in metadata):
+            parent = self._extract({m[0]: m[1] for m in metadata})
         span = self._tracer.start_span(f"{service}/{method}", parent, SpanKind.SERVER)
         if span.is_recording():
             span.set_attributes(
@@ -132,6 +139,10 @@ class Tracing:
         from opentelemetry.instrumentation.utils import suppress_instrumentation
 
         return suppress_instrumentation()
+
+    def recording(self) -> bool:
+        """Whether the current span is sampled: only then are attributes worth making."""
+        return bool(self._trace.get_current_span().is_recording())
 
     def annotate(self, attributes: Mapping[str, str | bool | int]) -> None:
         """Add ``attributes`` to the span of the call being served, when it is recorded."""
@@ -226,8 +237,11 @@ def _FollowSampledLinks(configured: Any) -> Any:
             links: Any = None,
             trace_state: Any = None,
         ) -> SamplingResult:
-            root = not get_current_span(parent_context).get_span_context().is_valid
-            if links and root and any(link.context.trace_flags.sampled for link in links):
+            if (
+                links
+                and not get_current_span(parent_context).get_span_context().is_valid
+                and any(link.context.trace_flags.sampled for link in links)
+            ):
                 return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
             result: SamplingResult = configured.should_sample(
                 parent_context, trace_id, name, kind, attributes, links, trace_state

@@ -88,7 +88,7 @@ def rpc_method(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         if self.tracing is not None:
             span = self.tracing.rpc(SERVICE, method, context.invocation_metadata())
             seller_id = getattr(request, "seller_id", None)
-            if seller_id:
+            if seller_id and self.tracing.recording():
                 self.tracing.annotate({"quota_authority.seller_id": seller_id})
         try:
             if isinstance(request, Malformed):

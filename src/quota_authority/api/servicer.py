@@ -122,7 +122,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
             self.metrics.decision(
                 ACTIONS[request.action].value, decision.reason.value, decision.allowed
             )
-        if self.tracing is not None:
+        if self.tracing is not None and self.tracing.recording():
             self.tracing.annotate(
                 {
                     "quota_authority.action": ACTIONS[request.action].value,
