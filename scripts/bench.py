@@ -140,8 +140,9 @@ TARGETS: dict[str, tuple[Target, ...]] = {
 PEERS = "peers"
 PEER_LOADS = {"spread": "spread", "hot": "hot_seller"}  # a peer's load: our scenario's
 # Traces (QUOTA_AUTHORITY_TRACING): the server's CPU a call under spread with tracing off
-# (twice, in two processes: what tells two identical servers apart is the noise), on at a
-# 1% sample and at 100%, each exporting to a local OTLP receiver (scripts/otlp_sink.py);
+# (twice, in two processes: what tells two identical servers apart is the noise), on but
+# sampling nothing, at a 1% sample and at 100%, each exporting to a local OTLP receiver
+# (scripts/otlp_sink.py);
 # TRACING_ROUNDS rounds, the four in turn in each, so that drift touches them alike.
 TRACING = "tracing"
 TRACING_ROUNDS = int(os.environ.get("BENCH_TRACING_ROUNDS", 3))
@@ -870,6 +871,8 @@ def _tracing_configs(endpoint: str) -> dict[str, dict[str, str]]:
     return {
         "off": {},
         "off_again": {},
+        # On, sampling nothing: what every call pays whether it is sampled or not.
+        "sampled_none": {**on, "OTEL_TRACES_SAMPLER": "always_off"},
         "sampled_1pct": {
             **on,
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -905,11 +908,16 @@ def measure_tracing(command: list[str], env: dict[str, str], data_dir: Path, url
         "spans_received": spans,
         "errors": sum(r["errors"] for rs in runs.values() for r in rs),
     }
-    for name in ("off_again", "sampled_1pct", "sampled_100pct"):
-        short = {"off_again": "off_again", "sampled_1pct": "1pct", "sampled_100pct": "100pct"}
-        result[f"cpu_ratio_{short[name]}_to_off"] = round(median[name] / median["off"], 3)
+    shorts = {
+        "off_again": "off_again",
+        "sampled_none": "none",
+        "sampled_1pct": "1pct",
+        "sampled_100pct": "100pct",
+    }
+    for name, short in shorts.items():
+        result[f"cpu_ratio_{short}_to_off"] = round(median[name] / median["off"], 3)
         # The same ratio round by round: how much it moves is the noise.
-        result[f"round_ratios_{short[name]}"] = [
+        result[f"round_ratios_{short}"] = [
             round(a / b, 3) for a, b in zip(cpu[name], cpu["off"], strict=True)
         ]
     result["target"] = str(TRACING_TARGET)
@@ -926,7 +934,7 @@ def tracing_summary(r: dict[str, Any]) -> str:
             f"  {name:15} median {r['median_server_cpu_us_per_call'][name]:>6}  "
             f"rounds {values}  calls/s {r['rps'][name]}"
         )
-    for short in ("off_again", "1pct", "100pct"):
+    for short in ("off_again", "none", "1pct", "100pct"):
         lines.append(
             f"  {short} / off: {r[f'cpu_ratio_{short}_to_off']:.3f} "
             f"(round by round {r[f'round_ratios_{short}']})"
