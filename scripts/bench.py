@@ -19,12 +19,13 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ import bench_gmv
 import grpc
 import peers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from otlp_sink import otlp_sink
 from peers import free_port as free_port  # also interop.py's, as bench.free_port
 from sqlalchemy import text
 
@@ -137,8 +139,23 @@ TARGETS: dict[str, tuple[Target, ...]] = {
 # Not ours: the peers (scripts/peers.py), under spread and hot as ours, in the same run.
 PEERS = "peers"
 PEER_LOADS = {"spread": "spread", "hot": "hot_seller"}  # a peer's load: our scenario's
+# Traces (QUOTA_AUTHORITY_TRACING): the server's CPU a call under spread with tracing off
+# (twice, in two processes: what tells two identical servers apart is the noise), on but
+# sampling nothing, at a 1% sample and at 100%, each exporting to a local OTLP receiver
+# (scripts/otlp_sink.py);
+# TRACING_ROUNDS rounds, the four in turn in each, so that drift touches them alike.
+TRACING = "tracing"
+TRACING_ROUNDS = int(os.environ.get("BENCH_TRACING_ROUNDS", 3))
+# At a 1% sample, a call's server CPU rises by at most 5% over tracing off.
+TRACING_TARGET = Target("cpu_ratio_1pct_to_off", 1.05, at_most=True)
 # A full run's order: the peers right beside spread and hot_seller, before batch_invite.
-SCENARIOS = ("spread", "hot_seller", PEERS, *(n for n in TARGETS if n not in PEER_LOADS.values()))
+SCENARIOS = (
+    "spread",
+    "hot_seller",
+    PEERS,
+    *(n for n in TARGETS if n not in PEER_LOADS.values()),
+    TRACING,
+)
 
 # Scenarios whose target is against spread's calls a second in the same run.
 AGAINST_SPREAD = ("partition_upkeep", "grown")
@@ -844,6 +861,89 @@ def against_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> None:
     )
 
 
+def _tracing_configs(endpoint: str) -> dict[str, dict[str, str]]:
+    """Each configuration the tracing scenario measures: its server's extra environment."""
+    on = {
+        "QUOTA_AUTHORITY_TRACING": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_SERVICE_NAME": "quota-authority-bench",
+    }
+    return {
+        "off": {},
+        "off_again": {},
+        # On, sampling nothing: what every call pays whether it is sampled or not.
+        "sampled_none": {**on, "OTEL_TRACES_SAMPLER": "always_off"},
+        "sampled_1pct": {
+            **on,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.01",
+        },
+        "sampled_100pct": {**on, "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+    }
+
+
+def measure_tracing(command: list[str], env: dict[str, str], data_dir: Path, url: str) -> Any:
+    """The tracing scenario (``TRACING``): CPU µs a call of each configuration in each
+    round, their medians, and each median's ratio to tracing off's."""
+    with otlp_sink(keep=False) as (sink, endpoint), ExitStack() as stack:
+        configs = _tracing_configs(endpoint)
+        servers = {
+            name: stack.enter_context(running(command, {**env, **extra}, (data_dir,), url))
+            for name, extra in configs.items()
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+        for round_ in range(1, TRACING_ROUNDS + 1):
+            for name, server in servers.items():
+                log(f"tracing: round {round_} of {TRACING_ROUNDS}, {name}")
+                runs[name].append(measure(server, "spread"))
+        stack.close()  # the servers stop, exporting what they hold
+        spans = sink.received
+    cpu = {name: [r["cpu_us_per_call"]["server"] for r in rs] for name, rs in runs.items()}
+    median = {name: statistics.median(values) for name, values in cpu.items()}
+    result: dict[str, Any] = {
+        "rounds": TRACING_ROUNDS,
+        "server_cpu_us_per_call": cpu,
+        "median_server_cpu_us_per_call": median,
+        "rps": {name: [round(r["rps"]) for r in rs] for name, rs in runs.items()},
+        "spans_received": spans,
+        "errors": sum(r["errors"] for rs in runs.values() for r in rs),
+    }
+    shorts = {
+        "off_again": "off_again",
+        "sampled_none": "none",
+        "sampled_1pct": "1pct",
+        "sampled_100pct": "100pct",
+    }
+    for name, short in shorts.items():
+        result[f"cpu_ratio_{short}_to_off"] = round(median[name] / median["off"], 3)
+        # The same ratio round by round: how much it moves is the noise.
+        result[f"round_ratios_{short}"] = [
+            round(a / b, 3) for a, b in zip(cpu[name], cpu["off"], strict=True)
+        ]
+    result["target"] = str(TRACING_TARGET)
+    result["target_met"] = TRACING_TARGET.met(result)
+    log(f"  tracing: {json.dumps(result)}")
+    return result
+
+
+def tracing_summary(r: dict[str, Any]) -> str:
+    """The tracing scenario as BENCHMARKS.md shows it."""
+    lines = [f"tracing (spread load, {r['rounds']} rounds, server CPU µs a call):"]
+    for name, values in r["server_cpu_us_per_call"].items():
+        lines.append(
+            f"  {name:15} median {r['median_server_cpu_us_per_call'][name]:>6}  "
+            f"rounds {values}  calls/s {r['rps'][name]}"
+        )
+    for short in ("off_again", "none", "1pct", "100pct"):
+        lines.append(
+            f"  {short} / off: {r[f'cpu_ratio_{short}_to_off']:.3f} "
+            f"(round by round {r[f'round_ratios_{short}']})"
+        )
+    met = "yes" if r["target_met"] else "NO"
+    lines.append(f"  target {r['target']}: {met}; {r['spans_received']} spans exported")
+    return "\n".join(lines)
+
+
 def measure_peers(results: dict[str, Any]) -> dict[str, Any]:
     """Each peer (``peers.PEERS``) under the spread and hot loads, with our ghz settings:
     ``peers.build`` installs them, pinned, where missing; their loads name the same sellers
@@ -910,6 +1010,9 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
                     continue
                 if name == PEERS:
                     results["peers"] = measure_peers(results)
+                    continue
+                if name == TRACING:
+                    results["tracing"] = measure_tracing(command, env, data_dir, url)
                     continue
                 load = LOAD_OF[name]
                 if name == "grown":
@@ -1132,10 +1235,13 @@ def main() -> int:
         return 2
     results = run(scenarios, args.database)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    if results["scenarios"] or results["baseline"]:
+        print(table(results))
     beside = side_by_side(results)
     if beside is not None:
         print(f"\nside by side (the peers: {', '.join(results['peers'])}):\n{beside}")
+    if "tracing" in results:
+        print(f"\n{tracing_summary(results['tracing'])}")
     upkeep = results["scenarios"].get("partition_upkeep", {}).get("upkeep")
     if upkeep:
         print(
@@ -1159,6 +1265,7 @@ def main() -> int:
             *results["scenarios"].values(),
             *results["baseline"].values(),
             *results.get("citus", {}).values(),
+            *([results["tracing"]] if "tracing" in results else []),
             *(p[load] for p in results.get("peers", {}).values() for load in PEER_LOADS),
         ]
     )

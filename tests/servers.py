@@ -242,11 +242,13 @@ class ServerProcess:
         """Start it and wait until its health reports SERVING."""
         address = f"127.0.0.1:{port}"
         env = command_environment(
-            QUOTA_AUTHORITY_DATABASE_URL=database_url,
-            QUOTA_AUTHORITY_LISTEN=address,
-            QUOTA_AUTHORITY_HEALTH_INTERVAL_S="0.2",
-            QUOTA_AUTHORITY_LOG_LEVEL="WARNING",
-            **environment,
+            **{
+                "QUOTA_AUTHORITY_DATABASE_URL": database_url,
+                "QUOTA_AUTHORITY_LISTEN": address,
+                "QUOTA_AUTHORITY_HEALTH_INTERVAL_S": "0.2",
+                "QUOTA_AUTHORITY_LOG_LEVEL": "WARNING",
+                **environment,  # which may change the log level
+            }
         )
         with log.open("ab") as stderr:
             process = await asyncio.create_subprocess_exec(

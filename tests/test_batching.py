@@ -10,6 +10,8 @@ wrapper around the real ledger proves it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -106,6 +108,39 @@ async def test_a_failing_call_fails_alone_and_its_neighbours_are_decided():
     assert isinstance(results[2], StoreUnavailable)
     assert recorder.batches[0] == [0, 1, 2, 3]
     assert sorted(map(tuple, recorder.batches[1:])) == [(0,), (1,), (2,), (3,)]
+
+
+class CallTracer:
+    """A ``BatchTracer`` recording what each batch was told: the call each item's caller was
+    in (a context variable, as a span is) when it submitted."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[object], list[object]]] = []
+
+    def capture(self) -> object:
+        return CURRENT_CALL.get()
+
+    def batch(self, items: Sequence[object], calls: Sequence[object]) -> Any:
+        self.batches.append((list(items), list(calls)))
+        return contextlib.nullcontext()
+
+
+CURRENT_CALL: contextvars.ContextVar[str] = contextvars.ContextVar("call", default="none")
+
+
+async def test_a_tracer_hears_of_each_batch_with_the_call_of_each_of_its_items():
+    tracer = CallTracer()
+    batcher = MicroBatcher(Recorder(fail_on=2), max_size=64, max_in_flight=1, tracer=tracer)
+
+    async def call(i: int) -> object:
+        CURRENT_CALL.set(f"call {i}")
+        return await batcher.submit(i)
+
+    await asyncio.gather(*(call(i) for i in range(3)), return_exceptions=True)
+
+    # The batch, then (it failed on 2) each item alone: every run knows its items' calls.
+    assert tracer.batches[0] == ([0, 1, 2], ["call 0", "call 1", "call 2"])
+    assert sorted(tracer.batches[1:]) == [([i], [f"call {i}"]) for i in range(3)]
 
 
 async def test_a_failed_batch_is_run_again_one_batch_per_group_first():

@@ -115,8 +115,10 @@ def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
     assert all(
         "ratio_to_spread" in {t.figure for t in bench.TARGETS[s]} for s in bench.AGAINST_SPREAD
     )
-    # A full run measures the peers too, before the batch target that is against them.
-    assert set(bench.SCENARIOS) == set(bench.TARGETS) | {bench.PEERS}
+    # A full run measures the peers too, before the batch target that is against them, and
+    # the cost of traces (its own servers and target, TRACING_TARGET).
+    assert set(bench.SCENARIOS) == set(bench.TARGETS) | {bench.PEERS, bench.TRACING}
+    assert bench.TRACING_TARGET.figure == "cpu_ratio_1pct_to_off"
     order = list(bench.SCENARIOS)
     assert order.index(bench.PEERS) < order.index("batch_invite")
     assert set(bench.PEER_LOADS.values()) <= set(bench.LOAD_OF)

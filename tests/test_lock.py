@@ -151,9 +151,30 @@ def test_the_service_and_the_client_run_the_versions_development_tests(
     assert not differing
 
 
+def brought_by(path: Path) -> dict[str, set[str]]:
+    """What brought each package of a lock, from its ``# via`` comments: packages, and
+    ``-r``/``-c`` files."""
+    via: dict[str, set[str]] = {}
+    current: str | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith((" ", "#")) and "==" in line:
+            current = canonicalize_name(line.split("==", 1)[0])
+            via[current] = set()
+        elif current is not None and line.startswith(" ") and line.strip().startswith("#"):
+            words = line.strip().lstrip("#").strip().removeprefix("via").strip()
+            if words:
+                via[current].add(words)
+    return via
+
+
 def test_the_service_lock_holds_nothing_only_development_needs() -> None:
+    """A package development declares is in the service's lock only when a package of the
+    service brings it too (packaging: opentelemetry-instrumentation needs it)."""
+    brought = brought_by(SERVICE_LOCK)
     for requirement in declared("dev"):
-        assert canonicalize_name(requirement.name) not in SERVICE, requirement
+        name = canonicalize_name(requirement.name)
+        if name in SERVICE:
+            assert any(not by.startswith("-") for by in brought[name]), (requirement, brought)
 
 
 def test_the_client_lock_holds_nothing_of_the_server() -> None:

@@ -43,6 +43,7 @@ from .settings import Settings, unsafe_listen
 from .store import PostgresLedger, create_engine, migrate
 from .store.database import database_in_use, unreachable_at_start
 from .tls import ServerCertificates
+from .tracing import Tracing, start_tracing
 
 __all__ = [
     "SERVICE_NAME",
@@ -205,7 +206,8 @@ class QuotaAuthorityServer:
     a ``start`` that fails undoes what it did. ``ledger`` builds the store over the engine
     (tests put faults and broken variants there); ``database_setting`` names where
     ``database_url`` came from, for the one line printed when it cannot be reached. With
-    ``settings.metrics_listen``, Prometheus metrics are served there (``metrics_port``)."""
+    ``settings.metrics_listen``, Prometheus metrics are served there (``metrics_port``);
+    with ``settings.tracing``, traces are exported (``tracing``)."""
 
     settings: Settings
     database_url: str
@@ -219,6 +221,7 @@ class QuotaAuthorityServer:
     service: QuotaService | None = field(default=None, init=False)
     metrics: Metrics | None = field(default=None, init=False)
     metrics_port: int | None = field(default=None, init=False)
+    tracing: Tracing | None = field(default=None, init=False)
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _authorizer: Authorizer | None = field(default=None, init=False)
     _certificates: ServerCertificates | None = field(default=None, init=False)
@@ -249,6 +252,9 @@ class QuotaAuthorityServer:
         self.engine = create_engine(self.database_url, self.settings)
         async with unreachable_at_start(self.database_url, self.database_setting):
             await migrate(self.engine, distribute=self.settings.distribute)
+        self.tracing = start_tracing(self.settings)
+        if self.tracing is not None:
+            self.tracing.instrument_statements()
         store = self.ledger(self.engine, self.settings)
         self.metrics = Metrics() if self.settings.metrics_listen else None
         if self.metrics is not None:
@@ -271,6 +277,7 @@ class QuotaAuthorityServer:
             seller_batches_in_flight=self.settings.seller_batches_in_flight,
             outreach_wait_s=self.settings.lock_timeout_ms / 1000,
             on_batch=None if self.metrics is None else self.metrics.batch,
+            batch_tracer=self.tracing,
         )
         if self.metrics is not None:
             self.metrics.outreach_waiting(self.service.outreach_waiting)
@@ -290,6 +297,7 @@ class QuotaAuthorityServer:
                 self.metrics,
                 outreach_batch_max_items=self.settings.outreach_batch_max_items,
                 gmv_batch_max_rows=self.settings.gmv_batch_max_rows,
+                tracing=self.tracing,
             ),
             self._server,
         )
@@ -329,7 +337,12 @@ class QuotaAuthorityServer:
 
     async def _check_health(self) -> None:
         assert self.store is not None
-        await self._set_health(await self.store.ping())
+        if self.tracing is None:
+            await self._set_health(await self.store.ping())
+            return
+        with self.tracing.untraced():
+            serving = await self.store.ping()
+        await self._set_health(serving)
 
     async def _watch_health(self) -> None:
         while True:
@@ -387,6 +400,8 @@ class QuotaAuthorityServer:
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.flush)
 
     def reload(self) -> list[str]:
         """Read again the files the settings name, without a restart: the policy file, the

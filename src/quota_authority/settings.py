@@ -217,6 +217,13 @@ class Settings:
         "host:port serving Prometheus metrics at /metrics; when unset, none are served",
         parse=_host_port,
     )
+    tracing: str = _variable(
+        "off",
+        "QUOTA_AUTHORITY_TRACING",
+        "off or otlp: otlp exports traces over OTLP/gRPC, configured by the standard OTEL_* "
+        "variables (endpoint, sampler, service name)",
+        choices=("off", "otlp"),
+    )
     event_loop: str = _variable(
         "uvloop",
         "QUOTA_AUTHORITY_EVENT_LOOP",

@@ -34,6 +34,7 @@ from ..domain import (
 )
 from ..engine import QuotaService
 from ..metrics import Metrics
+from ..tracing import Tracing
 from .convert import (
     ACTIONS,
     BATCH_MODES,
@@ -68,7 +69,8 @@ _BATCH_MODE_NAMES = _names(BATCH_MODES, pb.BatchMode)
 
 class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
     """The service's RPCs over ``service``; no call runs longer than ``max_deadline_s``.
-    With ``metrics``, every RPC's time and code and every decision are counted. A
+    With ``metrics``, every RPC's time and code and every decision are counted; with
+    ``tracing``, each call's span gets its seller and CheckAndConsume's its decision. A
     BatchCheckAndConsume holds at most ``outreach_batch_max_items`` items, a BatchRecordGmv
     at most ``gmv_batch_max_rows`` rows (``Settings``' defaults)."""
 
@@ -80,8 +82,10 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         *,
         outreach_batch_max_items: int = 500,
         gmv_batch_max_rows: int = 1000,
+        tracing: Tracing | None = None,
     ) -> None:
         self._service = service
+        self.tracing = tracing
         self.deadline_cap = DeadlineCap(max_deadline_s)
         self.metrics = metrics
         self._outreach_batch_max_items = outreach_batch_max_items
@@ -117,6 +121,15 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         if self.metrics is not None:
             self.metrics.decision(
                 ACTIONS[request.action].value, decision.reason.value, decision.allowed
+            )
+        if self.tracing is not None and self.tracing.recording():
+            self.tracing.annotate(
+                {
+                    "quota_authority.action": ACTIONS[request.action].value,
+                    "quota_authority.reason": decision.reason.value,
+                    "quota_authority.allowed": decision.allowed,
+                    "quota_authority.replayed": decision.replayed,
+                }
             )
         return decision_to_proto(decision)
 

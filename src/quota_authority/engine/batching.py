@@ -29,6 +29,10 @@ Contracts:
   leaves its item in it: batches are never torn, so the ledger never holds half a batch.
 * A batch runs under the latest deadline of its callers (``deadlines.latest``): the
   transaction serves whoever still waits for it.
+* With a ``tracer``, each batch's decision runs inside ``tracer.batch(items, calls)``
+  (its span, say), where ``calls`` are what ``tracer.capture()`` returned in each caller's
+  context when it submitted its item (the caller's span, say): a batch knows each call it
+  decided. Without one, a call pays one ``is None`` test.
 * With ``one_group_per_batch`` (a store whose transactions may touch one seller only: a
   schema distributed on Citus), a batch holds the queued items of one group, oldest first,
   and up to ``max_in_flight`` such batches run at once.
@@ -38,12 +42,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, TypeAlias, TypeVar
+from contextlib import AbstractContextManager
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
 from ..errors import CommitOutcomeUnknown, LockTimeout
 from . import deadlines
 
-__all__ = ["BUSY_SIZE", "RERUN_GRACE_S", "STALL_SLOTS", "MicroBatcher"]
+__all__ = ["BUSY_SIZE", "RERUN_GRACE_S", "STALL_SLOTS", "BatchTracer", "MicroBatcher"]
 
 # A batch of at least this many requests means requests arrive faster than batches run.
 BUSY_SIZE = 8
@@ -54,8 +59,22 @@ RERUN_GRACE_S = 0.1
 
 T = TypeVar("T")
 R = TypeVar("R")
-# One submitted item: the item, its caller's future, its caller's deadline.
-_Entry: TypeAlias = tuple[T, "asyncio.Future[R]", float | None]
+T_contra = TypeVar("T_contra", contravariant=True)
+# One submitted item: the item, its caller's future, its caller's deadline, and what the
+# tracer captured in its caller's context (None without a tracer).
+_Entry: TypeAlias = tuple[T, "asyncio.Future[R]", float | None, object]
+
+
+class BatchTracer(Protocol[T_contra]):
+    """Where a batch's decision is traced (``tracing.Tracing``): ``capture`` runs in each
+    caller's context as it submits, ``batch`` around the decision of a batch, given its
+    items and what was captured for each."""
+
+    def capture(self) -> object: ...
+
+    def batch(
+        self, items: Sequence[T_contra], calls: Sequence[object]
+    ) -> AbstractContextManager[object]: ...
 
 
 class MicroBatcher(Generic[T, R]):
@@ -64,7 +83,8 @@ class MicroBatcher(Generic[T, R]):
     fill when under load, and opening a slot for each batch stalled past ``stall_after_s``.
     ``decide`` returns one result or error per item, in order, or raises when the whole
     batch failed; ``group`` names the items that need the same locks; ``on_batch`` hears
-    each batch's size as it starts; ``one_group_per_batch`` makes each batch one group's."""
+    each batch's size as it starts; ``one_group_per_batch`` makes each batch one group's;
+    ``tracer`` traces each batch with its calls."""
 
     def __init__(
         self,
@@ -77,8 +97,10 @@ class MicroBatcher(Generic[T, R]):
         stall_after_s: float | None = None,
         on_batch: Callable[[int], None] | None = None,
         one_group_per_batch: bool = False,
+        tracer: BatchTracer[T] | None = None,
     ) -> None:
         self._decide = decide
+        self._tracer = tracer
         self._one_group_per_batch = one_group_per_batch
         self._max_size = max_size
         self._max_in_flight = max_in_flight
@@ -103,7 +125,8 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Decide ``item`` in the next batch; its result, or its error raised."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future, deadlines.current_deadline()))
+        call = None if self._tracer is None else self._tracer.capture()
+        self._queue.append((item, future, deadlines.current_deadline(), call))
         self._schedule_dispatch()
         return await future
 
@@ -143,7 +166,7 @@ class MicroBatcher(Generic[T, R]):
                 self._on_batch(len(entries))
             self._in_flight += 1
             self._in_batches += len(entries)
-            context = deadlines.context_with(deadlines.latest(d for _, _, d in entries))
+            context = deadlines.context_with(deadlines.latest(e[2] for e in entries))
             task = asyncio.create_task(self._run(entries), context=context)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -202,13 +225,13 @@ class MicroBatcher(Generic[T, R]):
 
     async def _settle(self, batch: list[_Entry[T, R]]) -> None:
         try:
-            outcomes = await self._decide([item for item, _, _ in batch])
+            outcomes = await self._decide_traced(batch)
         except asyncio.CancelledError:
-            for _, future, _ in batch:
+            for _, future, _, _ in batch:
                 future.cancel()
             raise
         except CommitOutcomeUnknown as e:
-            for _, future, _ in batch:
+            for _, future, _, _ in batch:
                 _resolve(future, e)
         except Exception as e:
             if len(batch) == 1:
@@ -220,13 +243,20 @@ class MicroBatcher(Generic[T, R]):
             if len(groups) > 1:
                 await self._rerun(list(groups.values()))
             elif isinstance(e, LockTimeout):
-                for _, future, _ in batch:
+                for _, future, _, _ in batch:
                     _resolve(future, e)
             else:
                 await self._rerun([[entry] for entry in batch])
         else:
-            for (_, future, _), outcome in zip(batch, outcomes, strict=True):
+            for (_, future, _, _), outcome in zip(batch, outcomes, strict=True):
                 _resolve(future, outcome)
+
+    async def _decide_traced(self, batch: list[_Entry[T, R]]) -> Sequence[R | Exception]:
+        items = [entry[0] for entry in batch]
+        if self._tracer is None:
+            return await self._decide(items)
+        with self._tracer.batch(items, [entry[3] for entry in batch]):
+            return await self._decide(items)
 
     async def _rerun(self, batches: list[list[_Entry[T, R]]]) -> None:
         """Run ``batches`` at once, each under its own callers' deadline, and at least
@@ -235,7 +265,7 @@ class MicroBatcher(Generic[T, R]):
         floor = asyncio.get_running_loop().time() + RERUN_GRACE_S
         tasks = []
         for batch in batches:
-            deadline = deadlines.latest(d for _, _, d in batch)
+            deadline = deadlines.latest(entry[2] for entry in batch)
             context = deadlines.context_with(None if deadline is None else max(deadline, floor))
             tasks.append(asyncio.create_task(self._settle(batch), context=context))
         await asyncio.gather(*tasks)

@@ -54,7 +54,7 @@ from ..errors import OutreachNotFound, WeekEnded
 from ..policy import Policy
 from . import rules
 from .batch import charged_by, decide_outreach_batch
-from .batching import MicroBatcher
+from .batching import BatchTracer, MicroBatcher
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
 from .outreach import Outcome, decide_batch
@@ -102,7 +102,9 @@ class QuotaService:
     past ``batch_stall_after_s`` (a batch normally takes milliseconds); under load a batch
     waits up to ``batch_fill_wait_s`` to fill (``MicroBatcher``). On a store whose
     transactions may touch one seller only (``LedgerStore.one_seller_per_transaction``),
-    a batch holds one seller's calls, and up to ``seller_batches_in_flight`` run at once."""
+    a batch holds one seller's calls, and up to ``seller_batches_in_flight`` run at once.
+    ``on_batch`` hears each batch's size; ``batch_tracer`` traces each batch with the
+    calls it decided."""
 
     def __init__(
         self,
@@ -117,6 +119,7 @@ class QuotaService:
         seller_batches_in_flight: int = 8,
         outreach_wait_s: float | None = None,
         on_batch: Callable[[int], None] | None = None,
+        batch_tracer: BatchTracer[Outreach] | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
@@ -133,6 +136,7 @@ class QuotaService:
                 stall_after_s=batch_stall_after_s,
                 on_batch=on_batch,
                 one_group_per_batch=one_seller,
+                tracer=batch_tracer,
             )
 
         self._new_batcher = batcher

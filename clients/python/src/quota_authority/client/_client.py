@@ -78,7 +78,10 @@ class QuotaClient:
                 options=options,
             )
         self._stub = pb_grpc.QuotaAuthorityServiceStub(self._channel)
-        self._metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            () if token is None else (("authorization", f"Bearer {token}"),)
+        )
+        self._inject = _trace_injector()
         self._timeout = timeout
         self._attempts = attempts
         self._backoff = backoff
@@ -100,8 +103,11 @@ class QuotaClient:
     async def _call(self, send: Callable[..., Awaitable[T]], request: object) -> T:
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
+            metadata = self._metadata
+            if self._inject is not None:
+                metadata = metadata + self._inject()
             try:
-                return await send(request, timeout=self._timeout, metadata=self._metadata)
+                return await send(request, timeout=self._timeout, metadata=metadata)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts:
                     raise
@@ -306,6 +312,31 @@ def _outreach_item(
     if creator_follower_count is not None:
         item.creator_follower_count = creator_follower_count
     return item
+
+
+# Whether opentelemetry-api is importable, and its propagation if so (looked up once).
+_INJECTOR: list[Callable[[], tuple[tuple[str, str], ...]] | None] = []
+
+
+def _trace_injector() -> Callable[[], tuple[tuple[str, str], ...]] | None:
+    """A function giving the metadata that continues the caller's current trace (W3C
+    ``traceparent``, and whatever else the configured propagators write), when
+    opentelemetry-api is installed; None when it is not, so a client without it pays
+    nothing. The client does not depend on it: a caller that traces has it already."""
+    if not _INJECTOR:
+        try:
+            from opentelemetry.propagate import inject
+        except ImportError:
+            _INJECTOR.append(None)
+        else:
+
+            def trace_metadata() -> tuple[tuple[str, str], ...]:
+                carrier: dict[str, str] = {}
+                inject(carrier)
+                return tuple(carrier.items())
+
+            _INJECTOR.append(trace_metadata)
+    return _INJECTOR[0]
 
 
 def _new_request_id() -> str:

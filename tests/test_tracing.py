@@ -1,0 +1,282 @@
+"""Traces, end to end: a server process with ``QUOTA_AUTHORITY_TRACING=otlp`` exports to a
+real OTLP/gRPC receiver this test starts (scripts/otlp_sink.py), and callers trace with
+their own OpenTelemetry SDK, which ``QuotaClient`` propagates (W3C ``traceparent``).
+
+What operators rely on (docs/operations.md, Traces): each call's server span continues the
+caller's trace; each batch transaction is a span of its own, linked to every call it
+decided, with its SQL statements as children; the spans carry seller, action and reason,
+never a token or the request's other fields; a log line written inside a call names its
+trace and span. And with tracing off, OpenTelemetry is never even imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+from servers import ServerProcess, server_process
+from support import command_environment
+
+from quota_authority.client import QuotaClient
+from quota_authority.tracing import BATCH_SPAN, SERVICE_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from otlp_sink import OtlpSink, Span, otlp_sink  # noqa: E402
+
+CALL_SPAN = "quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
+TOKEN = "token-of-the-traced-caller-" + "s3cr3t" * 4
+CONCURRENT_CALLS = 40
+SPANS_WITHIN_S = 60.0
+
+
+@dataclass
+class TracedServer:
+    sink: OtlpSink
+    server: ServerProcess
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[tuple[OtlpSink, str]]:
+    """The receiver, and its endpoint."""
+    with otlp_sink() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+async def traced(
+    database_url: str, sink: tuple[OtlpSink, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[TracedServer]:
+    """A server process tracing every call (always_on), exporting to ``sink`` every 100 ms,
+    with one caller who sends ``TOKEN``."""
+    directory = tmp_path_factory.mktemp("traced")
+    callers = directory / "callers.toml"
+    callers.write_text(
+        f'[[callers]]\nname = "traced"\nroles = ["outreach", "reader"]\ntoken = "{TOKEN}"\n'
+    )
+    async with server_process(
+        database_url,
+        directory / "server.log",
+        QUOTA_AUTHORITY_TRACING="otlp",
+        QUOTA_AUTHORITY_CALLERS_FILE=str(callers),
+        QUOTA_AUTHORITY_LOG_LEVEL="INFO",
+        OTEL_EXPORTER_OTLP_ENDPOINT=sink[1],
+        OTEL_TRACES_SAMPLER="always_on",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    ) as server:
+        yield TracedServer(sink[0], server)
+
+
+def caller_tracer() -> TracerProvider:
+    """The caller's own tracing: an SDK provider of its own (not made global here), whose
+    spans the client propagates; they are not exported, only their ids matter."""
+    return TracerProvider()
+
+
+def describe(trace: list[Span], root: Span) -> str:
+    """A trace as text: each span under its parent, with its links."""
+    lines: list[str] = []
+
+    def show(span: Span, depth: int) -> None:
+        indent = "  " * depth
+        statement = str(span.attributes.get("db.statement", ""))[:48]
+        lines.append(
+            f"{indent}{span.name} [{span.span_id}]" + (f": {statement}…" * bool(statement))
+        )
+        for trace_id, span_id, _ in span.links[:3]:
+            lines.append(f"{indent}    link → trace {trace_id}, span {span_id}")
+        if len(span.links) > 3:
+            lines.append(f"{indent}    … and {len(span.links) - 3} links more")
+        for child in sorted(
+            (s for s in trace if s.parent_span_id == span.span_id), key=lambda s: s.start_ns
+        ):
+            show(child, depth + 1)
+
+    show(root, 0)
+    return "\n".join(lines)
+
+
+def every_value(span: Span) -> list[str]:
+    values = [str(v) for v in span.attributes.values()]
+    for _, _, attributes in span.links:
+        values += [str(v) for v in attributes.values()]
+    return values
+
+
+async def test_calls_continue_their_callers_traces_and_their_batches_link_to_them(
+    traced: TracedServer,
+) -> None:
+    tracer = caller_tracer().get_tracer("caller")
+    seller = f"traced-{uuid.uuid4().hex[:12]}"
+    creators = [f"creator-{uuid.uuid4().hex[:12]}" for _ in range(CONCURRENT_CALLS)]
+    callers: dict[str, tuple[str, str]] = {}  # creator -> caller's (trace_id, span_id)
+
+    async with QuotaClient(traced.server.address, token=TOKEN) as client:
+
+        async def call(creator: str) -> None:
+            with tracer.start_as_current_span("caller sends an invite") as span:
+                context = span.get_span_context()
+                callers[creator] = (f"{context.trace_id:032x}", f"{context.span_id:016x}")
+                reply = await client.check_and_consume(
+                    seller, creator, "invite", creator_follower_count=1200
+                )
+                assert reply.allowed
+
+        await asyncio.gather(*(call(creator) for creator in creators))
+
+    caller_traces = {trace_id for trace_id, _ in callers.values()}
+
+    def calls_and_their_batches_arrived(spans: list[Span]) -> bool:
+        calls = [s for s in spans if s.name == CALL_SPAN and s.trace_id in caller_traces]
+        linked = {link[1] for s in spans if s.name == BATCH_SPAN for link in s.links}
+        return len(calls) == CONCURRENT_CALLS and {c.span_id for c in calls} <= linked
+
+    spans = traced.sink.wait_for(calls_and_their_batches_arrived, SPANS_WITHIN_S)
+
+    # Each call's server span is the child of its caller's span, in the caller's trace.
+    calls = {s.span_id: s for s in spans if s.name == CALL_SPAN and s.trace_id in caller_traces}
+    by_caller = {(s.trace_id, s.parent_span_id): s for s in calls.values()}
+    assert set(by_caller) == set(callers.values())
+    for span in calls.values():
+        assert span.kind == SpanKind.SERVER.value + 1  # OTLP numbers kinds from 1 (internal)
+        assert span.service_name == SERVICE_NAME
+        assert span.attributes["quota_authority.seller_id"] == seller
+        assert span.attributes["quota_authority.action"] == "invite"
+        assert span.attributes["quota_authority.reason"] == "new_creator"
+        assert span.attributes["quota_authority.allowed"] is True
+        assert span.attributes["rpc.grpc.status_code"] == 0
+
+    # Each call is linked from exactly one batch span, a root of its own trace; the
+    # concurrent calls shared batches.
+    batches = [
+        s for s in spans if s.name == BATCH_SPAN and any(link[1] in calls for link in s.links)
+    ]
+    linked = [link for batch in batches for link in batch.links if link[1] in calls]
+    assert sorted(span_id for _, span_id, _ in linked) == sorted(calls)
+    for trace_id, span_id, attributes in linked:
+        assert trace_id == calls[span_id].trace_id
+        assert attributes["quota_authority.seller_id"] == seller
+        assert attributes["quota_authority.action"] == "invite"
+    assert max(len(batch.links) for batch in batches) >= 2, "no batch decided two calls"
+    for batch in batches:
+        assert batch.parent_span_id == ""
+        assert batch.trace_id not in caller_traces
+        assert batch.attributes["quota_authority.batch.size"] == len(batch.links)
+
+    # Each batch's SQL statements are its children, recorded without their parameters.
+    for batch in batches:
+        statements = [
+            s for s in spans if s.trace_id == batch.trace_id and s.parent_span_id == batch.span_id
+        ]
+        assert statements, f"batch {batch.span_id} has no statement spans"
+        assert all(s.attributes.get("db.system") == "postgresql" for s in statements)
+        texts = [str(s.attributes.get("db.statement", "")) for s in statements]
+        assert any("lock_outreach" in text for text in texts), texts
+
+    # No token, and no field of a request but its seller and action, anywhere.
+    for span in spans:
+        for value in every_value(span):
+            assert TOKEN not in value, (span.name, value)
+            assert not any(creator in value for creator in creators), (span.name, value)
+
+    example = next(b for b in batches if len(b.links) >= 2)
+    print(f"\nthe batch of {len(example.links)} calls:")
+    print(describe([s for s in spans if s.trace_id == example.trace_id], example))
+    first = calls[example.links[0][1]]
+    print("\nthe first call it decided, in its caller's trace:")
+    print(f"caller sends an invite [{first.parent_span_id}] (the caller's span)")
+    print(
+        textwrap.indent(describe([s for s in spans if s.trace_id == first.trace_id], first), "  ")
+    )
+
+
+async def test_a_log_line_written_inside_a_call_names_its_trace_and_span(
+    traced: TracedServer,
+) -> None:
+    tracer = caller_tracer().get_tracer("caller")
+    async with QuotaClient(traced.server.address, token=TOKEN) as client:
+        with tracer.start_as_current_span("caller sends a bad request") as span:
+            context = span.get_span_context()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.check_and_consume("", "c1", "message")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trace_id, caller_span = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+    (call,) = [
+        s
+        for s in traced.sink.wait_for(
+            lambda spans: any(s.trace_id == trace_id for s in spans), SPANS_WITHIN_S
+        )
+        if s.trace_id == trace_id
+    ]
+    assert call.name == CALL_SPAN
+    assert call.parent_span_id == caller_span
+    assert call.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+    lines = [json.loads(line) for line in traced.server.log.read_text().splitlines()]
+    refusals = [line for line in lines if line.get("trace_id") == trace_id]
+    assert [line["message"] for line in refusals] == ["call refused"]
+    assert refusals[0]["span_id"] == call.span_id
+    # Lines written outside any call carry no ids.
+    assert any(line["message"] == "serving" and "trace_id" not in line for line in lines)
+
+
+# Runs a server in-process with tracing off, serves a call, and prints the modules of
+# opentelemetry it imported (none, it must be).
+_UNTRACED = """
+import asyncio, sys, grpc
+from quota_authority.clock import SystemClock
+from quota_authority.server import QuotaAuthorityServer
+from quota_authority.settings import load_settings
+from quota_authority.v1 import quota_authority_pb2 as pb, quota_authority_pb2_grpc as pb_grpc
+
+async def main():
+    settings = load_settings({"QUOTA_AUTHORITY_LISTEN": "127.0.0.1:0"})
+    server = QuotaAuthorityServer(settings, sys.argv[1], SystemClock())
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await pb_grpc.QuotaAuthorityServiceStub(channel).CheckAndConsume(
+            pb.CheckAndConsumeRequest(seller_id="untraced", creator_id="c1",
+                                      action=pb.ACTION_MESSAGE, dry_run=True))
+    await server.stop(grace=0)
+    assert reply.allowed
+    print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+
+asyncio.run(main())
+"""
+
+
+def test_the_client_works_without_opentelemetry_and_sends_no_trace_then() -> None:
+    without = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "from quota_authority.client import _client\n"
+        "print(_client._trace_injector())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", without], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "None"
+
+
+def test_with_tracing_off_opentelemetry_is_not_imported(database_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _UNTRACED, database_url],
+        env=command_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
