@@ -337,10 +337,7 @@ class QuotaAuthorityServer:
 
     async def _check_health(self) -> None:
         assert self.store is not None
-        if self.tracing is None:
-            await self._set_health(await self.store.ping())
-            return
-        with self.tracing.untraced():
+        with contextlib.nullcontext() if self.tracing is None else self.tracing.untraced():
             serving = await self.store.ping()
         await self._set_health(serving)
 

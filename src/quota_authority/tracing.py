@@ -65,13 +65,14 @@ def start_tracing(settings: Settings) -> Tracing | None:
 
 
 class Tracing:
-    """Traces turned on: the RPCs' interceptor, the batches' spans, the statements' spans,
-    the attributes of calls. Made by ``start_tracing`` only."""
+    """Traces turned on: the RPCs' spans, the batches' spans, the statements' spans, the
+    attributes of calls. Made by ``start_tracing`` only."""
 
     def __init__(self, provider: TracerProvider) -> None:
         from opentelemetry import context, propagate, trace
 
         self._provider = provider
+        self._server_kind = trace.SpanKind.SERVER
         self._trace = trace
         self._context = context
         self._extract = propagate.extract
@@ -110,13 +111,11 @@ class Tracing:
         """Open the server span of one call of ``service``'s ``method``, the child of the
         caller's span that ``metadata`` (the call's invocation metadata) carries, and make it
         current; ``RpcSpan.end`` ends it. Attributes are set only on a span sampled."""
-        from opentelemetry.trace import SpanKind
-
         carried = self._carried
         parent = None
         if metadata and any(m[0] in carried for m in metadata):
             parent = self._extract({m[0]: m[1] for m in metadata})
-        span = self._tracer.start_span(f"{service}/{method}", parent, SpanKind.SERVER)
+        span = self._tracer.start_span(f"{service}/{method}", parent, self._server_kind)
         if span.is_recording():
             span.set_attributes(
                 {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
