@@ -19,18 +19,20 @@ import sys
 import textwrap
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanKind
 from servers import ServerProcess, server_process
 from support import command_environment
 
 from quota_authority.client import QuotaClient
-from quota_authority.tracing import BATCH_SPAN, SERVICE_NAME
+from quota_authority.tracing import BATCH_SPAN, SERVICE_NAME, Sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -56,13 +58,12 @@ def sink() -> Iterator[tuple[OtlpSink, str]]:
         yield receiver
 
 
-@pytest.fixture(scope="module")
-async def traced(
-    database_url: str, sink: tuple[OtlpSink, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[TracedServer]:
-    """A server process tracing every call (always_on), exporting to ``sink`` every 100 ms,
-    with one caller who sends ``TOKEN``."""
-    directory = tmp_path_factory.mktemp("traced")
+@asynccontextmanager
+async def traced_server(
+    database_url: str, directory: Path, endpoint: str, **sampler: str
+) -> AsyncIterator[ServerProcess]:
+    """A server process tracing as ``sampler`` (``OTEL_TRACES_SAMPLER``…) says, exporting to
+    ``endpoint`` every 100 ms, with one caller who sends ``TOKEN``."""
     callers = directory / "callers.toml"
     callers.write_text(
         f'[[callers]]\nname = "traced"\nroles = ["outreach", "reader"]\ntoken = "{TOKEN}"\n'
@@ -73,17 +74,49 @@ async def traced(
         QUOTA_AUTHORITY_TRACING="otlp",
         QUOTA_AUTHORITY_CALLERS_FILE=str(callers),
         QUOTA_AUTHORITY_LOG_LEVEL="INFO",
-        OTEL_EXPORTER_OTLP_ENDPOINT=sink[1],
-        OTEL_TRACES_SAMPLER="always_on",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
         OTEL_BSP_SCHEDULE_DELAY="100",
+        **sampler,
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def traced(
+    database_url: str, sink: tuple[OtlpSink, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[TracedServer]:
+    """A server process tracing every call (always_on), exporting to ``sink``."""
+    directory = tmp_path_factory.mktemp("traced")
+    async with traced_server(
+        database_url, directory, sink[1], OTEL_TRACES_SAMPLER="always_on"
     ) as server:
         yield TracedServer(sink[0], server)
 
 
-def caller_tracer() -> TracerProvider:
+@pytest.fixture(scope="module")
+async def one_percent(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[TracedServer]:
+    """A server process sampling as production would (``parentbased_traceidratio``, 1%),
+    exporting to a receiver of its own. The tests send it calls with a caller's trace
+    only, sampled or not: a parent-based sampler decides those, never the 1% draw."""
+    directory = tmp_path_factory.mktemp("one_percent")
+    with otlp_sink() as (receiver, endpoint):
+        async with traced_server(
+            database_url,
+            directory,
+            endpoint,
+            OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+            OTEL_TRACES_SAMPLER_ARG="0.01",
+        ) as server:
+            yield TracedServer(receiver, server)
+
+
+def caller_tracer(sampled: bool = True) -> TracerProvider:
     """The caller's own tracing: an SDK provider of its own (not made global here), whose
-    spans the client propagates; they are not exported, only their ids matter."""
-    return TracerProvider()
+    spans the client propagates, ``sampled`` or not (the ``traceparent``'s flag); they are
+    not exported, only their ids matter."""
+    return TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
 
 
 def describe(trace: list[Span], root: Span) -> str:
@@ -234,6 +267,152 @@ async def test_a_log_line_written_inside_a_call_names_its_trace_and_span(
     assert refusals[0]["span_id"] == call.span_id
     # Lines written outside any call carry no ids.
     assert any(line["message"] == "serving" and "trace_id" not in line for line in lines)
+
+
+def ids(span: object) -> tuple[str, str]:
+    """A caller's span's (trace_id, span_id), in hex as the receiver shows them."""
+    context = span.get_span_context()  # type: ignore[attr-defined]
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+async def test_at_a_1pct_sample_sampled_callers_are_traced_and_unsampled_ones_not_at_all(
+    one_percent: TracedServer,
+) -> None:
+    """Calls continuing a sampled trace are sampled even at a 1% ratio; calls continuing
+    an unsampled one export nothing; a batch is traced, linked to its sampled calls only,
+    when it decided at least one, and not at all when it decided none."""
+    sampled_tracer = caller_tracer(sampled=True).get_tracer("caller")
+    unsampled_tracer = caller_tracer(sampled=False).get_tracer("caller")
+    seller = f"sampled-{uuid.uuid4().hex[:12]}"
+    # Four sampled callers among forty, spread over the burst: batches mix them.
+    sampled_at = {5, 15, 25, 35}
+    sampled: dict[tuple[str, str], str] = {}  # caller's (trace_id, span_id) -> creator
+    unsampled: set[str] = set()  # callers' trace ids
+
+    async with QuotaClient(one_percent.server.address, token=TOKEN) as client:
+
+        async def call(index: int) -> None:
+            creator = f"creator-{uuid.uuid4().hex[:12]}"
+            tracer = sampled_tracer if index in sampled_at else unsampled_tracer
+            with tracer.start_as_current_span("caller sends an invite") as span:
+                if index in sampled_at:
+                    sampled[ids(span)] = creator
+                else:
+                    unsampled.add(ids(span)[0])
+                reply = await client.check_and_consume(
+                    seller, creator, "invite", creator_follower_count=1200
+                )
+                assert reply.allowed
+
+        await asyncio.gather(*(call(index) for index in range(CONCURRENT_CALLS)))
+        # One more sampled call, after all the others ended: the server exports spans in
+        # the order they end, so once this one's span arrived, any span of the calls
+        # before it (of the unsampled ones too, were there any) has arrived.
+        with sampled_tracer.start_as_current_span("caller's last call") as last:
+            await client.check_and_consume(seller, "creator-last", "message", dry_run=True)
+    last_trace = ids(last)[0]
+
+    spans = one_percent.sink.wait_for(
+        lambda spans: any(s.trace_id == last_trace for s in spans), SPANS_WITHIN_S
+    )
+    # Each sampled caller's call is traced, the child of the caller's span.
+    calls = {s.span_id: s for s in spans if s.name == CALL_SPAN and s.trace_id != last_trace}
+    assert {(s.trace_id, s.parent_span_id) for s in calls.values()} == set(sampled)
+    for span in calls.values():
+        assert span.attributes["quota_authority.seller_id"] == seller
+        assert span.attributes["quota_authority.allowed"] is True
+    # An unsampled caller's call left no span at all: no call, no statement.
+    assert not [s for s in spans if s.trace_id in unsampled]
+
+    # Each sampled call is linked from one batch span; a batch links to sampled calls
+    # only, though it decided unsampled ones too (its size counts them).
+    batches = [
+        s for s in spans if s.name == BATCH_SPAN and any(link[1] in calls for link in s.links)
+    ]
+    linked = sorted(link[1] for batch in batches for link in batch.links)
+    assert linked == sorted(calls)
+    assert any(b.attributes["quota_authority.batch.size"] > len(b.links) for b in batches), [
+        (b.attributes["quota_authority.batch.size"], len(b.links)) for b in batches
+    ]
+    # A batch of unsampled calls only is not traced: every batch span links to a call.
+    assert all(s.links for s in spans if s.name == BATCH_SPAN)
+    # Statements are traced under sampled calls and batches only: no span is a root but
+    # the batches (a statement outside them would be a root of its own).
+    roots = [s for s in spans if not s.parent_span_id]
+    assert {s.name for s in roots} == {BATCH_SPAN}, [s.name for s in roots]
+    for batch in batches:
+        assert any(s.parent_span_id == batch.span_id for s in spans), "no statement spans"
+
+
+async def test_at_a_1pct_sample_log_lines_lead_to_the_trace_of_a_call(
+    one_percent: TracedServer,
+) -> None:
+    """A sampled call's log lines carry its trace_id and span_id; an unsampled call's,
+    its caller's trace_id alone (no span of this service exists)."""
+    refused: dict[bool, tuple[str, str]] = {}
+    async with QuotaClient(one_percent.server.address, token=TOKEN) as client:
+        for sampled in (False, True):  # the sampled last: its span arriving ends the wait
+            tracer = caller_tracer(sampled).get_tracer("caller")
+            with tracer.start_as_current_span("caller sends a bad request") as span:
+                refused[sampled] = ids(span)
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await client.check_and_consume("", "c1", "message")
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    sampled_trace, caller_span = refused[True]
+    spans = one_percent.sink.wait_for(
+        lambda spans: any(s.trace_id == sampled_trace for s in spans), SPANS_WITHIN_S
+    )
+    (call,) = [s for s in spans if s.trace_id == sampled_trace]
+    assert call.parent_span_id == caller_span
+    assert not [s for s in spans if s.trace_id == refused[False][0]]
+
+    lines = [json.loads(line) for line in one_percent.server.log.read_text().splitlines()]
+    by_trace = {line["trace_id"]: line for line in lines if "trace_id" in line}
+    assert by_trace[sampled_trace]["message"] == "call refused"
+    assert by_trace[sampled_trace]["span_id"] == call.span_id
+    unsampled_line = by_trace[refused[False][0]]
+    assert unsampled_line["message"] == "call refused"
+    assert "span_id" not in unsampled_line
+
+
+@pytest.mark.parametrize(
+    ("environment", "parent_based", "ratio"),
+    [
+        ({}, True, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "always_on"}, False, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, False, 0.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}, True, 0.0),
+        ({"OTEL_TRACES_SAMPLER": "TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}, False, 0.25),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+            True,
+            0.01,
+        ),
+        # As the SDK reads them: a ratio that is none is 1, an unknown sampler the default.
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}, False, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}, True, 1.0),
+        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, True, 1.0),
+    ],
+)
+def test_the_sampling_is_the_one_the_otel_variables_configure(
+    environment: dict[str, str], parent_based: bool, ratio: float
+) -> None:
+    sampling = Sampling.from_environment(environment)
+    assert (sampling.parent_based, sampling.ratio) == (parent_based, ratio)
+
+
+def test_a_parent_decides_a_parent_based_sampling_and_its_trace_id_a_ratio() -> None:
+    parent_based = Sampling("parentbased_traceidratio", True, 0.01)
+    assert parent_based.child(2**64 - 1, sampled=True)
+    assert not parent_based.child(0, sampled=False)
+    # traceidratio, as the SDK's TraceIdRatioBased: the trace id's lower 64 bits, under
+    # ratio × 2⁶⁴, whatever the caller decided.
+    ratio = Sampling("traceidratio", False, 0.5)
+    assert ratio.child((7 << 64) | (2**63 - 1), sampled=False)
+    assert not ratio.child(2**63, sampled=True)
+    assert Sampling("always_on", False, 1.0).child(2**64 - 1, sampled=False)
+    assert not Sampling("always_off", False, 0.0).child(0, sampled=True)
 
 
 # Runs a server in-process with tracing off, serves a call, and prints the modules of

@@ -6,9 +6,10 @@ Three jobs, each in its own place, applied in this order:
    (``deadline_cap.DeadlineCap``, ``QUOTA_AUTHORITY_MAX_DEADLINE_MS``);
 2. errors: every one leaves as its documented gRPC status (``error_mapping``), mapped once;
 3. metrics: with the servicer's ``metrics``, the call's time and code are observed;
-4. traces: with the servicer's ``tracing``, the call runs in a span of its own
-   (``Tracing.rpc``), continuing its caller's trace, with the request's ``seller_id`` when
-   it has one, and its status code. Without, a call pays one ``is None`` test more.
+4. traces: with the servicer's ``tracing``, the call is sampled or not as it arrives
+   (``Tracing.rpc``); sampled, it runs in a span of its own, continuing its caller's
+   trace, with the request's ``seller_id`` when it has one, and its status code. Without,
+   a call pays one ``is None`` test more.
 
 A request that did not decode (``Malformed``, from ``servicer.add_to_server``'s lenient
 parsing) is answered INVALID_ARGUMENT before the method runs.
@@ -87,9 +88,8 @@ def rpc_method(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         span = None
         if self.tracing is not None:
             span = self.tracing.rpc(SERVICE, method, context.invocation_metadata())
-            seller_id = getattr(request, "seller_id", None)
-            if seller_id and self.tracing.recording():
-                self.tracing.annotate({"quota_authority.seller_id": seller_id})
+            if span.recording and (seller_id := getattr(request, "seller_id", None)):
+                span.set_attributes({"quota_authority.seller_id": seller_id})
         try:
             if isinstance(request, Malformed):
                 raise InvalidArgument([request.violation])
@@ -106,6 +106,6 @@ def rpc_method(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         finally:
             _observe(metrics, method, code, started)
             if span is not None:
-                span.end(code_pb2.Code.Value(code))
+                span.end(code)
 
     return wrapper
