@@ -871,7 +871,8 @@ def _tracing_configs(endpoint: str) -> dict[str, dict[str, str]]:
     return {
         "off": {},
         "off_again": {},
-        # On, sampling nothing: what every call pays whether it is sampled or not.
+        # On, sampling nothing: what a call not sampled pays (tracing.Sampling decides
+        # before any span is made).
         "sampled_none": {**on, "OTEL_TRACES_SAMPLER": "always_off"},
         "sampled_1pct": {
             **on,

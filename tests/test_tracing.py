@@ -440,6 +440,61 @@ asyncio.run(main())
 """
 
 
+# Runs a server in-process with tracing on and sampling nothing (always_off), serves
+# concurrent CheckAndConsume calls (with and without a caller's unsampled traceparent) and a
+# GetStatus, and prints how many spans the SDK was asked to start: none, it must be (no call
+# span, no batch span, no statement span: each would go through the sampler).
+_UNSAMPLED = """
+import asyncio, sys, grpc
+from quota_authority.clock import SystemClock
+from quota_authority.server import QuotaAuthorityServer
+from quota_authority.settings import load_settings
+from quota_authority.v1 import quota_authority_pb2 as pb, quota_authority_pb2_grpc as pb_grpc
+
+async def main():
+    settings = load_settings({"QUOTA_AUTHORITY_LISTEN": "127.0.0.1:0",
+                              "QUOTA_AUTHORITY_TRACING": "otlp"})
+    server = QuotaAuthorityServer(settings, sys.argv[1], SystemClock())
+    port = await server.start()
+    sampler = server.tracing._provider.sampler
+    asked = []
+    should_sample = sampler.should_sample
+    sampler.should_sample = lambda *a, **k: asked.append(a[2]) or should_sample(*a, **k)
+    parent = (("traceparent", "00-" + "ab" * 16 + "-" + "cd" * 8 + "-00"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        replies = await asyncio.gather(*(
+            stub.CheckAndConsume(
+                pb.CheckAndConsumeRequest(seller_id="unsampled", creator_id=f"c{i}",
+                                          action=pb.ACTION_MESSAGE),
+                metadata=parent if i % 2 else None)
+            for i in range(40)))
+        await stub.GetStatus(pb.GetStatusRequest(seller_id="unsampled"))
+    await server.stop(grace=0)
+    assert all(reply.allowed for reply in replies)
+    print(len(asked), sorted(set(asked)))
+
+asyncio.run(main())
+"""
+
+
+def test_with_nothing_sampled_no_span_is_even_started(database_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _UNSAMPLED, database_url],
+        env={
+            **command_environment(),
+            "OTEL_TRACES_SAMPLER": "always_off",
+            # Nowhere: nothing is exported, and nothing may be.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 []"
+
+
 def test_the_client_works_without_opentelemetry_and_sends_no_trace_then() -> None:
     without = (
         "import sys; sys.modules['opentelemetry'] = None\n"
