@@ -20,13 +20,13 @@ from quota_authority.domain import (
     Reason,
     SellerWeek,
 )
-from quota_authority.engine.batch import r15_applies
 from quota_authority.engine.rules import (
     OutreachVerdict,
     decide_outreach,
     r1_tier_for_gmv,
     r10_starter_pack_grant,
     r14_release,
+    r15_batch_applies,
 )
 from quota_authority.policy import Policy
 
@@ -526,9 +526,9 @@ def _decision(allowed: bool) -> OutreachDecision:
 
 
 def test_r15_best_effort_applies_whatever_was_denied() -> None:
-    assert r15_applies(BatchMode.BEST_EFFORT, [_decision(True), _decision(False)])
+    assert r15_batch_applies(BatchMode.BEST_EFFORT, [_decision(True), _decision(False)])
 
 
 def test_r15_all_or_nothing_applies_nothing_when_one_item_is_denied() -> None:
-    assert not r15_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(False)])
-    assert r15_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(True)])
+    assert not r15_batch_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(False)])
+    assert r15_batch_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(True)])

@@ -15,7 +15,6 @@ from datetime import datetime
 
 from ..domain import (
     AuditEntry,
-    BatchMode,
     Charge,
     OutreachBatch,
     OutreachBatchResult,
@@ -25,16 +24,11 @@ from ..domain import (
     StoredResponse,
 )
 from ..errors import FieldViolation, InvalidArgument, NothingCharged, OutreachNotFound
+from . import rules
 from .outreach import decide_batch
 from .ports import LockedOutreach, OutreachWrites, ResponseToStore
 
-__all__ = ["ChargedOutreach", "charged_by", "decide_outreach_batch", "r15_applies"]
-
-
-def r15_applies(mode: BatchMode, decisions: Sequence[OutreachDecision]) -> bool:
-    """R15 Batches: whether a batch's effects apply — always in best effort; in all or
-    nothing only when no item would be denied."""
-    return mode is BatchMode.BEST_EFFORT or all(d.allowed for d in decisions)
+__all__ = ["ChargedOutreach", "charged_by", "decide_outreach_batch"]
 
 
 def decide_outreach_batch(
@@ -55,7 +49,7 @@ def decide_outreach_batch(
     week = locked[0].week
     if week is None:
         raise ValueError(f"seller-week of {batch.seller_id} was not locked")
-    applies = r15_applies(batch.mode, outcomes)
+    applies = rules.r15_batch_applies(batch.mode, outcomes)
     if applies:
         results = tuple(outcomes)
         status = outcomes[-1].status

@@ -10,9 +10,18 @@ a verdict's new state only when it is not a dry run (R12).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..domain import Action, Charge, PairState, Reason, SellerWeek
+from ..domain import (
+    Action,
+    BatchMode,
+    Charge,
+    OutreachDecision,
+    PairState,
+    Reason,
+    SellerWeek,
+)
 from ..policy import TierPolicy
 
 __all__ = [
@@ -27,6 +36,7 @@ __all__ = [
     "r9_r10_charge_for_new_creator",
     "r10_starter_pack_grant",
     "r14_release",
+    "r15_batch_applies",
 ]
 
 
@@ -127,6 +137,12 @@ def r14_release(charged: Charge, live_outreach: int) -> tuple[Charge, bool]:
     if live_outreach > 1:
         return Charge.NONE, True
     return charged, False
+
+
+def r15_batch_applies(mode: BatchMode, decisions: Sequence[OutreachDecision]) -> bool:
+    """R15 Batches: whether a batch's effects apply — always in best effort; in all or
+    nothing only when no item would be denied."""
+    return mode is BatchMode.BEST_EFFORT or all(d.allowed for d in decisions)
 
 
 def _contacted(pair: PairState, action: Action) -> PairState:
