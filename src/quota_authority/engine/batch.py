@@ -1,6 +1,5 @@
 """``decide_outreach_batch``: one seller's BatchCheckAndConsume decided against its locked
-week (R15), and ``charged_by``: what a stored answer says a call charged, for a release
-(R14). Pure: they read what the store returned and say what to write.
+week (R15). Pure: it reads what the store returned and says what to write.
 
 A batch is decided by ``outreach.decide_batch``, the hot path's own function, as the
 requests its items would be if sent one by one: so each item sees the effects of those
@@ -10,7 +9,7 @@ before it exactly as a single call would, and the rules are applied in one place
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 
 from ..domain import (
@@ -20,15 +19,12 @@ from ..domain import (
     OutreachBatchResult,
     OutreachDecision,
     QuotaStatus,
-    Release,
-    StoredResponse,
 )
-from ..errors import FieldViolation, InvalidArgument, NothingCharged, OutreachNotFound
 from . import rules
 from .outreach import decide_batch
 from .ports import LockedOutreach, OutreachWrites, ResponseToStore
 
-__all__ = ["ChargedOutreach", "charged_by", "decide_outreach_batch"]
+__all__ = ["decide_outreach_batch"]
 
 
 def decide_outreach_batch(
@@ -85,60 +81,3 @@ def decide_outreach_batch(
             ResponseToStore(batch.seller_id, batch.request_id, fingerprint, result.to_json())
         ]
     return result, writes
-
-
-@dataclass(frozen=True)
-class ChargedOutreach:
-    """What a call's stored answer says it charged: the pool, and the week it was in."""
-
-    charged: Charge
-    week_start: datetime
-
-
-def charged_by(release: Release, stored: StoredResponse | None) -> ChargedOutreach:
-    """What the call ``release`` names charged, from its stored answer (R11 keeps every
-    answer to a request_id). Raises ``OutreachNotFound`` when no CheckAndConsume or
-    BatchCheckAndConsume answered that request_id, ``InvalidArgument`` (``item_index``)
-    when the index does not fit the call, and ``NothingCharged`` when it charged nothing."""
-    seller_id, request_id, index = release.seller_id, release.request_id, release.item_index
-    response = {} if stored is None else stored.response
-    if "results" in response and "applied" in response:  # a BatchCheckAndConsume's
-        results = response["results"]
-        if index is None:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "item_index",
-                        f"is required: request_id {request_id!r} names a BatchCheckAndConsume "
-                        f"of {len(results)} items",
-                    )
-                ]
-            )
-        if not 0 <= index < len(results):
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "item_index",
-                        f"must be below {len(results)}, the items of BatchCheckAndConsume "
-                        f"{request_id!r}; got {index}",
-                    )
-                ]
-            )
-        charged = Charge(results[index][2])
-    elif "allowed" in response and "charged" in response:  # a CheckAndConsume's
-        if index is not None:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "item_index",
-                        f"must be absent: request_id {request_id!r} names a CheckAndConsume",
-                    )
-                ]
-            )
-        charged = Charge(response["charged"])
-    else:
-        raise OutreachNotFound(seller_id, request_id)
-    if charged is Charge.NONE:
-        raise NothingCharged(seller_id, request_id, index)
-    week_start = datetime.fromisoformat(response["status"]["week_start"])
-    return ChargedOutreach(charged, week_start)

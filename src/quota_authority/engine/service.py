@@ -53,7 +53,7 @@ from ..domain import (
 from ..errors import OutreachNotFound, WeekEnded
 from ..policy import Policy
 from . import rules
-from .batch import charged_by, decide_outreach_batch
+from .batch import decide_outreach_batch
 from .batching import BatchTracer, MicroBatcher
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
@@ -295,10 +295,11 @@ class QuotaService:
 
     async def release_outreach(self, release: Release) -> ReleaseResult:
         """Give back the unit the named outreach charged, in its own week only, under the
-        seller-week lock (``rules.r14_release`` decides what goes back). Raises a
-        ``NotReleasable`` (``OutreachNotFound``, ``NothingCharged``, ``WeekEnded``) or
-        ``InvalidArgument`` (``item_index``) and changes nothing when there is nothing to
-        give back. Idempotent: a repeated release replays the first one's answer (R11)."""
+        seller-week lock (``rules.r14_charge_to_release`` reads what the call charged,
+        ``rules.r14_release`` decides what goes back). Raises a ``NotReleasable``
+        (``OutreachNotFound``, ``NothingCharged``, ``WeekEnded``) or ``InvalidArgument``
+        (``item_index``) and changes nothing when there is nothing to give back.
+        Idempotent: a repeated release replays the first one's answer (R11)."""
         key, fingerprint = release.key(), release.fingerprint()
         seller_id = release.seller_id
 
@@ -309,7 +310,8 @@ class QuotaService:
                 if stored is not None:
                     return replay(stored, fingerprint, seller_id, key, ReleaseResult.from_json)
                 charging = await tx.stored_response(seller_id, release.request_id)
-                charge = charged_by(release, charging)
+                answer = None if charging is None else charging.outreach_answer()
+                charge = rules.r14_charge_to_release(release, answer)
                 week = await tx.lock_week(seller_id, now)
                 if week is None or week.week_start != charge.week_start:
                     raise WeekEnded(seller_id, release.request_id)
