@@ -6,7 +6,8 @@ CheckAndConsume, the hot path, decides concurrent calls together (``MicroBatcher
     lock the batch's seller-weeks in seller order, then read pair states, starter packs and
         stored responses (one round trip); a seller without a current week rolls the batch
         back, has its week created and snapshotted (R2, R1, R10), and the batch runs again
-    decide each request in arrival order (``decide_batch``): replay (R11) or the rules
+    decide each call in arrival order (``check_and_consume.decide_calls``): replay (R11)
+        or the rules
     write every effect, audit record (R13) and stored response in one statement
     COMMIT
 
@@ -52,12 +53,12 @@ from ..domain import (
 )
 from ..errors import OutreachNotFound, WeekEnded
 from ..policy import Policy
-from . import rules
-from .batch import decide_outreach_batch
+from . import check_and_consume, rules
+from .batch_check_and_consume import decide_batch_check_and_consume
 from .batching import BatchTracer, MicroBatcher
+from .check_and_consume import CallOutcome
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
-from .outreach import Outcome, decide_batch
 from .ports import LedgerStore, LedgerTransaction, OutreachKey, UpkeepReport
 from .retention import retained
 from .weeks import after_previous, gmv_window, week_containing
@@ -183,7 +184,7 @@ class QuotaService:
         with deadline_at(until if deadline is None else min(deadline, until)):
             return await batcher.submit(outreach)
 
-    async def _decide_batch(self, batch: Sequence[Outreach]) -> list[Outcome]:
+    async def _decide_batch(self, batch: Sequence[Outreach]) -> list[CallOutcome]:
         """One transaction for the batch, at one instant. A seller without a week for that
         instant rolls the attempt back (nothing was written) and has its week created and
         snapshotted first."""
@@ -192,7 +193,7 @@ class QuotaService:
         fingerprints = [o.fingerprint() for o in batch]
         max_before_reply = self._policy.messages.max_before_reply
 
-        async def attempt() -> list[Outcome] | set[str]:
+        async def attempt() -> list[CallOutcome] | set[str]:
             """The outcomes, or the sellers that have no week yet (nothing written then)."""
             async with self._store.outreach_transaction(time_left()) as tx:
                 locked = await tx.lock_outreach(now, keys)
@@ -205,7 +206,9 @@ class QuotaService:
                 }
                 if missing:
                     return missing
-                outcomes, writes = decide_batch(batch, fingerprints, locked, max_before_reply, now)
+                outcomes, writes = check_and_consume.decide_calls(
+                    batch, fingerprints, locked, max_before_reply, now
+                )
                 if writes.audit and not await tx.write_outreach(writes, now):
                     raise RequestIdTaken
                 return outcomes
@@ -223,7 +226,7 @@ class QuotaService:
 
     async def check_and_consume_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
         """Decide one seller's items in order in one transaction under its week lock, as
-        if sent one by one (``batch.decide_outreach_batch``), and apply them as the mode
+        if sent one by one (``decide_batch_check_and_consume``), and apply them as the mode
         says, unless a dry run. The batch waits for the database at most
         ``outreach_wait_s``, like a CheckAndConsume; a retry with its request_id replays.
 
@@ -276,7 +279,7 @@ class QuotaService:
                     )
                 if locked[0].week is None:
                     return None
-                result, writes = decide_outreach_batch(
+                result, writes = decide_batch_check_and_consume(
                     batch, fingerprint, locked, max_before_reply, now
                 )
                 if writes.audit and not await tx.write_batch(writes, now):

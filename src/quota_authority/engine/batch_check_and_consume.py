@@ -1,8 +1,8 @@
-"""``decide_outreach_batch``: one seller's BatchCheckAndConsume decided against its locked
+"""``decide_batch_check_and_consume``: one seller's BatchCheckAndConsume decided against its locked
 week (R15). Pure: it reads what the store returned and says what to write.
 
-A batch is decided by ``outreach.decide_batch``, the hot path's own function, as the
-requests its items would be if sent one by one: so each item sees the effects of those
+A batch is decided by ``check_and_consume.decide_calls``, the hot path's own function, as
+the calls its items would be if sent one by one: so each item sees the effects of those
 before it exactly as a single call would, and the rules are applied in one place.
 """
 
@@ -20,14 +20,13 @@ from ..domain import (
     OutreachDecision,
     QuotaStatus,
 )
-from . import rules
-from .outreach import decide_batch
+from . import check_and_consume, rules
 from .ports import LockedOutreach, OutreachWrites, ResponseToStore
 
-__all__ = ["decide_outreach_batch"]
+__all__ = ["decide_batch_check_and_consume"]
 
 
-def decide_outreach_batch(
+def decide_batch_check_and_consume(
     batch: OutreachBatch,
     fingerprint: str,
     locked: Sequence[LockedOutreach],
@@ -38,7 +37,7 @@ def decide_outreach_batch(
     under the seller's week lock, and the week must be there. A dry run (R12) answers and
     writes nothing. An all-or-nothing batch with a denied item writes only its audit:
     every item recorded denied (R13), with the reason it would have had."""
-    decisions, writes = decide_batch(
+    decisions, writes = check_and_consume.decide_calls(
         batch.outreach(), [fingerprint] * len(batch.items), locked, max_before_reply, now
     )
     outcomes = [d for d in decisions if isinstance(d, OutreachDecision)]  # no item has an id
