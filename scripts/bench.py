@@ -44,6 +44,7 @@ from quota_authority.engine.retention import Retained, retained
 from quota_authority.engine.rules import r1_tier_for_gmv
 from quota_authority.engine.weeks import Week, week_containing
 from quota_authority.policy import Policy
+from quota_authority.server import database_limits
 from quota_authority.settings import Settings
 from quota_authority.store import EmbeddedPostgres, create_engine, migrate, partitions
 
@@ -705,7 +706,7 @@ async def lay_out_partitions(url: str, keep: Retained) -> dict[str, int]:
     holding its oldest kept instant (``keep``) to the migration's first. Returns how many it
     created a table."""
     created: dict[str, int] = {}
-    engine = create_engine(url, Settings())
+    engine = create_engine(url, database_limits(Settings()))
     try:
         async with engine.connect() as conn:
             existing = await partitions.existing_partitions(conn)
@@ -766,7 +767,7 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
     failure: list[BaseException] = []
 
     async def churn() -> None:
-        engine = create_engine(url, Settings())
+        engine = create_engine(url, database_limits(Settings()))
         counts = {"rounds": 0, "skipped": 0, "created": 0, "dropped": 0}
         deferred: list[str] = []
         round_ms: list[float] = []
@@ -830,7 +831,7 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
 
 
 async def migrated(url: str, distribute: bool = False) -> None:
-    engine = create_engine(url, Settings())
+    engine = create_engine(url, database_limits(Settings()))
     try:
         await migrate(engine, distribute=distribute)
     finally:

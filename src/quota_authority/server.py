@@ -40,7 +40,7 @@ from .health import HealthServicer
 from .metrics import Metrics, TimedLedger
 from .policy import load_policy
 from .settings import Settings, unsafe_listen
-from .store import PostgresLedger, create_engine, migrate
+from .store import DatabaseLimits, PostgresLedger, create_engine, migrate
 from .store.database import database_in_use, unreachable_at_start
 from .tls import ServerCertificates
 from .tracing import Tracing, start_tracing
@@ -50,6 +50,7 @@ __all__ = [
     "QuotaAuthorityServer",
     "add_port",
     "check_can_listen",
+    "database_limits",
     "migrate_schema",
     "new_grpc_server",
     "run_event_loop",
@@ -90,6 +91,15 @@ class _ReflectionPool:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
+
+
+def database_limits(settings: Settings) -> DatabaseLimits:
+    """What the store takes of ``settings``: its engine's and ledger's limits."""
+    return DatabaseLimits(
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        pool_size=settings.db_pool_size,
+    )
 
 
 def _connection_age(settings: Settings) -> list[tuple[str, int]]:
@@ -204,15 +214,16 @@ class QuotaAuthorityServer:
     """A server over a database: ``start`` migrates, binds and serves, ``stop`` drains and
     closes. ``stop`` may be called at any point, before or after ``start`` and more than once;
     a ``start`` that fails undoes what it did. ``ledger`` builds the store over the engine
-    (tests put faults and broken variants there); ``database_setting`` names where
-    ``database_url`` came from, for the one line printed when it cannot be reached. With
+    and its ``database_limits`` (tests put faults and broken variants there);
+    ``database_setting`` names where ``database_url`` came from, for the one line printed
+    when it cannot be reached. With
     ``settings.metrics_listen``, Prometheus metrics are served there (``metrics_port``);
     with ``settings.tracing``, traces are exported (``tracing``)."""
 
     settings: Settings
     database_url: str
     clock: Clock
-    ledger: Callable[[AsyncEngine, Settings], LedgerStore] = PostgresLedger
+    ledger: Callable[[AsyncEngine, DatabaseLimits], LedgerStore] = PostgresLedger
     database_setting: str = "QUOTA_AUTHORITY_DATABASE_URL"
 
     # Set by start(); None before it and after stop().
@@ -249,13 +260,14 @@ class QuotaAuthorityServer:
             raise
 
     async def _start(self) -> int:
-        self.engine = create_engine(self.database_url, self.settings)
+        limits = database_limits(self.settings)
+        self.engine = create_engine(self.database_url, limits)
         async with unreachable_at_start(self.database_url, self.database_setting):
             await migrate(self.engine, distribute=self.settings.distribute)
         self.tracing = start_tracing(self.settings)
         if self.tracing is not None:
             self.tracing.instrument_statements()
-        store = self.ledger(self.engine, self.settings)
+        store = self.ledger(self.engine, limits)
         self.metrics = Metrics() if self.settings.metrics_listen else None
         if self.metrics is not None:
             store = TimedLedger(store, self.metrics)
@@ -495,14 +507,14 @@ def migrate_schema(settings: Settings) -> tuple[str, str]:
     ``DatabaseUnreachable`` (a ``StartupError``) when it cannot connect."""
 
     async def run(url: str, where: str) -> str:
-        engine = create_engine(url, settings)
+        engine = create_engine(url, database_limits(settings))
         try:
             async with unreachable_at_start(url, where):
                 return await migrate(engine, distribute=settings.distribute)
         finally:
             await engine.dispose()
 
-    with database_in_use(settings) as database:
+    with database_in_use(settings.database_url, settings.data_dir) as database:
         return asyncio.run(run(database.url, database.setting)), database.name
 
 
@@ -513,5 +525,5 @@ def serve(settings: Settings) -> None:
     check_can_listen(settings.listen)
     if settings.metrics_listen is not None:
         check_can_listen(settings.metrics_listen, "QUOTA_AUTHORITY_METRICS_LISTEN")
-    with database_in_use(settings) as database:
+    with database_in_use(settings.database_url, settings.data_dir) as database:
         run_event_loop(settings, _serve_until_signal(settings, database.url, database.setting))
