@@ -1,5 +1,5 @@
-"""``decide_batch_check_and_consume``: one seller's BatchCheckAndConsume decided against its locked
-week (R15). Pure: it reads what the store returned and says what to write.
+"""``decide_batch_check_and_consume``: one seller's BatchCheckAndConsume decided against
+its locked week (R15). Pure: it reads what the store returned and says what to write.
 
 A batch is decided by ``check_and_consume.decide_calls``, the hot path's own function, as
 the calls its items would be if sent one by one: so each item sees the effects of those
