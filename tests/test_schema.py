@@ -1,6 +1,7 @@
 """The checked-in schema (``src/quota_authority/store/schema.sql``) is what the migrations
 make: a fresh embedded PostgreSQL of the test's own, migrated to head, read back by
-``scripts/schema.py`` (``make schema``), is the file byte for byte.
+``scripts/schema.py`` (``make schema``), is the file byte for byte. And each migration is a
+frozen snapshot: it imports no code of the service and splices no other's SQL.
 
 The test always migrates its own embedded PostgreSQL, as ``make schema`` does, under
 ``make test-citus`` too: the file is the schema of one plain PostgreSQL, the one pgserver
@@ -9,12 +10,14 @@ ships, whichever server the rest of the suite runs on.
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+VERSIONS = ROOT / "src/quota_authority/store/migrations/versions"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import schema  # noqa: E402
@@ -81,3 +84,31 @@ def test_the_dates_migration_0008_takes_from_the_clock_are_written_alike_on_any_
     other = schema._relative_dates(migrated_on("2027-03-01", "2027-03-08"))
     assert one == other
     assert "t_p<cutover+1w> FOR VALUES FROM ('<cutover+1w>')" in one
+
+
+@pytest.mark.parametrize("revision", sorted(p.name for p in VERSIONS.glob("*.py")))
+def test_a_migration_imports_no_live_code_and_splices_no_sql(revision: str) -> None:
+    """A revision that imported the service's modules, or loaded another revision's SQL
+    and edited it, would change what it does when they change."""
+    tree = ast.parse((VERSIONS / revision).read_text(encoding="utf-8"))
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        for name in (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or "."]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    allowed = {"alembic", "sqlalchemy"} | (set(sys.stdlib_module_names) - {"importlib"})
+    assert imported <= allowed, f"{revision} imports {sorted(imported - allowed)}"
+    replaced = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "replace"
+    ]
+    assert not replaced, f"{revision} edits SQL with str.replace on lines {replaced}"
