@@ -1,7 +1,8 @@
 """Each distribution holds what it promises. quota-authority-client (clients/python): the
 client and the generated stubs, each subpackage with its py.typed, needing grpcio, protobuf,
-grpcio-status and googleapis-common-protos (the google.api.http options) only, at least the versions the stubs were generated for. quota-authority
-(the server): its own code, depending on the client at the tree's version and holding
+grpcio-status and googleapis-common-protos (the google.api.http options) only, at least
+the versions the stubs were generated for. quota-authority (the server): its own code,
+depending on the client at the tree's version and holding
 neither the client nor the stubs, so nothing imports them from two places. Neither ships
 quota_authority/__init__.py: the package is a namespace both share.
 
