@@ -215,9 +215,11 @@ def status_json(status: status_pb2.Status) -> bytes:
     (``code`` the gRPC code's number, ``message``, ``details`` with each detail's
     ``@type``: ``google.rpc.BadRequest``'s ``fieldViolations``, ``google.rpc.ErrorInfo``'s
     ``reason``, ...)."""
-    return json.dumps(
-        json_format.MessageToDict(status, always_print_fields_with_no_presence=True)
-    ).encode()
+    body = json_format.MessageToDict(status, always_print_fields_with_no_presence=True)
+    for detail in body["details"]:
+        if "metadata" in detail:  # ErrorInfo's map: in key order, the same every time
+            detail["metadata"] = dict(sorted(detail["metadata"].items()))
+    return json.dumps(body).encode()
 
 
 def http_status(code: int) -> int:

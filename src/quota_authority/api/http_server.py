@@ -34,6 +34,7 @@ import logging
 import re
 import ssl
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -80,6 +81,13 @@ def parse_grpc_timeout(value: str) -> float:
     if match is None:
         raise ValueError(value)
     return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""  # 499, grpc-gateway's for CANCELLED, has no standard phrase
 
 
 class _Aborted(Exception):
@@ -305,7 +313,9 @@ class HttpJsonServer:
         ]
         if close:
             headers.append(("connection", "close"))
-        data = connection.send(h11.Response(status_code=reply.status, headers=headers))
+        data = connection.send(
+            h11.Response(status_code=reply.status, headers=headers, reason=_reason(reply.status))
+        )
         data += connection.send(h11.Data(data=reply.body))
         data += connection.send(h11.EndOfMessage())
         writer.write(data)
