@@ -6,6 +6,7 @@ deadline, and one ledger with the gRPC port (a request_id is one decision over b
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -13,7 +14,7 @@ import grpc
 import pytest
 from http_json import HttpAnswer, http_call
 from pki import Authority
-from support import new_id
+from support import eventually, ledger_counts, new_id, seller_week_locked, waiting_calls
 
 from quota_authority.api.callers import Caller
 from quota_authority.api.http_routes import HTTP_STATUS, routes
@@ -365,3 +366,31 @@ async def test_mutual_tls_identifies_the_caller_by_its_certificate(
     assert granted.body["allowed"] is True
     assert not_its_role.status == 403
     assert stranger.status == 403
+
+
+async def test_calls_over_the_concurrency_limit_are_429_at_once(start_server: Any, db: Any) -> None:
+    """One call held in flight (its seller-week locked in the database) fills a limit of one:
+    the next is refused at once with RESOURCE_EXHAUSTED, and the held one then goes on."""
+    roomy = {"lock_timeout_ms": 60_000, "statement_timeout_ms": 60_000, "max_deadline_ms": 60_000}
+    server, _ = await start_server(
+        http_listen="127.0.0.1:0", max_concurrent_rpcs=1, metrics_listen="127.0.0.1:0", **roomy
+    )
+    seller = new_id("seller")
+    port = server.http_port
+    await http_call(port, "GET", f"/v1/sellers/{seller}/status")  # create the week
+    check = f"/v1/sellers/{seller}:checkAndConsume"
+    async with seller_week_locked(db, seller):
+        held = asyncio.ensure_future(http_call(port, "POST", check, _check(seller, "c-held")))
+
+        async def in_flight() -> bool:
+            return await asyncio.to_thread(waiting_calls, server.metrics_port) >= 1
+
+        await eventually(in_flight, within_s=60)
+        refused = await http_call(port, "POST", check, _check(seller, "c-over"))
+    accepted = await held
+    await server.stop(grace=0)
+
+    _is_status(refused, 8)
+    assert refused.status == 429
+    assert accepted.body["allowed"] is True
+    assert (await ledger_counts(db, seller))["used"] == 1

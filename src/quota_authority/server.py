@@ -328,6 +328,7 @@ class QuotaAuthorityServer:
                 serving=lambda: bool(self._serving),
                 max_body_bytes=self.settings.max_message_bytes,
                 max_concurrent=self.settings.max_concurrent_rpcs,
+                pool_size=self.settings.db_pool_size,
             )
             self.http_port = await self._http.start()
         self._tasks = [

@@ -19,7 +19,10 @@ Each request, in this order (the gRPC port's order):
    client certificate (401 with ``WWW-Authenticate: Bearer``, 403);
 3. the caller's deadline from ``Grpc-Timeout`` (grpc-gateway's header, gRPC's format:
    ``500m``, ``2S``), capped as on the gRPC port; when it passes, 504 DEADLINE_EXCEEDED;
-4. the servicer method, through ``HttpContext`` (the part of a gRPC context it reads).
+4. the servicer method, through ``HttpContext`` (the part of a gRPC context it reads);
+   a call that takes a database connection of its own (all but CheckAndConsume, which
+   joins a batch) first waits its turn, at most ``pool_size`` at once (``_BATCHED``), the
+   wait counting against its deadline.
 
 ``GET /healthz`` answers 200 ``{"status": "SERVING"}`` while the gRPC health service says
 SERVING, 503 ``NOT_SERVING`` otherwise, without credentials, as gRPC health checks are.
@@ -70,6 +73,12 @@ HEALTH_PATH = "/healthz"
 # Longest request line and headers; h11's default.
 _MAX_HEAD_BYTES = 16 * 1024
 _READ_CHUNK = 64 * 1024
+# The RPCs whose calls wait for a shared batch transaction rather than a connection each.
+# The others queue for a turn (HttpJsonServer._connection_turns): a hundred of them waiting
+# in the connection pool at once cut GetStatus from 700 calls a second to 150 on the same
+# server and load (BENCHMARKS.md, HTTP/JSON), where gRPC's own pacing of new calls (its
+# completion queue) kept about 20 at a time in their handlers.
+_BATCHED = frozenset({"CheckAndConsume"})
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -188,6 +197,7 @@ class HttpJsonServer:
         serving: Callable[[], bool],
         max_body_bytes: int,
         max_concurrent: int,
+        pool_size: int,
     ) -> None:
         self._servicer = servicer
         self._listen = listen
@@ -200,6 +210,10 @@ class HttpJsonServer:
         self._handlers = {route.rpc: getattr(servicer, route.rpc) for route in self._routes}
         self._server: asyncio.Server | None = None
         self._in_flight = 0
+        # Calls that each take a database connection of their own (every RPC but the
+        # batched CheckAndConsume) enter their handler at most pool_size at a time; the
+        # others wait here, in order (see _UNBATCHED).
+        self._connection_turns = asyncio.Semaphore(pool_size)
         # Each open connection's writer, and whether a call on it is being served.
         self._connections: dict[asyncio.StreamWriter, bool] = {}
         self._idle = asyncio.Event()
@@ -443,7 +457,11 @@ class HttpJsonServer:
             handler = self._handlers[route.rpc]
             try:
                 async with asyncio.timeout(timeout_s):
-                    response = await handler(message, context)
+                    if route.rpc in _BATCHED:
+                        response = await handler(message, context)
+                    else:
+                        async with self._connection_turns:
+                            response = await handler(message, context)
             except TimeoutError:
                 # The caller's deadline passed (gRPC would cancel the call the same way).
                 status = to_status(
