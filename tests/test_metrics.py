@@ -10,8 +10,8 @@ import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from http_json import http_call
+from prometheus_client.parser import text_string_to_metric_families
 from support import invite, message
 
 from quota_authority.v1 import quota_authority_pb2 as pb

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from http_json import http_call
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 from servers import ServerProcess, server_process
-from http_json import http_call
 from support import command_environment, free_port
 
 from quota_authority.client import QuotaClient
