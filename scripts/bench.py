@@ -957,10 +957,14 @@ def http_load(port: int, call: str, duration_s: float) -> dict[str, Any]:
     connections in all, on the HTTP/JSON port; figures as ``ghz``'s."""
     driver = [sys.executable, str(ROOT / "scripts" / "bench_http.py"), str(port), call]
     each = [str(duration_s), str(CONCURRENCY // CONNECTIONS)]
-    processes = [
-        subprocess.Popen([*driver, *each], stdout=subprocess.PIPE) for _ in range(CONNECTIONS)
-    ]
-    runs = [json.loads(p.communicate()[0]) for p in processes]
+    outputs = [BENCH_DIR / f"http-{call}-{n}.json" for n in range(CONNECTIONS)]
+    processes = [subprocess.Popen([*driver, *each, str(output)]) for output in outputs]
+    for process in processes:
+        if process.wait() != 0:
+            raise RuntimeError(f"scripts/bench_http.py exited with {process.returncode}")
+    runs = [json.loads(output.read_text()) for output in outputs]
+    for output in outputs:
+        output.unlink()
     latencies = sorted(ms for run in runs for ms in run["latencies_ms"])
     requests = sum(run["requests"] for run in runs)
 

@@ -1,10 +1,10 @@
 """The HTTP/JSON side of ``make bench``'s ``http`` scenario: a small load driver, since ghz
 speaks gRPC only.
 
-``python scripts/bench_http.py PORT CALL DURATION_S CONNECTIONS`` drives the HTTP/JSON port
+``python scripts/bench_http.py PORT CALL DURATION_S CONNECTIONS OUTPUT`` drives the HTTP/JSON port
 at 127.0.0.1:PORT with CONNECTIONS keep-alive connections, each one request at a time
-(HTTP/1.1, no pipelining), for DURATION_S seconds, and prints its figures as one JSON line:
-requests, errors (any status but 200), and each latency in ms. CALL is ``GetStatus`` (a
+(HTTP/1.1, no pipelining), for DURATION_S seconds, and writes its figures as JSON to the
+file OUTPUT: requests, errors (any status but 200), and each latency in ms. CALL is ``GetStatus`` (a
 spread seller's status) or ``CheckAndConsume`` (spread's load: a random seller of the
 10,000 spread sellers, a random creator, an invite one time in ten, a fresh request_id).
 ``bench.measure_http`` runs several at once, as ghz runs several connections, and reads
@@ -89,11 +89,12 @@ async def drive(port: int, call: str, duration_s: float, connections: int) -> di
 
 
 def main() -> None:
-    port, call, duration_s, connections = sys.argv[1:5]
+    port, call, duration_s, connections, output = sys.argv[1:6]
     import uvloop
 
     result = uvloop.run(drive(int(port), call, float(duration_s), int(connections)))
-    print(json.dumps(result))
+    with open(output, "w", encoding="utf-8") as out:
+        json.dump(result, out)
 
 
 if __name__ == "__main__":
