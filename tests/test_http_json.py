@@ -394,3 +394,19 @@ async def test_calls_over_the_concurrency_limit_are_429_at_once(start_server: An
     assert refused.status == 429
     assert accepted.body["allowed"] is True
     assert (await ledger_counts(db, seller))["used"] == 1
+
+
+async def test_a_seller_id_with_a_colon_is_sent_percent_encoded(
+    open_server: tuple[int, str],
+) -> None:
+    """A seller_id may hold ':', which a path segment would take for the custom verb's."""
+    port, _ = open_server
+    seller = f"shop:{new_id('seller')}"
+    encoded = seller.replace(":", "%3A")
+    granted = await http_call(
+        port, "POST", f"/v1/sellers/{encoded}:checkAndConsume", _check(seller, "c-1")
+    )
+    status = await http_call(port, "GET", f"/v1/sellers/{encoded}/status")
+
+    assert granted.body["status"]["sellerId"] == seller
+    assert status.body["status"]["usedThisWeek"] == "1"
