@@ -7,6 +7,8 @@ deadline, and one ledger with the gRPC port (a request_id is one decision over b
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import ssl
 from typing import Any
 
@@ -410,3 +412,38 @@ async def test_a_seller_id_with_a_colon_is_sent_percent_encoded(
 
     assert granted.body["status"]["sellerId"] == seller
     assert status.body["status"]["usedThisWeek"] == "1"
+
+
+async def test_a_large_body_sent_after_100_continue_is_read(open_server: tuple[int, str]) -> None:
+    """curl sends ``Expect: 100-continue`` before a large body and waits for the server."""
+    port, _ = open_server
+    rows = [{"sellerId": new_id("seller"), "day": "2026-11-20", "gmvMinor": n} for n in range(900)]
+    body = json.dumps({"rows": rows}).encode()
+
+    def send() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/gmv:batchRecord HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            interim = sock.recv(1024)  # nothing is sent until the server says continue
+            sock.sendall(body)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b'"replayed"' in answer:
+                    break
+            return interim, answer
+
+    interim, answer = await asyncio.to_thread(send)
+
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b'"rowsRecorded": 900' in answer
+
+
+async def test_head_is_not_served_and_gets_no_body(open_server: tuple[int, str]) -> None:
+    port, _ = open_server
+    answer = await http_call(port, "HEAD", "/v1/sellers/s-1/status")
+
+    assert (answer.status, answer.headers["allow"], answer.body) == (405, "GET", "")

@@ -210,6 +210,7 @@ class HttpJsonServer:
         self._handlers = {route.rpc: getattr(servicer, route.rpc) for route in self._routes}
         self._server: asyncio.Server | None = None
         self._in_flight = 0
+        self._stopping = False
         # Calls that each take a database connection of their own (every RPC but the
         # batched CheckAndConsume) enter their handler at most pool_size at a time; the
         # others wait here, in order (see _UNBATCHED).
@@ -241,6 +242,7 @@ class HttpJsonServer:
         seconds to finish (each connection closes after its call), then close the rest."""
         if self._server is None:
             return
+        self._stopping = True
         self._server.close()
         for writer, busy in list(self._connections.items()):
             if not busy:
@@ -265,8 +267,8 @@ class HttpJsonServer:
                     log.info("TLS handshake failed on the HTTP port", extra={"error": str(e)})
                     return
             await self._serve_connection(reader, writer)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, h11.LocalProtocolError):
+            pass  # the client went away, or broke HTTP/1.1 in a way h11 caught on our side
         finally:
             self._connections.pop(writer, None)
             if not any(self._connections.values()):
@@ -280,13 +282,15 @@ class HttpJsonServer:
     ) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
         auth_context = _peer_identity(writer)
-        while self._server is not None:
+        while not self._stopping:
             try:
                 request = await self._next(connection, reader)
                 if not isinstance(request, h11.Request):
                     return  # the client closed the connection
                 self._connections[writer] = True
-                reply = await self._body_then_call(connection, reader, request, auth_context)
+                reply = await self._body_then_call(
+                    connection, reader, request, auth_context, writer
+                )
             except h11.RemoteProtocolError as e:
                 if connection.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     reply = _plain_error(
@@ -295,8 +299,10 @@ class HttpJsonServer:
                     await self._send(connection, writer, reply, close=True)
                 return
             # A body refused unread ends the connection: what follows it is no request.
-            keep = self._server is not None and connection.their_state is h11.DONE
-            await self._send(connection, writer, reply, close=not keep)
+            keep = not self._stopping and connection.their_state is h11.DONE
+            await self._send(
+                connection, writer, reply, close=not keep, head=request.method == b"HEAD"
+            )
             self._connections[writer] = False
             if not any(self._connections.values()):
                 self._idle.set()
@@ -319,6 +325,7 @@ class HttpJsonServer:
         reply: _Reply,
         *,
         close: bool,
+        head: bool = False,
     ) -> None:
         headers = [
             ("content-type", "application/json"),
@@ -330,6 +337,11 @@ class HttpJsonServer:
         data = connection.send(
             h11.Response(status_code=reply.status, headers=headers, reason=_reason(reply.status))
         )
+        if head:  # a HEAD answer has the headers of the GET, and no body
+            data += connection.send(h11.EndOfMessage())
+            writer.write(data)
+            await writer.drain()
+            return
         data += connection.send(h11.Data(data=reply.body))
         data += connection.send(h11.EndOfMessage())
         writer.write(data)
@@ -341,12 +353,15 @@ class HttpJsonServer:
         reader: asyncio.StreamReader,
         request: h11.Request,
         auth_context: dict[str, list[bytes]],
+        writer: asyncio.StreamWriter,
     ) -> _Reply:
         """Read the request's body (refused past the limit, the connection then closed),
         then answer it."""
         declared = next((v for k, v in request.headers if k == b"content-length"), None)
         if declared is not None and int(declared) > self._max_body_bytes:
             return self._too_large()
+        if connection.they_are_waiting_for_100_continue:  # curl asks before a large body
+            writer.write(connection.send(h11.InformationalResponse(status_code=100, headers=[])))
         chunks: list[bytes] = []
         size = 0
         while True:
