@@ -447,3 +447,40 @@ async def test_head_is_not_served_and_gets_no_body(open_server: tuple[int, str])
     answer = await http_call(port, "HEAD", "/v1/sellers/s-1/status")
 
     assert (answer.status, answer.headers["allow"], answer.body) == (405, "GET", "")
+
+
+async def test_a_stop_lets_a_call_in_flight_finish_and_health_says_not_serving(
+    start_server: Any, db: Any
+) -> None:
+    roomy = {"lock_timeout_ms": 60_000, "statement_timeout_ms": 60_000, "max_deadline_ms": 60_000}
+    server, _ = await start_server(
+        http_listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", drain_delay_s=30, **roomy
+    )
+    seller = new_id("seller")
+    port = server.http_port
+    await http_call(port, "GET", f"/v1/sellers/{seller}/status")  # create the week
+    async with seller_week_locked(db, seller):
+        held = asyncio.ensure_future(
+            http_call(port, "POST", f"/v1/sellers/{seller}:checkAndConsume", _check(seller, "c"))
+        )
+
+        async def in_flight() -> bool:
+            return await asyncio.to_thread(waiting_calls, server.metrics_port) >= 1
+
+        await eventually(in_flight, within_s=60)
+        stopping = asyncio.ensure_future(server.stop(grace=30))
+
+        async def draining() -> bool:
+            return (await http_call(port, "GET", "/healthz")).status == 503
+
+        await eventually(draining, within_s=60)
+        health = await http_call(port, "GET", "/healthz")
+        server.cut_drain()
+    accepted = await held
+    await stopping
+
+    assert health.body == {"status": "NOT_SERVING"}
+    assert accepted.status == 200
+    assert accepted.body["allowed"] is True
+    with pytest.raises(OSError):
+        await http_call(port, "GET", "/healthz")
