@@ -96,7 +96,8 @@ lint: $(GENERATED) proto-lint go-client-check schema-check
 	$(BIN)/mypy
 	$(BIN)/mypy --no-explicit-package-bases scripts/bench.py scripts/baseline_server.py \
 		scripts/reliability_report.py scripts/interop.py scripts/api_reference.py scripts/peers.py \
-		scripts/readme_output.py scripts/lock_subset.py scripts/otlp_sink.py scripts/schema.py
+		scripts/readme_output.py scripts/lock_subset.py scripts/otlp_sink.py scripts/schema.py \
+		scripts/bench_http.py
 	$(BIN)/mypy $(PY_CLIENT)/tests/interop.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against

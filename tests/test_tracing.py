@@ -24,10 +24,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from http_json import http_call
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 from servers import ServerProcess, server_process
-from support import command_environment
+from support import command_environment, free_port
 
 from quota_authority.client import QuotaClient
 from quota_authority.tracing import BATCH_SPAN, SERVICE_NAME
@@ -47,6 +48,7 @@ SPANS_WITHIN_S = 60.0
 class TracedServer:
     sink: OtlpSink
     server: ServerProcess
+    http_port: int  # its HTTP/JSON port
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,7 @@ async def traced(
     """A server process tracing every call (always_on), exporting to ``sink`` every 100 ms,
     with one caller who sends ``TOKEN``."""
     directory = tmp_path_factory.mktemp("traced")
+    http_port = free_port()
     callers = directory / "callers.toml"
     callers.write_text(
         f'[[callers]]\nname = "traced"\nroles = ["outreach", "reader"]\ntoken = "{TOKEN}"\n'
@@ -76,8 +79,9 @@ async def traced(
         OTEL_EXPORTER_OTLP_ENDPOINT=sink[1],
         OTEL_TRACES_SAMPLER="always_on",
         OTEL_BSP_SCHEDULE_DELAY="100",
+        QUOTA_AUTHORITY_HTTP_LISTEN=f"127.0.0.1:{http_port}",
     ) as server:
-        yield TracedServer(sink[0], server)
+        yield TracedServer(sink[0], server, http_port)
 
 
 def caller_tracer() -> TracerProvider:
@@ -203,6 +207,33 @@ async def test_calls_continue_their_callers_traces_and_their_batches_link_to_the
     print(
         textwrap.indent(describe([s for s in spans if s.trace_id == first.trace_id], first), "  ")
     )
+
+
+async def test_an_http_call_continues_its_callers_trace_as_a_grpc_call_does(
+    traced: TracedServer,
+) -> None:
+    seller = f"traced-{uuid.uuid4().hex[:12]}"
+    trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    answer = await http_call(
+        traced.http_port,
+        "GET",
+        f"/v1/sellers/{seller}/status",
+        token=TOKEN,
+        headers={"traceparent": f"00-{trace_id}-{span_id}-01"},
+    )
+    assert answer.status == 200
+
+    spans = traced.sink.wait_for(
+        lambda spans: any(s.trace_id == trace_id and s.parent_span_id == span_id for s in spans),
+        SPANS_WITHIN_S,
+    )
+    (call,) = [s for s in spans if s.trace_id == trace_id and s.parent_span_id == span_id]
+    assert call.name == "quota_authority.v1.QuotaAuthorityService/GetStatus"
+    assert call.kind == SpanKind.SERVER.value + 1
+    assert call.attributes["quota_authority.seller_id"] == seller
+    assert call.attributes["rpc.grpc.status_code"] == 0
+    for span in spans:
+        assert all(TOKEN not in value for value in every_value(span))
 
 
 async def test_a_log_line_written_inside_a_call_names_its_trace_and_span(
