@@ -14,7 +14,7 @@ SERVICE_LOCK := requirements/service.lock
 CLIENT_LOCK := $(PY_CLIENT)/requirements.lock
 
 .PHONY: run test lint proto proto-lint install lock clean bench bench-peers reliability clients interop docs \
-	citus citus-stop test-citus chart image test-image alerts
+	citus citus-stop test-citus chart image test-image alerts schema schema-check
 
 run: $(GENERATED)
 	$(BIN)/quota-authority serve
@@ -84,18 +84,20 @@ $(GHZ):
 	mkdir -p .bench/bin
 	GOBIN=$(CURDIR)/.bench/bin go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 
-# go-client-check (clients/go/client.mk): the committed Go code is what the proto generates.
+# go-client-check (clients/go/client.mk): the committed Go code is what the proto generates;
+# schema-check: the committed schema.sql is what the migrations make.
 # mypy's configuration (pyproject.toml) names the two roots of the quota_authority namespace
 # package as its bases; the scripts, which import each other from scripts/, take theirs from
 # where they are (--no-explicit-package-bases), and the client's interop scenario is checked
 # apart, its module name (interop) being a script's too.
-lint: $(GENERATED) proto-lint go-client-check
+lint: $(GENERATED) proto-lint go-client-check schema-check
 	$(BIN)/ruff check src tests scripts $(PY_CLIENT)
 	$(BIN)/ruff format --check src tests scripts $(PY_CLIENT)
 	$(BIN)/mypy
 	$(BIN)/mypy --no-explicit-package-bases scripts/bench.py scripts/baseline_server.py \
 		scripts/reliability_report.py scripts/interop.py scripts/api_reference.py scripts/peers.py \
-		scripts/readme_output.py scripts/lock_subset.py scripts/otlp_sink.py
+		scripts/readme_output.py scripts/lock_subset.py scripts/otlp_sink.py scripts/schema.py \
+		scripts/bench_http.py
 	$(BIN)/mypy $(PY_CLIENT)/tests/interop.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against
@@ -164,6 +166,19 @@ alerts: $(PROMTOOL)
 $(PROMTOOL):
 	GOBIN=$(CURDIR)/.tools/bin go install \
 		github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
+# The SQL the database runs, readable in one file: the schema the migrations make (tables with
+# their columns, constraints, indexes and partitions; every function whole), read back from
+# the catalogs of a fresh embedded PostgreSQL migrated to head (scripts/schema.py). Run
+# `make schema` after adding a migration and commit the file with it; tests/test_schema.py
+# (make test) and schema-check (make lint) fail while it is stale.
+SCHEMA_SQL := src/quota_authority/store/schema.sql
+
+schema: $(GENERATED)
+	$(BIN)/python scripts/schema.py
+
+schema-check: $(GENERATED)
+	$(BIN)/python scripts/schema.py --check $(SCHEMA_SQL)
 
 # The API reference, generated from the proto's comments; tests/test_docs.py checks it.
 docs: $(STAMP)

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,20 @@ def _comment(location: descriptor_pb2.SourceCodeInfo.Location | None) -> str:
     raw = location.leading_comments or location.trailing_comments
     lines = [line[1:] if line.startswith(" ") else line for line in raw.split("\n")]
     return "\n".join(line.rstrip() for line in lines).strip()
+
+
+def _http_rule(options: descriptor_pb2.MethodOptions) -> list[str]:
+    """The method's ``google.api.http`` option as a line of the reference (docs/http.md
+    says how it is served), or nothing when it has none."""
+    if not options.HasExtension(annotations_pb2.http):
+        return []
+    rule = options.Extensions[annotations_pb2.http]
+    verb = rule.WhichOneof("pattern")
+    if verb is None or verb == "custom":
+        return []
+    body = f", JSON body `{rule.body}`" if rule.body else ", fields in the query string"
+    line = f"HTTP/JSON: `{verb.upper()} {getattr(rule, verb)}`{body} ([docs/http.md](http.md))."
+    return [line, ""]
 
 
 def _one_line(text: str) -> str:
@@ -305,6 +320,7 @@ class _Reference:
                 f"{self.relative(method.output_type)})"
             )
             sections += [f"#### {method.name}", "", f"`{signature}`", ""]
+            sections += _http_rule(method.options)
             sections += self._paragraph(comment)
             sections += [f"Request: {request}. Response: {response}.", ""]
             if method.options.deprecated:

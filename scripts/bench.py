@@ -44,6 +44,7 @@ from quota_authority.engine.retention import Retained, retained
 from quota_authority.engine.rules import r1_tier_for_gmv
 from quota_authority.engine.weeks import Week, week_containing
 from quota_authority.policy import Policy
+from quota_authority.server import database_limits
 from quota_authority.settings import Settings
 from quota_authority.store import EmbeddedPostgres, create_engine, migrate, partitions
 
@@ -54,6 +55,7 @@ LOADS = ROOT / "scripts" / "loads"
 PROTO_DIR = ROOT / "protos"
 PROTO = "quota_authority/v1/quota_authority.proto"
 CALL = "quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
+STATUS_CALL = "quota_authority.v1.QuotaAuthorityService/GetStatus"
 BATCH_CALL = "quota_authority.v1.QuotaAuthorityService/BatchCheckAndConsume"
 
 # ghz settings shared by every run, baseline included.
@@ -148,12 +150,19 @@ TRACING = "tracing"
 TRACING_ROUNDS = int(os.environ.get("BENCH_TRACING_ROUNDS", 3))
 # At a 1% sample, a call's server CPU rises by at most 5% over tracing off.
 TRACING_TARGET = Target("cpu_ratio_1pct_to_off", 1.05, at_most=True)
+# HTTP/JSON (QUOTA_AUTHORITY_HTTP_LISTEN) beside gRPC on the same server, in turn: each
+# RPC of HTTP_CALLS by ghz on the gRPC port (its load), then by scripts/bench_http.py on the
+# HTTP port (ghz speaks gRPC only), the same concurrency and connections; reported as
+# ratios, HTTP's to gRPC's: calls a second, and the server's CPU a call. No target.
+HTTP = "http"
+HTTP_CALLS = {"GetStatus": ("get_status", STATUS_CALL), "CheckAndConsume": ("spread", CALL)}
 # A full run's order: the peers right beside spread and hot_seller, before batch_invite.
 SCENARIOS = (
     "spread",
     "hot_seller",
     PEERS,
     *(n for n in TARGETS if n not in PEER_LOADS.values()),
+    HTTP,
     TRACING,
 )
 
@@ -705,7 +714,7 @@ async def lay_out_partitions(url: str, keep: Retained) -> dict[str, int]:
     holding its oldest kept instant (``keep``) to the migration's first. Returns how many it
     created a table."""
     created: dict[str, int] = {}
-    engine = create_engine(url, Settings())
+    engine = create_engine(url, database_limits(Settings()))
     try:
         async with engine.connect() as conn:
             existing = await partitions.existing_partitions(conn)
@@ -766,7 +775,7 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
     failure: list[BaseException] = []
 
     async def churn() -> None:
-        engine = create_engine(url, Settings())
+        engine = create_engine(url, database_limits(Settings()))
         counts = {"rounds": 0, "skipped": 0, "created": 0, "dropped": 0}
         deferred: list[str] = []
         round_ms: list[float] = []
@@ -830,7 +839,7 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
 
 
 async def migrated(url: str, distribute: bool = False) -> None:
-    engine = create_engine(url, Settings())
+    engine = create_engine(url, database_limits(Settings()))
     try:
         await migrate(engine, distribute=distribute)
     finally:
@@ -945,6 +954,72 @@ def tracing_summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def http_load(port: int, call: str, duration_s: float) -> dict[str, Any]:
+    """One run of ``CONNECTIONS`` driver processes (scripts/bench_http.py), ``CONCURRENCY``
+    connections in all, on the HTTP/JSON port; figures as ``ghz``'s."""
+    driver = [sys.executable, str(ROOT / "scripts" / "bench_http.py"), str(port), call]
+    each = [str(duration_s), str(CONCURRENCY // CONNECTIONS)]
+    outputs = [BENCH_DIR / f"http-{call}-{n}.json" for n in range(CONNECTIONS)]
+    processes = [subprocess.Popen([*driver, *each, str(output)]) for output in outputs]
+    for process in processes:
+        if process.wait() != 0:
+            raise RuntimeError(f"scripts/bench_http.py exited with {process.returncode}")
+    runs = [json.loads(output.read_text()) for output in outputs]
+    for output in outputs:
+        output.unlink()
+    latencies = sorted(ms for run in runs for ms in run["latencies_ms"])
+    requests = sum(run["requests"] for run in runs)
+
+    def at(fraction: float) -> float:
+        return round(float(latencies[min(len(latencies) - 1, int(fraction * len(latencies)))]), 2)
+
+    return {
+        "rps": round(requests / statistics.mean(run["seconds"] for run in runs), 1),
+        "p50_ms": at(0.5),
+        "p90_ms": at(0.9),
+        "p99_ms": at(0.99),
+        "max_ms": round(latencies[-1], 2),
+        "requests": requests,
+        "errors": sum(run["errors"] for run in runs),
+    }
+
+
+def measure_http(server: Server, http_port: int) -> dict[str, Any]:
+    """The ``HTTP`` scenario: each of ``HTTP_CALLS`` over gRPC (ghz), then over HTTP/JSON
+    (a warm-up run, then the measured one, with each process's CPU a call, as ``measure``);
+    the ratios HTTP's to gRPC's."""
+    measured: dict[str, Any] = {}
+    for name, (load, call) in HTTP_CALLS.items():
+        log(f"http: {name} over gRPC (ghz), then over HTTP/JSON (scripts/bench_http.py)")
+        over_grpc = measure(server, load, call=call)
+        http_load(http_port, name, WARMUP_S)
+        before = server.cpu_s()
+        over_http = http_load(http_port, name, DURATION_S)
+        after = server.cpu_s()
+        over_http["cpu_us_per_call"] = {
+            k: round((after[k] - before[k]) / max(over_http["requests"], 1) * 1e6) for k in before
+        }
+        log(
+            f"  HTTP/JSON {name}: {over_http['rps']:.0f} rps, p50 {over_http['p50_ms']} ms, "
+            f"p99 {over_http['p99_ms']} ms, {over_http['errors']} errors, "
+            f"CPU µs a call {over_http['cpu_us_per_call']}"
+        )
+        measured[name] = {
+            "grpc": over_grpc,
+            "http": over_http,
+            "rps_ratio": round(over_http["rps"] / over_grpc["rps"], 3),
+            "server_cpu_ratio": round(
+                over_http["cpu_us_per_call"]["server"] / over_grpc["cpu_us_per_call"]["server"],
+                3,
+            ),
+        }
+        log(
+            f"  HTTP/gRPC {name}: calls a second {measured[name]['rps_ratio']}, "
+            f"server CPU a call {measured[name]['server_cpu_ratio']}"
+        )
+    return measured
+
+
 def measure_peers(results: dict[str, Any]) -> dict[str, Any]:
     """Each peer (``peers.PEERS``) under the spread and hot loads, with our ghz settings:
     ``peers.build`` installs them, pinned, where missing; their loads name the same sellers
@@ -997,10 +1072,14 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
         )
         asyncio.run(seed_scenarios(url, week, policy))
         env = {"QUOTA_AUTHORITY_DATABASE_URL": url}
+        served = dict(env)
+        http_port = free_port()
+        if HTTP in scenarios:
+            served["QUOTA_AUTHORITY_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
         # Both servers run throughout (the idle one costs nothing); each scenario measures
         # the baseline right before the server, so that drift on a shared machine between
         # the two figures of a ratio is as small as it can be.
-        with running(baseline, {}) as base, running(command, env, (data_dir,), url) as server:
+        with running(baseline, {}) as base, running(command, served, (data_dir,), url) as server:
             for name in scenarios:
                 if name == "gmv_import":
                     log("gmv_import: quota-authority import-gmv of a 1,000,000-row CSV")
@@ -1014,6 +1093,9 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
                     continue
                 if name == TRACING:
                     results["tracing"] = measure_tracing(command, env, data_dir, url)
+                    continue
+                if name == HTTP:
+                    results["http"] = measure_http(server, http_port)
                     continue
                 load = LOAD_OF[name]
                 if name == "grown":
@@ -1160,6 +1242,11 @@ def table(results: dict[str, Any]) -> str:
         for load in PEER_LOADS:
             r = figures[load]
             rows.append(_row(f"peer {name} ({load})", r, r.get("ratio_to_baseline")))
+    for name, figures in results.get("http", {}).items():
+        rows.append(_row(f"gRPC {name}", figures["grpc"], None))
+        rows.append(
+            _row(f"HTTP/JSON {name} (ratio: to gRPC)", figures["http"], figures["rps_ratio"])
+        )
     for name, r in results["baseline"].items():
         rows.append(_row(f"baseline ({name}: {LOAD_OF[name]})", r, 1.0))
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
@@ -1236,8 +1323,13 @@ def main() -> int:
         return 2
     results = run(scenarios, args.database)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if results["scenarios"] or results["baseline"]:
+    if results["scenarios"] or results["baseline"] or "http" in results:
         print(table(results))
+    for name, figures in results.get("http", {}).items():
+        print(
+            f"\nHTTP/JSON {name} beside gRPC: calls a second {figures['rps_ratio']:.2f}, "
+            f"the server's CPU a call {figures['server_cpu_ratio']:.2f} (HTTP's to gRPC's)"
+        )
     beside = side_by_side(results)
     if beside is not None:
         print(f"\nside by side (the peers: {', '.join(results['peers'])}):\n{beside}")
@@ -1268,6 +1360,7 @@ def main() -> int:
             *results.get("citus", {}).values(),
             *([results["tracing"]] if "tracing" in results else []),
             *(p[load] for p in results.get("peers", {}).values() for load in PEER_LOADS),
+            *(f[side] for f in results.get("http", {}).values() for side in ("grpc", "http")),
         ]
     )
     return 1 if errors else 0

@@ -28,7 +28,7 @@ from support import BASE_TIME
 
 from quota_authority.clock import FakeClock
 from quota_authority.policy import Policy
-from quota_authority.server import QuotaAuthorityServer, migrate_schema
+from quota_authority.server import QuotaAuthorityServer, database_limits, migrate_schema
 from quota_authority.settings import Settings
 from quota_authority.store import EmbeddedPostgres, PostgresLedger, create_engine
 from quota_authority.store.database import to_async_url
@@ -146,7 +146,7 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.QuotaAuthorityServiceStub:
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     """Direct database access, for counting what the service wrote."""
-    engine = create_engine(database_url, server_settings())
+    engine = create_engine(database_url, database_limits(server_settings()))
     yield engine
     await engine.dispose()
 

@@ -30,7 +30,7 @@ from quota_authority.clock import Clock
 from quota_authority.engine.ports import LedgerStore
 from quota_authority.server import QuotaAuthorityServer
 from quota_authority.settings import Settings
-from quota_authority.store import PostgresLedger
+from quota_authority.store import DatabaseLimits, PostgresLedger
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # What ``QuotaAuthorityServer`` takes as ``ledger=``: the real one, or a broken variant.
-LedgerFactory = Callable[[AsyncEngine, Settings], LedgerStore]
+LedgerFactory = Callable[[AsyncEngine, DatabaseLimits], LedgerStore]
 # The ``start_server`` fixture: ``await start_server(policy=..., ledger=..., **settings)``.
 StartServer = Callable[..., Awaitable[tuple[QuotaAuthorityServer, str]]]
 

@@ -43,6 +43,7 @@ from quota_authority.errors import (
     StoreUnavailable,
 )
 from quota_authority.policy import Policy
+from quota_authority.server import database_limits
 from quota_authority.settings import Settings
 from quota_authority.store import PostgresLedger, create_engine, migrate
 
@@ -321,7 +322,7 @@ class CountingLedger(PostgresLedger):
     """The real ledger, counting the batch transactions it opens."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine)
+        super().__init__(engine, database_limits(Settings()))
         self.batches = 0
 
     def outreach_transaction(
@@ -333,7 +334,9 @@ class CountingLedger(PostgresLedger):
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, Settings(db_pool_size=20, lock_timeout_ms=300))
+    engine = create_engine(
+        database_url, database_limits(Settings(db_pool_size=20, lock_timeout_ms=300))
+    )
     await migrate(engine)
     yield engine
     await engine.dispose()
@@ -408,7 +411,7 @@ async def test_messages_in_one_batch_stop_at_five_before_a_reply(service, ledger
 
 async def test_a_batch_grants_no_more_than_the_weekly_limit(database_url, clock, seller, db):
     policy = Policy(starter_pack_size=0)
-    ledger = CountingLedger(create_engine(database_url, Settings()))
+    ledger = CountingLedger(create_engine(database_url, database_limits(Settings())))
     service = QuotaService(ledger, policy, clock)
     try:
         await seller_with_gmv(service, seller)  # limit 200
@@ -534,9 +537,14 @@ async def test_concurrent_batches_from_two_servers_never_deadlock(database_url, 
     sellers = [new_id("s") for _ in range(8)]
     # Lock waits far longer than a slow machine's batches, so that only a deadlock (found
     # by PostgreSQL after its deadlock_timeout, 1 s) can fail a call.
-    roomy = Settings(db_pool_size=8, lock_timeout_ms=60_000, statement_timeout_ms=60_000)
+    roomy = database_limits(
+        Settings(db_pool_size=8, lock_timeout_ms=60_000, statement_timeout_ms=60_000)
+    )
     engines = [create_engine(database_url, roomy) for _ in range(2)]
-    services = [QuotaService(PostgresLedger(e), Policy(), clock) for e in engines]
+    services = [
+        QuotaService(PostgresLedger(e, database_limits(Settings())), Policy(), clock)
+        for e in engines
+    ]
     try:
         for s in sellers:
             await seller_with_gmv(services[0], s)

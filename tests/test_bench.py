@@ -117,12 +117,16 @@ def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
     )
     # A full run measures the peers too, before the batch target that is against them, and
     # the cost of traces (its own servers and target, TRACING_TARGET).
-    assert set(bench.SCENARIOS) == set(bench.TARGETS) | {bench.PEERS, bench.TRACING}
+    assert set(bench.SCENARIOS) == set(bench.TARGETS) | {bench.PEERS, bench.HTTP, bench.TRACING}
     assert bench.TRACING_TARGET.figure == "cpu_ratio_1pct_to_off"
     order = list(bench.SCENARIOS)
     assert order.index(bench.PEERS) < order.index("batch_invite")
     assert set(bench.PEER_LOADS.values()) <= set(bench.LOAD_OF)
     assert not set(bench.LOAD_OF) & set(bench.OWN_DRIVER)
+    # The http scenario: each RPC's gRPC load for ghz, and the HTTP driver's for each.
+    assert set(bench.HTTP_CALLS) == {"GetStatus", "CheckAndConsume"}
+    for load, _ in bench.HTTP_CALLS.values():
+        assert (bench.LOADS / f"{load}.json").is_file()
     for load in bench.LOAD_OF.values():
         assert (bench.LOADS / f"{load}.json").is_file() or load in bench.GENERATED_LOAD_NAMES
 

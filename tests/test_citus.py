@@ -21,7 +21,7 @@ from quota_authority.cli import main
 from quota_authority.cli import serve as cli_serve
 from quota_authority.clock import FakeClock
 from quota_authority.errors import CannotDistribute
-from quota_authority.server import QuotaAuthorityServer
+from quota_authority.server import QuotaAuthorityServer, database_limits
 from quota_authority.store import PostgresLedger, create_engine, distribution, migrate
 from quota_authority.store.distribution import DISTRIBUTED_TABLES, distribute
 from quota_authority.v1 import quota_authority_pb2 as pb
@@ -31,7 +31,10 @@ on_citus_only = pytest.mark.skipif(not ON_CITUS, reason=NOT_ON_CITUS)
 
 
 async def test_the_ledger_runs_one_seller_per_transaction_exactly_on_a_distributed_schema(db):
-    assert await PostgresLedger(db).one_seller_per_transaction() is ON_CITUS
+    assert (
+        await PostgresLedger(db, database_limits(server_settings())).one_seller_per_transaction()
+        is ON_CITUS
+    )
 
 
 async def test_distributing_again_does_nothing_and_on_plain_postgresql_nothing_at_all(db):
@@ -71,7 +74,7 @@ async def test_a_schema_citus_refuses_to_distribute_stops_the_start_with_one_lin
         assert err.count("\n") == 1 and "Traceback" not in err
         assert err.startswith("error: QUOTA_AUTHORITY_DISTRIBUTE: the schema could not be")
         assert '"nowhere" does not exist' in err
-        engine = create_engine(url, server_settings())
+        engine = create_engine(url, database_limits(server_settings()))
         try:
             async with engine.connect() as conn:
                 distributed = await conn.scalar(text("SELECT count(*) FROM pg_dist_partition"))
@@ -103,9 +106,11 @@ async def test_a_populated_single_node_database_is_distributed_in_place_with_eve
                 s: (await stub.GetStatus(pb.GetStatusRequest(seller_id=s))).status for s in sellers
             }
         await server.stop(grace=0)
-        engine = create_engine(url, server_settings())
+        engine = create_engine(url, database_limits(server_settings()))
         try:
-            assert not await PostgresLedger(engine).one_seller_per_transaction()
+            assert not await PostgresLedger(
+                engine, database_limits(server_settings())
+            ).one_seller_per_transaction()
             rows_before = await _row_counts(engine)
             await migrate(engine, distribute=True)
             rows_after = await _row_counts(engine)
@@ -193,7 +198,7 @@ async def test_time_partitions_are_distributed_and_kept_by_upkeep_on_the_cluster
         clock = FakeClock(BASE_TIME)
         server = QuotaAuthorityServer(server_settings(distribute=True), url, clock, PostgresLedger)
         port = await server.start()
-        engine = create_engine(url, server_settings())
+        engine = create_engine(url, database_limits(server_settings()))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = pb_grpc.QuotaAuthorityServiceStub(channel)

@@ -444,7 +444,7 @@ def test_the_documents_exist() -> None:
 # A file path: folders, a name, and the extension of a kind of file the repository holds,
 # with a heading's anchor if it has one (docs/rules.md#r10-starters-pack).
 NAMED_PATH = re.compile(
-    r"(?<![\w./:-])((?:[\w.-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:md|py|pyi|toml|sh|proto|json|ini|mako|ya?ml))"
+    r"(?<![\w./:-])((?:[\w.-]+/)*[\w-]+(?:\.[\w-]+)*\.(?:md|py|pyi|toml|sh|proto|json|ini|mako|sql|ya?ml))"
     r"(?:#([\w-]+))?(?![\w/])"
 )
 

@@ -178,7 +178,8 @@ def test_the_service_lock_holds_nothing_only_development_needs() -> None:
 
 
 def test_the_client_lock_holds_nothing_of_the_server() -> None:
-    """A service that installs the client gets grpcio, protobuf and grpcio-status and what
+    """A service that installs the client gets grpcio, protobuf, grpcio-status and
+    googleapis-common-protos and what
     they need: no package the server alone declares, none of development's."""
     client_needs = {canonicalize_name(r.name) for r in declared(None, CLIENT)}
     server_only = [

@@ -10,6 +10,7 @@ import urllib.request
 
 import grpc
 import pytest
+from http_json import http_call
 from prometheus_client.parser import text_string_to_metric_families
 from support import invite, message
 
@@ -67,3 +68,22 @@ async def test_the_metrics_endpoint_counts_what_the_service_did(start_server, se
 async def test_without_a_metrics_listen_address_nothing_is_served(start_server, clock):
     server, _ = await start_server()
     assert server.metrics is None
+
+
+async def test_http_json_calls_are_counted_as_grpc_calls_are(start_server, seller, clock):
+    """The HTTP/JSON port's calls run the same handlers: the same series, not apart."""
+    server, _ = await start_server(metrics_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
+    path = f"/v1/sellers/{seller}"
+    body = {"creatorId": "c-1", "action": "ACTION_INVITE", "creatorFollowerCount": 100}
+    granted = await http_call(server.http_port, "POST", f"{path}:checkAndConsume", body)
+    bad = await http_call(server.http_port, "POST", f"{path}:checkAndConsume", {"creatorId": "c"})
+
+    samples = await asyncio.to_thread(scrape, server.metrics_port)
+    await server.stop(grace=0)
+
+    assert (granted.status, bad.status) == (200, 400)
+    rpc = "quota_authority_rpc_duration_seconds_count"
+    assert samples[(rpc, (("code", "OK"), ("method", "CheckAndConsume")))] == 1
+    assert samples[(rpc, (("code", "INVALID_ARGUMENT"), ("method", "CheckAndConsume")))] == 1
+    new = (("action", "invite"), ("allowed", "true"), ("reason", "new_creator"))
+    assert samples[("quota_authority_decisions_total", new)] == 1

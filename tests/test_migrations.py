@@ -21,13 +21,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from quota_authority.server import database_limits
 from quota_authority.settings import Settings
 from quota_authority.store import PostgresLedger, create_engine, head_revision, migrate
 
 # Far shorter than any migration: the service's own timeouts must not bind migrations.
-TIGHT = Settings(lock_timeout_ms=1, statement_timeout_ms=1)
+TIGHT = database_limits(Settings(lock_timeout_ms=1, statement_timeout_ms=1))
 # For everything else: set-up and checks must not fail because the machine is slow.
-ROOMY = Settings(lock_timeout_ms=60_000, statement_timeout_ms=60_000)
+ROOMY = database_limits(Settings(lock_timeout_ms=60_000, statement_timeout_ms=60_000))
 # How long the migrator must have waited for the held migration lock, by the database's
 # clock, before the test lets it go: a hundred times ``TIGHT``'s timeouts.
 LOCK_WAIT = timedelta(milliseconds=100)

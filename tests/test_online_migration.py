@@ -29,6 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import eventually, invite, new_id
 
+from quota_authority.server import database_limits
 from quota_authority.store import create_engine, migrate
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -115,7 +116,7 @@ async def busy(request: pytest.FixtureRequest, fresh_database_url: str) -> Async
 async def test_the_previous_release_keeps_serving_while_0008_partitions_a_million_rows(
     busy: Busy, tmp_path: Path
 ) -> None:
-    engine = create_engine(busy.url, server_settings(statement_timeout_ms=600_000))
+    engine = create_engine(busy.url, database_limits(server_settings(statement_timeout_ms=600_000)))
     previous = previous_release(tmp_path / "previous")
     answered: list[pb.CheckAndConsumeResponse] = []
     failed: list[str] = []

@@ -1,7 +1,8 @@
 """Each distribution holds what it promises. quota-authority-client (clients/python): the
-client and the generated stubs, each subpackage with its py.typed, needing grpcio, protobuf
-and grpcio-status only, at least the versions the stubs were generated for. quota-authority
-(the server): its own code, depending on the client at the tree's version and holding
+client and the generated stubs, each subpackage with its py.typed, needing grpcio, protobuf,
+grpcio-status and googleapis-common-protos (the google.api.http options) only, at least
+the versions the stubs were generated for. quota-authority (the server): its own code,
+depending on the client at the tree's version and holding
 neither the client nor the stubs, so nothing imports them from two places. Neither ships
 quota_authority/__init__.py: the package is a namespace both share.
 
@@ -104,8 +105,11 @@ def test_the_client_wheel_holds_the_client_and_the_typed_stubs(client_wheel: Whe
     assert "quota_authority/py.typed" not in client_wheel.files  # PEP 561: not at a namespace
 
 
-def test_the_client_needs_grpcio_protobuf_and_grpcio_status_only(client_wheel: Wheel) -> None:
+def test_the_client_needs_grpcio_protobuf_grpcio_status_and_googleapis_only(
+    client_wheel: Wheel,
+) -> None:
     assert sorted(canonicalize_name(r.name) for r in client_wheel.requires) == [
+        "googleapis-common-protos",
         "grpcio",
         "grpcio-status",
         "protobuf",

@@ -59,8 +59,7 @@ from support import new_id
 
 from quota_authority.engine.ports import LockedOutreach, OutreachKey, OutreachWrites
 from quota_authority.errors import CommitOutcomeUnknown, StoreUnavailable
-from quota_authority.settings import Settings
-from quota_authority.store import PostgresLedger
+from quota_authority.store import DatabaseLimits, PostgresLedger
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
@@ -178,8 +177,8 @@ class FaultInjection(PostgresLedger):
     """A ledger (``PostgresLedger`` or a broken variant after it in the MRO) whose
     transactions fail at the point ``faults`` arms."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings, faults: Faults) -> None:
-        super().__init__(engine, settings)
+    def __init__(self, engine: AsyncEngine, limits: DatabaseLimits, faults: Faults) -> None:
+        super().__init__(engine, limits)
         self.faults = faults
         self._pids: set[int] = set()  # the backends of this ledger's pool
         # Faults are injected from sessions of their own, which the faults never touch.
@@ -273,14 +272,14 @@ class FaultInjection(PostgresLedger):
 
 def fault_injecting(
     faults: Faults, base: type[PostgresLedger] = PostgresLedger
-) -> Callable[[AsyncEngine, Settings], PostgresLedger]:
+) -> Callable[[AsyncEngine, DatabaseLimits], PostgresLedger]:
     """A ledger factory for ``start_server``: ``base`` with ``faults`` injected."""
     cls = (
         FaultInjection
         if base is PostgresLedger
         else type(f"FaultInjection{base.__name__}", (FaultInjection, base), {})
     )
-    return lambda engine, settings: cls(engine, settings, faults)
+    return lambda engine, limits: cls(engine, limits, faults)
 
 
 # --- clients that retry ------------------------------------------------------------------

@@ -34,6 +34,7 @@ from sqlalchemy import text
 from support import eventually, invite, message, new_id
 
 from quota_authority.clock import Clock
+from quota_authority.server import database_limits
 from quota_authority.store import PostgresLedger, create_engine
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -93,7 +94,7 @@ class Outage:
 
 
 async def _totals(url: str) -> dict[str, int]:
-    engine = create_engine(url, server_settings())
+    engine = create_engine(url, database_limits(server_settings()))
     try:
         async with engine.connect() as conn:
             row = (await conn.execute(_TOTALS)).one()

@@ -31,6 +31,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -52,6 +53,7 @@ from support import (
 
 from quota_authority.clock import Clock
 from quota_authority.policy import Policy, TierPolicy
+from quota_authority.server import database_limits
 from quota_authority.store import PostgresLedger, create_engine
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -235,7 +237,7 @@ async def faults_under_load(clock: Clock, ledger: Any = PostgresLedger) -> Fault
             watcher.cancel()
         faults.health_at_end = health[-1][1] if health else None
 
-        engine = create_engine(postgres.url, server_settings())
+        engine = create_engine(postgres.url, database_limits(server_settings()))
         try:
             grants = faults.acknowledged_grants
             for group, limit in ((limited, LIMIT), (unlimited, None)):
@@ -301,7 +303,7 @@ async def test_under_killed_connections_and_crash_restarts_every_reply_is_a_deci
 async def test_sensitivity_the_fault_test_fails_against_a_ledger_that_fails_open(clock):
     """Item 14: against ``FailOpen``, which answers from memory when the database fails,
     the same faults must break the promise "every acknowledged grant is in the ledger"."""
-    faults = await faults_under_load(clock, FailOpen)
+    faults = await faults_under_load(clock, partial(FailOpen, policy=POLICY))
 
     with pytest.raises(AssertionError, match="acknowledged grants not in the ledger"):
         promises_kept(faults)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
+from http_json import http_call
 from pki import Authority
 from support import command_environment, eventually, free_port
 
@@ -218,3 +220,29 @@ async def test_sighup_reloads_a_running_serve(database_url, tmp_path, seller):
 
 async def log_says(log: Path, message: str) -> bool:
     return message in await asyncio.to_thread(log.read_text)
+
+
+async def test_reloaded_certificates_serve_the_http_ports_new_connections(start_server, tmp_path):
+    old_ca = Authority(tmp_path, "old-ca")
+    new_ca = Authority(tmp_path, "new-ca")
+    served = old_ca.issue("server", server=True)
+    server, _ = await start_server(
+        http_listen="127.0.0.1:0", tls_cert_file=served.cert_file, tls_key_file=served.key_file
+    )
+
+    async def health(ca: Authority) -> int | str:
+        trust = ssl.create_default_context(cafile=ca.cert_file)
+        try:
+            return (await http_call(server.http_port, "GET", "/healthz", tls=trust)).status
+        except ssl.SSLError as e:
+            return e.reason or "refused"
+
+    before = await health(old_ca)
+    renewed = new_ca.issue("renewed", server=True)
+    served.cert_file.write_bytes(renewed.cert)
+    served.key_file.write_bytes(renewed.key)
+    assert server.reload() == []
+
+    assert before == 200
+    assert await health(new_ca) == 200
+    assert await health(old_ca) == "CERTIFICATE_VERIFY_FAILED"

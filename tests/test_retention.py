@@ -22,7 +22,7 @@ from support import BASE_TIME, invite, ledger_counts, list_all, message, stamp, 
 
 from quota_authority.clock import FakeClock
 from quota_authority.policy import Policy
-from quota_authority.server import QuotaAuthorityServer
+from quota_authority.server import QuotaAuthorityServer, database_limits
 from quota_authority.store import PostgresLedger, create_engine
 from quota_authority.store.partitions import AHEAD, WIDTH, partition_name, partition_start
 from quota_authority.v1 import quota_authority_pb2 as pb
@@ -38,7 +38,7 @@ class Own:
     def __init__(self, server: QuotaAuthorityServer, port: int, clock: FakeClock, url: str) -> None:
         self.server = server
         self.clock = clock
-        self.db = create_engine(url, server_settings())
+        self.db = create_engine(url, database_limits(server_settings()))
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb_grpc.QuotaAuthorityServiceStub(self.channel)
 

@@ -7,6 +7,7 @@ tier-0 week, an unconnected, uncounted creator and no starter pack unless told o
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -14,20 +15,26 @@ from quota_authority.domain import (
     Action,
     BatchMode,
     Charge,
+    OutreachBatchResult,
     OutreachDecision,
     PairState,
     QuotaStatus,
     Reason,
+    Release,
     SellerWeek,
+    StoredResponse,
 )
-from quota_authority.engine.batch import r15_applies
 from quota_authority.engine.rules import (
+    ChargedOutreach,
     OutreachVerdict,
     decide_outreach,
     r1_tier_for_gmv,
     r10_starter_pack_grant,
+    r14_charge_to_release,
     r14_release,
+    r15_batch_applies,
 )
+from quota_authority.errors import InvalidArgument, NothingCharged, OutreachNotFound
 from quota_authority.policy import Policy
 
 INVITE = Action.INVITE
@@ -515,6 +522,71 @@ def test_r14_later_outreach_to_the_creator_keeps_the_unit_and_the_count(pool) ->
     assert r14_release(pool, live_outreach=2) == (Charge.NONE, True)
 
 
+# What a CheckAndConsume and a BatchCheckAndConsume store for their request_id, exactly as
+# rows of request_responses hold them: a release must read every row already stored.
+_STATUS_STORED = {
+    "seller_id": "s1",
+    "tier": "T0",
+    "unlimited": False,
+    "weekly_limit": 50,
+    "used_this_week": 3,
+    "remaining_this_week": 47,
+    "starter_pack_remaining": 0,
+    "max_creator_followers": 20000,
+    "week_start": "2026-11-22T00:00:00+00:00",
+    "next_refresh": "2026-11-29T00:00:00+00:00",
+    "gmv_30d_minor": 0,
+    "time_zone": "UTC",
+}
+SINGLE_STORED: dict[str, Any] = {
+    "allowed": True,
+    "reason": "new_creator",
+    "charged": "weekly",
+    "status": _STATUS_STORED,
+    "messages_before_reply_remaining": 5,
+}
+BATCH_STORED: dict[str, Any] = {
+    "results": [[True, "new_creator", "weekly", 5], [True, "already_counted_this_week", "none", 4]],
+    "applied": True,
+    "status": _STATUS_STORED,
+}
+WEEK_START = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def _charge(response: dict[str, Any], item_index: int | None = None) -> ChargedOutreach:
+    answer = StoredResponse("fingerprint", response).outreach_answer()
+    return r14_charge_to_release(Release("s1", "r1", item_index), answer)
+
+
+def test_r14_reads_the_format_answers_are_stored_in() -> None:
+    assert OutreachDecision.from_json(SINGLE_STORED).to_json() == SINGLE_STORED
+    assert OutreachBatchResult.from_json(BATCH_STORED).to_json() == BATCH_STORED
+
+
+def test_r14_a_single_call_releases_what_its_stored_answer_charged() -> None:
+    assert _charge(SINGLE_STORED) == ChargedOutreach(Charge.WEEKLY, WEEK_START)
+
+
+def test_r14_a_batch_item_releases_what_the_batch_answered_for_it() -> None:
+    assert _charge(BATCH_STORED, 0) == ChargedOutreach(Charge.WEEKLY, WEEK_START)
+    with pytest.raises(NothingCharged):
+        _charge(BATCH_STORED, 1)
+
+
+def test_r14_item_index_must_fit_the_call_it_names() -> None:
+    for response, index in ((BATCH_STORED, None), (BATCH_STORED, 2), (SINGLE_STORED, 0)):
+        with pytest.raises(InvalidArgument) as refused:
+            _charge(response, index)
+        assert [v.field for v in refused.value.violations] == ["item_index"]
+
+
+def test_r14_an_answer_of_another_call_is_no_outreach_to_release() -> None:
+    with pytest.raises(OutreachNotFound):
+        _charge({"newly_connected": True})
+    with pytest.raises(OutreachNotFound):
+        r14_charge_to_release(Release("s1", "r1", None), None)
+
+
 # --- R15 Batches ------------------------------------------------------------------------
 
 
@@ -526,9 +598,9 @@ def _decision(allowed: bool) -> OutreachDecision:
 
 
 def test_r15_best_effort_applies_whatever_was_denied() -> None:
-    assert r15_applies(BatchMode.BEST_EFFORT, [_decision(True), _decision(False)])
+    assert r15_batch_applies(BatchMode.BEST_EFFORT, [_decision(True), _decision(False)])
 
 
 def test_r15_all_or_nothing_applies_nothing_when_one_item_is_denied() -> None:
-    assert not r15_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(False)])
-    assert r15_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(True)])
+    assert not r15_batch_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(False)])
+    assert r15_batch_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(True)])

@@ -186,6 +186,8 @@ def test_listen_accepts_an_ipv6_address() -> None:
         ("QUOTA_AUTHORITY_TLS_CERT_FILE", "/no/such/cert.pem"),
         ("QUOTA_AUTHORITY_CALLERS_FILE", "/no/such/callers.toml"),
         ("QUOTA_AUTHORITY_METRICS_LISTEN", "9464"),
+        ("QUOTA_AUTHORITY_HTTP_LISTEN", "8080"),
+        ("QUOTA_AUTHORITY_HTTP_LISTEN", "0.0.0.0:8080"),  # beyond loopback, no callers file
     ],
 )
 def test_bad_environment_value_is_refused_naming_the_variable(key: str, value: str) -> None:

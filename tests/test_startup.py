@@ -144,6 +144,33 @@ def test_a_metrics_port_in_use_is_one_line_before_the_embedded_database_starts(
     assert not data_dir.exists(), "checked before the embedded PostgreSQL was started"
 
 
+def test_an_http_port_in_use_is_one_line_before_the_embedded_database_starts(port_in_use, tmp_path):
+    data_dir = tmp_path / "never-created"
+    result = _run(
+        "serve",
+        QUOTA_AUTHORITY_LISTEN="127.0.0.1:0",
+        QUOTA_AUTHORITY_HTTP_LISTEN=f"127.0.0.1:{port_in_use}",
+        QUOTA_AUTHORITY_DATA_DIR=str(data_dir),
+    )
+
+    assert result.returncode == CannotListen.exit_status == 4
+    assert _one_line(result.stderr) == (
+        f"error: QUOTA_AUTHORITY_HTTP_LISTEN: cannot listen on 127.0.0.1:{port_in_use}: "
+        "Address already in use"
+    )
+    assert not data_dir.exists(), "checked before the embedded PostgreSQL was started"
+
+
+async def test_a_server_whose_http_port_is_taken_meanwhile_fails_to_start_and_undoes_it(
+    database_url, port_in_use
+):
+    settings = server_settings(http_listen=f"127.0.0.1:{port_in_use}")
+    server = QuotaAuthorityServer(settings, database_url, SystemClock())
+    with pytest.raises(CannotListen, match=r"^QUOTA_AUTHORITY_HTTP_LISTEN: .*in use"):
+        await server.start()
+    assert server.engine is None
+
+
 async def test_a_server_whose_metrics_port_is_taken_meanwhile_fails_to_start_and_undoes_it(
     database_url, port_in_use
 ):

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from http_json import http_call
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanKind
 from servers import ServerProcess, server_process
-from support import command_environment
+from support import command_environment, free_port
 
 from quota_authority.client import QuotaClient
 from quota_authority.tracing import BATCH_SPAN, SERVICE_NAME, Sampling
@@ -49,6 +50,7 @@ SPANS_WITHIN_S = 60.0
 class TracedServer:
     sink: OtlpSink
     server: ServerProcess
+    http_port: int | None = None  # its HTTP/JSON port, if it has one
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +62,10 @@ def sink() -> Iterator[tuple[OtlpSink, str]]:
 
 @asynccontextmanager
 async def traced_server(
-    database_url: str, directory: Path, endpoint: str, **sampler: str
+    database_url: str, directory: Path, endpoint: str, **environment: str
 ) -> AsyncIterator[ServerProcess]:
-    """A server process tracing as ``sampler`` (``OTEL_TRACES_SAMPLER``…) says, exporting to
-    ``endpoint`` every 100 ms, with one caller who sends ``TOKEN``."""
+    """A server process tracing as ``environment`` (``OTEL_TRACES_SAMPLER``…) says,
+    exporting to ``endpoint`` every 100 ms, with one caller who sends ``TOKEN``."""
     callers = directory / "callers.toml"
     callers.write_text(
         f'[[callers]]\nname = "traced"\nroles = ["outreach", "reader"]\ntoken = "{TOKEN}"\n'
@@ -76,7 +78,7 @@ async def traced_server(
         QUOTA_AUTHORITY_LOG_LEVEL="INFO",
         OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
         OTEL_BSP_SCHEDULE_DELAY="100",
-        **sampler,
+        **environment,
     ) as server:
         yield server
 
@@ -85,12 +87,18 @@ async def traced_server(
 async def traced(
     database_url: str, sink: tuple[OtlpSink, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[TracedServer]:
-    """A server process tracing every call (always_on), exporting to ``sink``."""
+    """A server process tracing every call (always_on), exporting to ``sink``, with an
+    HTTP/JSON port too."""
     directory = tmp_path_factory.mktemp("traced")
+    http_port = free_port()
     async with traced_server(
-        database_url, directory, sink[1], OTEL_TRACES_SAMPLER="always_on"
+        database_url,
+        directory,
+        sink[1],
+        OTEL_TRACES_SAMPLER="always_on",
+        QUOTA_AUTHORITY_HTTP_LISTEN=f"127.0.0.1:{http_port}",
     ) as server:
-        yield TracedServer(sink[0], server)
+        yield TracedServer(sink[0], server, http_port)
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +244,34 @@ async def test_calls_continue_their_callers_traces_and_their_batches_link_to_the
     print(
         textwrap.indent(describe([s for s in spans if s.trace_id == first.trace_id], first), "  ")
     )
+
+
+async def test_an_http_call_continues_its_callers_trace_as_a_grpc_call_does(
+    traced: TracedServer,
+) -> None:
+    assert traced.http_port is not None
+    seller = f"traced-{uuid.uuid4().hex[:12]}"
+    trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    answer = await http_call(
+        traced.http_port,
+        "GET",
+        f"/v1/sellers/{seller}/status",
+        token=TOKEN,
+        headers={"traceparent": f"00-{trace_id}-{span_id}-01"},
+    )
+    assert answer.status == 200
+
+    spans = traced.sink.wait_for(
+        lambda spans: any(s.trace_id == trace_id and s.parent_span_id == span_id for s in spans),
+        SPANS_WITHIN_S,
+    )
+    (call,) = [s for s in spans if s.trace_id == trace_id and s.parent_span_id == span_id]
+    assert call.name == "quota_authority.v1.QuotaAuthorityService/GetStatus"
+    assert call.kind == SpanKind.SERVER.value + 1
+    assert call.attributes["quota_authority.seller_id"] == seller
+    assert call.attributes["rpc.grpc.status_code"] == 0
+    for span in spans:
+        assert all(TOKEN not in value for value in every_value(span))
 
 
 async def test_a_log_line_written_inside_a_call_names_its_trace_and_span(

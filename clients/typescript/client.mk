@@ -11,7 +11,8 @@ TS_DIR := clients/typescript
 TS_INSTALLED := $(TS_DIR)/node_modules/.installed
 TS_GENERATED := $(TS_DIR)/src/gen/quota_authority/v1/quota_authority.ts
 TS_BUILT := $(TS_DIR)/dist/index.js
-TS_PROTOS := $(wildcard protos/quota_authority/v1/*.proto) $(wildcard $(TS_DIR)/proto/google/rpc/*.proto)
+TS_PROTOS := $(wildcard protos/quota_authority/v1/*.proto) $(wildcard protos/google/api/*.proto) \
+	$(wildcard $(TS_DIR)/proto/google/rpc/*.proto)
 TS_SOURCES := $(filter-out $(TS_DIR)/src/gen/%,$(wildcard $(TS_DIR)/src/*.ts $(TS_DIR)/src/*/*.ts))
 
 .PHONY: ts-client ts-interop ts-readme ts-clean

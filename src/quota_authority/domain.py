@@ -564,6 +564,18 @@ class StoredResponse:
     fingerprint: str
     response: dict[str, Any]
 
+    def outreach_answer(self) -> OutreachDecision | OutreachBatchResult | None:
+        """The answer kept, decoded, when a CheckAndConsume (``OutreachDecision``) or a
+        BatchCheckAndConsume (``OutreachBatchResult``) stored it; None when another call
+        did. A stored answer names no type (every row ever stored has none), so the two
+        formats are told apart here, beside their ``to_json``, and nowhere else: only a
+        batch's has ``results``; only a single call's has ``charged`` at its top level."""
+        if "results" in self.response and "applied" in self.response:
+            return OutreachBatchResult.from_json(self.response)
+        if "allowed" in self.response and "charged" in self.response:
+            return OutreachDecision.from_json(self.response)
+        return None
+
 
 @dataclass(frozen=True)
 class AuditEntry:

@@ -202,7 +202,8 @@ class DatabaseUnreachable(StartupError):
 
 class CannotListen(StartupError):
     """A listen address cannot be bound (in use, not this machine's, not permitted); the
-    message names its setting, ``QUOTA_AUTHORITY_LISTEN`` or ``QUOTA_AUTHORITY_METRICS_LISTEN``."""
+    message names its setting, ``QUOTA_AUTHORITY_LISTEN``, ``QUOTA_AUTHORITY_HTTP_LISTEN`` or
+    ``QUOTA_AUTHORITY_METRICS_LISTEN``."""
 
     exit_status = 4
 

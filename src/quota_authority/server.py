@@ -32,6 +32,7 @@ from quota_authority.v1 import quota_authority_pb2 as pb
 from .api import QuotaAuthorityServicer, add_to_server
 from .api.auth import Authorizer
 from .api.callers import load_callers
+from .api.http_server import HttpJsonServer
 from .clock import Clock, SystemClock
 from .engine import QuotaService
 from .engine.ports import LedgerStore
@@ -40,7 +41,7 @@ from .health import HealthServicer
 from .metrics import Metrics, TimedLedger
 from .policy import load_policy
 from .settings import Settings, unsafe_listen
-from .store import PostgresLedger, create_engine, migrate
+from .store import DatabaseLimits, PostgresLedger, create_engine, migrate
 from .store.database import database_in_use, unreachable_at_start
 from .tls import ServerCertificates
 from .tracing import Tracing, start_tracing
@@ -50,6 +51,7 @@ __all__ = [
     "QuotaAuthorityServer",
     "add_port",
     "check_can_listen",
+    "database_limits",
     "migrate_schema",
     "new_grpc_server",
     "run_event_loop",
@@ -90,6 +92,15 @@ class _ReflectionPool:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
+
+
+def database_limits(settings: Settings) -> DatabaseLimits:
+    """What the store takes of ``settings``: its engine's and ledger's limits."""
+    return DatabaseLimits(
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        pool_size=settings.db_pool_size,
+    )
 
 
 def _connection_age(settings: Settings) -> list[tuple[str, int]]:
@@ -204,15 +215,18 @@ class QuotaAuthorityServer:
     """A server over a database: ``start`` migrates, binds and serves, ``stop`` drains and
     closes. ``stop`` may be called at any point, before or after ``start`` and more than once;
     a ``start`` that fails undoes what it did. ``ledger`` builds the store over the engine
-    (tests put faults and broken variants there); ``database_setting`` names where
-    ``database_url`` came from, for the one line printed when it cannot be reached. With
+    and its ``database_limits`` (tests put faults and broken variants there);
+    ``database_setting`` names where ``database_url`` came from, for the one line printed
+    when it cannot be reached. With
     ``settings.metrics_listen``, Prometheus metrics are served there (``metrics_port``);
-    with ``settings.tracing``, traces are exported (``tracing``)."""
+    with ``settings.tracing``, traces are exported (``tracing``); with
+    ``settings.http_listen``, every RPC is served over HTTP/JSON there too (``http_port``,
+    ``api.http_server``)."""
 
     settings: Settings
     database_url: str
     clock: Clock
-    ledger: Callable[[AsyncEngine, Settings], LedgerStore] = PostgresLedger
+    ledger: Callable[[AsyncEngine, DatabaseLimits], LedgerStore] = PostgresLedger
     database_setting: str = "QUOTA_AUTHORITY_DATABASE_URL"
 
     # Set by start(); None before it and after stop().
@@ -221,12 +235,14 @@ class QuotaAuthorityServer:
     service: QuotaService | None = field(default=None, init=False)
     metrics: Metrics | None = field(default=None, init=False)
     metrics_port: int | None = field(default=None, init=False)
+    http_port: int | None = field(default=None, init=False)
     tracing: Tracing | None = field(default=None, init=False)
     _server: grpc.aio.Server | None = field(default=None, init=False)
     _authorizer: Authorizer | None = field(default=None, init=False)
     _certificates: ServerCertificates | None = field(default=None, init=False)
     _health: HealthServicer | None = field(default=None, init=False)
     _metrics_http: Any = field(default=None, init=False)
+    _http: HttpJsonServer | None = field(default=None, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     # Health as last reported (None: not yet); only changes are logged.
     _serving: bool | None = field(default=None, init=False)
@@ -249,13 +265,14 @@ class QuotaAuthorityServer:
             raise
 
     async def _start(self) -> int:
-        self.engine = create_engine(self.database_url, self.settings)
+        limits = database_limits(self.settings)
+        self.engine = create_engine(self.database_url, limits)
         async with unreachable_at_start(self.database_url, self.database_setting):
             await migrate(self.engine, distribute=self.settings.distribute)
         self.tracing = start_tracing(self.settings)
         if self.tracing is not None:
             self.tracing.instrument_statements()
-        store = self.ledger(self.engine, self.settings)
+        store = self.ledger(self.engine, limits)
         self.metrics = Metrics() if self.settings.metrics_listen else None
         if self.metrics is not None:
             store = TimedLedger(store, self.metrics)
@@ -290,17 +307,15 @@ class QuotaAuthorityServer:
         if self.settings.callers is not None:
             self._authorizer = Authorizer(self.settings.callers)
         self._server = new_grpc_server(self.settings, self._authorizer)
-        add_to_server(
-            QuotaAuthorityServicer(
-                self.service,
-                self.settings.max_deadline_ms / 1000,
-                self.metrics,
-                outreach_batch_max_items=self.settings.outreach_batch_max_items,
-                gmv_batch_max_rows=self.settings.gmv_batch_max_rows,
-                tracing=self.tracing,
-            ),
-            self._server,
+        servicer = QuotaAuthorityServicer(
+            self.service,
+            self.settings.max_deadline_ms / 1000,
+            self.metrics,
+            outreach_batch_max_items=self.settings.outreach_batch_max_items,
+            gmv_batch_max_rows=self.settings.gmv_batch_max_rows,
+            tracing=self.tracing,
         )
+        add_to_server(servicer, self._server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -314,12 +329,31 @@ class QuotaAuthorityServer:
             self.metrics_port = self._metrics_http.server_port
         await self._server.start()
         await self._check_health()
+        if self.settings.http_listen is not None:
+            # The same servicer, authorizer and certificates: the same calls, over HTTP/JSON.
+            certificates = self._certificates
+            self._http = HttpJsonServer(
+                servicer,
+                self.settings.http_listen,
+                authorizer=self._authorizer,
+                tls=None if certificates is None else certificates.ssl_context,
+                serving=lambda: bool(self._serving),
+                max_body_bytes=self.settings.max_message_bytes,
+                max_concurrent=self.settings.max_concurrent_rpcs,
+                pool_size=self.settings.db_pool_size,
+            )
+            self.http_port = await self._http.start()
         self._tasks = [
             asyncio.create_task(self._watch_health(), name="health-watcher"),
             asyncio.create_task(self._keep_data_bounded(), name="storage-upkeep"),
         ]
         log.info("policy in use", extra={"policy_digest": self.settings.policy.digest})
         log.info("serving", extra={"listen": self.settings.listen, "port": port})
+        if self._http is not None:
+            log.info(
+                "serving HTTP/JSON",
+                extra={"listen": self.settings.http_listen, "port": self.http_port},
+            )
         return port
 
     async def _set_health(self, serving: bool) -> None:
@@ -387,7 +421,12 @@ class QuotaAuthorityServer:
                     await asyncio.wait_for(self._drain_cut.wait(), delay)
             assert self._health is not None
             await self._health.close_watches()
-            await self._server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+            grace_s = self.settings.shutdown_grace_s if grace is None else grace
+            if self._http is not None:
+                await asyncio.gather(self._server.stop(grace_s), self._http.stop(grace_s))
+                self._http = None
+            else:
+                await self._server.stop(grace_s)
             self._server = None
             log.info("stopped")
         if self._metrics_http is not None:
@@ -495,14 +534,14 @@ def migrate_schema(settings: Settings) -> tuple[str, str]:
     ``DatabaseUnreachable`` (a ``StartupError``) when it cannot connect."""
 
     async def run(url: str, where: str) -> str:
-        engine = create_engine(url, settings)
+        engine = create_engine(url, database_limits(settings))
         try:
             async with unreachable_at_start(url, where):
                 return await migrate(engine, distribute=settings.distribute)
         finally:
             await engine.dispose()
 
-    with database_in_use(settings) as database:
+    with database_in_use(settings.database_url, settings.data_dir) as database:
         return asyncio.run(run(database.url, database.setting)), database.name
 
 
@@ -513,5 +552,7 @@ def serve(settings: Settings) -> None:
     check_can_listen(settings.listen)
     if settings.metrics_listen is not None:
         check_can_listen(settings.metrics_listen, "QUOTA_AUTHORITY_METRICS_LISTEN")
-    with database_in_use(settings) as database:
+    if settings.http_listen is not None:
+        check_can_listen(settings.http_listen, "QUOTA_AUTHORITY_HTTP_LISTEN")
+    with database_in_use(settings.database_url, settings.data_dir) as database:
         run_event_loop(settings, _serve_until_signal(settings, database.url, database.setting))

@@ -211,6 +211,13 @@ class Settings:
         "QUOTA_AUTHORITY_ALLOW_PLAINTEXT_TOKENS",
         "true lets bearer tokens travel without TLS on an address beyond loopback",
     )
+    http_listen: str | None = _variable(
+        None,
+        "QUOTA_AUTHORITY_HTTP_LISTEN",
+        "host:port serving every RPC over HTTP with JSON bodies too (docs/http.md), with the "
+        "gRPC port's authentication, TLS and limits; when unset, none is served",
+        parse=_host_port,
+    )
     metrics_listen: str | None = _variable(
         None,
         "QUOTA_AUTHORITY_METRICS_LISTEN",
@@ -417,26 +424,32 @@ def unsafe_listen(settings: Settings) -> str | None:
       ``allow_unauthenticated_remote``.
     - Bearer tokens sent without TLS can be read off the network by anyone on the path, so
       callers with tokens need TLS on an address beyond loopback, unless
-      ``allow_plaintext_tokens`` (a mesh that encrypts for us, say)."""
-    if _loopback(settings.listen):
-        return None
-    if settings.callers is None:
-        if settings.allow_unauthenticated_remote:
-            return None
-        return (
-            f"QUOTA_AUTHORITY_LISTEN: {settings.listen} is not a loopback address, and "
-            "serving it without authentication would let anyone who reaches it spend any "
-            "seller's quota. Set QUOTA_AUTHORITY_CALLERS_FILE, or "
-            "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE=true to serve it unauthenticated "
-            "anyway"
-        )
-    tokens = any(caller.token is not None for caller in settings.callers)
-    if tokens and settings.tls_cert_file is None and not settings.allow_plaintext_tokens:
-        return (
-            f"QUOTA_AUTHORITY_CALLERS_FILE: callers with bearer tokens, served without TLS "
-            f"on {settings.listen}, beyond loopback: anyone on the network path could read "
-            "the tokens. Set QUOTA_AUTHORITY_TLS_CERT_FILE and QUOTA_AUTHORITY_TLS_KEY_FILE, "
-            "or QUOTA_AUTHORITY_ALLOW_PLAINTEXT_TOKENS=true if the network is encrypted "
-            "otherwise"
-        )
+      ``allow_plaintext_tokens`` (a mesh that encrypts for us, say).
+
+    The HTTP/JSON port (``http_listen``) serves the same calls, so the same holds for it."""
+    listeners = [("QUOTA_AUTHORITY_LISTEN", settings.listen)]
+    if settings.http_listen is not None:
+        listeners.append(("QUOTA_AUTHORITY_HTTP_LISTEN", settings.http_listen))
+    for name, listen in listeners:
+        if _loopback(listen):
+            continue
+        if settings.callers is None:
+            if settings.allow_unauthenticated_remote:
+                continue
+            return (
+                f"{name}: {listen} is not a loopback address, and "
+                "serving it without authentication would let anyone who reaches it spend any "
+                "seller's quota. Set QUOTA_AUTHORITY_CALLERS_FILE, or "
+                "QUOTA_AUTHORITY_ALLOW_UNAUTHENTICATED_REMOTE=true to serve it unauthenticated "
+                "anyway"
+            )
+        tokens = any(caller.token is not None for caller in settings.callers)
+        if tokens and settings.tls_cert_file is None and not settings.allow_plaintext_tokens:
+            return (
+                f"QUOTA_AUTHORITY_CALLERS_FILE: callers with bearer tokens, served without TLS "
+                f"on {listen}, beyond loopback: anyone on the network path could read "
+                "the tokens. Set QUOTA_AUTHORITY_TLS_CERT_FILE and QUOTA_AUTHORITY_TLS_KEY_FILE, "
+                "or QUOTA_AUTHORITY_ALLOW_PLAINTEXT_TOKENS=true if the network is encrypted "
+                "otherwise"
+            )
     return None

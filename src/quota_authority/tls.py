@@ -6,7 +6,8 @@ and connections made from then on use them; connections already open keep theirs
 that do not load (a key that does not match its certificate, a file that is not PEM) are
 refused with ``ConfigError`` naming the variable, at start and on reload alike, so a bad
 new file never replaces a good one. Whether clients must present a certificate (mutual
-TLS) is fixed at start.
+TLS) is fixed at start. The HTTP/JSON port takes ``ssl_context`` at each new connection,
+so a reload applies to it the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from .errors import ConfigError
 __all__ = ["ServerCertificates"]
 
 
-def _checked(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> None:
-    """Raise ``ConfigError`` naming the variable whose file does not load."""
+def _checked(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> ssl.SSLContext:
+    """A server TLS context of these files (mutual TLS with ``client_ca_file``), as the
+    HTTP/JSON port serves them; raise ``ConfigError`` naming the variable whose file does
+    not load."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert_file, key_file)
@@ -38,6 +41,8 @@ def _checked(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> No
             raise ConfigError(
                 f"QUOTA_AUTHORITY_TLS_CLIENT_CA_FILE: {client_ca_file} is not a PEM CA bundle: {e}"
             ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class ServerCertificates:
@@ -45,16 +50,16 @@ class ServerCertificates:
 
     def __init__(self, cert_file: Path, key_file: Path, client_ca_file: Path | None) -> None:
         self._files = (cert_file, key_file, client_ca_file)
-        self._current = self._read()
+        self._current, self._ssl_context = self._read()
         self._pending: grpc.ServerCertificateConfiguration | None = None
 
-    def _read(self) -> grpc.ServerCertificateConfiguration:
+    def _read(self) -> tuple[grpc.ServerCertificateConfiguration, ssl.SSLContext]:
         cert_file, key_file, client_ca_file = self._files
-        _checked(cert_file, key_file, client_ca_file)
+        context = _checked(cert_file, key_file, client_ca_file)
         return grpc.ssl_server_certificate_configuration(
             [(key_file.read_bytes(), cert_file.read_bytes())],
             root_certificates=None if client_ca_file is None else client_ca_file.read_bytes(),
-        )
+        ), context
 
     def credentials(self) -> grpc.ServerCredentials:
         """Server credentials that follow ``reload``."""
@@ -67,7 +72,12 @@ class ServerCertificates:
     def reload(self) -> None:
         """Read the files again; new connections use them. Raises ``ConfigError`` (the files
         in use stay) when they do not load."""
-        self._pending = self._read()
+        self._pending, self._ssl_context = self._read()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of the files in use, for a new connection of the HTTP/JSON port
+        (client certificates required when there is a client CA)."""
+        return self._ssl_context
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         # Called by gRPC at each handshake; None means "unchanged".

@@ -2,7 +2,7 @@
 
 A reliability test that cannot fail proves nothing: each test of the suite is also run
 against a variant that breaks the promise it checks, and must fail there. A variant is a
-``ledger`` factory, ``(engine, settings) -> LedgerStore``, for ``start_server(ledger=...)``
+``ledger`` factory, ``(engine, limits) -> LedgerStore``, for ``start_server(ledger=...)``
 or ``servers.replicas(start_server, ledger=...)``: the real ``PostgresLedger`` with one
 thing taken away, everything else unchanged. Each module breaks one promise:
 

@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quota_authority.engine.ports import LockedOutreach, OutreachKey
-from quota_authority.settings import Settings
-from quota_authority.store import PostgresLedger
+from quota_authority.store import DatabaseLimits, PostgresLedger
 
 from ._delegate import Delegate
 
@@ -28,8 +27,8 @@ class CachedBlocks(PostgresLedger):
     that server, nor an Unblock.
     """
 
-    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
-        super().__init__(engine, settings)
+    def __init__(self, engine: AsyncEngine, limits: DatabaseLimits) -> None:
+        super().__init__(engine, limits)
         self.blocks: dict[tuple[str, str], tuple[bool, bool]] = {}
 
     @asynccontextmanager

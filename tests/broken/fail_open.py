@@ -24,8 +24,8 @@ from quota_authority.engine.ports import (
     OutreachWrites,
 )
 from quota_authority.errors import StoreUnavailable
-from quota_authority.settings import Settings
-from quota_authority.store import PostgresLedger
+from quota_authority.policy import Policy
+from quota_authority.store import DatabaseLimits, PostgresLedger
 
 __all__ = ["FailOpen"]
 
@@ -38,11 +38,11 @@ class _Remembering:
         self,
         inner: OutreachTransaction | None,
         last: dict[str, LockedOutreach],
-        settings: Settings,
+        policy: Policy,
     ) -> None:
         self._inner = inner
         self._last = last
-        self._settings = settings
+        self._policy = policy
 
     async def lock_outreach(
         self, at: datetime, keys: Sequence[OutreachKey]
@@ -65,12 +65,12 @@ class _Remembering:
         last = self._last.get(key.seller_id)
         if last is not None:
             return LockedOutreach(last.week, last.starter_pack_remaining, PairState(), None)
-        tier = self._settings.policy.tiers[0]
+        tier = self._policy.tiers[0]
         week = SellerWeek(
             seller_id=key.seller_id,
             week_start=at - timedelta(days=1),
             week_end=at + timedelta(days=6),
-            time_zone=self._settings.policy.week.default_time_zone,
+            time_zone=self._policy.week.default_time_zone,
             tier=tier.name,
             weekly_limit=tier.weekly_limit,
             max_creator_followers=tier.max_creator_followers,
@@ -78,7 +78,7 @@ class _Remembering:
             weekly_used=0,
             pack_used=0,
         )
-        return LockedOutreach(week, self._settings.policy.starter_pack_size, PairState(), None)
+        return LockedOutreach(week, self._policy.starter_pack_size, PairState(), None)
 
     async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
         if self._inner is not None:
@@ -95,11 +95,15 @@ class FailOpen(PostgresLedger):
 
     A batch whose database fails — before it begins, in a statement, or while committing —
     is answered as if the database had agreed: from the seller's last locked state, writes
-    and commit taken as done. While the database is down every new creator is granted."""
+    and commit taken as done. While the database is down every new creator is granted.
+    A seller it never read gets a week of ``policy``'s first tier (the server's policy,
+    which a test passes when it is not the default)."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
-        super().__init__(engine, settings)
-        self._settings = settings or Settings()
+    def __init__(
+        self, engine: AsyncEngine, limits: DatabaseLimits, policy: Policy | None = None
+    ) -> None:
+        super().__init__(engine, limits)
+        self._policy = policy or Policy()
         self._last: dict[str, LockedOutreach] = {}
 
     @asynccontextmanager
@@ -110,9 +114,9 @@ class FailOpen(PostgresLedger):
         try:
             async with super().outreach_transaction(timeout_s) as tx:
                 began = True
-                yield _Remembering(tx, self._last, self._settings)
+                yield _Remembering(tx, self._last, self._policy)
             return
         except StoreUnavailable:  # CommitOutcomeUnknown included
             if began:
                 return  # the commit failed: take it as landed
-        yield _Remembering(None, self._last, self._settings)  # could not even begin
+        yield _Remembering(None, self._last, self._policy)  # could not even begin

@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quota_authority.settings import Settings
-from quota_authority.store import PostgresLedger
+from quota_authority.store import DatabaseLimits, PostgresLedger
 
 __all__ = ["LeaksOnFailure"]
 
@@ -69,8 +68,8 @@ class LeaksOnFailure(PostgresLedger):
     and its session idle in (aborted) transaction. The leaked connections are kept in
     ``leaked``, as whatever leaks them would keep them, until ``release_leaks``."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
-        super().__init__(engine, settings)
+    def __init__(self, engine: AsyncEngine, limits: DatabaseLimits) -> None:
+        super().__init__(engine, limits)
         self.leaked: list[AsyncConnection] = []
         self._shielded = _Shield()
 

@@ -64,10 +64,11 @@ Handler = Callable[[S, Req, Context], Awaitable[Resp]]
 
 
 class Malformed:
-    """A request whose bytes do not decode as its message (``servicer.add_to_server``)."""
+    """A request that does not decode as its message: bytes (``servicer.add_to_server``),
+    or JSON over HTTP (``http_routes``), the violation on ``field`` when one is at fault."""
 
-    def __init__(self, message: str, error: str) -> None:
-        self.violation = FieldViolation("request", f"is not a valid {message} message: {error}")
+    def __init__(self, message: str, error: str, field: str = "request") -> None:
+        self.violation = FieldViolation(field, f"is not a valid {message} message: {error}")
 
 
 def _observe(metrics: Metrics | None, method: str, code: str, started: float) -> None:

@@ -43,8 +43,8 @@ _SERVE_STATUSES = (
     ExitStatus(
         CannotListen.exit_status,
         "cannot listen",
-        "QUOTA_AUTHORITY_LISTEN or QUOTA_AUTHORITY_METRICS_LISTEN cannot be bound (in use, "
-        "not this machine's, not permitted)",
+        "QUOTA_AUTHORITY_LISTEN, QUOTA_AUTHORITY_HTTP_LISTEN or QUOTA_AUTHORITY_METRICS_LISTEN "
+        "cannot be bound (in use, not this machine's, not permitted)",
     ),
     _CANNOT_DISTRIBUTE,
 )

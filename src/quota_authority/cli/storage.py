@@ -85,7 +85,7 @@ def _storage(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         at: datetime = args.at or datetime.now(UTC).replace(microsecond=0)
-        with database_in_use(settings, create=False) as database:
+        with database_in_use(settings.database_url, settings.data_dir, create=False) as database:
             try:
                 storage = asyncio.run(
                     read_storage(

@@ -10,12 +10,26 @@ a verdict's new state only when it is not a dry run (R12).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from ..domain import Action, Charge, PairState, Reason, SellerWeek
+from ..domain import (
+    Action,
+    BatchMode,
+    Charge,
+    OutreachBatchResult,
+    OutreachDecision,
+    PairState,
+    Reason,
+    Release,
+    SellerWeek,
+)
+from ..errors import FieldViolation, InvalidArgument, NothingCharged, OutreachNotFound
 from ..policy import TierPolicy
 
 __all__ = [
+    "ChargedOutreach",
     "OutreachVerdict",
     "decide_outreach",
     "r1_tier_for_gmv",
@@ -26,7 +40,9 @@ __all__ = [
     "r8_block_reason",
     "r9_r10_charge_for_new_creator",
     "r10_starter_pack_grant",
+    "r14_charge_to_release",
     "r14_release",
+    "r15_batch_applies",
 ]
 
 
@@ -114,6 +130,64 @@ def r9_r10_charge_for_new_creator(week: SellerWeek, starter_pack_remaining: int)
     return None
 
 
+@dataclass(frozen=True)
+class ChargedOutreach:
+    """What a call's stored answer says it charged: the pool, and the week it was in."""
+
+    charged: Charge
+    week_start: datetime
+
+
+def r14_charge_to_release(
+    release: Release, answer: OutreachDecision | OutreachBatchResult | None
+) -> ChargedOutreach:
+    """R14 Release: what the call ``release`` names charged, from its stored ``answer``
+    (``StoredResponse.outreach_answer``; R11 keeps every answer to a request_id). Raises
+    ``OutreachNotFound`` when no CheckAndConsume or BatchCheckAndConsume answered that
+    request_id, ``InvalidArgument`` (``item_index``) when the index does not fit the call,
+    and ``NothingCharged`` when it charged nothing."""
+    seller_id, request_id, index = release.seller_id, release.request_id, release.item_index
+    if isinstance(answer, OutreachBatchResult):
+        results = answer.results
+        if index is None:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "item_index",
+                        f"is required: request_id {request_id!r} names a BatchCheckAndConsume "
+                        f"of {len(results)} items",
+                    )
+                ]
+            )
+        if not 0 <= index < len(results):
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "item_index",
+                        f"must be below {len(results)}, the items of BatchCheckAndConsume "
+                        f"{request_id!r}; got {index}",
+                    )
+                ]
+            )
+        charged = results[index].charged
+    elif isinstance(answer, OutreachDecision):
+        if index is not None:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "item_index",
+                        f"must be absent: request_id {request_id!r} names a CheckAndConsume",
+                    )
+                ]
+            )
+        charged = answer.charged
+    else:
+        raise OutreachNotFound(seller_id, request_id)
+    if charged is Charge.NONE:
+        raise NothingCharged(seller_id, request_id, index)
+    return ChargedOutreach(charged, answer.status.week_start)
+
+
 def r14_release(charged: Charge, live_outreach: int) -> tuple[Charge, bool]:
     """R14 Release: (the pool the released unit goes back to, whether the creator stays
     counted this week), for the release of an outreach that charged ``charged``.
@@ -127,6 +201,12 @@ def r14_release(charged: Charge, live_outreach: int) -> tuple[Charge, bool]:
     if live_outreach > 1:
         return Charge.NONE, True
     return charged, False
+
+
+def r15_batch_applies(mode: BatchMode, decisions: Sequence[OutreachDecision]) -> bool:
+    """R15 Batches: whether a batch's effects apply — always in best effort; in all or
+    nothing only when no item would be denied."""
+    return mode is BatchMode.BEST_EFFORT or all(d.allowed for d in decisions)
 
 
 def _contacted(pair: PairState, action: Action) -> PairState:

@@ -6,7 +6,8 @@ CheckAndConsume, the hot path, decides concurrent calls together (``MicroBatcher
     lock the batch's seller-weeks in seller order, then read pair states, starter packs and
         stored responses (one round trip); a seller without a current week rolls the batch
         back, has its week created and snapshotted (R2, R1, R10), and the batch runs again
-    decide each request in arrival order (``decide_batch``): replay (R11) or the rules
+    decide each call in arrival order (``check_and_consume.decide_calls``): replay (R11)
+        or the rules
     write every effect, audit record (R13) and stored response in one statement
     COMMIT
 
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -52,12 +54,12 @@ from ..domain import (
 )
 from ..errors import OutreachNotFound, WeekEnded
 from ..policy import Policy
-from . import rules
-from .batch import charged_by, decide_outreach_batch
+from . import check_and_consume, rules
+from .batch_check_and_consume import decide_batch_check_and_consume
 from .batching import BatchTracer, MicroBatcher
+from .check_and_consume import CallOutcome
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
-from .outreach import Outcome, decide_batch
 from .ports import LedgerStore, LedgerTransaction, OutreachKey, UpkeepReport
 from .retention import retained
 from .weeks import after_previous, gmv_window, week_containing
@@ -95,6 +97,14 @@ def _discard_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so never reported as unhandled; the caller has gone
 
 
+@dataclass(frozen=True)
+class _WeeksMissing:
+    """An outreach transaction's answer when sellers it needs have no week yet: it rolled
+    back and wrote nothing (``QuotaService._with_current_weeks``)."""
+
+    seller_ids: Collection[str]
+
+
 class QuotaService:
     """Applies the rules of docs/rules.md over a ``LedgerStore``, with time from ``clock``.
     CheckAndConsume calls are decided in batches of up to ``batch_max_size``, with at most
@@ -128,7 +138,7 @@ class QuotaService:
 
         def batcher(one_seller: bool) -> MicroBatcher[Outreach, OutreachDecision]:
             return MicroBatcher(
-                self._decide_batch,
+                self._run_check_and_consume_calls,
                 max_size=batch_max_size,
                 max_in_flight=seller_batches_in_flight if one_seller else batch_max_in_flight,
                 fill_wait_s=batch_fill_wait_s,
@@ -176,24 +186,18 @@ class QuotaService:
         then fails ``StoreUnavailable``: a seller whose week another transaction holds fails
         within that time, however its calls were batched."""
         batcher = self._outreach or await self._batcher()
-        if self._outreach_wait_s is None:
-            return await batcher.submit(outreach)
-        until = asyncio.get_running_loop().time() + self._outreach_wait_s
-        deadline = current_deadline()
-        with deadline_at(until if deadline is None else min(deadline, until)):
+        with deadline_at(self._outreach_deadline()):
             return await batcher.submit(outreach)
 
-    async def _decide_batch(self, batch: Sequence[Outreach]) -> list[Outcome]:
-        """One transaction for the batch, at one instant. A seller without a week for that
-        instant rolls the attempt back (nothing was written) and has its week created and
-        snapshotted first."""
+    async def _run_check_and_consume_calls(self, calls: Sequence[Outreach]) -> list[CallOutcome]:
+        """One micro-batch of CheckAndConsume calls decided and written in one transaction,
+        at one instant (the batcher's ``decide``)."""
         now = self._clock.now()
-        keys = [OutreachKey(o.seller_id, o.creator_id, o.request_id) for o in batch]
-        fingerprints = [o.fingerprint() for o in batch]
+        keys = [OutreachKey(o.seller_id, o.creator_id, o.request_id) for o in calls]
+        fingerprints = [o.fingerprint() for o in calls]
         max_before_reply = self._policy.messages.max_before_reply
 
-        async def attempt() -> list[Outcome] | set[str]:
-            """The outcomes, or the sellers that have no week yet (nothing written then)."""
+        async def attempt() -> list[CallOutcome] | _WeeksMissing:
             async with self._store.outreach_transaction(time_left()) as tx:
                 locked = await tx.lock_outreach(now, keys)
                 # A request answered from its stored response (a replay, or a reused
@@ -204,26 +208,21 @@ class QuotaService:
                     if row.week is None and row.stored is None
                 }
                 if missing:
-                    return missing
-                outcomes, writes = decide_batch(batch, fingerprints, locked, max_before_reply, now)
+                    return _WeeksMissing(missing)
+                outcomes, writes = check_and_consume.decide_calls(
+                    calls, fingerprints, locked, max_before_reply, now
+                )
                 if writes.audit and not await tx.write_outreach(writes, now):
                     raise RequestIdTaken
                 return outcomes
 
-        for _ in range(2):
-            decided = await until_key_settles(attempt)
-            if not isinstance(decided, set):
-                return decided
-            for seller_id in sorted(decided):
-                async with self._store.transaction(time_left()) as tx:
-                    await self._current_week(tx, seller_id, now)
-        raise AssertionError("a seller-week is missing right after it was created")
+        return await self._with_current_weeks(attempt, now)
 
     # --- BatchCheckAndConsume (R15) -----------------------------------------------------
 
     async def check_and_consume_batch(self, batch: OutreachBatch) -> OutreachBatchResult:
         """Decide one seller's items in order in one transaction under its week lock, as
-        if sent one by one (``batch.decide_outreach_batch``), and apply them as the mode
+        if sent one by one (``decide_batch_check_and_consume``), and apply them as the mode
         says, unless a dry run. The batch waits for the database at most
         ``outreach_wait_s``, like a CheckAndConsume; a retry with its request_id replays.
 
@@ -238,7 +237,7 @@ class QuotaService:
             running = self._batches_in_flight.get(key)
             if running is not None and running[0] == fingerprint:
                 return dataclasses.replace(await asyncio.shield(running[1]), replayed=True)
-        task = asyncio.ensure_future(self._bounded_batch(batch, fingerprint))
+        task = asyncio.ensure_future(self._run_batch_check_and_consume(batch, fingerprint))
         if key is not None and key not in self._batches_in_flight:
             self._batches_in_flight[key] = (fingerprint, task)
             task.add_done_callback(lambda _: self._batches_in_flight.pop(key, None))
@@ -248,26 +247,17 @@ class QuotaService:
             task.add_done_callback(_discard_outcome)
             raise
 
-    async def _bounded_batch(self, batch: OutreachBatch, fingerprint: str) -> OutreachBatchResult:
-        if self._outreach_wait_s is None:
-            return await self._decide_outreach_batch(batch, fingerprint)
-        until = asyncio.get_running_loop().time() + self._outreach_wait_s
-        deadline = current_deadline()
-        with deadline_at(until if deadline is None else min(deadline, until)):
-            return await self._decide_outreach_batch(batch, fingerprint)
-
-    async def _decide_outreach_batch(
+    async def _run_batch_check_and_consume(
         self, batch: OutreachBatch, fingerprint: str
     ) -> OutreachBatchResult:
-        """``batch`` (its ``fingerprint()`` given) decided and written, as the docstring of
-        ``check_and_consume_batch`` says."""
+        """``batch`` (its ``fingerprint()`` given) decided and written in one transaction,
+        at one instant, as the docstring of ``check_and_consume_batch`` says."""
         now = self._clock.now()
         seller_id, request_id = batch.seller_id, batch.request_id
         creators = [item.creator_id for item in batch.items]
         max_before_reply = self._policy.messages.max_before_reply
 
-        async def attempt() -> OutreachBatchResult | None:
-            """The answer, or None when the seller has no week yet (nothing written then)."""
+        async def attempt() -> OutreachBatchResult | _WeeksMissing:
             async with self._store.outreach_transaction(time_left()) as tx:
                 locked, stored = await tx.lock_batch(now, seller_id, creators, request_id)
                 if stored is not None and request_id is not None:
@@ -275,30 +265,54 @@ class QuotaService:
                         stored, fingerprint, seller_id, request_id, OutreachBatchResult.from_json
                     )
                 if locked[0].week is None:
-                    return None
-                result, writes = decide_outreach_batch(
+                    return _WeeksMissing({seller_id})
+                result, writes = decide_batch_check_and_consume(
                     batch, fingerprint, locked, max_before_reply, now
                 )
                 if writes.audit and not await tx.write_batch(writes, now):
                     raise RequestIdTaken
                 return result
 
+        with deadline_at(self._outreach_deadline()):
+            return await self._with_current_weeks(attempt, now)
+
+    # --- what both outreach paths share --------------------------------------------------
+
+    def _outreach_deadline(self) -> float | None:
+        """The deadline an outreach call (CheckAndConsume, BatchCheckAndConsume) waits for
+        the database under, queued or for a lock: ``outreach_wait_s`` from now, or its
+        caller's own deadline if sooner (the caller's alone without ``outreach_wait_s``)."""
+        deadline = current_deadline()
+        if self._outreach_wait_s is None:
+            return deadline
+        until = asyncio.get_running_loop().time() + self._outreach_wait_s
+        return until if deadline is None else min(deadline, until)
+
+    async def _with_current_weeks(
+        self, attempt: Callable[[], Awaitable[T | _WeeksMissing]], now: datetime
+    ) -> T:
+        """What ``attempt`` (an outreach transaction at ``now``) answers. An attempt that
+        found sellers without a week for ``now`` rolled back, having written nothing: their
+        weeks are created and snapshotted (R2, R1, R10), each in a transaction of its own,
+        and it runs again, which finds them."""
         for _ in range(2):
             decided = await until_key_settles(attempt)
-            if decided is not None:
+            if not isinstance(decided, _WeeksMissing):
                 return decided
-            async with self._store.transaction(time_left()) as tx:
-                await self._current_week(tx, seller_id, now)
+            for seller_id in sorted(decided.seller_ids):
+                async with self._store.transaction(time_left()) as tx:
+                    await self._current_week(tx, seller_id, now)
         raise AssertionError("a seller-week is missing right after it was created")
 
     # --- ReleaseOutreach (R14) -----------------------------------------------------------
 
     async def release_outreach(self, release: Release) -> ReleaseResult:
         """Give back the unit the named outreach charged, in its own week only, under the
-        seller-week lock (``rules.r14_release`` decides what goes back). Raises a
-        ``NotReleasable`` (``OutreachNotFound``, ``NothingCharged``, ``WeekEnded``) or
-        ``InvalidArgument`` (``item_index``) and changes nothing when there is nothing to
-        give back. Idempotent: a repeated release replays the first one's answer (R11)."""
+        seller-week lock (``rules.r14_charge_to_release`` reads what the call charged,
+        ``rules.r14_release`` decides what goes back). Raises a ``NotReleasable``
+        (``OutreachNotFound``, ``NothingCharged``, ``WeekEnded``) or ``InvalidArgument``
+        (``item_index``) and changes nothing when there is nothing to give back.
+        Idempotent: a repeated release replays the first one's answer (R11)."""
         key, fingerprint = release.key(), release.fingerprint()
         seller_id = release.seller_id
 
@@ -309,7 +323,8 @@ class QuotaService:
                 if stored is not None:
                     return replay(stored, fingerprint, seller_id, key, ReleaseResult.from_json)
                 charging = await tx.stored_response(seller_id, release.request_id)
-                charge = charged_by(release, charging)
+                answer = None if charging is None else charging.outreach_answer()
+                charge = rules.r14_charge_to_release(release, answer)
                 week = await tx.lock_week(seller_id, now)
                 if week is None or week.week_start != charge.week_start:
                     raise WeekEnded(seller_id, release.request_id)

@@ -22,11 +22,11 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import ConfigError, DatabaseUnreachable
-from ..settings import Settings
 from .watchdog import ensure_watched, holder_alive
 
 __all__ = [
     "DatabaseInUse",
+    "DatabaseLimits",
     "EmbeddedPostgres",
     "create_engine",
     "database_in_use",
@@ -85,14 +85,27 @@ async def unreachable_at_start(url: str, where: str) -> AsyncIterator[None]:
         raise DatabaseUnreachable(f"{where}: cannot connect to {redacted(url)}: {reason}") from e
 
 
-def create_engine(url: str, settings: Settings) -> AsyncEngine:
-    """A pooled engine: READ COMMITTED, and the lock and statement timeouts set on every
-    session, so that a stuck lock turns into ``UNAVAILABLE`` instead of a hung call."""
+@dataclasses.dataclass(frozen=True)
+class DatabaseLimits:
+    """What the store takes of the configuration: how long a session waits for a lock and
+    runs a statement, and how many connections the pool holds. Plain values, so the store
+    knows nothing of where they come from: ``server.database_limits`` builds them from the
+    settings, which declare each with its default and minimum (settings.py)."""
+
+    lock_timeout_ms: int
+    statement_timeout_ms: int
+    pool_size: int
+
+
+def create_engine(url: str, limits: DatabaseLimits) -> AsyncEngine:
+    """A pooled engine of ``limits.pool_size`` connections: READ COMMITTED, and the lock and
+    statement timeouts of ``limits`` set on every session, so that a stuck lock turns into
+    ``UNAVAILABLE`` instead of a hung call."""
     server_settings = {
         "application_name": "quota-authority",
-        "lock_timeout": f"{settings.lock_timeout_ms}ms",
-        "statement_timeout": f"{settings.statement_timeout_ms}ms",
-        "idle_in_transaction_session_timeout": f"{max(settings.statement_timeout_ms, 10_000)}ms",
+        "lock_timeout": f"{limits.lock_timeout_ms}ms",
+        "statement_timeout": f"{limits.statement_timeout_ms}ms",
+        "idle_in_transaction_session_timeout": f"{max(limits.statement_timeout_ms, 10_000)}ms",
         # On Citus, shards hidden from the catalog made asyncpg's type introspection (the
         # first use of an array type on a connection) take 300-460 ms instead of 2-9 ms,
         # inside the hot path's statement timeout. Plain PostgreSQL keeps it as an unused
@@ -102,12 +115,12 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
     connect_args: dict[str, Any] = {
         "server_settings": server_settings,
         "timeout": 5,
-        "command_timeout": settings.statement_timeout_ms / 1000 + 1,
+        "command_timeout": limits.statement_timeout_ms / 1000 + 1,
     }
     return create_async_engine(
         to_async_url(url),
         isolation_level="READ COMMITTED",
-        pool_size=settings.db_pool_size,
+        pool_size=limits.pool_size,
         max_overflow=0,
         pool_timeout=5,
         pool_recycle=3600,
@@ -254,15 +267,17 @@ class DatabaseInUse:
 
 
 @contextlib.contextmanager
-def database_in_use(settings: Settings, *, create: bool = True) -> Iterator[DatabaseInUse]:
-    """The database ``serve``, ``migrate`` and ``storage`` use: the configured URL, or an
-    embedded PostgreSQL started for the block and stopped after it. With ``create`` false
-    (``storage``, which only reads), an embedded one whose data directory holds no data is
-    ``DatabaseUnreachable``, and nothing is made."""
-    if settings.database_url is not None:
-        url = settings.database_url
-        yield DatabaseInUse(url, "QUOTA_AUTHORITY_DATABASE_URL", redacted(url))
+def database_in_use(
+    database_url: str | None, data_dir: Path, *, create: bool = True
+) -> Iterator[DatabaseInUse]:
+    """The database ``serve``, ``migrate`` and ``storage`` use: ``database_url``
+    (QUOTA_AUTHORITY_DATABASE_URL), or when None an embedded PostgreSQL in ``data_dir``
+    (QUOTA_AUTHORITY_DATA_DIR) started for the block and stopped after it. With ``create``
+    false (``storage``, which only reads), an embedded one whose data directory holds no
+    data is ``DatabaseUnreachable``, and nothing is made."""
+    if database_url is not None:
+        yield DatabaseInUse(database_url, "QUOTA_AUTHORITY_DATABASE_URL", redacted(database_url))
         return
-    with EmbeddedPostgres(settings.data_dir, create=create) as embedded:
+    with EmbeddedPostgres(data_dir, create=create) as embedded:
         name = f"the embedded PostgreSQL in {embedded.data_dir}"
         yield DatabaseInUse(embedded.url, f"{name} (QUOTA_AUTHORITY_DATA_DIR)", name)

@@ -36,8 +36,8 @@ from ..domain import (
 from ..engine.ports import SellerRecord, UpkeepReport
 from ..engine.retention import Retained
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
-from ..settings import Settings
 from . import distribution, partitions
+from .database import DatabaseLimits
 from .gmv import record_gmv_rows
 from .migrate import serves_revision
 from .outreach import OutreachTransaction
@@ -143,9 +143,10 @@ def _recorded(row: Any) -> RecordedDecision:
 
 
 class PostgresLedger:
-    """The ledger on one ``AsyncEngine``. Every transaction waits for a lock at most
-    ``settings.lock_timeout_ms`` and runs a statement at most ``settings.statement_timeout_ms``,
-    or less when its caller will not wait that long (``timeout_s``).
+    """The ledger on one ``AsyncEngine``, made with ``limits`` (``create_engine``). Every
+    transaction waits for a lock at most ``limits.lock_timeout_ms`` and runs a statement at
+    most ``limits.statement_timeout_ms``, or less when its caller will not wait that long
+    (``timeout_s``).
 
     Subclassing: the reliability suite's broken variants (``tests/broken/``, RELIABILITY.md
     item 14) are subclasses that each break one promise. They may override the public
@@ -156,11 +157,10 @@ class PostgresLedger:
     without them.
     """
 
-    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, limits: DatabaseLimits) -> None:
         self._engine = engine
-        settings = settings or Settings()
-        self._lock_timeout_ms = settings.lock_timeout_ms
-        self._statement_timeout_ms = settings.statement_timeout_ms
+        self._lock_timeout_ms = limits.lock_timeout_ms
+        self._statement_timeout_ms = limits.statement_timeout_ms
         # What the database is, found on first use (``_learn_database``): a Citus
         # coordinator, and whether the schema is distributed by seller_id there.
         self._citus: bool | None = None

@@ -7,7 +7,7 @@ which Citus runs on the seller's worker.
 It runs on the asyncpg connection under SQLAlchemy's pooled one, with statements prepared
 once per connection (asyncpg's statement cache): SQLAlchemy's per-statement cost was most of
 the server's CPU on this path. The two statements are functions defined by
-migration 0002, which says why.
+migration 0002, which says why; store/schema.sql shows each as the database holds it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Each partitioned table has
 
 * weekly partitions ``<table>_pYYYYMMDD`` covering ``[Monday 00:00 UTC, next Monday)``;
 * ``<table>_legacy``, ``[MINVALUE, cutover)``: the table as it was before migration 0008
-  turned it into a partitioned one in place (``partition_in_place``), dropped like any other
-  once all of it is older than the retention;
+  turned it into a partitioned one in place (its ``partition_in_place``), dropped like any
+  other once all of it is older than the retention;
 * ``<table>_default``, the DEFAULT partition: a row for which no weekly partition exists
   yet lands there instead of failing its write. Upkeep moves such rows into the partition
   it then creates (``_create_holding``); normally the default stays empty, since
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..engine.ports import UpkeepReport
@@ -51,7 +51,6 @@ __all__ = [
     "UpkeepPlan",
     "existing_partitions",
     "kept_from",
-    "partition_in_place",
     "partition_name",
     "partition_start",
     "plan_upkeep",
@@ -73,40 +72,20 @@ _DELETE_BATCH = 5000
 @dataclass(frozen=True)
 class PartitionedTable:
     """A table partitioned by range on ``column``, and its retention's bound in
-    ``engine.retention.Retained``."""
+    ``engine.retention.Retained``. Its parent's keys and indexes are migration 0008's
+    (store/schema.sql shows them); a partition upkeep creates is made ``LIKE`` the parent
+    and gets them when attached."""
 
     name: str
     column: str
     # The attribute of Retained giving the oldest value of ``column`` to keep.
     kept_from: str
-    # Indexes of the partitioned parent: (name, columns). Its primary key, if any, is the
-    # table's own (it must contain ``column``).
-    indexes: tuple[tuple[str, str], ...] = ()
-    primary_key: str | None = None
 
 
 PARTITIONED_TABLES = (
-    PartitionedTable(
-        "audit_log",
-        "decided_at",
-        "decisions_from",
-        # ListDecisions' order (migration 0004); the legacy table already has it.
-        indexes=(("audit_log_by_seller_time", "seller_id, decided_at, id"),),
-    ),
-    PartitionedTable(
-        "pair_weeks",
-        "week_start",
-        "pair_weeks_from",
-        primary_key="seller_id, week_start, creator_id",
-    ),
-    PartitionedTable(
-        "request_responses",
-        "created_at",
-        "responses_from",
-        # Not unique: a partitioned table's unique index must hold the partition key. The
-        # one-response-per-key rule is kept by claim_request_ids (migration 0008).
-        indexes=(("request_responses_by_key", "seller_id, request_id"),),
-    ),
+    PartitionedTable("audit_log", "decided_at", "decisions_from"),
+    PartitionedTable("pair_weeks", "week_start", "pair_weeks_from"),
+    PartitionedTable("request_responses", "created_at", "responses_from"),
 )
 
 
@@ -424,222 +403,3 @@ async def _trim_rows(conn: AsyncConnection, keep: Retained, report: UpkeepReport
             # comes by; VACUUM (not FULL) does not block reads or writes.
             raw = await conn.get_raw_connection()
             await raw.driver_connection.execute(f"VACUUM {table.name}")  # type: ignore[union-attr]
-
-
-# --- migration 0008: an unpartitioned table becomes partitioned, in place, online ----------
-
-
-def partition_in_place(conn: Connection, table: PartitionedTable, now: datetime) -> None:
-    """Turn ``table`` (unpartitioned, possibly large and written to by the previous release
-    as this runs) into a partitioned table whose first partition is the table itself.
-
-    Runs in autocommit (``op.get_context().autocommit_block()``), step by step, each step
-    idempotent so that a migration interrupted anywhere resumes:
-
-    1. ``cutover``, the start of the partition two weeks ahead: every row the previous
-       release writes from now on (decided, stored, started now) lies before it.
-    2. Indexes the parent needs and the table lacks, built ``CONCURRENTLY`` (writes go on).
-    3. ``CHECK (column < cutover)`` added ``NOT VALID`` (a catalog change: a moment's lock)
-       then validated, which scans the table without blocking writes.
-    4. One short transaction, under ACCESS EXCLUSIVE on the table for milliseconds: rename
-       it ``<table>_legacy``, create the partitioned parent under the old name with the
-       same columns, defaults, constraints and identity (its sequence continued from the
-       table's), attach the table as ``[MINVALUE, cutover)`` — no scan: the validated CHECK
-       proves it — and create the weekly partitions after it and the default partition.
-       On Citus the parent is made (and distributed) before, as ``<table>_next``
-       (``_distributed_swap``), and the swap renames it.
-
-    Statements name tables, not their OIDs, so the previous release's statements and the
-    SQL functions resolve the name to the parent from then on; no row moves."""
-    if _relkind(conn, table.name) == "p":
-        return
-    cutover = partition_start(now) + AHEAD * WIDTH
-    check = f"{table.name}_legacy_range"
-    existing_check = conn.scalar(
-        text(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = to_regclass(:t) AND conname = :c"
-        ),
-        {"t": table.name, "c": check},
-    )
-    if existing_check is not None:  # a resumed run keeps the cutover it started with
-        cutover = datetime.fromisoformat(
-            re.search(r"'([^']+)'", existing_check).group(1)  # type: ignore[union-attr]
-        ).astimezone(UTC)
-    for index, columns in table.indexes:
-        legacy_index = f"{index}_legacy"
-        if not _has_index_on(conn, table.name, columns):
-            _drop_invalid_index(conn, legacy_index)
-            conn.exec_driver_sql(
-                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {legacy_index} "
-                f"ON {table.name} ({columns})"
-            )
-    if existing_check is None:
-        _with_lock_retries(
-            conn,
-            f"ALTER TABLE {table.name} ADD CONSTRAINT {check} "
-            f"CHECK ({table.column} < '{cutover.isoformat()}') NOT VALID",
-        )
-    conn.exec_driver_sql(f"ALTER TABLE {table.name} VALIDATE CONSTRAINT {check}")
-    legacy = f"{table.name}_legacy"
-    identity = conn.scalar(
-        text(
-            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) "
-            "AND attidentity <> '' AND NOT attisdropped"
-        ),
-        {"t": table.name},
-    )
-    distributed = _distributed(conn, table.name)
-    if distributed:
-        swap = _distributed_swap(conn, table, check, identity)
-    else:
-        swap = [
-            f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE",
-            f"ALTER TABLE {table.name} RENAME TO {legacy}",
-            *_parent(table, legacy, check),
-        ]
-        if identity is not None:  # the table is locked: its sequence stands still
-            swap.append(
-                f"SELECT setval(pg_get_serial_sequence('{table.name}', '{identity}'), "
-                f"last_value, is_called) FROM {_sequence(conn, table.name, identity)}"
-            )
-    swap.append(
-        f"ALTER TABLE {table.name} ATTACH PARTITION {legacy} "
-        f"FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat()}')"
-    )
-    lower = cutover
-    while lower < partition_start(now) + (2 * AHEAD + 1) * WIDTH:
-        swap.append(
-            f"CREATE TABLE {partition_name(table.name, lower)} PARTITION OF {table.name} "
-            f"{_range(lower)}"
-        )
-        lower += WIDTH
-    swap.append(f"CREATE TABLE {table.name}_default PARTITION OF {table.name} DEFAULT")
-    _with_lock_retries(conn, *swap)
-
-
-def _parent(table: PartitionedTable, like: str, check: str, name: str | None = None) -> list[str]:
-    """Statements creating the partitioned parent ``name`` (default: the table's) with
-    ``like``'s columns, defaults, constraints (but the range CHECK) and identity."""
-    name = name or table.name
-    statements = [
-        f"CREATE TABLE {name} (LIKE {like} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-        f"INCLUDING IDENTITY) PARTITION BY RANGE ({table.column})",
-        f"ALTER TABLE {name} DROP CONSTRAINT {check}",
-    ]
-    if table.primary_key is not None:
-        statements.append(
-            f"ALTER TABLE {name} ADD CONSTRAINT {table.name}_partitioned_pkey "
-            f"PRIMARY KEY ({table.primary_key})"
-        )
-    statements += [
-        f"CREATE INDEX {index} ON {name} ({columns})" for index, columns in table.indexes
-    ]
-    return statements
-
-
-# How far ahead of the table's identity sequence the parent's starts on Citus (below).
-_IDENTITY_GAP = 2**32
-
-
-def _distributed_swap(
-    conn: Connection, table: PartitionedTable, check: str, identity: str | None
-) -> list[str]:
-    """On Citus a distributed table is attached only to a distributed parent, colocated,
-    and every node draws identity values from a range of its own, for the parent's sequence
-    as for the table's. So the parent is made first, as ``<table>_next``: distributed
-    colocated with ``sellers``, and its sequence on every node set ``_IDENTITY_GAP`` ahead
-    of the table's there, so that no id it gives repeats one the table has given or will
-    give before the swap. The swap then renames both; statements: its transaction's."""
-    following = f"{table.name}_next"
-    if _relkind(conn, following) is None:
-        _with_lock_retries(
-            conn,
-            "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'",
-            *_parent(table, table.name, check, following),
-            f"SELECT create_distributed_table('{following}', 'seller_id', "
-            "colocate_with => 'sellers')",
-        )
-        if identity is not None:
-            ahead = (
-                f"SELECT setval(pg_get_serial_sequence('{following}', '{identity}'), "
-                f"nextval(pg_get_serial_sequence('{table.name}', '{identity}')) "
-                f"+ {_IDENTITY_GAP})"
-            )
-            conn.exec_driver_sql(ahead)
-            conn.exec_driver_sql(f"SELECT run_command_on_workers($${ahead}$$)")
-    legacy = f"{table.name}_legacy"
-    return [
-        "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'",
-        f"LOCK TABLE {table.name} IN ACCESS EXCLUSIVE MODE",
-        f"ALTER TABLE {table.name} RENAME TO {legacy}",
-        f"ALTER TABLE {following} RENAME TO {table.name}",
-    ]
-
-
-def _distributed(conn: Connection, name: str) -> bool:
-    """True when ``name`` is a distributed table of a Citus coordinator."""
-    if conn.scalar(text("SELECT to_regclass('pg_dist_partition')")) is None:
-        return False
-    return bool(
-        conn.scalar(
-            text("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = to_regclass(:t)"),
-            {"t": name},
-        )
-    )
-
-
-def _relkind(conn: Connection, name: str) -> str | None:
-    kind = conn.scalar(
-        text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:t)"), {"t": name}
-    )
-    return None if kind is None else str(kind)
-
-
-def _has_index_on(conn: Connection, table: str, columns: str) -> bool:
-    """True when ``table`` has a valid, non-partial, plain index on exactly ``columns``."""
-    wanted = [c.strip() for c in columns.split(",")]
-    rows = conn.execute(
-        text(
-            "SELECT i.indisunique, i.indpred IS NULL AS whole, "
-            "array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
-            "JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-            "ORDER BY k.n) AS cols "
-            "FROM pg_index AS i WHERE i.indrelid = to_regclass(:t) AND i.indisvalid"
-        ),
-        {"t": table},
-    )
-    return any(not r.indisunique and r.whole and list(r.cols) == wanted for r in rows)
-
-
-def _drop_invalid_index(conn: Connection, name: str) -> None:
-    invalid = conn.scalar(
-        text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:i)"),
-        {"i": name},
-    )
-    if invalid:
-        conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY {name}")
-
-
-def _sequence(conn: Connection, table: str, column: str) -> str:
-    sequence = conn.scalar(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table, "c": column})
-    return str(sequence)
-
-
-def _with_lock_retries(conn: Connection, *statements: str, attempts: int = 50) -> None:
-    """Run ``statements`` in one transaction that waits at most 1 s for each lock, retried:
-    a migration waiting in the lock queue of a busy table would stall every write queued
-    behind it, so it waits briefly, steps aside and tries again."""
-    for attempt in range(attempts):
-        conn.exec_driver_sql("BEGIN")
-        try:
-            conn.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
-            for statement in statements:
-                conn.exec_driver_sql(statement)
-            conn.exec_driver_sql("COMMIT")
-            return
-        except Exception as e:
-            conn.exec_driver_sql("ROLLBACK")
-            if "lock timeout" not in str(e) or attempt == attempts - 1:
-                raise
-            log.info("migration step waiting for a lock", extra={"attempt": attempt + 1})

@@ -7,6 +7,7 @@
 package quota_authorityv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -2366,7 +2367,7 @@ var File_quota_authority_v1_quota_authority_proto protoreflect.FileDescriptor
 
 const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\n" +
-	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x04\n" +
+	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x04\n" +
 	"\vQuotaStatus\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x12\n" +
 	"\x04tier\x18\x02 \x01(\tR\x04tier\x12\x1c\n" +
@@ -2568,19 +2569,19 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x05Party\x12\x15\n" +
 	"\x11PARTY_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPARTY_SELLER\x10\x01\x12\x11\n" +
-	"\rPARTY_CREATOR\x10\x022\xd2\b\n" +
-	"\x15QuotaAuthorityService\x12j\n" +
-	"\x0fCheckAndConsume\x12*.quota_authority.v1.CheckAndConsumeRequest\x1a+.quota_authority.v1.CheckAndConsumeResponse\x12^\n" +
-	"\vRecordReply\x12&.quota_authority.v1.RecordReplyRequest\x1a'.quota_authority.v1.RecordReplyResponse\x12L\n" +
-	"\x05Block\x12 .quota_authority.v1.BlockRequest\x1a!.quota_authority.v1.BlockResponse\x12R\n" +
-	"\aUnblock\x12\".quota_authority.v1.UnblockRequest\x1a#.quota_authority.v1.UnblockResponse\x12X\n" +
-	"\tGetStatus\x12$.quota_authority.v1.GetStatusRequest\x1a%.quota_authority.v1.GetStatusResponse\x12X\n" +
-	"\tRecordGmv\x12$.quota_authority.v1.RecordGmvRequest\x1a%.quota_authority.v1.RecordGmvResponse\x12a\n" +
-	"\fUpsertSeller\x12'.quota_authority.v1.UpsertSellerRequest\x1a(.quota_authority.v1.UpsertSellerResponse\x12d\n" +
-	"\rListDecisions\x12(.quota_authority.v1.ListDecisionsRequest\x1a).quota_authority.v1.ListDecisionsResponse\x12y\n" +
-	"\x14BatchCheckAndConsume\x12/.quota_authority.v1.BatchCheckAndConsumeRequest\x1a0.quota_authority.v1.BatchCheckAndConsumeResponse\x12g\n" +
-	"\x0eBatchRecordGmv\x12).quota_authority.v1.BatchRecordGmvRequest\x1a*.quota_authority.v1.BatchRecordGmvResponse\x12j\n" +
-	"\x0fReleaseOutreach\x12*.quota_authority.v1.ReleaseOutreachRequest\x1a+.quota_authority.v1.ReleaseOutreachResponseB\xf2\x01\n" +
+	"\rPARTY_CREATOR\x10\x022\xc7\f\n" +
+	"\x15QuotaAuthorityService\x12\x9e\x01\n" +
+	"\x0fCheckAndConsume\x12*.quota_authority.v1.CheckAndConsumeRequest\x1a+.quota_authority.v1.CheckAndConsumeResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/sellers/{seller_id}:checkAndConsume\x12\x8e\x01\n" +
+	"\vRecordReply\x12&.quota_authority.v1.RecordReplyRequest\x1a'.quota_authority.v1.RecordReplyResponse\".\x82\xd3\xe4\x93\x02(:\x01*\"#/v1/sellers/{seller_id}:recordReply\x12v\n" +
+	"\x05Block\x12 .quota_authority.v1.BlockRequest\x1a!.quota_authority.v1.BlockResponse\"(\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/v1/sellers/{seller_id}:block\x12~\n" +
+	"\aUnblock\x12\".quota_authority.v1.UnblockRequest\x1a#.quota_authority.v1.UnblockResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/v1/sellers/{seller_id}:unblock\x12\x80\x01\n" +
+	"\tGetStatus\x12$.quota_authority.v1.GetStatusRequest\x1a%.quota_authority.v1.GetStatusResponse\"&\x82\xd3\xe4\x93\x02 \x12\x1e/v1/sellers/{seller_id}/status\x12\x86\x01\n" +
+	"\tRecordGmv\x12$.quota_authority.v1.RecordGmvRequest\x1a%.quota_authority.v1.RecordGmvResponse\",\x82\xd3\xe4\x93\x02&:\x01*\"!/v1/sellers/{seller_id}:recordGmv\x12\x85\x01\n" +
+	"\fUpsertSeller\x12'.quota_authority.v1.UpsertSellerRequest\x1a(.quota_authority.v1.UpsertSellerResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\x1a\x17/v1/sellers/{seller_id}\x12\x8f\x01\n" +
+	"\rListDecisions\x12(.quota_authority.v1.ListDecisionsRequest\x1a).quota_authority.v1.ListDecisionsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/sellers/{seller_id}/decisions\x12\xb2\x01\n" +
+	"\x14BatchCheckAndConsume\x12/.quota_authority.v1.BatchCheckAndConsumeRequest\x1a0.quota_authority.v1.BatchCheckAndConsumeResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/sellers/{seller_id}:batchCheckAndConsume\x12\x87\x01\n" +
+	"\x0eBatchRecordGmv\x12).quota_authority.v1.BatchRecordGmvRequest\x1a*.quota_authority.v1.BatchRecordGmvResponse\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/gmv:batchRecord\x12\x9e\x01\n" +
+	"\x0fReleaseOutreach\x12*.quota_authority.v1.ReleaseOutreachRequest\x1a+.quota_authority.v1.ReleaseOutreachResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/sellers/{seller_id}:releaseOutreachB\xf2\x01\n" +
 	"\x16com.quota_authority.v1B\x13QuotaAuthorityProtoP\x01Z^github.com/quota-authority/quota-authority/clients/go/gen/quota_authority/v1;quota_authorityv1\xa2\x02\x03QXX\xaa\x02\x11QuotaAuthority.V1\xca\x02\x11QuotaAuthority\\V1\xe2\x02\x1dQuotaAuthority\\V1\\GPBMetadata\xea\x02\x12QuotaAuthority::V1b\x06proto3"
 
 var (

@@ -40,6 +40,13 @@ const (
 // whether one invite or instant message from a seller to a creator may go out now, and keeps
 // the weekly ledger behind that answer. A denial is an answer (status OK, allowed = false),
 // not an error.
+//
+// Every RPC is also served over HTTP with JSON bodies (QUOTA_AUTHORITY_HTTP_LISTEN, see
+// docs/http.md) at the method and path its google.api.http option names, the same way
+// Envoy's gRPC-JSON transcoder and grpc-gateway map them: path variables set the fields they
+// name, body "*" takes every other field from the JSON body, and a GET takes them from the
+// query string. Field names are the proto3 JSON mapping's (lowerCamelCase; the proto names
+// are accepted too); an error is a google.rpc.Status in JSON.
 type QuotaAuthorityServiceClient interface {
 	// CheckAndConsume decides one invite or message and, unless it is a dry run, charges the
 	// seller's quota for it in the same transaction.
@@ -205,6 +212,13 @@ func (c *quotaAuthorityServiceClient) ReleaseOutreach(ctx context.Context, in *R
 // whether one invite or instant message from a seller to a creator may go out now, and keeps
 // the weekly ledger behind that answer. A denial is an answer (status OK, allowed = false),
 // not an error.
+//
+// Every RPC is also served over HTTP with JSON bodies (QUOTA_AUTHORITY_HTTP_LISTEN, see
+// docs/http.md) at the method and path its google.api.http option names, the same way
+// Envoy's gRPC-JSON transcoder and grpc-gateway map them: path variables set the fields they
+// name, body "*" takes every other field from the JSON body, and a GET takes them from the
+// query string. Field names are the proto3 JSON mapping's (lowerCamelCase; the proto names
+// are accepted too); an error is a google.rpc.Status in JSON.
 type QuotaAuthorityServiceServer interface {
 	// CheckAndConsume decides one invite or message and, unless it is a dry run, charges the
 	// seller's quota for it in the same transaction.

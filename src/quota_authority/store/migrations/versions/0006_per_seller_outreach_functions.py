@@ -132,7 +132,8 @@ $$
 # on its fast path, and with ``INSERT … SELECT FROM unnest`` for a large one, which Citus
 # plans through heavier machinery once for all the rows. Measured through the coordinator
 # (ms for one call): 1 row 0.9 one at a time against 3.4 in one statement; 4 rows 1.6
-# against 3.8; 10 rows 5.9 against 4.9; 40 rows 15 against 4.3. Hence BULK_ROWS.
+# against 3.8; 10 rows 5.9 against 4.9; 40 rows 15 against 4.3. Hence one statement a
+# table beyond 8 rows (``bulk``).
 WRITE_SELLER_OUTREACH = """
 CREATE FUNCTION write_seller_outreach(
     p_seller_id text, p_week_start timestamptz, p_weekly int, p_pack int, p_pack_used int,
@@ -146,7 +147,7 @@ CREATE FUNCTION write_seller_outreach(
   SET enable_seqscan = off
 AS $$
 DECLARE
-    bulk constant boolean := coalesce(cardinality(p_audit_creator_ids), 0) > BULK_ROWS;
+    bulk constant boolean := coalesce(cardinality(p_audit_creator_ids), 0) > 8;
     stored_count bigint := 0;
     inserted bigint;
 BEGIN
@@ -208,7 +209,7 @@ BEGIN
     RETURN stored_count;
 END
 $$
-""".replace("BULK_ROWS", "8")
+"""
 
 
 def upgrade() -> None:

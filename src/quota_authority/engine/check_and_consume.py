@@ -1,6 +1,7 @@
-"""``decide_batch``: a batch of CheckAndConsume requests decided against the locked ledger,
-in arrival order, each request seeing the effects of those before it — as if they had run
-one after another. Pure: it reads what ``lock_outreach`` returned and says what to write.
+"""``decide_calls``: CheckAndConsume calls (one micro-batch of them, or the items of a
+BatchCheckAndConsume as the calls they would be) decided against the locked ledger, in
+arrival order, each call seeing the effects of those before it — as if they had run one
+after another. Pure: it reads what ``lock_outreach`` returned and says what to write.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from . import rules
 from .idempotency import replay
 from .ports import LockedOutreach, OutreachWrites, ResponseToStore
 
-__all__ = ["Outcome", "decide_batch"]
+__all__ = ["CallOutcome", "decide_calls"]
 
-# One request's answer: a decision, or the error that only this request gets.
-Outcome = OutreachDecision | RequestIdReused
+# One call's answer: a decision, or the error that only this call gets.
+CallOutcome = OutreachDecision | RequestIdReused
 
 
 @dataclass
@@ -39,13 +40,13 @@ class _Seller:
     pack: int
 
 
-def decide_batch(
+def decide_calls(
     requests: Sequence[Outreach],
     fingerprints: Sequence[str],
     locked: Sequence[LockedOutreach],
     max_before_reply: int,
     now: datetime,
-) -> tuple[list[Outcome], OutreachWrites]:
+) -> tuple[list[CallOutcome], OutreachWrites]:
     """The outcome of each request, in order, and every write they make together. Every
     ``locked`` row must have its week. Dry runs (R12) answer and leave no trace; replays
     (R11) answer from the stored response, or from an earlier request of the batch."""
@@ -54,7 +55,7 @@ def decide_batch(
     pairs: dict[tuple[str, str], PairState] = {}
     answered: dict[tuple[str, str], StoredResponse] = {}
     writes = OutreachWrites()
-    outcomes: list[Outcome] = []
+    outcomes: list[CallOutcome] = []
     for request, fingerprint, row in zip(requests, fingerprints, locked, strict=True):
         seller_id, request_id = request.seller_id, request.request_id
         if request_id is not None:
