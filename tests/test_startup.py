@@ -410,12 +410,11 @@ async def test_the_embedded_postgresql_stops_soon_after_its_last_user_is_killed(
         second.process.wait(60)
 
         async def stopped() -> bool:
-            return not _postgres_running(data_dir)
+            # PostgreSQL removes its pid file just before its last process exits: both are
+            # waited for (on a loaded machine the process outlived the file for a moment).
+            return not _postgres_running(data_dir) and _exited(postmaster)
 
         await eventually(stopped, within_s=120)
-        assert not psutil.pid_exists(postmaster) or (
-            psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
-        )
         # And the next server starts it again.
         restarted = EmbeddedServe(data_dir, tmp_path / "restarted.log")
         await restarted.serving()
@@ -426,6 +425,13 @@ async def test_the_embedded_postgresql_stops_soon_after_its_last_user_is_killed(
             if serve is not None and serve.process.poll() is None:
                 serve.process.kill()
                 serve.process.wait(60)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _postmaster(data_dir: Path) -> int:
