@@ -26,9 +26,10 @@ test: $(GENERATED)
 # `make test` runs it small.
 # Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
 # Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
-# (a worker stopped, the coordinator restarted) and the hot-row hammer and the retry storm.
-CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_hammer.py \
-	tests/test_reliability_retry_storm.py
+# (a worker stopped, the coordinator restarted, a shard moved under load) and the hot-row
+# hammer and the retry storm.
+CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_shard_move.py \
+	tests/test_reliability_hammer.py tests/test_reliability_retry_storm.py
 
 reliability: $(GENERATED)
 	rm -f .reliability/results.jsonl
