@@ -56,7 +56,7 @@ STORMING_AT_ONCE = 2  # request_ids whose duplicates are in flight together
 DUPLICATES = scale(8, 32)
 JITTER_S = 0.01
 DEADLINE_S = 2.0
-ROOM_S = 0.5  # past its deadline, a call's answer may take this long to reach the test
+ROOM_S = 1.0  # past its deadline, a call's answer may take this long to reach the test
 RECOVERY_WITHIN_S = 60.0
 MOVE_WITHIN_S = 300.0  # the longest the move itself may take on a loaded machine
 OK_CODES = {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
@@ -370,9 +370,10 @@ async def test_a_shard_moved_under_load_keeps_every_promise_and_its_sellers_retu
         f"shard group of {move.tables} shards moved between the workers in {move.seconds:.1f} s "
         f"({mode}) under {codes.total():,} hammer calls on {hot_sellers} hot sellers and "
         f"{len(move.storm)} request_ids × {DUPLICATES} duplicates: {dict(during)} for the "
-        f"{during.total():,} calls in flight during the move, all within the {DEADLINE_S:g} s "
-        f"deadline (slowest {slowest * 1000:.0f} ms), each unknown outcome resolved by its "
-        f"retry; 0 over-grants, 0 lost or doubled charges, each request_id executed once; "
+        f"{during.total():,} calls in flight during the move, each answered or failed by its "
+        f"{DEADLINE_S:g} s deadline (slowest {slowest * 1000:.0f} ms), each unknown outcome "
+        f"resolved by its retry; 0 over-grants, 0 lost or doubled charges, each request_id "
+        f"executed once; "
         f"calls succeeded again {resumed_s:.1f} s after the move, at half their pace or more "
         f"{'never' if back_s is None else f'{back_s:.1f} s'} after it "
         f"({after:.0f} calls/s after, {before:.0f} before)",
