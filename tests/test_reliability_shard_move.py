@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from citus import NOT_ON_CITUS, ON_CITUS
@@ -164,27 +165,30 @@ async def sellers_on(db: AsyncEngine, shard: int, count: int) -> list[str]:
 async def move_shard(db: AsyncEngine, shard: int, source: int, target: int, mode: str) -> int:
     """Move ``shard`` (and its colocated shards) from the worker on port ``source`` to the
     one on ``target``; returns once Citus has switched every query to the new placement,
-    with how many shards moved."""
-    async with db.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+    with how many shards moved. On a connection of its own, without the statement timeout
+    the session's engine sets: a move under load takes many seconds."""
+    url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(url, server_settings={"statement_timeout": "0"})
+    try:
         await conn.execute(
-            text(
-                "SELECT citus_move_shard_placement(:shard, '127.0.0.1', :source, "
-                "'127.0.0.1', :target, "
-                "shard_transfer_mode => CAST(:mode AS citus.shard_transfer_mode))"
-            ),
-            {"shard": shard, "source": source, "target": target, "mode": mode},
+            "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, "
+            "shard_transfer_mode => $4::citus.shard_transfer_mode)",
+            shard,
+            source,
+            target,
+            mode,
         )
-        moved = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) "
-                "WHERE p.shardid = ANY(get_colocated_shard_array(:shard)) AND n.nodeport = :target"
-            ),
-            {"shard": shard, "target": target},
+        moved = await conn.fetchval(
+            "SELECT count(*) FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) "
+            "WHERE p.shardid = ANY(get_colocated_shard_array($1)) AND n.nodeport = $2",
+            shard,
+            target,
         )
         # The source's copies are dropped later (deferred); drop them now, so that moving
         # back finds nothing in the way.
-        await conn.execute(text("CALL citus_cleanup_orphaned_resources()"))
+        await conn.execute("CALL citus_cleanup_orphaned_resources()")
+    finally:
+        await conn.close()
     return int(moved)
 
 
