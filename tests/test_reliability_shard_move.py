@@ -84,7 +84,9 @@ class ShardMove:
     shard: int
     source: int  # ports
     target: int
-    tables: int = 0  # shards of the colocation group moved
+    colocated: int = 0  # shards of its colocation group, its own included
+    tables: int = 0  # of those, on the target after the move
+    moved_to: int = 0  # the port pg_dist_placement named for the shard after the move
     started: float = 0.0
     ended: float = 0.0
     calls: list[Call] = field(default_factory=list)
@@ -165,8 +167,9 @@ async def sellers_on(db: AsyncEngine, shard: int, count: int) -> list[str]:
 async def move_shard(db: AsyncEngine, shard: int, source: int, target: int, mode: str) -> int:
     """Move ``shard`` (and its colocated shards) from the worker on port ``source`` to the
     one on ``target``; returns once Citus has switched every query to the new placement,
-    with how many shards moved. On a connection of its own, without the statement timeout
-    the session's engine sets: a move under load takes many seconds."""
+    with how many of the colocated shards are on ``target`` then. On a connection of its
+    own, without the statement timeout the session's engine sets: a move under load takes
+    many seconds."""
     url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
     conn = await asyncpg.connect(url, server_settings={"statement_timeout": "0"})
     try:
@@ -211,6 +214,12 @@ async def shard_moved_under_load(start_server, db: AsyncEngine, mode: str) -> Sh
         ]
     target = next(p for p in workers if p != source)
     move = ShardMove(shard, source, target)
+    async with db.connect() as conn:
+        move.colocated = int(
+            await conn.scalar(
+                text("SELECT cardinality(get_colocated_shard_array(:shard))"), {"shard": shard}
+            )
+        )
     hot = await sellers_on(db, shard, 200)
     stormed = await sellers_on(db, shard, 4)
     loop = asyncio.get_running_loop()
@@ -282,6 +291,7 @@ async def shard_moved_under_load(start_server, db: AsyncEngine, mode: str) -> Sh
                     move_shard(db, shard, source, target, mode), MOVE_WITHIN_S
                 )
                 move.ended = loop.time()
+                move.moved_to = await placement_of(db, shard)
                 while move.resumed_at is None:
                     assert loop.time() - move.ended < RECOVERY_WITHIN_S, (
                         f"no call on the moved sellers succeeded within {RECOVERY_WITHIN_S} s "
@@ -291,7 +301,9 @@ async def shard_moved_under_load(start_server, db: AsyncEngine, mode: str) -> Sh
                 await asyncio.sleep(AFTER_S)
             finally:
                 stop.set()
-                await asyncio.gather(*load, return_exceptions=True)
+                outcomes = await asyncio.gather(*load, return_exceptions=True)
+            crashed = [o for o in outcomes if isinstance(o, BaseException)]
+            assert crashed == [], f"load clients failed: {crashed}"
 
             # Each call whose outcome was unknown, asked again with its request_id: it
             # resolves to one answer (a replay when the first attempt had landed).
@@ -351,7 +363,8 @@ async def test_a_shard_moved_under_load_keeps_every_promise_and_its_sellers_retu
     move = await shard_moved_under_load(start_server, db, mode)
 
     assert await placement_of(db, move.shard) == move.source  # moved back
-    assert move.tables > 1, "the colocated shards moved with it"
+    assert move.moved_to == move.target, "the fault happened: the shard moved"
+    assert move.tables == move.colocated > 1, "its colocated shards moved with it"
     codes = move.codes()
     assert set(codes) <= OK_CODES, dict(codes)
     assert set(move.storm_codes) <= OK_CODES, dict(move.storm_codes)
