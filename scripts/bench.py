@@ -1160,8 +1160,8 @@ REBALANCE_TRANSFER_MODE = "block_writes"
 
 
 async def _add_worker_and_rebalance(url: str, port: int) -> dict[str, Any]:
-    """Add the worker on ``port`` to the cluster and move shards onto it until the two hold
-    as many (``citus_rebalance_start``, then ``citus_rebalance_wait``)."""
+    """Add the worker on ``port`` to the cluster and move shards onto it until the workers hold
+    about as many (``citus_rebalance_start``, then ``citus_rebalance_wait``)."""
     conn = await asyncpg.connect(url)
     try:
         placed = (
