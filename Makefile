@@ -26,9 +26,10 @@ test: $(GENERATED)
 # `make test` runs it small.
 # Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
 # Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
-# (a worker stopped, the coordinator restarted) and the hot-row hammer and the retry storm.
-CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_hammer.py \
-	tests/test_reliability_retry_storm.py
+# (a worker stopped, the coordinator restarted, a shard moved under load) and the hot-row
+# hammer and the retry storm.
+CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_shard_move.py \
+	tests/test_reliability_hammer.py tests/test_reliability_retry_storm.py
 
 reliability: $(GENERATED)
 	rm -f .reliability/results.jsonl
@@ -69,11 +70,14 @@ test-image: $(GENERATED) image
 	$(BIN)/pytest -m image -s -v tests/test_image.py
 
 # Load tests with ghz against a baseline measured in the same run; see BENCHMARKS.md.
+# DATABASE=citus measures the Citus scenarios too; with WORKERS=1 first on one worker, then
+# after the second is added and the shards rebalanced (BENCHMARKS.md, How the cluster grows).
 GHZ := .bench/bin/ghz
 GHZ_VERSION := v0.121.0
 
 bench: $(GENERATED) $(GHZ)
-	$(BIN)/python scripts/bench.py $(if $(DATABASE),--database $(DATABASE)) $(SCENARIOS)
+	$(BIN)/python scripts/bench.py $(if $(DATABASE),--database $(DATABASE)) \
+		$(if $(WORKERS),--citus-workers $(WORKERS)) $(SCENARIOS)
 
 # Our spread and hot_seller beside the two peers only (scripts/peers.py builds them, pinned,
 # where missing); a full `make bench` runs them too.

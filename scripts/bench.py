@@ -7,7 +7,9 @@ baseline server (``scripts/baseline_server.py``) under each load shape; then the
 server (``quota-authority serve``, production settings) under every scenario; a table on
 stdout and ``.bench/results.json``. With ``--database citus`` (``make bench
 DATABASE=citus``), the same run then measures ``CITUS_SCENARIOS`` again on a fresh database
-distributed by seller_id on the local Citus cluster (``make citus``), under ``citus``.
+distributed by seller_id on the local Citus cluster (``make citus``), under ``citus``;
+with ``--citus-workers 1`` (``make bench DATABASE=citus WORKERS=1``) first on one worker,
+then again after the second is added and the shards rebalanced (``run_citus``).
 """
 
 from __future__ import annotations
@@ -344,6 +346,8 @@ class Server:
         if len(self.postgres_dirs) > 1:  # a Citus cluster: where its share went
             cpu["coordinator"] = _postgres_cpu_s(self.postgres_dirs[:1])
             cpu["workers"] = _postgres_cpu_s(self.postgres_dirs[1:])
+            for i, worker in enumerate(self.postgres_dirs[1:], start=1):
+                cpu[f"worker{i}"] = _postmaster_cpu_s(worker)
         return cpu
 
 
@@ -1044,7 +1048,7 @@ def measure_peers(results: dict[str, Any]) -> dict[str, Any]:
     return measured
 
 
-def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
+def run(scenarios: list[str], database: str = "postgres", workers: int = 2) -> dict[str, Any]:
     policy = Policy()
     week = week_containing(datetime.now(UTC), "UTC", policy.week)
     data_dir = BENCH_DIR / "pgdata"
@@ -1150,8 +1154,14 @@ def run(scenarios: list[str], database: str = "postgres") -> dict[str, Any]:
                 judge(name, result)
                 results["scenarios"][name] = result
     if database == "citus":
-        results["citus"] = run_citus(
-            [s for s in scenarios if s in CITUS_SCENARIOS], week, policy, results["scenarios"]
+        results.update(
+            run_citus(
+                [s for s in scenarios if s in CITUS_SCENARIOS],
+                week,
+                policy,
+                results["scenarios"],
+                workers,
+            )
         )
     return results
 
@@ -1163,11 +1173,20 @@ CITUS_NODES = ("coordinator", "worker1", "worker2")
 
 
 def run_citus(
-    scenarios: list[str], week: Week, policy: Policy, single_node: dict[str, Any]
+    scenarios: list[str],
+    week: Week,
+    policy: Policy,
+    single_node: dict[str, Any],
+    workers: int = 2,
 ) -> dict[str, Any]:
     """``scenarios`` on a fresh database of the local Citus cluster, distributed by
     seller_id and seeded as the single node was; each with its ratio to the single node's
-    figure of this run."""
+    figure of this run, under ``citus``. With ``workers`` 1 (``make bench DATABASE=citus
+    WORKERS=1``), the cluster grows in the run: the database is distributed and seeded with
+    worker1 alone holding every shard and measured (``citus_one_worker``), then worker2 is
+    added (``citus_add_node``) and the shards rebalanced onto it (``citus_growth``: how
+    long, how many moved) while the same server keeps running, and measured again
+    (``citus``)."""
     subprocess.run([str(CITUS), "start"], check=True, stdout=subprocess.DEVNULL)
     url = subprocess.run(
         [str(CITUS), "createdb", "quota_authority_bench"],
@@ -1175,22 +1194,111 @@ def run_citus(
         capture_output=True,
         text=True,
     ).stdout.strip()
-    workers = tuple(url.replace(f":{CITUS_PORT}/", f":{CITUS_PORT + i}/") for i in (1, 2))
-    log("citus: migrating, distributing and seeding")
+    worker_urls = tuple(url.replace(f":{CITUS_PORT}/", f":{CITUS_PORT + i}/") for i in (1, 2))
+    if workers == 1:
+        # Before anything is distributed: every shard is then placed on worker1.
+        asyncio.run(_citus_sql(url, f"SELECT citus_remove_node('127.0.0.1', {CITUS_PORT + 2})"))
+    log(f"citus: migrating, distributing and seeding ({workers} worker{'s' * (workers > 1)})")
     asyncio.run(migrated(url, distribute=True))
     asyncio.run(seed_scenarios(url, week, policy))
     dirs = tuple(ROOT / ".citus" / node for node in CITUS_NODES)
     command = [sys.executable, "-m", "quota_authority.cli", "serve"]
     env = {"QUOTA_AUTHORITY_DATABASE_URL": url}
     results: dict[str, Any] = {}
-    with running(command, env, dirs, url, workers) as server:
-        for name in scenarios:
-            log(f"citus: {name}")
-            result = measure(server, LOAD_OF[name])
-            if name in single_node:
-                result["ratio_to_single_node"] = round(result["rps"] / single_node[name]["rps"], 3)
-            results[name] = result
+    with running(command, env, dirs, url, worker_urls) as server:
+        if workers == 1:
+            results["citus_one_worker"] = _measure_citus(server, scenarios, single_node, "1 worker")
+            log("citus: adding worker2 and rebalancing the shards onto it")
+            results["citus_growth"] = asyncio.run(_add_worker_and_rebalance(url, CITUS_PORT + 2))
+            log(f"  {results['citus_growth']}")
+        results["citus"] = _measure_citus(server, scenarios, single_node, "2 workers")
     return results
+
+
+def _measure_citus(
+    server: Server, scenarios: list[str], single_node: dict[str, Any], cluster: str
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in scenarios:
+        log(f"citus ({cluster}): {name}")
+        result = measure(server, LOAD_OF[name])
+        if name in single_node:
+            result["ratio_to_single_node"] = round(result["rps"] / single_node[name]["rps"], 3)
+        results[name] = result
+    return results
+
+
+async def _citus_sql(url: str, sql: str) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+# How the rebalancer copies shards: with writes blocked while it copies, the fastest when
+# nothing writes (the load has stopped between two measured runs). Citus' default, auto,
+# refuses this schema (request_responses' partitions have no replica identity).
+REBALANCE_TRANSFER_MODE = "block_writes"
+
+
+async def _add_worker_and_rebalance(url: str, port: int) -> dict[str, Any]:
+    """Add the worker on ``port`` to the cluster and move shards onto it until the workers hold
+    about as many (``citus_rebalance_start``, then ``citus_rebalance_wait``)."""
+    conn = await asyncpg.connect(url)
+    try:
+        placed = (
+            "SELECT count(*) FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) "
+            "WHERE n.nodeport = $1"
+        )
+        started = time.monotonic()
+        await conn.execute("SELECT citus_add_node('127.0.0.1', $1)", port)
+        added_s = time.monotonic() - started
+        await conn.execute(
+            f"SELECT citus_rebalance_start(shard_transfer_mode => '{REBALANCE_TRANSFER_MODE}')"
+        )
+        await conn.execute("SELECT citus_rebalance_wait()")
+        return {
+            "add_node_s": round(added_s, 1),
+            "rebalance_s": round(time.monotonic() - started - added_s, 1),
+            "transfer_mode": REBALANCE_TRANSFER_MODE,
+            "shards_on_new_worker": int(await conn.fetchval(placed, port)),
+            "shards": int(await conn.fetchval("SELECT count(*) FROM pg_dist_placement")),
+        }
+    finally:
+        await conn.close()
+
+
+def growth(results: dict[str, Any]) -> str | None:
+    """One worker beside two, as ``make bench DATABASE=citus WORKERS=1`` measured them:
+    calls a second and each process's CPU a call (None: the run did not grow a cluster)."""
+    if "citus_one_worker" not in results:
+        return None
+    keys = ("server", "coordinator", "worker1", "worker2", "ghz")
+    rows = [
+        ("scenario", "workers", "rps", "p99 ms", "errors", "CPU µs a call: " + " / ".join(keys))
+    ]
+    for name, one in results["citus_one_worker"].items():
+        for workers, r in (("1", one), ("2", results["citus"][name])):
+            cpu = r["cpu_us_per_call"]
+            rows.append(
+                (
+                    name,
+                    workers,
+                    f"{r['rps']:,.0f}",
+                    str(r["p99_ms"]),
+                    str(r["errors"]),
+                    " / ".join(str(cpu.get(k, "-")) for k in keys),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    grown = results["citus_growth"]
+    return (
+        f"how the cluster grows: worker2 added and {grown['shards_on_new_worker']} of "
+        f"{grown['shards']} shards moved onto it in {grown['rebalance_s']} s "
+        f"({grown['transfer_mode']}):\n"
+        + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+    )
 
 
 _COLUMNS = (
@@ -1236,6 +1344,8 @@ def table(results: dict[str, Any]) -> str:
     for name, r in results["scenarios"].items():
         ratio = r.get("ratio_to_spread", r.get("decisions_ratio_to_spread"))
         rows.append(_row(name, r, ratio if ratio is not None else r.get("ratio_to_baseline")))
+    for name, r in results.get("citus_one_worker", {}).items():
+        rows.append(_row(f"citus 1 worker {name}", r, r.get("ratio_to_single_node")))
     for name, r in results.get("citus", {}).items():
         rows.append(_row(f"citus {name}", r, r.get("ratio_to_single_node")))
     for name, figures in results.get("peers", {}).items():
@@ -1313,7 +1423,17 @@ def main() -> int:
         default="postgres",
         help="citus: also measure spread, hot_seller and mixed on the local Citus cluster",
     )
+    parser.add_argument(
+        "--citus-workers",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="1: measure the Citus scenarios with one worker holding every shard, then add "
+        "the second, rebalance and measure them again (how the cluster grows)",
+    )
     args = parser.parse_args()
+    if args.citus_workers != 2 and args.database != "citus":
+        parser.error("--citus-workers needs --database citus")
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
@@ -1321,7 +1441,7 @@ def main() -> int:
     if not GHZ.exists() and not set(scenarios) <= set(OWN_DRIVER):
         print(f"ghz not found at {GHZ}; run `make bench`", file=sys.stderr)
         return 2
-    results = run(scenarios, args.database)
+    results = run(scenarios, args.database, args.citus_workers)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if results["scenarios"] or results["baseline"] or "http" in results:
         print(table(results))
@@ -1335,6 +1455,9 @@ def main() -> int:
         print(f"\nside by side (the peers: {', '.join(results['peers'])}):\n{beside}")
     if "tracing" in results:
         print(f"\n{tracing_summary(results['tracing'])}")
+    grown = growth(results)
+    if grown is not None:
+        print(f"\n{grown}")
     upkeep = results["scenarios"].get("partition_upkeep", {}).get("upkeep")
     if upkeep:
         print(
@@ -1358,6 +1481,7 @@ def main() -> int:
             *results["scenarios"].values(),
             *results["baseline"].values(),
             *results.get("citus", {}).values(),
+            *results.get("citus_one_worker", {}).values(),
             *([results["tracing"]] if "tracing" in results else []),
             *(p[load] for p in results.get("peers", {}).values() for load in PEER_LOADS),
             *(f[side] for f in results.get("http", {}).values() for side in ("grpc", "http")),

@@ -108,6 +108,21 @@ fsync = on
 log_min_messages = warning
 EOF
     fi
+    # Shard moves and rebalancing (citus_move_shard_placement, citus_rebalance_start) copy
+    # by logical replication unless told shard_transfer_mode => 'block_writes', which needs
+    # wal_level = logical; a cluster made before this line gets it too, restarted once.
+    if ! grep -q '^wal_level = logical' "$dir/postgresql.conf"; then
+        cat >>"$dir/postgresql.conf" <<EOF
+# scripts/citus.sh: shard moves by logical replication
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+EOF
+        if running "$node"; then
+            say "restarting $node for wal_level = logical"
+            as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null
+        fi
+    fi
     if ! running "$node"; then
         as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
     fi

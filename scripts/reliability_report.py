@@ -38,7 +38,8 @@ ITEMS: list[tuple[str, str, str]] = [
     (
         "15",
         "citus",
-        "on the Citus cluster: a worker stopped, the coordinator restarted, and tests 1 and 3",
+        "on the Citus cluster: a worker stopped, the coordinator restarted, a shard moved "
+        "under load, and tests 1 and 3",
     ),
 ]
 
