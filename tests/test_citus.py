@@ -30,8 +30,28 @@ from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 on_citus_only = pytest.mark.skipif(not ON_CITUS, reason=NOT_ON_CITUS)
 
 
-async def test_the_ledger_runs_one_seller_per_transaction_exactly_on_a_distributed_schema(db):
-    assert await PostgresLedger(db).one_seller_per_transaction() is ON_CITUS
+async def test_the_ledger_groups_calls_by_shard_exactly_on_a_distributed_schema(db):
+    """On Citus the grouping key is the seller's shard, as Citus places it; on one
+    PostgreSQL every seller shares one key."""
+    grouping = await PostgresLedger(db).transaction_grouping()
+    assert grouping.partitioned is ON_CITUS
+    sellers = [f"grouped-{n}" for n in range(200)]
+    if not ON_CITUS:
+        assert {grouping.key(s) for s in sellers} == {grouping.key("another")}
+        return
+    async with db.connect() as conn:
+        placed = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT s, get_shard_id_for_distribution_column('sellers', s) "
+                        "FROM unnest(CAST(:s AS text[])) AS s"
+                    ),
+                    {"s": sellers},
+                )
+            ).all()
+        )
+    assert {s: grouping.key(s) for s in sellers} == placed
 
 
 async def test_distributing_again_does_nothing_and_on_plain_postgresql_nothing_at_all(db):
@@ -105,7 +125,7 @@ async def test_a_populated_single_node_database_is_distributed_in_place_with_eve
         await server.stop(grace=0)
         engine = create_engine(url, server_settings())
         try:
-            assert not await PostgresLedger(engine).one_seller_per_transaction()
+            assert not (await PostgresLedger(engine).transaction_grouping()).partitioned
             rows_before = await _row_counts(engine)
             await migrate(engine, distribute=True)
             rows_after = await _row_counts(engine)
@@ -140,7 +160,7 @@ async def test_a_populated_single_node_database_is_distributed_in_place_with_eve
                 }
                 replayed = await stub.CheckAndConsume(invite(sellers[0], "c-0", request_id="r-0"))
                 fresh = await stub.CheckAndConsume(invite(sellers[0], "c-new"))
-            assert await server.store.one_seller_per_transaction()
+            assert (await server.store.transaction_grouping()).partitioned
         finally:
             await server.stop(grace=0)
 

@@ -251,7 +251,11 @@ class QuotaAuthorityServer:
     async def _start(self) -> int:
         self.engine = create_engine(self.database_url, self.settings)
         async with unreachable_at_start(self.database_url, self.database_setting):
-            await migrate(self.engine, distribute=self.settings.distribute)
+            await migrate(
+                self.engine,
+                distribute=self.settings.distribute,
+                shard_count=self.settings.shard_count,
+            )
         self.tracing = start_tracing(self.settings)
         if self.tracing is not None:
             self.tracing.instrument_statements()
@@ -498,7 +502,9 @@ def migrate_schema(settings: Settings) -> tuple[str, str]:
         engine = create_engine(url, settings)
         try:
             async with unreachable_at_start(url, where):
-                return await migrate(engine, distribute=settings.distribute)
+                return await migrate(
+                    engine, distribute=settings.distribute, shard_count=settings.shard_count
+                )
         finally:
             await engine.dispose()
 
