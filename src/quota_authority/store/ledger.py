@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Any
@@ -33,13 +33,14 @@ from ..domain import (
     SellerWeek,
     StoredResponse,
 )
-from ..engine.ports import SellerRecord, TransactionGrouping, UpkeepReport
+from ..engine.ports import OutreachTransaction, SellerRecord, TransactionGrouping, UpkeepReport
 from ..engine.retention import Retained
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from ..settings import Settings
 from . import partitions, topology
 from .migrate import serves_revision
-from .outreach import OutreachTransaction
+from .nodes import NodePools
+from .outreach import OpenedOnFirstUse
 from .rows import seller_week
 from .tables import (
     audit_log,
@@ -115,6 +116,51 @@ def _unavailable(error: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"database unavailable: {type(error).__name__}")
 
 
+@asynccontextmanager
+async def _begun(
+    conn: asyncpg.Connection, begin: str, discard: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """``conn`` inside the transaction ``begin`` opens: committed when the block ends
+    normally (a failed commit is ``CommitOutcomeUnknown``), rolled back when it raises;
+    ``discard`` is called for a connection dead or still in the transaction afterwards."""
+    try:
+        await conn.execute(begin)  # raises if the connection died
+        yield
+        try:
+            await conn.execute("COMMIT")
+        except _UNAVAILABLE as e:
+            raise CommitOutcomeUnknown(f"commit failed: {type(e).__name__}") from e
+    except BaseException:
+        # is_closed first: a terminated connection cannot say whether it is.
+        if not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(*_UNAVAILABLE):
+                await conn.execute("ROLLBACK")
+        raise
+    finally:
+        # Never hand the pool a connection that is dead or still in this transaction.
+        if conn.is_closed() or conn.is_in_transaction():
+            await discard()
+
+
+def _terminator(conn: asyncpg.Connection) -> Callable[[], Awaitable[None]]:
+    async def terminate() -> None:
+        conn.terminate()
+
+    return terminate
+
+
+def _node_settings(lock_timeout_ms: int, statement_timeout_ms: int) -> dict[str, str]:
+    """The session settings of connections to Citus nodes, as ``database.create_engine``
+    gives the coordinator's."""
+    return {
+        "application_name": "quota-authority",
+        "lock_timeout": f"{lock_timeout_ms}ms",
+        "statement_timeout": f"{statement_timeout_ms}ms",
+        "idle_in_transaction_session_timeout": f"{max(statement_timeout_ms, 10_000)}ms",
+        "citus.override_table_visibility": "off",
+    }
+
+
 def _recorded(row: Any) -> RecordedDecision:
     return RecordedDecision(
         audit_id=row.id,
@@ -156,6 +202,9 @@ class PostgresLedger:
         # What the database is, found on first use (``_learn_database``): every way the
         # statements differ with it.
         self._topology: topology.Topology | None = None
+        # On Citus, pools to the nodes holding shards (``_routed_outreach``), made on first use.
+        self._nodes: NodePools | None = None
+        self._pool_size = settings.db_pool_size
 
     async def transaction_grouping(self) -> TransactionGrouping:
         return (await self._learn_database()).grouping
@@ -196,31 +245,54 @@ class PostgresLedger:
         # One round trip, timeouts included (simple query protocol; integers only).
         begin = learned.begin(self._timeouts_ms(timeout_s))
         try:
-            async with self._engine.connect() as pooled:
-                conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
-                try:
-                    await conn.execute(begin)  # raises if the connection died
-                    yield learned.outreach(conn)
-                    try:
-                        await conn.execute("COMMIT")
-                    except _UNAVAILABLE as e:
-                        raise CommitOutcomeUnknown(f"commit failed: {type(e).__name__}") from e
-                except BaseException:
-                    # is_closed first: a terminated connection cannot say whether it is.
-                    if not conn.is_closed() and conn.is_in_transaction():
-                        with contextlib.suppress(*_UNAVAILABLE):
-                            await conn.execute("ROLLBACK")
-                    raise
-                finally:
-                    # Never hand the pool a connection that is dead or still in this transaction.
-                    if conn.is_closed() or conn.is_in_transaction():
-                        await pooled.invalidate()
+            if learned.routes_to_nodes:
+                async with self._routed_outreach(learned, begin) as routed:
+                    yield routed
+            else:
+                async with self._engine.connect() as pooled:
+                    conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
+                    async with _begun(conn, begin, pooled.invalidate):
+                        yield learned.outreach(conn)
         except CommitOutcomeUnknown as e:
             log.warning("database commit failed", extra={"error": repr(e.__cause__)})
             raise
         except _UNAVAILABLE as e:
             learned.misrouted(e)  # then the shard map is read again before the next batch
             raise _unavailable(e) from e
+
+    @asynccontextmanager
+    async def _routed_outreach(
+        self, learned: topology.Topology, begin: str
+    ) -> AsyncIterator[OutreachTransaction]:
+        """An outreach transaction begun on the node that holds the shard of its first
+        statement's sellers (``store.nodes``), or on the coordinator when that node is not
+        known or not reachable."""
+        if self._nodes is None:
+            self._nodes = NodePools(
+                self._engine,
+                _node_settings(self._lock_timeout_ms, self._statement_timeout_ms),
+                self._pool_size,
+            )
+        nodes = self._nodes
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def open_on(seller_id: str) -> OutreachTransaction:
+                node = learned.node_of(seller_id)
+                pool = None if node is None else await nodes.pool(node)
+                if pool is None or node is None:
+                    pooled = await stack.enter_async_context(self._engine.connect())
+                    conn = (await pooled.get_raw_connection()).driver_connection
+                    await stack.enter_async_context(_begun(conn, begin, pooled.invalidate))
+                    return learned.outreach(conn)
+                try:
+                    conn = await stack.enter_async_context(pool.acquire(timeout=5))
+                    await stack.enter_async_context(_begun(conn, begin, _terminator(conn)))
+                except (TimeoutError, OSError, asyncpg.InterfaceError):
+                    nodes.unreachable(node)
+                    raise
+                return learned.outreach(conn)
+
+            yield OpenedOnFirstUse(open_on)
 
     async def keep_bounded(
         self, now: datetime, keep: Retained, *, trim_rows: bool = True

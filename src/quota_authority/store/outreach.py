@@ -18,18 +18,19 @@ migration 0002, which says why.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from ..domain import AuditEntry, PairState, StoredResponse
+from ..engine import ports
 from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites, ResponseToStore
 from ..errors import LockTimeout
 from .rows import seller_week
 
-__all__ = ["CitusOutreachTransaction", "OutreachTransaction"]
+__all__ = ["CitusOutreachTransaction", "OpenedOnFirstUse", "OutreachTransaction"]
 
 # Columns of many values are sent joined into one text parameter each (``_texts``,
 # ``_ints``, ``_bools``, ``_times``) and split back by ``string_to_array`` (``_split``):
@@ -254,6 +255,38 @@ class CitusOutreachTransaction(OutreachTransaction):
         if self._shard_batch:
             return await super().write_outreach(writes, at)
         return await self._write_seller(_WRITE_ONE_SELLER, writes, at, [])
+
+
+class OpenedOnFirstUse:
+    """An outreach transaction opened by its first statement, where that statement's
+    seller says (``open_on``: on Citus, on the node holding the seller's shard); then
+    every statement runs in it. One that ran no statement opened nothing."""
+
+    def __init__(self, open_on: Callable[[str], Awaitable[ports.OutreachTransaction]]) -> None:
+        self._open_on = open_on
+        self._opened: ports.OutreachTransaction | None = None
+
+    async def _on(self, seller_id: str) -> ports.OutreachTransaction:
+        if self._opened is None:
+            self._opened = await self._open_on(seller_id)
+        return self._opened
+
+    async def lock_outreach(
+        self, at: datetime, keys: Sequence[OutreachKey]
+    ) -> list[LockedOutreach]:
+        return await (await self._on(keys[0].seller_id)).lock_outreach(at, keys)
+
+    async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
+        return await (await self._on(writes.audit[0].seller_id)).write_outreach(writes, at)
+
+    async def lock_batch(
+        self, at: datetime, seller_id: str, creator_ids: Sequence[str], request_id: str | None
+    ) -> tuple[list[LockedOutreach], StoredResponse | None]:
+        tx = await self._on(seller_id)
+        return await tx.lock_batch(at, seller_id, creator_ids, request_id)
+
+    async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
+        return await (await self._on(writes.audit[0].seller_id)).write_batch(writes, at)
 
 
 def _audit_columns(audit: Sequence[AuditEntry]) -> list[list[Any]]:

@@ -141,7 +141,14 @@ class ShardMap:
     hash computed here disagreed with Citus on the samples (``exact`` false), each seller
     is its own key."""
 
-    def __init__(self, ranges: Sequence[tuple[int, int, int]], *, exact: bool) -> None:
+    def __init__(
+        self,
+        ranges: Sequence[tuple[int, int, int]],
+        *,
+        exact: bool,
+        nodes: dict[int, tuple[str, int]] | None = None,
+    ) -> None:
+        self._nodes = nodes or {}
         ordered = sorted(ranges, key=lambda r: r[1])  # (shardid, min, max)
         self._mins = [r[1] for r in ordered]
         self._maxes = [r[2] for r in ordered]
@@ -165,6 +172,11 @@ class ShardMap:
             shard = self.shard_of_hash(citus_hash(seller_id)) if self.exact else None
             key = self._cache[seller_id] = ("seller", seller_id) if shard is None else shard
         return key
+
+    def node_of(self, seller_id: str) -> tuple[str, int] | None:
+        """The (host, port) of the node that holds the seller's shard, when known."""
+        key = self.key(seller_id)
+        return self._nodes.get(key) if isinstance(key, int) else None
 
     @property
     def shards(self) -> int:
@@ -198,7 +210,20 @@ async def read_shard_map(conn: AsyncConnection) -> ShardMap:
             "the seller hash computed here disagrees with Citus: one seller a transaction",
             extra={"samples": wrong[:3]},
         )
-    return ShardMap(ranges, exact=not wrong)
+    # Each shard's active primary placement (one: the schema is not replicated).
+    placements = (
+        await conn.execute(
+            text(
+                "SELECT p.shardid, n.nodename, n.nodeport FROM pg_dist_placement AS p "
+                "JOIN pg_dist_node AS n ON n.groupid = p.groupid "
+                "JOIN pg_dist_shard AS s ON s.shardid = p.shardid "
+                "WHERE s.logicalrelid = 'sellers'::regclass AND n.isactive "
+                "AND n.noderole = 'primary' AND p.shardstate = 1"
+            )
+        )
+    ).all()
+    nodes = {int(r[0]): (str(r[1]), int(r[2])) for r in placements}
+    return ShardMap(ranges, exact=not wrong, nodes=nodes)
 
 
 class Topology:
@@ -250,6 +275,15 @@ class Topology:
         """Whether ``error`` says a batch's sellers were not on one shard; the map is then
         read again before the next batch."""
         return False
+
+    # Whether an outreach transaction is opened on the node holding its sellers
+    # (``node_of``) rather than on the configured database.
+    routes_to_nodes = False
+
+    def node_of(self, seller_id: str) -> tuple[str, int] | None:
+        """The (host, port) of the node holding the seller's rows; None: the configured
+        database's."""
+        return None
 
     def refresh_due(self) -> bool:
         """Whether what may change while the process runs (Citus' shard map) is to be read
@@ -308,8 +342,13 @@ class CitusShards(Topology):
         self._stale = False
         self._grouping = TransactionGrouping(key=self._key, partitioned=True)
 
+    routes_to_nodes = True
+
     def _key(self, seller_id: str) -> Hashable:
         return self._shards.key(seller_id)
+
+    def node_of(self, seller_id: str) -> tuple[str, int] | None:
+        return self._shards.node_of(seller_id)
 
     @property
     def grouping(self) -> TransactionGrouping:
