@@ -373,14 +373,14 @@ def measure(
         name: round((after[name] - before[name]) / result["requests"] * 1e6) for name in before
     }
     if transactions_before is not None and transactions_after is not None:
-        # Batching: how many calls one database transaction decided, on average.
-        result["calls_per_transaction"] = round(
-            result["requests"] / max(transactions_after[0] - transactions_before[0], 1), 1
-        )
+        # Batching: how many calls one database transaction decided, on average. On Citus
+        # every batch is one transaction on a worker, whether the server began it there or
+        # on the coordinator (which begins one on the worker for it).
+        ended = transactions_after[0] - transactions_before[0]
         if server.worker_urls:
-            result["worker_transactions_per_call"] = round(
-                (transactions_after[1] - transactions_before[1]) / result["requests"], 2
-            )
+            ended = transactions_after[1] - transactions_before[1]
+            result["worker_transactions_per_call"] = round(ended / result["requests"], 2)
+        result["calls_per_transaction"] = round(result["requests"] / max(ended, 1), 1)
     log(
         f"  {load}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms, "
         f"p99 {result['p99_ms']} ms, {result['errors']} errors, "

@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 UNREACHABLE_S = 5.0
 
 
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    """What a connection needs when it goes back to its pool: nothing. Its transaction
+    ended (committed, rolled back, or the connection terminated), its settings were SET
+    LOCAL and its advisory locks transaction-level. asyncpg's default reset is one more
+    statement (a transaction) on the node a batch."""
+
+
 class NodePools:
     """asyncpg pools to Citus nodes by (host, port), made like ``engine``'s connections."""
 
@@ -71,6 +78,7 @@ class NodePools:
                     max_size=self._size,
                     server_settings=self._server_settings,
                     timeout=5,
+                    reset=_no_reset,
                 )
             except (TimeoutError, OSError, asyncpg.PostgresError) as e:
                 log.warning(
