@@ -7,6 +7,7 @@ distributed in place without losing a row; and lock timeouts that bound waits on
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import timedelta
 
@@ -256,3 +257,40 @@ async def test_time_partitions_are_distributed_and_kept_by_upkeep_on_the_cluster
     assert moved.moved == 3 and not moved.deferred
     assert "audit_log_legacy" in moved.dropped + dropped.dropped
     assert dropped.dropped and not dropped.deferred
+
+
+@on_citus_only
+async def test_a_shards_sellers_share_transactions_and_each_request_id_is_charged_once(
+    stub, db, monkeypatch
+):
+    """Calls of many sellers of one shard, each sent three times at once with one
+    request_id, and a fresh call each: shard batches (migration 0009's functions) hold
+    several sellers, duplicates in one batch or in two answer alike, and each seller is
+    charged once per request_id."""
+    from quota_authority.store import outreach
+
+    key = (await PostgresLedger(db).transaction_grouping()).key
+    first = new_id("shard")
+    same_shard = (s for s in (new_id("shard") for _ in range(2000)) if key(s) == key(first))
+    sellers = [first, *itertools.islice(same_shard, 15)]
+    shard_batches: list[int] = []
+    lock = outreach.OutreachTransaction.lock_outreach
+
+    async def counted(self, at, keys):  # type: ignore[no-untyped-def]
+        shard_batches.append(len({k.seller_id for k in keys}))
+        return await lock(self, at, keys)
+
+    monkeypatch.setattr(outreach.OutreachTransaction, "lock_outreach", counted)
+    for seller in sellers:  # their weeks exist: the calls below decide at once
+        await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))
+    calls = [invite(s, "c-1", request_id="r-1") for s in sellers for _ in range(3)]
+    calls += [invite(s, "c-2") for s in sellers]
+    answers = await asyncio.gather(*(stub.CheckAndConsume(c) for c in calls))
+    statuses = [(await stub.GetStatus(pb.GetStatusRequest(seller_id=s))).status for s in sellers]
+
+    by_seller: dict[str, set[tuple[bool, int]]] = {}
+    for call, answer in zip(calls[: 3 * len(sellers)], answers, strict=False):
+        by_seller.setdefault(call.seller_id, set()).add((answer.allowed, answer.charged))
+    assert all(len(seen) == 1 for seen in by_seller.values())
+    assert all(status.used_this_week == 2 for status in statuses)
+    assert max(shard_batches) > 1, shard_batches  # some transaction held several sellers
