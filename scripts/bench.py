@@ -831,8 +831,10 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
 
 async def migrated(url: str, distribute: bool = False) -> None:
     engine = create_engine(url, Settings())
+    # A fresh Citus schema's shards: the server's default, or QUOTA_AUTHORITY_SHARD_COUNT.
+    shards = int(os.environ.get("QUOTA_AUTHORITY_SHARD_COUNT", Settings().shard_count))
     try:
-        await migrate(engine, distribute=distribute)
+        await migrate(engine, distribute=distribute, shard_count=shards)
     finally:
         await engine.dispose()
 

@@ -71,8 +71,8 @@ async def is_citus(conn: AsyncConnection) -> bool:
 
 async def distributed_by_seller(conn: AsyncConnection) -> bool:
     """True when ``seller_weeks`` is a distributed table: every transaction of the hot path
-    must then touch one seller only. For a database with Citus (``is_citus``): Citus'
-    catalog is read."""
+    must then touch one shard only (``store.topology.CitusShards``). For a database with
+    Citus (``is_citus``): Citus' catalog is read."""
     found = await conn.scalar(
         text(
             "SELECT count(*) FROM pg_dist_partition "

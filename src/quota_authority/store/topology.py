@@ -14,8 +14,12 @@ It owns:
   the workers;
 * the GMV batch's insert forms (``record_gmv_rows``): multi-row ``INSERT … VALUES`` on
   Citus, which routes them by shard;
-* whether the tables are distributed (``distributed``), which decides how a partition is
-  swapped in (``store.partitions``) and how storage is measured (``store.storage``).
+* which tables are distributed and how a relation's size is measured
+  (``distributed_relations``, ``size_function``: ``store.storage``).
+
+Migration 0008's partition swap (``store.partitions.partition_in_place``) differs too, but
+runs inside a migration, on alembic's synchronous connection, before any ``Topology``
+exists: it asks the catalog itself, and is frozen with its migration.
 
 **Seller → shard without a round trip.** Citus places a seller by ``hashtext(seller_id)``
 (PostgreSQL's ``hash_bytes``, Bob Jenkins' lookup3, over the UTF-8 bytes, as an int4) in
@@ -53,6 +57,7 @@ __all__ = [
     "Topology",
     "citus_hash",
     "learn",
+    "size_function",
 ]
 
 log = logging.getLogger(__name__)
@@ -232,10 +237,27 @@ class Topology:
     are the session's own, which a transaction shortens for a caller that waits less."""
 
     distributed = False
+    # The database has the Citus extension (a coordinator).
+    citus = False
 
     def __init__(self, lock_timeout_ms: int, statement_timeout_ms: int) -> None:
         self._lock_timeout_ms = lock_timeout_ms
         self._statement_timeout_ms = statement_timeout_ms
+
+    async def distributed_relations(self, conn: AsyncConnection) -> set[str]:
+        """The names of the current schema's distributed tables and partitions."""
+        if not self.citus:
+            return set()
+        return {
+            str(name)
+            for name in await conn.scalars(
+                text(
+                    "SELECT c.relname FROM pg_dist_partition AS d "
+                    "JOIN pg_class AS c ON c.oid = d.logicalrelid "
+                    "WHERE c.relnamespace = to_regnamespace(current_schema())::oid"
+                )
+            )
+        }
 
     @property
     def grouping(self) -> TransactionGrouping:
@@ -302,7 +324,7 @@ class SingleNode(Topology):
         self, lock_timeout_ms: int, statement_timeout_ms: int, *, citus: bool = False
     ) -> None:
         super().__init__(lock_timeout_ms, statement_timeout_ms)
-        self._citus = citus
+        self.citus = citus
         self._grouping = TransactionGrouping(key=lambda _seller: None, partitioned=False)
 
     @property
@@ -310,12 +332,12 @@ class SingleNode(Topology):
         return self._grouping
 
     def set_local(self, timeouts: tuple[int, int] | None) -> str:
-        if self._citus:
+        if self.citus:
             return f"{_PROPAGATE_SET_LOCAL}; {self._timeouts_set_local(timeouts)}"
         return super().set_local(timeouts)
 
     async def set_timeouts(self, conn: AsyncConnection, timeouts: tuple[int, int] | None) -> None:
-        if self._citus:
+        if self.citus:
             await _citus_set_timeouts(conn, self._timeouts_set_local(timeouts))
         else:
             await super().set_timeouts(conn, timeouts)
@@ -335,6 +357,7 @@ class CitusShards(Topology):
     workers (a row lock waited for on a worker is bounded only by what reached it)."""
 
     distributed = True
+    citus = True
 
     def __init__(self, lock_timeout_ms: int, statement_timeout_ms: int, shards: ShardMap) -> None:
         super().__init__(lock_timeout_ms, statement_timeout_ms)
@@ -387,9 +410,19 @@ class CitusShards(Topology):
         self._shards = await read_shard_map(conn)
 
 
-async def learn(conn: AsyncConnection, lock_timeout_ms: int, statement_timeout_ms: int) -> Topology:
-    """The database behind ``conn``, as a ``Topology``. A schema distributed while the
-    process runs is seen after a restart."""
+def size_function(*, distributed: bool) -> str:
+    """The SQL function measuring a relation with its indexes and TOAST: on Citus a
+    distributed one's shards on every worker."""
+    return "citus_total_relation_size" if distributed else "pg_total_relation_size"
+
+
+async def learn(
+    conn: AsyncConnection, lock_timeout_ms: int = 0, statement_timeout_ms: int = 0
+) -> Topology:
+    """The database behind ``conn``, as a ``Topology`` whose transactions wait for a lock
+    at most ``lock_timeout_ms`` and run a statement at most ``statement_timeout_ms``
+    unless shortened (0: no limit; what only reads needs none). A schema distributed while
+    the process runs is seen after a restart."""
     if not await distribution.is_citus(conn):
         return SingleNode(lock_timeout_ms, statement_timeout_ms)
     if not await distribution.distributed_by_seller(conn):
