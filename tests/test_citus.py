@@ -294,3 +294,21 @@ async def test_a_shards_sellers_share_transactions_and_each_request_id_is_charge
     assert all(len(seen) == 1 for seen in by_seller.values())
     assert all(status.used_this_week == 2 for status in statuses)
     assert max(shard_batches) > 1, shard_batches  # some transaction held several sellers
+
+
+async def test_the_seller_hash_computed_by_the_server_is_postgresqls_hashtext(db):
+    """``store.topology.citus_hash`` is what Citus places sellers by (``hashtext``), for
+    ids of every length a 12-byte block can end at, and for UTF-8 ones."""
+    from quota_authority.store.topology import citus_hash
+
+    ids = ["", *("s" * n + str(n) for n in range(40)), "sélleur-東京-42", "seller_ü.x:y-z"]
+    async with db.connect() as conn:
+        hashed = dict(
+            (
+                await conn.execute(
+                    text("SELECT s, hashtext(s) FROM unnest(CAST(:ids AS text[])) AS s"),
+                    {"ids": ids},
+                )
+            ).all()
+        )
+    assert {s: citus_hash(s) for s in ids} == hashed

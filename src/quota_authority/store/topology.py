@@ -405,8 +405,10 @@ class CitusShards(Topology):
         return self._stale or time.monotonic() - self._shards.read_at > SHARD_MAP_TTL_S
 
     async def refresh(self, conn: AsyncConnection) -> None:
-        """Read the shard map again (a split or a new shard count changes it)."""
+        """Read the shard map again (a move, a split or a new shard count changes it).
+        The calls meanwhile use the map they have: one reads it, not all of them."""
         self._stale = False
+        self._shards.read_at = time.monotonic()
         self._shards = await read_shard_map(conn)
 
 
