@@ -224,7 +224,11 @@ class PostgresLedger:
                 else:
                     await known.refresh(conn)
         except _UNAVAILABLE as e:
-            raise _unavailable(e) from e
+            if known is None:
+                raise _unavailable(e) from e
+            # The map in use stays (still right, or refused batch by batch) until a read
+            # succeeds: the calls need the coordinator no more than before it was due.
+            log.warning("the shard map could not be read again", extra={"error": repr(e)})
         return known
 
     @asynccontextmanager
