@@ -190,9 +190,14 @@ class PostgresLedger:
     methods (calling ``super()``) and the protected seam at the end of this class:
     ``_timeouts_ms``, the timeouts every transaction sets, and ``_connection``, the pooled
     connection under ``transaction``; to build their own, they may use ``_engine``,
-    ``_set_timeouts`` and ``_is_database_failure``. Everything else private here may change
-    without them.
+    ``_set_timeouts`` and ``_is_database_failure``. ``_routes_to_nodes`` false keeps every
+    outreach transaction on the configured database's pool (on Citus, through the
+    coordinator), where the fault injection of ``tests/test_reliability_crash_points.py``
+    reaches the connections; the two paths share the transaction's handling (``_begun``).
+    Everything else private here may change without them.
     """
+
+    _routes_to_nodes = True
 
     def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
         self._engine = engine
@@ -249,7 +254,7 @@ class PostgresLedger:
         # One round trip, timeouts included (simple query protocol; integers only).
         begin = learned.begin(self._timeouts_ms(timeout_s))
         try:
-            if learned.routes_to_nodes:
+            if learned.routes_to_nodes and self._routes_to_nodes:
                 async with self._routed_outreach(learned, begin) as routed:
                     yield routed
             else:
