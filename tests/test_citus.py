@@ -16,7 +16,15 @@ import pytest
 from citus import NOT_ON_CITUS, ON_CITUS, cluster_database
 from servers import server_settings
 from sqlalchemy import text
-from support import BASE_TIME, answered, invite, message, new_id, upkeep_round
+from support import (
+    BASE_TIME,
+    answered,
+    invite,
+    message,
+    new_id,
+    seller_week_locked,
+    upkeep_round,
+)
 
 from quota_authority.cli import main
 from quota_authority.cli import serve as cli_serve
@@ -312,3 +320,32 @@ async def test_the_seller_hash_computed_by_the_server_is_postgresqls_hashtext(db
             ).all()
         )
     assert {s: citus_hash(s) for s in ids} == hashed
+
+
+async def test_a_stuck_seller_holds_up_its_shard_mates_only_until_its_batch_stalls(
+    start_server, db, seller
+):
+    """A seller whose week another transaction holds: its batch waits for the lock (10 s
+    here). A call of another seller of the same shard (on Citus: the same batch key) is
+    decided once the stuck batch counts as stalled (0.25 s), far sooner than that."""
+    roomy = {"lock_timeout_ms": 10_000, "statement_timeout_ms": 10_000, "max_deadline_ms": 20_000}
+    _, address = await start_server(**roomy)
+    grouping = await PostgresLedger(db).transaction_grouping()
+    mates = (new_id("mate") for _ in range(1000))
+    mate = next(s for s in mates if grouping.key(s) == grouping.key(seller))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        for s in (seller, mate):
+            await stub.GetStatus(pb.GetStatusRequest(seller_id=s))  # their weeks exist
+        async with seller_week_locked(db, seller):
+            stuck = asyncio.ensure_future(stub.CheckAndConsume(invite(seller, "c"), timeout=20))
+            await asyncio.sleep(0.05)  # its batch has begun
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            decided = await stub.CheckAndConsume(invite(mate, "c"), timeout=20)
+            waited_s = loop.time() - started
+            assert not stuck.done()
+        assert (await stuck).allowed
+
+    assert decided.allowed
+    assert waited_s < 5, f"the shard-mate waited {waited_s:.2f} s"

@@ -35,8 +35,9 @@ Contracts:
   decided. Without one, a call pays one ``is None`` test.
 * With ``batch_key`` (a store whose transactions may span only sellers whose rows live
   together: a schema distributed on Citus, keyed by shard), a batch holds the queued items
-  of one key, oldest first; one batch of a key runs at a time, and up to ``max_in_flight``
-  batches of different keys at once.
+  of one key, oldest first; one batch of a key runs at a time, but for batches stalled
+  (their key's next batch may start, in a slot a stall opened), and up to
+  ``max_in_flight`` batches of different keys at once.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class MicroBatcher(Generic[T, R]):
         self._dispatch: asyncio.Handle | None = None
         self._filling = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._running: set[Hashable] = set()  # keys with a batch running (one per key)
+        # Keys with a batch running that is not stalled (at most one each).
+        self._running: set[Hashable] = set()
         self._in_batches = 0  # items in batches that have started and not settled
 
     def waiting(self) -> int:
@@ -208,6 +210,9 @@ class MicroBatcher(Generic[T, R]):
             nonlocal stalled
             stalled = True
             self._stalled += 1
+            # A stalled batch waits for one seller's lock, most likely: the other calls of
+            # its key (a shard's other sellers) may start a batch meanwhile.
+            self._running.discard(key)
             self._schedule_dispatch()
 
         timer = None
@@ -220,7 +225,7 @@ class MicroBatcher(Generic[T, R]):
                 timer.cancel()
             if stalled:
                 self._stalled -= 1
-            if self._batch_key is not None:
+            if self._batch_key is not None and not stalled:
                 self._running.discard(key)
             self._in_batches -= len(batch)
             self._in_flight -= 1
