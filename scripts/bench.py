@@ -386,14 +386,14 @@ def measure(
         name: round((after[name] - before[name]) / result["requests"] * 1e6) for name in before
     }
     if transactions_before is not None and transactions_after is not None:
-        # Batching: how many calls one database transaction decided, on average.
-        result["calls_per_transaction"] = round(
-            result["requests"] / max(transactions_after[0] - transactions_before[0], 1), 1
-        )
+        # Batching: how many calls one database transaction decided, on average. On Citus
+        # every batch is one transaction on a worker, whether the server began it there or
+        # on the coordinator (which begins one on the worker for it).
+        ended = transactions_after[0] - transactions_before[0]
         if server.worker_urls:
-            result["worker_transactions_per_call"] = round(
-                (transactions_after[1] - transactions_before[1]) / result["requests"], 2
-            )
+            ended = transactions_after[1] - transactions_before[1]
+            result["worker_transactions_per_call"] = round(ended / result["requests"], 2)
+        result["calls_per_transaction"] = round(result["requests"] / max(ended, 1), 1)
     log(
         f"  {load}: {result['rps']:.0f} rps, p50 {result['p50_ms']} ms, "
         f"p99 {result['p99_ms']} ms, {result['errors']} errors, "
@@ -844,8 +844,10 @@ def churning_partitions(url: str, every_s: float = UPKEEP_EVERY_S) -> Iterator[d
 
 async def migrated(url: str, distribute: bool = False) -> None:
     engine = create_engine(url, database_limits(Settings()))
+    # A fresh Citus schema's shards: the server's default, or QUOTA_AUTHORITY_SHARD_COUNT.
+    shards = int(os.environ.get("QUOTA_AUTHORITY_SHARD_COUNT", Settings().shard_count))
     try:
-        await migrate(engine, distribute=distribute)
+        await migrate(engine, distribute=distribute, shard_count=shards)
     finally:
         await engine.dispose()
 

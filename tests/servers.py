@@ -28,7 +28,7 @@ from support import command_environment, eventually, free_port
 
 from quota_authority.clock import Clock
 from quota_authority.engine.ports import LedgerStore
-from quota_authority.server import QuotaAuthorityServer
+from quota_authority.server import QuotaAuthorityServer, database_limits
 from quota_authority.settings import Settings
 from quota_authority.store import DatabaseLimits, PostgresLedger
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -61,6 +61,11 @@ def server_settings(**overrides: Any) -> Settings:
         "shutdown_grace_s": 2.0,
     }
     return Settings(**{**defaults, **overrides})
+
+
+def ledger_on(engine: AsyncEngine) -> PostgresLedger:
+    """The store a test server would put over ``engine``, for tests that ask it directly."""
+    return PostgresLedger(engine, database_limits(server_settings()))
 
 
 # --- replicas on the session's database ------------------------------------------------

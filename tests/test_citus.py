@@ -7,15 +7,24 @@ distributed in place without losing a row; and lock timeouts that bound waits on
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import timedelta
 
 import grpc
 import pytest
 from citus import NOT_ON_CITUS, ON_CITUS, cluster_database
-from servers import server_settings
+from servers import ledger_on, server_settings
 from sqlalchemy import text
-from support import BASE_TIME, answered, invite, message, new_id, upkeep_round
+from support import (
+    BASE_TIME,
+    answered,
+    invite,
+    message,
+    new_id,
+    seller_week_locked,
+    upkeep_round,
+)
 
 from quota_authority.cli import main
 from quota_authority.cli import serve as cli_serve
@@ -30,11 +39,28 @@ from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 on_citus_only = pytest.mark.skipif(not ON_CITUS, reason=NOT_ON_CITUS)
 
 
-async def test_the_ledger_runs_one_seller_per_transaction_exactly_on_a_distributed_schema(db):
-    assert (
-        await PostgresLedger(db, database_limits(server_settings())).one_seller_per_transaction()
-        is ON_CITUS
-    )
+async def test_the_ledger_groups_calls_by_shard_exactly_on_a_distributed_schema(db):
+    """On Citus the grouping key is the seller's shard, as Citus places it; on one
+    PostgreSQL every seller shares one key."""
+    grouping = await ledger_on(db).transaction_grouping()
+    assert grouping.partitioned is ON_CITUS
+    sellers = [f"grouped-{n}" for n in range(200)]
+    if not ON_CITUS:
+        assert {grouping.key(s) for s in sellers} == {grouping.key("another")}
+        return
+    async with db.connect() as conn:
+        placed = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT s, get_shard_id_for_distribution_column('sellers', s) "
+                        "FROM unnest(CAST(:s AS text[])) AS s"
+                    ),
+                    {"s": sellers},
+                )
+            ).all()
+        )
+    assert {s: grouping.key(s) for s in sellers} == placed
 
 
 async def test_distributing_again_does_nothing_and_on_plain_postgresql_nothing_at_all(db):
@@ -108,9 +134,7 @@ async def test_a_populated_single_node_database_is_distributed_in_place_with_eve
         await server.stop(grace=0)
         engine = create_engine(url, database_limits(server_settings()))
         try:
-            assert not await PostgresLedger(
-                engine, database_limits(server_settings())
-            ).one_seller_per_transaction()
+            assert not (await ledger_on(engine).transaction_grouping()).partitioned
             rows_before = await _row_counts(engine)
             await migrate(engine, distribute=True)
             rows_after = await _row_counts(engine)
@@ -145,7 +169,7 @@ async def test_a_populated_single_node_database_is_distributed_in_place_with_eve
                 }
                 replayed = await stub.CheckAndConsume(invite(sellers[0], "c-0", request_id="r-0"))
                 fresh = await stub.CheckAndConsume(invite(sellers[0], "c-new"))
-            assert await server.store.one_seller_per_transaction()
+            assert (await server.store.transaction_grouping()).partitioned
         finally:
             await server.stop(grace=0)
 
@@ -241,3 +265,87 @@ async def test_time_partitions_are_distributed_and_kept_by_upkeep_on_the_cluster
     assert moved.moved == 3 and not moved.deferred
     assert "audit_log_legacy" in moved.dropped + dropped.dropped
     assert dropped.dropped and not dropped.deferred
+
+
+@on_citus_only
+async def test_a_shards_sellers_share_transactions_and_each_request_id_is_charged_once(
+    stub, db, monkeypatch
+):
+    """Calls of many sellers of one shard, each sent three times at once with one
+    request_id, and a fresh call each: shard batches (migration 0009's functions) hold
+    several sellers, duplicates in one batch or in two answer alike, and each seller is
+    charged once per request_id."""
+    from quota_authority.store import outreach
+
+    key = (await ledger_on(db).transaction_grouping()).key
+    first = new_id("shard")
+    same_shard = (s for s in (new_id("shard") for _ in range(2000)) if key(s) == key(first))
+    sellers = [first, *itertools.islice(same_shard, 15)]
+    shard_batches: list[int] = []
+    lock = outreach.OutreachTransaction.lock_outreach
+
+    async def counted(self, at, keys):  # type: ignore[no-untyped-def]
+        shard_batches.append(len({k.seller_id for k in keys}))
+        return await lock(self, at, keys)
+
+    monkeypatch.setattr(outreach.OutreachTransaction, "lock_outreach", counted)
+    for seller in sellers:  # their weeks exist: the calls below decide at once
+        await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))
+    calls = [invite(s, "c-1", request_id="r-1") for s in sellers for _ in range(3)]
+    calls += [invite(s, "c-2") for s in sellers]
+    answers = await asyncio.gather(*(stub.CheckAndConsume(c) for c in calls))
+    statuses = [(await stub.GetStatus(pb.GetStatusRequest(seller_id=s))).status for s in sellers]
+
+    by_seller: dict[str, set[tuple[bool, int]]] = {}
+    for call, answer in zip(calls[: 3 * len(sellers)], answers, strict=False):
+        by_seller.setdefault(call.seller_id, set()).add((answer.allowed, answer.charged))
+    assert all(len(seen) == 1 for seen in by_seller.values())
+    assert all(status.used_this_week == 2 for status in statuses)
+    assert max(shard_batches) > 1, shard_batches  # some transaction held several sellers
+
+
+async def test_the_seller_hash_computed_by_the_server_is_postgresqls_hashtext(db):
+    """``store.topology.citus_hash`` is what Citus places sellers by (``hashtext``), for
+    ids of every length a 12-byte block can end at, and for UTF-8 ones."""
+    from quota_authority.store.topology import citus_hash
+
+    ids = ["", *("s" * n + str(n) for n in range(40)), "sélleur-東京-42", "seller_ü.x:y-z"]
+    async with db.connect() as conn:
+        hashed = dict(
+            (
+                await conn.execute(
+                    text("SELECT s, hashtext(s) FROM unnest(CAST(:ids AS text[])) AS s"),
+                    {"ids": ids},
+                )
+            ).all()
+        )
+    assert {s: citus_hash(s) for s in ids} == hashed
+
+
+async def test_a_stuck_seller_holds_up_its_shard_mates_only_until_its_batch_stalls(
+    start_server, db, seller
+):
+    """A seller whose week another transaction holds: its batch waits for the lock (10 s
+    here). A call of another seller of the same shard (on Citus: the same batch key) is
+    decided once the stuck batch counts as stalled (0.25 s), far sooner than that."""
+    roomy = {"lock_timeout_ms": 10_000, "statement_timeout_ms": 10_000, "max_deadline_ms": 20_000}
+    _, address = await start_server(**roomy)
+    grouping = await ledger_on(db).transaction_grouping()
+    mates = (new_id("mate") for _ in range(1000))
+    mate = next(s for s in mates if grouping.key(s) == grouping.key(seller))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        for s in (seller, mate):
+            await stub.GetStatus(pb.GetStatusRequest(seller_id=s))  # their weeks exist
+        async with seller_week_locked(db, seller):
+            stuck = asyncio.ensure_future(stub.CheckAndConsume(invite(seller, "c"), timeout=20))
+            await asyncio.sleep(0.05)  # its batch has begun
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            decided = await stub.CheckAndConsume(invite(mate, "c"), timeout=20)
+            waited_s = loop.time() - started
+            assert not stuck.done()
+        assert (await stuck).allowed
+
+    assert decided.allowed
+    assert waited_s < 5, f"the shard-mate waited {waited_s:.2f} s"

@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 import pytest
+from servers import ledger_on
 from support import (
     batched_calls,
     eventually,
@@ -44,12 +45,17 @@ async def test_calls_over_the_concurrency_limit_are_refused_at_once(
     """The held calls would wait up to 60 s (lock timeout and deadline): a refusal well
     within that was not a wait for the lock, however slow the machine. They are for two
     sellers, so that each is in a batch of its own whether batches span sellers (plain
-    PostgreSQL, where a stalled batch opens a slot) or hold one seller's calls (Citus)."""
+    PostgreSQL, where a stalled batch opens a slot) or hold one shard's sellers' calls
+    (Citus: the two are on different shards, or the second would queue behind the first)."""
     roomy = {"lock_timeout_ms": 60_000, "statement_timeout_ms": 60_000, "max_deadline_ms": 60_000}
     server, address = await start_server(
         max_concurrent_rpcs=2, metrics_listen="127.0.0.1:0", **roomy
     )
-    sellers = [seller, new_id("seller")]
+    grouping = await ledger_on(db).transaction_grouping()
+    others = (new_id("seller") for _ in range(1000))
+    if grouping.partitioned:
+        others = (s for s in others if grouping.key(s) != grouping.key(seller))
+    sellers = [seller, next(others)]
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
         for s in sellers:

@@ -175,7 +175,11 @@ class _RecordingTransaction:
 
 class FaultInjection(PostgresLedger):
     """A ledger (``PostgresLedger`` or a broken variant after it in the MRO) whose
-    transactions fail at the point ``faults`` arms."""
+    transactions fail at the point ``faults`` arms. On Citus its outreach transactions go
+    through the coordinator, whose pool and backends the faults reach (a transaction sent
+    to a shard's worker is handled by the same code, ``PostgresLedger``'s ``_begun``)."""
+
+    _routes_to_nodes = False
 
     def __init__(self, engine: AsyncEngine, limits: DatabaseLimits, faults: Faults) -> None:
         super().__init__(engine, limits)

@@ -225,9 +225,9 @@ async def test_calls_continue_their_callers_traces_and_their_batches_link_to_the
         assert statements, f"batch {batch.span_id} has no statement spans"
         assert all(s.attributes.get("db.system") == "postgresql" for s in statements)
         texts = [str(s.attributes.get("db.statement", "")) for s in statements]
-        # lock_outreach_state on one PostgreSQL; lock_seller_outreach on Citus (a batch a
-        # seller there, store/outreach.py).
-        assert any(re.search(r"lock_(seller_)?outreach", text) for text in texts), texts
+        # lock_outreach_state on one PostgreSQL; on Citus lock_shard_outreach for a batch of
+        # one shard's sellers, lock_seller_outreach for one seller's (store/outreach.py).
+        assert any(re.search(r"lock_((seller|shard)_)?outreach", text) for text in texts), texts
 
     # No token, and no field of a request but its seller and action, anywhere.
     for span in spans:

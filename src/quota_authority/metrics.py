@@ -36,7 +36,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .engine.ports import LedgerStore, LedgerTransaction, OutreachTransaction, UpkeepReport
+from .engine.ports import (
+    LedgerStore,
+    LedgerTransaction,
+    OutreachTransaction,
+    TransactionGrouping,
+    UpkeepReport,
+)
 from .engine.retention import Retained
 
 __all__ = ["Metrics", "TimedLedger"]
@@ -186,8 +192,8 @@ class TimedLedger:
         finally:
             self._metrics.transaction(kind, time.perf_counter() - started)
 
-    async def one_seller_per_transaction(self) -> bool:
-        return await self._ledger.one_seller_per_transaction()
+    async def transaction_grouping(self) -> TransactionGrouping:
+        return await self._ledger.transaction_grouping()
 
     def transaction(
         self, timeout_s: float | None = None

@@ -268,7 +268,11 @@ class QuotaAuthorityServer:
         limits = database_limits(self.settings)
         self.engine = create_engine(self.database_url, limits)
         async with unreachable_at_start(self.database_url, self.database_setting):
-            await migrate(self.engine, distribute=self.settings.distribute)
+            await migrate(
+                self.engine,
+                distribute=self.settings.distribute,
+                shard_count=self.settings.shard_count,
+            )
         self.tracing = start_tracing(self.settings)
         if self.tracing is not None:
             self.tracing.instrument_statements()
@@ -537,7 +541,9 @@ def migrate_schema(settings: Settings) -> tuple[str, str]:
         engine = create_engine(url, database_limits(settings))
         try:
             async with unreachable_at_start(url, where):
-                return await migrate(engine, distribute=settings.distribute)
+                return await migrate(
+                    engine, distribute=settings.distribute, shard_count=settings.shard_count
+                )
         finally:
             await engine.dispose()
 

@@ -261,11 +261,18 @@ class Settings:
         "true distributes the schema by seller_id when migrating on a Citus coordinator; "
         "no effect on plain PostgreSQL",
     )
+    shard_count: int = _variable(
+        4,
+        "QUOTA_AUTHORITY_SHARD_COUNT",
+        "shards a schema is distributed into when QUOTA_AUTHORITY_DISTRIBUTE first "
+        "distributes it (about one or two per worker core); a distributed schema keeps its own",
+        minimum=1,
+    )
     seller_batches_in_flight: int = _variable(
         8,
         "QUOTA_AUTHORITY_SELLER_BATCHES_IN_FLIGHT",
-        "on a schema distributed by seller_id, most one-seller batch transactions open at "
-        "once per process",
+        "on a schema distributed by seller_id, most batch transactions (one shard's sellers "
+        "each) open at once per process",
         minimum=1,
     )
     outreach_batch_max_items: int = _variable(

@@ -33,9 +33,11 @@ Contracts:
   (its span, say), where ``calls`` are what ``tracer.capture()`` returned in each caller's
   context when it submitted its item (the caller's span, say): a batch knows each call it
   decided. Without one, a call pays one ``is None`` test.
-* With ``one_group_per_batch`` (a store whose transactions may touch one seller only: a
-  schema distributed on Citus), a batch holds the queued items of one group, oldest first,
-  and up to ``max_in_flight`` such batches run at once.
+* With ``batch_key`` (a store whose transactions may span only sellers whose rows live
+  together: a schema distributed on Citus, keyed by shard), a batch holds the queued items
+  of one key, oldest first; one batch of a key runs at a time, but for batches stalled
+  (their key's next batch may start, in a slot a stall opened), and up to
+  ``max_in_flight`` batches of different keys at once.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ BUSY_SIZE = 8
 STALL_SLOTS = 4
 # Least time a batch run again after a failure gets, whatever its callers' deadlines.
 RERUN_GRACE_S = 0.1
+
+# No key free to start a batch of.
+_NO_KEY = object()
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -83,7 +88,7 @@ class MicroBatcher(Generic[T, R]):
     fill when under load, and opening a slot for each batch stalled past ``stall_after_s``.
     ``decide`` returns one result or error per item, in order, or raises when the whole
     batch failed; ``group`` names the items that need the same locks; ``on_batch`` hears
-    each batch's size as it starts; ``one_group_per_batch`` makes each batch one group's;
+    each batch's size as it starts; ``batch_key`` makes each batch one key's items;
     ``tracer`` traces each batch with its calls."""
 
     def __init__(
@@ -96,12 +101,12 @@ class MicroBatcher(Generic[T, R]):
         group: Callable[[T], Hashable] = id,
         stall_after_s: float | None = None,
         on_batch: Callable[[int], None] | None = None,
-        one_group_per_batch: bool = False,
+        batch_key: Callable[[T], Hashable] | None = None,
         tracer: BatchTracer[T] | None = None,
     ) -> None:
         self._decide = decide
         self._tracer = tracer
-        self._one_group_per_batch = one_group_per_batch
+        self._batch_key = batch_key
         self._max_size = max_size
         self._max_in_flight = max_in_flight
         self._fill_wait_s = fill_wait_s
@@ -115,7 +120,8 @@ class MicroBatcher(Generic[T, R]):
         self._dispatch: asyncio.Handle | None = None
         self._filling = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._running: set[Hashable] = set()  # groups with a batch running (one per group)
+        # Keys with a batch running that is not stalled (at most one each).
+        self._running: set[Hashable] = set()
         self._in_batches = 0  # items in batches that have started and not settled
 
     def waiting(self) -> int:
@@ -158,7 +164,7 @@ class MicroBatcher(Generic[T, R]):
         # Callers that gave up while queued are owed nothing.
         self._queue = [entry for entry in self._queue if not entry[1].done()]
         while self._queue and self._has_slot():
-            entries = self._next_batch()
+            entries, key = self._next_batch()
             if not entries:
                 break  # every queued group has a batch running: they wait for it
             self._last_size = len(entries)
@@ -167,44 +173,46 @@ class MicroBatcher(Generic[T, R]):
             self._in_flight += 1
             self._in_batches += len(entries)
             context = deadlines.context_with(deadlines.latest(e[2] for e in entries))
-            task = asyncio.create_task(self._run(entries), context=context)
+            task = asyncio.create_task(self._run(entries, key), context=context)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _next_batch(self) -> list[_Entry[T, R]]:
+    def _next_batch(self) -> tuple[list[_Entry[T, R]], Hashable]:
         """Take the next batch off the queue: its first ``max_size`` items, or with
-        ``one_group_per_batch``, the first ``max_size`` items of the oldest queued group
-        that has no batch running (none: an empty batch). Two batches of one group would
-        only wait for each other's locks, each holding a connection; queued behind the
-        running one, a group's items make its next batch bigger instead."""
-        if not self._one_group_per_batch:
+        ``batch_key``, the first ``max_size`` items of the oldest queued key that has no
+        batch running (none: an empty batch). Two batches of one key would only contend
+        for its node and its sellers' locks, each holding a connection; queued behind the
+        running one, a key's items make its next batch bigger instead. With the batch, its
+        key (None without ``batch_key``), running until the batch's ``_run`` ends."""
+        batch_key = self._batch_key
+        if batch_key is None:
             entries = self._queue[: self._max_size]
             del self._queue[: self._max_size]
-            return entries
-        group = next(
-            (g for g in map(self._group, (e[0] for e in self._queue)) if g not in self._running),
-            None,
-        )
-        if group is None:
-            return []
-        self._running.add(group)  # until its batch's _run ends
+            return entries, None
+        keys = [batch_key(e[0]) for e in self._queue]
+        key = next((k for k in keys if k not in self._running), _NO_KEY)
+        if key is _NO_KEY:
+            return [], None
+        self._running.add(key)  # until its batch's _run ends
         entries, rest = [], []
-        for entry in self._queue:
-            if len(entries) < self._max_size and self._group(entry[0]) == group:
+        for entry, entry_key in zip(self._queue, keys, strict=True):
+            if len(entries) < self._max_size and entry_key == key:
                 entries.append(entry)
             else:
                 rest.append(entry)
         self._queue = rest
-        return entries
+        return entries, key
 
-    async def _run(self, batch: list[_Entry[T, R]]) -> None:
+    async def _run(self, batch: list[_Entry[T, R]], key: Hashable) -> None:
         stalled = False
-        group = self._group(batch[0][0]) if self._one_group_per_batch else None
 
         def stall() -> None:
             nonlocal stalled
             stalled = True
             self._stalled += 1
+            # A stalled batch waits for one seller's lock, most likely: the other calls of
+            # its key (a shard's other sellers) may start a batch meanwhile.
+            self._running.discard(key)
             self._schedule_dispatch()
 
         timer = None
@@ -217,8 +225,8 @@ class MicroBatcher(Generic[T, R]):
                 timer.cancel()
             if stalled:
                 self._stalled -= 1
-            if group is not None:
-                self._running.discard(group)
+            if self._batch_key is not None and not stalled:
+                self._running.discard(key)
             self._in_batches -= len(batch)
             self._in_flight -= 1
             self._schedule_dispatch()

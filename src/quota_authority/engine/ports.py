@@ -8,7 +8,7 @@ surface as ``errors.StoreUnavailable``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -36,6 +36,7 @@ __all__ = [
     "OutreachWrites",
     "ResponseToStore",
     "SellerRecord",
+    "TransactionGrouping",
     "UpkeepReport",
 ]
 
@@ -49,6 +50,27 @@ class SellerRecord:
     has_had_gmv: bool
     starter_pack_granted: bool
     starter_pack_remaining: int
+
+
+@dataclass(frozen=True)
+class TransactionGrouping:
+    """Which CheckAndConsume calls may share an outreach transaction, as the store says
+    (``LedgerStore.transaction_grouping``). The contract:
+
+    * Calls whose sellers have equal ``key``s may share one transaction; calls whose keys
+      differ never do. ``key`` answers at once (no I/O) and the same for a seller while the
+      grouping is in use; it may name a seller's key coarsely (its own id: one seller a
+      transaction), never wrongly for correctness: a transaction whose sellers turn out not
+      to belong together fails before it changes anything (``StoreUnavailable``), and the
+      engine runs its calls again one seller a transaction.
+    * ``partitioned`` false: one key for every seller (one PostgreSQL), and several
+      transactions of that key may run at once. True: the key names where a seller's rows
+      live (a Citus shard), one transaction of a key runs at a time, and its calls are
+      those queued for that key.
+    """
+
+    key: Callable[[str], Hashable]
+    partitioned: bool
 
 
 @dataclass(frozen=True)
@@ -268,9 +290,9 @@ class OutreachTransaction(Protocol):
 
 
 class LedgerStore(Protocol):
-    async def one_seller_per_transaction(self) -> bool:
-        """True when an outreach transaction may touch one seller only (a schema
-        distributed by seller_id, on Citus): batches then hold one seller's requests."""
+    async def transaction_grouping(self) -> TransactionGrouping:
+        """Which calls may share an outreach transaction (``TransactionGrouping``'s
+        contract), learned once from the database."""
         ...
 
     def transaction(

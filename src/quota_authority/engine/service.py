@@ -60,7 +60,13 @@ from .batching import BatchTracer, MicroBatcher
 from .check_and_consume import CallOutcome
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
-from .ports import LedgerStore, LedgerTransaction, OutreachKey, UpkeepReport
+from .ports import (
+    LedgerStore,
+    LedgerTransaction,
+    OutreachKey,
+    TransactionGrouping,
+    UpkeepReport,
+)
 from .retention import retained
 from .weeks import after_previous, gmv_window, week_containing
 
@@ -111,8 +117,9 @@ class QuotaService:
     ``batch_max_in_flight`` batches (transactions) at once, plus one for each batch stalled
     past ``batch_stall_after_s`` (a batch normally takes milliseconds); under load a batch
     waits up to ``batch_fill_wait_s`` to fill (``MicroBatcher``). On a store whose
-    transactions may touch one seller only (``LedgerStore.one_seller_per_transaction``),
-    a batch holds one seller's calls, and up to ``seller_batches_in_flight`` run at once.
+    transactions may span only sellers whose rows live together
+    (``LedgerStore.transaction_grouping``: a Citus shard's), a batch holds the calls of one
+    such group, and up to ``seller_batches_in_flight`` run at once.
     ``on_batch`` hears each batch's size; ``batch_tracer`` traces each batch with the
     calls it decided."""
 
@@ -136,16 +143,18 @@ class QuotaService:
         self._clock = clock
         self._outreach_wait_s = outreach_wait_s
 
-        def batcher(one_seller: bool) -> MicroBatcher[Outreach, OutreachDecision]:
+        def batcher(grouping: TransactionGrouping) -> MicroBatcher[Outreach, OutreachDecision]:
+            key = grouping.key
+            partitioned = grouping.partitioned
             return MicroBatcher(
                 self._run_check_and_consume_calls,
                 max_size=batch_max_size,
-                max_in_flight=seller_batches_in_flight if one_seller else batch_max_in_flight,
+                max_in_flight=seller_batches_in_flight if partitioned else batch_max_in_flight,
                 fill_wait_s=batch_fill_wait_s,
                 group=lambda outreach: outreach.seller_id,
                 stall_after_s=batch_stall_after_s,
                 on_batch=on_batch,
-                one_group_per_batch=one_seller,
+                batch_key=(lambda outreach: key(outreach.seller_id)) if partitioned else None,
                 tracer=batch_tracer,
             )
 
@@ -164,9 +173,9 @@ class QuotaService:
 
     async def _batcher(self) -> MicroBatcher[Outreach, OutreachDecision]:
         if self._outreach is None:
-            one_seller = await self._store.one_seller_per_transaction()
+            grouping = await self._store.transaction_grouping()
             if self._outreach is None:  # not made by a call that awaited alongside
-                self._outreach = self._new_batcher(one_seller)
+                self._outreach = self._new_batcher(grouping)
         return self._outreach
 
     def replace_policy(self, policy: Policy) -> None:

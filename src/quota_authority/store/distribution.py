@@ -24,12 +24,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 __all__ = [
     "DISTRIBUTED_TABLES",
     "SELLER_FUNCTIONS",
+    "SHARD_COUNT",
     "distribute",
     "distributed_by_seller",
     "is_citus",
 ]
 
 log = logging.getLogger(__name__)
+
+# Shards a schema is distributed into (``QUOTA_AUTHORITY_SHARD_COUNT``): about one or two
+# per worker core, so that the calls of a shard's sellers make large batches
+# (``store.topology``); Citus' default, 32, splits 100 concurrent calls into batches of 3.
+# A schema distributed before keeps its shards (``citus_split_shard_by_split_points`` or
+# ``alter_distributed_table`` change them).
+SHARD_COUNT = 4
 
 # In creation order: the first is the colocation group's anchor.
 DISTRIBUTED_TABLES = (
@@ -63,8 +71,8 @@ async def is_citus(conn: AsyncConnection) -> bool:
 
 async def distributed_by_seller(conn: AsyncConnection) -> bool:
     """True when ``seller_weeks`` is a distributed table: every transaction of the hot path
-    must then touch one seller only. For a database with Citus (``is_citus``): Citus'
-    catalog is read."""
+    must then touch one shard only (``store.topology.CitusShards``). For a database with
+    Citus (``is_citus``): Citus' catalog is read."""
     found = await conn.scalar(
         text(
             "SELECT count(*) FROM pg_dist_partition "
@@ -74,8 +82,9 @@ async def distributed_by_seller(conn: AsyncConnection) -> bool:
     return bool(found)
 
 
-async def distribute(conn: AsyncConnection) -> list[str]:
-    """Distribute what is not distributed yet, in ``conn``'s transaction; what it did, one
+async def distribute(conn: AsyncConnection, *, shard_count: int = SHARD_COUNT) -> list[str]:
+    """Distribute what is not distributed yet, in ``conn``'s transaction, the first table
+    into ``shard_count`` shards (the others colocated with it); what it did, one
     line each. Tables that already hold rows are copied into their shards and their local
     copy on the coordinator is truncated (Citus keeps it otherwise). Nothing on plain
     PostgreSQL."""
@@ -94,7 +103,11 @@ async def distribute(conn: AsyncConnection) -> list[str]:
     for table in DISTRIBUTED_TABLES:
         if table in distributed:
             continue
-        colocation = "" if table == DISTRIBUTED_TABLES[0] else ", colocate_with => 'sellers'"
+        colocation = (
+            f", shard_count => {int(shard_count)}"
+            if table == DISTRIBUTED_TABLES[0]
+            else ", colocate_with => 'sellers'"
+        )
         had_rows = await conn.scalar(text(f"SELECT EXISTS (SELECT 1 FROM {table})"))
         await conn.execute(
             text(f"SELECT create_distributed_table('{table}', 'seller_id'{colocation})")

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..domain import GmvRow
 
-__all__ = ["record_gmv_rows"]
+__all__ = ["record_gmv_rows", "record_gmv_rows_distributed"]
 
 # Each column travels as one text parameter, its values joined by commas, and is split
 # back with string_to_array: asyncpg encodes an array parameter element by element with
@@ -115,18 +115,12 @@ def _set_days_values(count: int) -> str:
 
 
 async def record_gmv_rows(
-    conn: AsyncConnection,
-    rows: Sequence[GmvRow],
-    default_time_zone: str,
-    *,
-    distributed: bool = False,
+    conn: AsyncConnection, rows: Sequence[GmvRow], default_time_zone: str
 ) -> None:
-    """Apply ``rows`` in order in ``conn``'s transaction (``LedgerTransaction.record_gmv_rows``);
-    ``distributed``: the schema is distributed by seller_id (Citus)."""
+    """Apply ``rows`` in order in ``conn``'s transaction (``LedgerTransaction.record_gmv_rows``)
+    on one PostgreSQL; ``record_gmv_rows_distributed`` on a schema distributed by seller_id
+    (``store.topology`` chooses)."""
     if not rows:
-        return
-    if distributed:
-        await _record_distributed(conn, rows, default_time_zone)
         return
     # Later rows overwrite earlier ones: each (seller, day) keeps its last figure.
     latest: dict[tuple[str, date], int] = {(s, day): gmv for s, day, gmv in rows}
@@ -157,12 +151,14 @@ async def record_gmv_rows(
     )
 
 
-async def _record_distributed(
+async def record_gmv_rows_distributed(
     conn: AsyncConnection, rows: Sequence[GmvRow], default_time_zone: str
 ) -> None:
     """``record_gmv_rows`` on a distributed schema: the same three statements, in the forms
     Citus runs fastest (the module's docstring), on the driver's connection, since
     SQLAlchemy would compile thousands of parameters one by one."""
+    if not rows:
+        return
     latest: dict[tuple[str, date], int] = {(s, day): gmv for s, day, gmv in rows}
     had_gmv = {s for s, _, gmv in rows if gmv > 0}
     seller_ids = sorted({s for s, _, _ in rows})

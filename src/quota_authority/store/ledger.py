@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Any
@@ -33,14 +33,14 @@ from ..domain import (
     SellerWeek,
     StoredResponse,
 )
-from ..engine.ports import SellerRecord, UpkeepReport
+from ..engine.ports import OutreachTransaction, SellerRecord, TransactionGrouping, UpkeepReport
 from ..engine.retention import Retained
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
-from . import distribution, partitions
+from . import partitions, topology
 from .database import DatabaseLimits
-from .gmv import record_gmv_rows
 from .migrate import serves_revision
-from .outreach import OutreachTransaction
+from .nodes import NodePools
+from .outreach import OpenedOnFirstUse
 from .rows import seller_week
 from .tables import (
     audit_log,
@@ -104,13 +104,6 @@ _CREATE_WEEK = text(
 
 # How much longer than a shortened lock timeout its statement timeout is.
 _STATEMENT_AFTER_LOCK_MS = 50
-# On Citus, what makes the SET LOCALs after it reach the workers (``_set_local``).
-_PROPAGATE_SET_LOCAL = "SET LOCAL citus.propagate_set_commands = 'local'"
-# A transaction's lock and statement timeouts, shortened to what its caller still waits.
-_SET_TIMEOUTS = text(
-    "SELECT set_config('lock_timeout', :lock, true), "
-    "set_config('statement_timeout', :statement, true)"
-)
 
 
 def _unavailable(error: BaseException) -> StoreUnavailable:
@@ -121,6 +114,51 @@ def _unavailable(error: BaseException) -> StoreUnavailable:
     if isinstance(error, asyncpg.LockNotAvailableError):
         return LockTimeout("a row lock was not granted within the lock timeout")
     return StoreUnavailable(f"database unavailable: {type(error).__name__}")
+
+
+@asynccontextmanager
+async def _begun(
+    conn: asyncpg.Connection, begin: str, discard: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """``conn`` inside the transaction ``begin`` opens: committed when the block ends
+    normally (a failed commit is ``CommitOutcomeUnknown``), rolled back when it raises;
+    ``discard`` is called for a connection dead or still in the transaction afterwards."""
+    try:
+        await conn.execute(begin)  # raises if the connection died
+        yield
+        try:
+            await conn.execute("COMMIT")
+        except _UNAVAILABLE as e:
+            raise CommitOutcomeUnknown(f"commit failed: {type(e).__name__}") from e
+    except BaseException:
+        # is_closed first: a terminated connection cannot say whether it is.
+        if not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(*_UNAVAILABLE):
+                await conn.execute("ROLLBACK")
+        raise
+    finally:
+        # Never hand the pool a connection that is dead or still in this transaction.
+        if conn.is_closed() or conn.is_in_transaction():
+            await discard()
+
+
+def _terminator(conn: asyncpg.Connection) -> Callable[[], Awaitable[None]]:
+    async def terminate() -> None:
+        conn.terminate()
+
+    return terminate
+
+
+def _node_settings(lock_timeout_ms: int, statement_timeout_ms: int) -> dict[str, str]:
+    """The session settings of connections to Citus nodes, as ``database.create_engine``
+    gives the coordinator's."""
+    return {
+        "application_name": "quota-authority",
+        "lock_timeout": f"{lock_timeout_ms}ms",
+        "statement_timeout": f"{statement_timeout_ms}ms",
+        "idle_in_transaction_session_timeout": f"{max(statement_timeout_ms, 10_000)}ms",
+        "citus.override_table_visibility": "off",
+    }
 
 
 def _recorded(row: Any) -> RecordedDecision:
@@ -153,43 +191,58 @@ class PostgresLedger:
     methods (calling ``super()``) and the protected seam at the end of this class:
     ``_timeouts_ms``, the timeouts every transaction sets, and ``_connection``, the pooled
     connection under ``transaction``; to build their own, they may use ``_engine``,
-    ``_set_timeouts`` and ``_is_database_failure``. Everything else private here may change
-    without them.
+    ``_set_timeouts`` and ``_is_database_failure``. ``_routes_to_nodes`` false keeps every
+    outreach transaction on the configured database's pool (on Citus, through the
+    coordinator), where the fault injection of ``tests/test_reliability_crash_points.py``
+    reaches the connections; the two paths share the transaction's handling (``_begun``).
+    Everything else private here may change without them.
     """
+
+    _routes_to_nodes = True
 
     def __init__(self, engine: AsyncEngine, limits: DatabaseLimits) -> None:
         self._engine = engine
         self._lock_timeout_ms = limits.lock_timeout_ms
         self._statement_timeout_ms = limits.statement_timeout_ms
-        # What the database is, found on first use (``_learn_database``): a Citus
-        # coordinator, and whether the schema is distributed by seller_id there.
-        self._citus: bool | None = None
-        self._per_seller = False
+        # What the database is, found on first use (``_learn_database``): every way the
+        # statements differ with it.
+        self._topology: topology.Topology | None = None
+        # On Citus, pools to the nodes holding shards (``_routed_outreach``), made on first use.
+        self._nodes: NodePools | None = None
+        self._pool_size = limits.pool_size
 
-    async def one_seller_per_transaction(self) -> bool:
-        await self._learn_database()
-        return self._per_seller
+    async def transaction_grouping(self) -> TransactionGrouping:
+        return (await self._learn_database()).grouping
 
-    async def _learn_database(self) -> None:
-        """Find out, once, whether the database is Citus and the schema distributed. A
-        schema distributed while the process runs is seen after a restart."""
-        if self._citus is not None:
-            return
+    async def _learn_database(self) -> topology.Topology:
+        """Find out, once, what the database is (``store.topology.learn``); on Citus, read
+        the shard map again when it is due."""
+        known = self._topology
+        if known is not None and not known.refresh_due():
+            return known
         try:
             async with self._engine.connect() as conn:
-                citus = await distribution.is_citus(conn)
-                per_seller = citus and await distribution.distributed_by_seller(conn)
+                if known is None:
+                    known = self._topology = await topology.learn(
+                        conn, self._lock_timeout_ms, self._statement_timeout_ms
+                    )
+                else:
+                    await known.refresh(conn)
         except _UNAVAILABLE as e:
-            raise _unavailable(e) from e
-        self._citus, self._per_seller = citus, per_seller
+            if known is None:
+                raise _unavailable(e) from e
+            # The map in use stays (still right, or refused batch by batch) until a read
+            # succeeds: the calls need the coordinator no more than before it was due.
+            log.warning("the shard map could not be read again", extra={"error": repr(e)})
+        return known
 
     @asynccontextmanager
     async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[_Transaction]:
-        await self._learn_database()
+        learned = await self._learn_database()
         timeouts = self._timeouts_ms(timeout_s)
         try:
             async with self._connection(timeouts) as conn:
-                yield _Transaction(conn, distributed=self._per_seller)
+                yield _Transaction(conn, learned)
         except _UNAVAILABLE as e:
             raise _unavailable(e) from e
 
@@ -197,36 +250,58 @@ class PostgresLedger:
     async def outreach_transaction(
         self, timeout_s: float | None = None
     ) -> AsyncIterator[OutreachTransaction]:
-        await self._learn_database()
+        learned = await self._learn_database()
         # One round trip, timeouts included (simple query protocol; integers only).
-        begin = "BEGIN ISOLATION LEVEL READ COMMITTED; " + self._set_local(
-            self._timeouts_ms(timeout_s)
-        )
+        begin = learned.begin(self._timeouts_ms(timeout_s))
         try:
-            async with self._engine.connect() as pooled:
-                conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
-                try:
-                    await conn.execute(begin)  # raises if the connection died
-                    yield OutreachTransaction(conn, one_seller=self._per_seller)
-                    try:
-                        await conn.execute("COMMIT")
-                    except _UNAVAILABLE as e:
-                        raise CommitOutcomeUnknown(f"commit failed: {type(e).__name__}") from e
-                except BaseException:
-                    # is_closed first: a terminated connection cannot say whether it is.
-                    if not conn.is_closed() and conn.is_in_transaction():
-                        with contextlib.suppress(*_UNAVAILABLE):
-                            await conn.execute("ROLLBACK")
-                    raise
-                finally:
-                    # Never hand the pool a connection that is dead or still in this transaction.
-                    if conn.is_closed() or conn.is_in_transaction():
-                        await pooled.invalidate()
+            if learned.routes_to_nodes and self._routes_to_nodes:
+                async with self._routed_outreach(learned, begin) as routed:
+                    yield routed
+            else:
+                async with self._engine.connect() as pooled:
+                    conn: asyncpg.Connection = (await pooled.get_raw_connection()).driver_connection
+                    async with _begun(conn, begin, pooled.invalidate):
+                        yield learned.outreach(conn)
         except CommitOutcomeUnknown as e:
             log.warning("database commit failed", extra={"error": repr(e.__cause__)})
             raise
         except _UNAVAILABLE as e:
+            learned.misrouted(e)  # then the shard map is read again before the next batch
             raise _unavailable(e) from e
+
+    @asynccontextmanager
+    async def _routed_outreach(
+        self, learned: topology.Topology, begin: str
+    ) -> AsyncIterator[OutreachTransaction]:
+        """An outreach transaction begun on the node that holds the shard of its first
+        statement's sellers (``store.nodes``), or on the coordinator when that node is not
+        known or not reachable."""
+        if self._nodes is None:
+            self._nodes = NodePools(
+                self._engine,
+                _node_settings(self._lock_timeout_ms, self._statement_timeout_ms),
+                self._pool_size,
+            )
+        nodes = self._nodes
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def open_on(seller_id: str) -> OutreachTransaction:
+                node = learned.node_of(seller_id)
+                pool = None if node is None else await nodes.pool(node)
+                if pool is None or node is None:
+                    pooled = await stack.enter_async_context(self._engine.connect())
+                    conn = (await pooled.get_raw_connection()).driver_connection
+                    await stack.enter_async_context(_begun(conn, begin, pooled.invalidate))
+                    return learned.outreach(conn)
+                try:
+                    conn = await stack.enter_async_context(pool.acquire(timeout=5))
+                    await stack.enter_async_context(_begun(conn, begin, _terminator(conn)))
+                except (TimeoutError, OSError, asyncpg.InterfaceError):
+                    nodes.unreachable(node)
+                    raise
+                return learned.outreach(conn)
+
+            yield OpenedOnFirstUse(open_on)
 
     async def keep_bounded(
         self, now: datetime, keep: Retained, *, trim_rows: bool = True
@@ -276,35 +351,10 @@ class PostgresLedger:
             yield conn
 
     async def _set_timeouts(self, conn: AsyncConnection, timeouts: tuple[int, int] | None) -> None:
-        """Set ``timeouts`` (lock, statement; ms) for the rest of ``conn``'s transaction."""
-        if self._citus:
-            # SQLAlchemy begins the transaction with its first statement: this one. The
-            # timeouts after it then share one round trip on the driver's connection.
-            await conn.exec_driver_sql(_PROPAGATE_SET_LOCAL)
-            raw = await conn.get_raw_connection()
-            await raw.driver_connection.execute(self._timeouts_set_local(timeouts))  # type: ignore[union-attr]
-        elif timeouts is not None:
-            await conn.execute(
-                _SET_TIMEOUTS, {"lock": f"{timeouts[0]}ms", "statement": f"{timeouts[1]}ms"}
-            )
-
-    def _set_local(self, timeouts: tuple[int, int] | None) -> str:
-        """The SET LOCAL statements that give a transaction ``timeouts`` (lock, statement;
-        ms): none on PostgreSQL when the session's own are no longer (None).
-
-        On Citus the session's settings and ``set_config`` stay on the coordinator: a row
-        lock waited for on a worker was bounded only by the statement timeout there. SET
-        LOCAL travels with the transaction to every worker it reaches when
-        ``citus.propagate_set_commands`` is ``local``, so every transaction sets both, its
-        shortened ones or the session's."""
-        if self._citus:
-            return f"{_PROPAGATE_SET_LOCAL}; {self._timeouts_set_local(timeouts)}"
-        return "" if timeouts is None else self._timeouts_set_local(timeouts)
-
-    def _timeouts_set_local(self, timeouts: tuple[int, int] | None) -> str:
-        """``SET LOCAL`` of the lock and statement timeouts: ``timeouts``, or the session's."""
-        lock, statement = timeouts or (self._lock_timeout_ms, self._statement_timeout_ms)
-        return f"SET LOCAL lock_timeout = {lock:d}; SET LOCAL statement_timeout = {statement:d}"
+        """Set ``timeouts`` (lock, statement; ms) for the rest of ``conn``'s transaction, in
+        the database's form (``Topology.set_timeouts``: on Citus, SET LOCALs propagated to
+        the workers, where the session's settings and ``set_config`` do not reach)."""
+        await (await self._learn_database()).set_timeouts(conn, timeouts)
 
     @staticmethod
     def _is_database_failure(error: BaseException) -> bool:
@@ -314,12 +364,12 @@ class PostgresLedger:
 
 
 class _Transaction:
-    """One open transaction; implements ``engine.ports.LedgerTransaction``. ``distributed``:
-    the schema is distributed by seller_id (Citus), where some statements take other forms."""
+    """One open transaction; implements ``engine.ports.LedgerTransaction``. ``topology``:
+    the database's, where some statements take other forms."""
 
-    def __init__(self, conn: AsyncConnection, *, distributed: bool = False) -> None:
+    def __init__(self, conn: AsyncConnection, learned: topology.Topology) -> None:
         self.conn = conn
-        self.distributed = distributed
+        self.topology = learned
 
     async def find_week(self, seller_id: str, at: datetime) -> SellerWeek | None:
         return await self._week(seller_id, at, lock=False)
@@ -631,7 +681,7 @@ class _Transaction:
         )
 
     async def record_gmv_rows(self, rows: Sequence[GmvRow], default_time_zone: str) -> None:
-        await record_gmv_rows(self.conn, rows, default_time_zone, distributed=self.distributed)
+        await self.topology.record_gmv_rows(self.conn, rows, default_time_zone)
 
     async def upsert_seller(
         self, seller_id: str, time_zone: str | None, default_time_zone: str

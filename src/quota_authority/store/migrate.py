@@ -77,11 +77,17 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
+async def migrate(
+    engine: AsyncEngine,
+    *,
+    distribute: bool = False,
+    shard_count: int = distribution.SHARD_COUNT,
+) -> str:
     """Bring the schema to the head revision, unless a newer release already migrated it
     further; the schema's revision afterwards. With ``distribute``, then distribute on a
-    Citus coordinator what is not distributed yet (``distribution.distribute``; nothing on
-    plain PostgreSQL), in a transaction of its own under the same lock.
+    Citus coordinator what is not distributed yet (``distribution.distribute``, into
+    ``shard_count`` shards; nothing on plain PostgreSQL), in a transaction of its own under
+    the same lock.
 
     It runs on a connection of its own, without the service's lock and statement timeouts:
     a migration may take long (an index on a large table) and may wait for another
@@ -116,7 +122,7 @@ async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
                 await conn.run_sync(_upgrade)
                 await conn.commit()
                 if distribute:
-                    await _distribute(conn)
+                    await _distribute(conn, shard_count)
             finally:
                 # A connection that died has released the lock with it.
                 with contextlib.suppress(sa_exc.DBAPIError):
@@ -128,9 +134,9 @@ async def migrate(engine: AsyncEngine, *, distribute: bool = False) -> str:
     return head_revision()
 
 
-async def _distribute(conn: AsyncConnection) -> None:
+async def _distribute(conn: AsyncConnection, shard_count: int) -> None:
     try:
-        await distribution.distribute(conn)
+        await distribution.distribute(conn, shard_count=shard_count)
         await conn.commit()
     except sa_exc.DBAPIError as e:
         await conn.rollback()

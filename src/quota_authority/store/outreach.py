@@ -1,8 +1,13 @@
 """The hot path's transaction: a batch of CheckAndConsume decisions in four round trips —
-BEGIN, ``lock_outreach_state`` (lock, then read), one write statement, COMMIT — however
-many requests the batch holds. On a schema distributed by seller_id (Citus), a batch holds
-one seller's requests, and the two statements are migration 0006's one-seller functions,
-which Citus runs on the seller's worker.
+BEGIN, a lock statement (lock, then read), one write statement, COMMIT — however many
+requests the batch holds.
+
+``OutreachTransaction`` is one PostgreSQL's: migration 0002's cross-seller functions
+(``lock_outreach_state``, ``write_outreach``). ``CitusOutreachTransaction`` is a schema
+distributed by seller_id's (``store.topology.CitusShards`` groups a batch by shard): a batch
+of several sellers of one shard uses migration 0009's ``lock_shard_outreach`` and
+``write_shard_outreach`` (every statement routed to the shard), one seller's migration
+0006's one-seller functions, which Citus delegates to the seller's worker.
 
 It runs on the asyncpg connection under SQLAlchemy's pooled one, with statements prepared
 once per connection (asyncpg's statement cache): SQLAlchemy's per-statement cost was most of
@@ -13,18 +18,19 @@ migration 0002, which says why; store/schema.sql shows each as the database hold
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from ..domain import AuditEntry, PairState, StoredResponse
+from ..engine import ports
 from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites, ResponseToStore
 from ..errors import LockTimeout
 from .rows import seller_week
 
-__all__ = ["OutreachTransaction"]
+__all__ = ["CitusOutreachTransaction", "OpenedOnFirstUse", "OutreachTransaction"]
 
 # Columns of many values are sent joined into one text parameter each (``_texts``,
 # ``_ints``, ``_bools``, ``_times``) and split back by ``string_to_array`` (``_split``):
@@ -68,13 +74,17 @@ _WRITE_COLUMNS = (
     *("text", "timestamptz"),  # audit: request_id, decided_at
     *("text", "text", "text", "jsonb"),  # stored responses
 )
-_WRITE = "SELECT write_outreach({}, ${})".format(
+_WRITE_ARGUMENTS = "({}, ${})".format(
     ", ".join(
         f"${n}::text[]" if kind == "tiers" else _split(n, kind)
         for n, kind in enumerate(_WRITE_COLUMNS, 1)
     ),
     len(_WRITE_COLUMNS) + 1,
 )
+_WRITE = f"SELECT write_outreach{_WRITE_ARGUMENTS}"
+# Migration 0009's: the same arguments, for the sellers of one Citus shard.
+_LOCK_AND_READ_SHARD = _LOCK_AND_READ.replace("lock_outreach_state(", "lock_shard_outreach(", 1)
+_WRITE_SHARD = f"SELECT write_shard_outreach{_WRITE_ARGUMENTS}"
 
 
 def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
@@ -104,28 +114,25 @@ def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
 
 class OutreachTransaction:
     """Implements ``engine.ports.OutreachTransaction`` on an asyncpg connection that is
-    inside a transaction; with ``one_seller``, for batches of one seller's requests."""
+    inside a transaction, with one PostgreSQL's cross-seller statements."""
 
-    def __init__(self, conn: asyncpg.Connection, *, one_seller: bool = False) -> None:
+    # The lock and write statements of a batch of several sellers (a subclass's differ).
+    _lock_statement = _LOCK_AND_READ
+    _write_statement = _WRITE
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
-        self._one_seller = one_seller
 
     async def lock_outreach(
         self, at: datetime, keys: Sequence[OutreachKey]
     ) -> list[LockedOutreach]:
-        creators, requests = [k.creator_id for k in keys], [k.request_id for k in keys]
-        if self._one_seller:
-            rows = await self._lock(
-                _LOCK_AND_READ_ONE_SELLER, _only_seller(keys), at, creators, requests
-            )
-        else:
-            rows = await self._lock(
-                _LOCK_AND_READ,
-                at,
-                _texts([k.seller_id for k in keys]),
-                _texts(creators),
-                _texts(requests),
-            )
+        rows = await self._lock(
+            self._lock_statement,
+            at,
+            _texts([k.seller_id for k in keys]),
+            _texts([k.creator_id for k in keys]),
+            _texts([k.request_id for k in keys]),
+        )
         return [_locked(key, row) for key, row in zip(keys, rows, strict=True)]
 
     async def _lock(self, statement: str, *args: Any) -> list[Any]:
@@ -139,8 +146,6 @@ class OutreachTransaction:
             raise LockTimeout("a seller-week lock was not granted in time") from e
 
     async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
-        if self._one_seller:
-            return await self._write_one_seller(writes, at)
         weeks = writes.week_charges
         pair_weeks = writes.pair_weeks
         audit = writes.audit
@@ -164,7 +169,7 @@ class OutreachTransaction:
             *_response_columns(responses),
         ]
         stored = await self._conn.fetchval(
-            _WRITE,
+            self._write_statement,
             *(_JOINED[kind](c) for kind, c in zip(_WRITE_COLUMNS, columns, strict=True)),
             at,
         )
@@ -186,9 +191,6 @@ class OutreachTransaction:
     async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
         item_indexes = [a.item_index for a in writes.audit]
         return await self._write_seller(_WRITE_BATCH, writes, at, [item_indexes])
-
-    async def _write_one_seller(self, writes: OutreachWrites, at: datetime) -> bool:
-        return await self._write_seller(_WRITE_ONE_SELLER, writes, at, [])
 
     async def _write_seller(
         self, statement: str, writes: OutreachWrites, at: datetime, after_audit: list[list[Any]]
@@ -218,6 +220,73 @@ class OutreachTransaction:
             at,
         )
         return bool(stored == len(responses))
+
+
+class CitusOutreachTransaction(OutreachTransaction):
+    """``OutreachTransaction`` on a schema distributed by seller_id (Citus), for a batch of
+    one shard's sellers: migration 0009's shard functions; a batch of one seller takes
+    migration 0006's one-seller functions, which Citus delegates to the seller's worker
+    (one round trip from the coordinator for each, where the shard functions' statements
+    each make one)."""
+
+    _lock_statement = _LOCK_AND_READ_SHARD
+    _write_statement = _WRITE_SHARD
+    _shard_batch = False  # the batch's lock took the shard function
+
+    async def lock_outreach(
+        self, at: datetime, keys: Sequence[OutreachKey]
+    ) -> list[LockedOutreach]:
+        seller_id = keys[0].seller_id
+        self._shard_batch = any(k.seller_id != seller_id for k in keys)
+        if self._shard_batch:
+            return await super().lock_outreach(at, keys)
+        rows = await self._lock(
+            _LOCK_AND_READ_ONE_SELLER,
+            seller_id,
+            at,
+            [k.creator_id for k in keys],
+            [k.request_id for k in keys],
+        )
+        return [_locked(key, row) for key, row in zip(keys, rows, strict=True)]
+
+    async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
+        # As the lock did: a delegated function after a statement the coordinator routed
+        # might run on the coordinator, and take R11's advisory locks there.
+        if self._shard_batch:
+            return await super().write_outreach(writes, at)
+        return await self._write_seller(_WRITE_ONE_SELLER, writes, at, [])
+
+
+class OpenedOnFirstUse:
+    """An outreach transaction opened by its first statement, where that statement's
+    seller says (``open_on``: on Citus, on the node holding the seller's shard); then
+    every statement runs in it. One that ran no statement opened nothing."""
+
+    def __init__(self, open_on: Callable[[str], Awaitable[ports.OutreachTransaction]]) -> None:
+        self._open_on = open_on
+        self._opened: ports.OutreachTransaction | None = None
+
+    async def _on(self, seller_id: str) -> ports.OutreachTransaction:
+        if self._opened is None:
+            self._opened = await self._open_on(seller_id)
+        return self._opened
+
+    async def lock_outreach(
+        self, at: datetime, keys: Sequence[OutreachKey]
+    ) -> list[LockedOutreach]:
+        return await (await self._on(keys[0].seller_id)).lock_outreach(at, keys)
+
+    async def write_outreach(self, writes: OutreachWrites, at: datetime) -> bool:
+        return await (await self._on(writes.audit[0].seller_id)).write_outreach(writes, at)
+
+    async def lock_batch(
+        self, at: datetime, seller_id: str, creator_ids: Sequence[str], request_id: str | None
+    ) -> tuple[list[LockedOutreach], StoredResponse | None]:
+        tx = await self._on(seller_id)
+        return await tx.lock_batch(at, seller_id, creator_ids, request_id)
+
+    async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
+        return await (await self._on(writes.audit[0].seller_id)).write_batch(writes, at)
 
 
 def _audit_columns(audit: Sequence[AuditEntry]) -> list[list[Any]]:
@@ -283,12 +352,3 @@ _JOINED: dict[str, Callable[[Any], Any]] = {
     "jsonb": _texts,  # JSON text
     "tiers": list,
 }
-
-
-def _only_seller(keys: Sequence[OutreachKey]) -> str:
-    """The one seller of ``keys``; a batch of several on a one-seller transaction is a bug
-    of the caller (``QuotaService`` batches by seller there)."""
-    sellers = {k.seller_id for k in keys}
-    if len(sellers) != 1:
-        raise ValueError(f"a one-seller transaction got {len(sellers)} sellers")
-    return sellers.pop()

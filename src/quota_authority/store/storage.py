@@ -34,8 +34,8 @@ from sqlalchemy.pool import NullPool
 
 from ..engine.retention import Retained
 from ..errors import QuotaAuthorityError
+from . import topology
 from .database import to_async_url, unreachable_at_start
-from .distribution import is_citus
 from .partitions import (
     PARTITIONED_TABLES,
     TRIMMED_TABLES,
@@ -190,19 +190,9 @@ async def _read(conn: AsyncConnection) -> Storage:
             f"no table {', '.join(missing)}: the schema is not migrated (if this is the "
             "database meant: quota-authority migrate, with the same settings)"
         )
-    citus = await is_citus(conn)
-    distributed: set[str] = set()
-    if citus:
-        distributed = {
-            str(name)
-            for name in await conn.scalars(
-                text(
-                    "SELECT c.relname FROM pg_dist_partition AS d "
-                    "JOIN pg_class AS c ON c.oid = d.logicalrelid "
-                    "WHERE c.relnamespace = to_regnamespace(current_schema())::oid"
-                )
-            )
-        }
+    learned = await topology.learn(conn)
+    citus = learned.citus
+    distributed = await learned.distributed_relations(conn)
     existing = await existing_partitions(conn)  # also sets the session's TimeZone to UTC
     tables: list[TableUsage] = []
     for name, column in TIME_COLUMNS.items():
@@ -245,7 +235,7 @@ async def _usage(
     row = (
         await conn.execute(text(f"SELECT count(*) AS n, {oldest} AS oldest FROM {_quoted(name)}"))
     ).one()
-    size_of = "citus_total_relation_size" if distributed else "pg_total_relation_size"
+    size_of = topology.size_function(distributed=distributed)
     size = await conn.scalar(text(f"SELECT {size_of}(to_regclass(:t))"), {"t": _quoted(name)})
     oldest_value: datetime | date | None = row.oldest
     return int(row.n), int(size or 0), oldest_value
