@@ -57,7 +57,7 @@ def test_the_file_holds_every_table_and_function_whole(migrated: str) -> None:
         "audit_log",
     ):
         assert f"\nCREATE TABLE {table} (\n" in migrated, table
-    for function in (
+    functions = (
         "lock_outreach_state",
         "write_outreach",
         "lock_seller_outreach",
@@ -66,9 +66,13 @@ def test_the_file_holds_every_table_and_function_whole(migrated: str) -> None:
         "lock_request_ids",
         "claim_request_ids",
         "claim_seller_request_ids",
-    ):
+        "lock_shard_outreach",
+        "write_shard_outreach",
+        "shard_outreach_check",
+    )
+    for function in functions:
         assert f"\nCREATE OR REPLACE FUNCTION public.{function}(" in migrated, function
-    assert migrated.count("$function$;\n") == 8
+    assert migrated.count("$function$;\n") == len(functions)
 
 
 def test_the_dates_migration_0008_takes_from_the_clock_are_written_alike_on_any_day() -> None:
