@@ -147,6 +147,14 @@ async def test_status_json_is_the_quota_status_with_numbers_and_instants(
         "gmv_30d_minor": 0,
         "time_zone": "UTC",
         "policy_digest": Policy().digest,
+        "next_week": {
+            "tier": "T0",
+            "unlimited": False,
+            "weekly_limit": 50,
+            "max_creator_followers": 20000,
+            "takes_effect": "2026-11-29T00:00:00Z",
+            "gmv_30d_minor": 0,
+        },
     }
 
 

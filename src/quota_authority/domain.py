@@ -29,6 +29,7 @@ __all__ = [
     "GmvRecord",
     "GmvResult",
     "GmvRow",
+    "NextWeekProjection",
     "Outreach",
     "OutreachBatch",
     "OutreachBatchResult",
@@ -328,6 +329,26 @@ class PairState:
 
 
 @dataclass(frozen=True)
+class NextWeekProjection:
+    """R18 Next week: what the seller would get if the next week started now — the tier
+    and limit R1 gives the GMV recorded so far for the next week's 30-day window. A
+    projection: GMV recorded before the week starts still changes it, and the next week
+    is snapshotted (R2) only when it is first read or charged.
+
+    ``weekly_limit`` and ``max_creator_followers`` are None when the tier has no limit or cap."""
+
+    tier: str
+    weekly_limit: int | None
+    max_creator_followers: int | None
+    takes_effect: datetime
+    gmv_30d_minor: int
+
+    @property
+    def unlimited(self) -> bool:
+        return self.weekly_limit is None
+
+
+@dataclass(frozen=True)
 class QuotaStatus:
     """A seller's quota for the current week, as GetStatus and every decision report it."""
 
@@ -345,6 +366,8 @@ class QuotaStatus:
     time_zone: str
     # Which policy the week was snapshotted under; "" when not known (see SellerWeek).
     policy_digest: str = ""
+    # R18: the next week's projection; set by GetStatus only, None in a decision's status.
+    next_week: NextWeekProjection | None = None
 
     @classmethod
     def of(cls, week: SellerWeek, starter_pack_remaining: int) -> QuotaStatus:
@@ -369,6 +392,7 @@ class QuotaStatus:
         decision does not report, so a release that does not know the field can replay it."""
         data = self.__dict__.copy()
         del data["policy_digest"]
+        del data["next_week"]
         data["week_start"] = self.week_start.isoformat()
         data["next_refresh"] = self.next_refresh.isoformat()
         return data

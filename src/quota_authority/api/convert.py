@@ -13,6 +13,7 @@ from ..domain import (
     BatchMode,
     Charge,
     ConnectionSource,
+    NextWeekProjection,
     OutreachBatchResult,
     OutreachDecision,
     Party,
@@ -91,6 +92,18 @@ def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
         gmv_30d_minor=status.gmv_30d_minor,
         time_zone=status.time_zone,
         policy_digest=status.policy_digest,
+        next_week=None if status.next_week is None else _next_week_to_proto(status.next_week),
+    )
+
+
+def _next_week_to_proto(projection: NextWeekProjection) -> pb.NextWeekProjection:
+    return pb.NextWeekProjection(
+        tier=projection.tier,
+        unlimited=projection.unlimited,
+        weekly_limit=projection.weekly_limit or 0,
+        max_creator_followers=projection.max_creator_followers,
+        takes_effect=_timestamp(projection.takes_effect),
+        gmv_30d_minor=projection.gmv_30d_minor,
     )
 
 

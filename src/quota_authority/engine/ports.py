@@ -136,6 +136,10 @@ class LedgerTransaction(Protocol):
         """The seller, created with ``default_time_zone`` first if it does not exist."""
         ...
 
+    async def find_seller(self, seller_id: str) -> SellerRecord | None:
+        """The seller, or None if it does not exist. Reads only."""
+        ...
+
     async def gmv_total(self, seller_id: str, first_day: date, last_day: date) -> int:
         """The seller's GMV summed over the local days ``[first_day, last_day]``."""
         ...

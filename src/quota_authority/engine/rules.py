@@ -18,6 +18,7 @@ from ..domain import (
     Action,
     BatchMode,
     Charge,
+    NextWeekProjection,
     OutreachBatchResult,
     OutreachDecision,
     PairState,
@@ -43,6 +44,7 @@ __all__ = [
     "r14_charge_to_release",
     "r14_release",
     "r15_batch_applies",
+    "r18_next_week",
 ]
 
 
@@ -66,6 +68,23 @@ def r1_tier_for_gmv(gmv_30d_minor: int, tiers: tuple[TierPolicy, ...]) -> TierPo
         if gmv_30d_minor >= tier.min_gmv_30d_minor:
             chosen = tier
     return chosen
+
+
+def r18_next_week(
+    gmv_30d_minor: int, takes_effect: datetime, tiers: tuple[TierPolicy, ...]
+) -> NextWeekProjection:
+    """R18 Next week: the tier and limit R1 would give the next week, from the GMV recorded
+    so far over that week's 30-day window (``weeks.gmv_window`` of its start), taking effect
+    when the current week ends. R1's own function chooses the tier: a projection is the
+    snapshot the next week would take if it started now."""
+    tier = r1_tier_for_gmv(gmv_30d_minor, tiers)
+    return NextWeekProjection(
+        tier=tier.name,
+        weekly_limit=tier.weekly_limit,
+        max_creator_followers=tier.max_creator_followers,
+        takes_effect=takes_effect,
+        gmv_30d_minor=gmv_30d_minor,
+    )
 
 
 def r10_starter_pack_grant(has_had_gmv: bool, already_granted: bool, size: int) -> int:

@@ -38,6 +38,7 @@ from ..domain import (
     GmvBatchResult,
     GmvRecord,
     GmvResult,
+    NextWeekProjection,
     Outreach,
     OutreachBatch,
     OutreachBatchResult,
@@ -371,7 +372,12 @@ class QuotaService:
         async def read() -> QuotaStatus:
             async with self._store.transaction(time_left()) as tx:
                 week = await self._current_week(tx, seller_id, self._clock.now())
-                return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
+                seller = await tx.find_seller(seller_id)
+                if seller is None:  # pragma: no cover - the week's seller exists
+                    raise AssertionError(f"seller {seller_id} vanished after its week")
+                next_week = await self._next_week(tx, week, seller.time_zone)
+                status = QuotaStatus.of(week, seller.starter_pack_remaining)
+                return dataclasses.replace(status, next_week=next_week)
 
         return await _unabandoned(read())
 
@@ -445,6 +451,18 @@ class QuotaService:
         if week is None:  # pragma: no cover - the row was just inserted or found conflicting
             raise AssertionError(f"seller-week of {seller_id} vanished after creation")
         return week
+
+    async def _next_week(
+        self, tx: LedgerTransaction, week: SellerWeek, time_zone: str
+    ) -> NextWeekProjection:
+        """R18: the week that would follow ``week`` in the seller's time zone now (as
+        ``_current_week`` would make it: starting when ``week`` ends), and the projection
+        of its tier from the GMV recorded so far over its R1 window."""
+        policy = self._policy
+        span = after_previous(week_containing(week.week_end, time_zone, policy.week), week.week_end)
+        first_day, last_day = gmv_window(span.start_date)
+        gmv = await tx.gmv_total(week.seller_id, first_day, last_day)
+        return rules.r18_next_week(gmv, span.start, policy.tiers)
 
     # --- the other mutations -----------------------------------------------------------
 

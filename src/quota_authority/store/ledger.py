@@ -380,13 +380,13 @@ class _Transaction:
         row = (
             await self.conn.execute(select(sellers).where(sellers.c.seller_id == seller_id))
         ).one()
-        return SellerRecord(
-            seller_id=row.seller_id,
-            time_zone=row.time_zone,
-            has_had_gmv=row.has_had_gmv,
-            starter_pack_granted=row.starter_pack_granted,
-            starter_pack_remaining=row.starter_pack_remaining,
-        )
+        return _seller_record(row)
+
+    async def find_seller(self, seller_id: str) -> SellerRecord | None:
+        row = (
+            await self.conn.execute(select(sellers).where(sellers.c.seller_id == seller_id))
+        ).first()
+        return None if row is None else _seller_record(row)
 
     async def gmv_total(self, seller_id: str, first_day: date, last_day: date) -> int:
         g = daily_gmv.c
@@ -646,3 +646,13 @@ class _Transaction:
             )
         ).one()
         return (bool(row.created), str(row.time_zone))
+
+
+def _seller_record(row: Any) -> SellerRecord:
+    return SellerRecord(
+        seller_id=row.seller_id,
+        time_zone=row.time_zone,
+        has_had_gmv=row.has_had_gmv,
+        starter_pack_granted=row.starter_pack_granted,
+        starter_pack_remaining=row.starter_pack_remaining,
+    )

@@ -415,7 +415,10 @@ type QuotaStatus struct {
 	// content, the same for equal policies. A reloaded policy makes only the weeks snapshotted
 	// after it. Set by GetStatus; empty in the status of a decision, a batch or a release, and
 	// for weeks snapshotted by a release of this service before it was recorded.
-	PolicyDigest  string `protobuf:"bytes,13,opt,name=policy_digest,json=policyDigest,proto3" json:"policy_digest,omitempty"`
+	PolicyDigest string `protobuf:"bytes,13,opt,name=policy_digest,json=policyDigest,proto3" json:"policy_digest,omitempty"`
+	// A projection (R18), not a promise: what the seller would get if the next week started now.
+	// Set by GetStatus; absent in the status of a decision, a batch or a release.
+	NextWeek      *NextWeekProjection `protobuf:"bytes,14,opt,name=next_week,json=nextWeek,proto3" json:"next_week,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -541,6 +544,110 @@ func (x *QuotaStatus) GetPolicyDigest() string {
 	return ""
 }
 
+func (x *QuotaStatus) GetNextWeek() *NextWeekProjection {
+	if x != nil {
+		return x.NextWeek
+	}
+	return nil
+}
+
+// NextWeekProjection is the tier and weekly limit the seller would get if the next week started
+// now (R18): R1's tier for the GMV recorded so far over the 30 local days before the next week
+// starts, in the seller's current time zone. It is a projection: GMV recorded (or corrected)
+// before the next week starts, a time-zone change or a policy reload still change it, and the
+// next week's tier is fixed only when that week is first read or charged (R2).
+type NextWeekProjection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The name of the tier the next week would get.
+	Tier string `protobuf:"bytes,1,opt,name=tier,proto3" json:"tier,omitempty"`
+	// True when that tier has no weekly limit.
+	Unlimited bool `protobuf:"varint,2,opt,name=unlimited,proto3" json:"unlimited,omitempty"`
+	// The weekly limit of new-creator connections the next week would get (0 when unlimited).
+	WeeklyLimit int64 `protobuf:"varint,3,opt,name=weekly_limit,json=weeklyLimit,proto3" json:"weekly_limit,omitempty"`
+	// The largest follower count of a creator the seller could invite; absent when there is no cap.
+	MaxCreatorFollowers *int64 `protobuf:"varint,4,opt,name=max_creator_followers,json=maxCreatorFollowers,proto3,oneof" json:"max_creator_followers,omitempty"`
+	// When the next week starts and the projection would take effect: the current week's
+	// next_refresh.
+	TakesEffect *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=takes_effect,json=takesEffect,proto3" json:"takes_effect,omitempty"`
+	// The seller's GMV, in USD cents, recorded so far over the next week's 30-day window
+	// (the local days [next week start - 30d, next week start - 1d]); days still to come count 0.
+	Gmv_30DMinor  int64 `protobuf:"varint,6,opt,name=gmv_30d_minor,json=gmv30dMinor,proto3" json:"gmv_30d_minor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NextWeekProjection) Reset() {
+	*x = NextWeekProjection{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NextWeekProjection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NextWeekProjection) ProtoMessage() {}
+
+func (x *NextWeekProjection) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NextWeekProjection.ProtoReflect.Descriptor instead.
+func (*NextWeekProjection) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *NextWeekProjection) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
+}
+
+func (x *NextWeekProjection) GetUnlimited() bool {
+	if x != nil {
+		return x.Unlimited
+	}
+	return false
+}
+
+func (x *NextWeekProjection) GetWeeklyLimit() int64 {
+	if x != nil {
+		return x.WeeklyLimit
+	}
+	return 0
+}
+
+func (x *NextWeekProjection) GetMaxCreatorFollowers() int64 {
+	if x != nil && x.MaxCreatorFollowers != nil {
+		return *x.MaxCreatorFollowers
+	}
+	return 0
+}
+
+func (x *NextWeekProjection) GetTakesEffect() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TakesEffect
+	}
+	return nil
+}
+
+func (x *NextWeekProjection) GetGmv_30DMinor() int64 {
+	if x != nil {
+		return x.Gmv_30DMinor
+	}
+	return 0
+}
+
 // CheckAndConsumeRequest asks whether one outreach may go out now.
 type CheckAndConsumeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -562,7 +669,7 @@ type CheckAndConsumeRequest struct {
 
 func (x *CheckAndConsumeRequest) Reset() {
 	*x = CheckAndConsumeRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[1]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +681,7 @@ func (x *CheckAndConsumeRequest) String() string {
 func (*CheckAndConsumeRequest) ProtoMessage() {}
 
 func (x *CheckAndConsumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[1]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +694,7 @@ func (x *CheckAndConsumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckAndConsumeRequest.ProtoReflect.Descriptor instead.
 func (*CheckAndConsumeRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{1}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CheckAndConsumeRequest) GetSellerId() string {
@@ -653,7 +760,7 @@ type CheckAndConsumeResponse struct {
 
 func (x *CheckAndConsumeResponse) Reset() {
 	*x = CheckAndConsumeResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[2]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +772,7 @@ func (x *CheckAndConsumeResponse) String() string {
 func (*CheckAndConsumeResponse) ProtoMessage() {}
 
 func (x *CheckAndConsumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[2]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +785,7 @@ func (x *CheckAndConsumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckAndConsumeResponse.ProtoReflect.Descriptor instead.
 func (*CheckAndConsumeResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{2}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CheckAndConsumeResponse) GetAllowed() bool {
@@ -740,7 +847,7 @@ type RecordReplyRequest struct {
 
 func (x *RecordReplyRequest) Reset() {
 	*x = RecordReplyRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[3]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +859,7 @@ func (x *RecordReplyRequest) String() string {
 func (*RecordReplyRequest) ProtoMessage() {}
 
 func (x *RecordReplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[3]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +872,7 @@ func (x *RecordReplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordReplyRequest.ProtoReflect.Descriptor instead.
 func (*RecordReplyRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{3}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RecordReplyRequest) GetSellerId() string {
@@ -809,7 +916,7 @@ type RecordReplyResponse struct {
 
 func (x *RecordReplyResponse) Reset() {
 	*x = RecordReplyResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[4]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +928,7 @@ func (x *RecordReplyResponse) String() string {
 func (*RecordReplyResponse) ProtoMessage() {}
 
 func (x *RecordReplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[4]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +941,7 @@ func (x *RecordReplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordReplyResponse.ProtoReflect.Descriptor instead.
 func (*RecordReplyResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{4}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RecordReplyResponse) GetNewlyConnected() bool {
@@ -868,7 +975,7 @@ type BlockRequest struct {
 
 func (x *BlockRequest) Reset() {
 	*x = BlockRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[5]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +987,7 @@ func (x *BlockRequest) String() string {
 func (*BlockRequest) ProtoMessage() {}
 
 func (x *BlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[5]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1000,7 @@ func (x *BlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockRequest.ProtoReflect.Descriptor instead.
 func (*BlockRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{5}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BlockRequest) GetSellerId() string {
@@ -939,7 +1046,7 @@ type BlockResponse struct {
 
 func (x *BlockResponse) Reset() {
 	*x = BlockResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[6]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1058,7 @@ func (x *BlockResponse) String() string {
 func (*BlockResponse) ProtoMessage() {}
 
 func (x *BlockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[6]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1071,7 @@ func (x *BlockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockResponse.ProtoReflect.Descriptor instead.
 func (*BlockResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{6}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BlockResponse) GetBlockedBySeller() bool {
@@ -1005,7 +1112,7 @@ type UnblockRequest struct {
 
 func (x *UnblockRequest) Reset() {
 	*x = UnblockRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[7]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1124,7 @@ func (x *UnblockRequest) String() string {
 func (*UnblockRequest) ProtoMessage() {}
 
 func (x *UnblockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[7]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1137,7 @@ func (x *UnblockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnblockRequest.ProtoReflect.Descriptor instead.
 func (*UnblockRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{7}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UnblockRequest) GetSellerId() string {
@@ -1076,7 +1183,7 @@ type UnblockResponse struct {
 
 func (x *UnblockResponse) Reset() {
 	*x = UnblockResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[8]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1195,7 @@ func (x *UnblockResponse) String() string {
 func (*UnblockResponse) ProtoMessage() {}
 
 func (x *UnblockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[8]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1208,7 @@ func (x *UnblockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnblockResponse.ProtoReflect.Descriptor instead.
 func (*UnblockResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{8}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UnblockResponse) GetBlockedBySeller() bool {
@@ -1136,7 +1243,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[9]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1255,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[9]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1268,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{9}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetStatusRequest) GetSellerId() string {
@@ -1182,7 +1289,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[10]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1301,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[10]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1314,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{10}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetStatusResponse) GetStatus() *QuotaStatus {
@@ -1234,7 +1341,7 @@ type RecordGmvRequest struct {
 
 func (x *RecordGmvRequest) Reset() {
 	*x = RecordGmvRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[11]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1353,7 @@ func (x *RecordGmvRequest) String() string {
 func (*RecordGmvRequest) ProtoMessage() {}
 
 func (x *RecordGmvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[11]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1366,7 @@ func (x *RecordGmvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordGmvRequest.ProtoReflect.Descriptor instead.
 func (*RecordGmvRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{11}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RecordGmvRequest) GetSellerId() string {
@@ -1301,7 +1408,7 @@ type RecordGmvResponse struct {
 
 func (x *RecordGmvResponse) Reset() {
 	*x = RecordGmvResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[12]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1420,7 @@ func (x *RecordGmvResponse) String() string {
 func (*RecordGmvResponse) ProtoMessage() {}
 
 func (x *RecordGmvResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[12]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1433,7 @@ func (x *RecordGmvResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordGmvResponse.ProtoReflect.Descriptor instead.
 func (*RecordGmvResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{12}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RecordGmvResponse) GetReplayed() bool {
@@ -1351,7 +1458,7 @@ type UpsertSellerRequest struct {
 
 func (x *UpsertSellerRequest) Reset() {
 	*x = UpsertSellerRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[13]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1470,7 @@ func (x *UpsertSellerRequest) String() string {
 func (*UpsertSellerRequest) ProtoMessage() {}
 
 func (x *UpsertSellerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[13]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1483,7 @@ func (x *UpsertSellerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertSellerRequest.ProtoReflect.Descriptor instead.
 func (*UpsertSellerRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{13}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpsertSellerRequest) GetSellerId() string {
@@ -1415,7 +1522,7 @@ type UpsertSellerResponse struct {
 
 func (x *UpsertSellerResponse) Reset() {
 	*x = UpsertSellerResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[14]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1534,7 @@ func (x *UpsertSellerResponse) String() string {
 func (*UpsertSellerResponse) ProtoMessage() {}
 
 func (x *UpsertSellerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[14]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1547,7 @@ func (x *UpsertSellerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertSellerResponse.ProtoReflect.Descriptor instead.
 func (*UpsertSellerResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{14}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpsertSellerResponse) GetCreated() bool {
@@ -1497,7 +1604,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[15]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1616,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[15]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1629,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{15}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Decision) GetSellerId() string {
@@ -1626,7 +1733,7 @@ type ListDecisionsRequest struct {
 
 func (x *ListDecisionsRequest) Reset() {
 	*x = ListDecisionsRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[16]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1745,7 @@ func (x *ListDecisionsRequest) String() string {
 func (*ListDecisionsRequest) ProtoMessage() {}
 
 func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[16]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1758,7 @@ func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{16}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListDecisionsRequest) GetSellerId() string {
@@ -1709,7 +1816,7 @@ type ListDecisionsResponse struct {
 
 func (x *ListDecisionsResponse) Reset() {
 	*x = ListDecisionsResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[17]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1828,7 @@ func (x *ListDecisionsResponse) String() string {
 func (*ListDecisionsResponse) ProtoMessage() {}
 
 func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[17]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1841,7 @@ func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{17}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListDecisionsResponse) GetDecisions() []*Decision {
@@ -1766,7 +1873,7 @@ type OutreachItem struct {
 
 func (x *OutreachItem) Reset() {
 	*x = OutreachItem{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[18]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +1885,7 @@ func (x *OutreachItem) String() string {
 func (*OutreachItem) ProtoMessage() {}
 
 func (x *OutreachItem) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[18]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +1898,7 @@ func (x *OutreachItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutreachItem.ProtoReflect.Descriptor instead.
 func (*OutreachItem) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{18}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *OutreachItem) GetCreatorId() string {
@@ -1835,7 +1942,7 @@ type BatchCheckAndConsumeRequest struct {
 
 func (x *BatchCheckAndConsumeRequest) Reset() {
 	*x = BatchCheckAndConsumeRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[19]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +1954,7 @@ func (x *BatchCheckAndConsumeRequest) String() string {
 func (*BatchCheckAndConsumeRequest) ProtoMessage() {}
 
 func (x *BatchCheckAndConsumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[19]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +1967,7 @@ func (x *BatchCheckAndConsumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCheckAndConsumeRequest.ProtoReflect.Descriptor instead.
 func (*BatchCheckAndConsumeRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{19}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BatchCheckAndConsumeRequest) GetSellerId() string {
@@ -1917,7 +2024,7 @@ type OutreachResult struct {
 
 func (x *OutreachResult) Reset() {
 	*x = OutreachResult{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[20]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2036,7 @@ func (x *OutreachResult) String() string {
 func (*OutreachResult) ProtoMessage() {}
 
 func (x *OutreachResult) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[20]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2049,7 @@ func (x *OutreachResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutreachResult.ProtoReflect.Descriptor instead.
 func (*OutreachResult) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{20}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OutreachResult) GetAllowed() bool {
@@ -1991,7 +2098,7 @@ type BatchCheckAndConsumeResponse struct {
 
 func (x *BatchCheckAndConsumeResponse) Reset() {
 	*x = BatchCheckAndConsumeResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[21]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2110,7 @@ func (x *BatchCheckAndConsumeResponse) String() string {
 func (*BatchCheckAndConsumeResponse) ProtoMessage() {}
 
 func (x *BatchCheckAndConsumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[21]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2123,7 @@ func (x *BatchCheckAndConsumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCheckAndConsumeResponse.ProtoReflect.Descriptor instead.
 func (*BatchCheckAndConsumeResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{21}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BatchCheckAndConsumeResponse) GetResults() []*OutreachResult {
@@ -2062,7 +2169,7 @@ type GmvRow struct {
 
 func (x *GmvRow) Reset() {
 	*x = GmvRow{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[22]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2181,7 @@ func (x *GmvRow) String() string {
 func (*GmvRow) ProtoMessage() {}
 
 func (x *GmvRow) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[22]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2194,7 @@ func (x *GmvRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GmvRow.ProtoReflect.Descriptor instead.
 func (*GmvRow) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{22}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GmvRow) GetSellerId() string {
@@ -2126,7 +2233,7 @@ type BatchRecordGmvRequest struct {
 
 func (x *BatchRecordGmvRequest) Reset() {
 	*x = BatchRecordGmvRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[23]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2245,7 @@ func (x *BatchRecordGmvRequest) String() string {
 func (*BatchRecordGmvRequest) ProtoMessage() {}
 
 func (x *BatchRecordGmvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[23]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2258,7 @@ func (x *BatchRecordGmvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRecordGmvRequest.ProtoReflect.Descriptor instead.
 func (*BatchRecordGmvRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{23}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BatchRecordGmvRequest) GetRows() []*GmvRow {
@@ -2181,7 +2288,7 @@ type BatchRecordGmvResponse struct {
 
 func (x *BatchRecordGmvResponse) Reset() {
 	*x = BatchRecordGmvResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[24]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2300,7 @@ func (x *BatchRecordGmvResponse) String() string {
 func (*BatchRecordGmvResponse) ProtoMessage() {}
 
 func (x *BatchRecordGmvResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[24]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2313,7 @@ func (x *BatchRecordGmvResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRecordGmvResponse.ProtoReflect.Descriptor instead.
 func (*BatchRecordGmvResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{24}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BatchRecordGmvResponse) GetRowsRecorded() int32 {
@@ -2239,7 +2346,7 @@ type ReleaseOutreachRequest struct {
 
 func (x *ReleaseOutreachRequest) Reset() {
 	*x = ReleaseOutreachRequest{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[25]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2251,7 +2358,7 @@ func (x *ReleaseOutreachRequest) String() string {
 func (*ReleaseOutreachRequest) ProtoMessage() {}
 
 func (x *ReleaseOutreachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[25]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2264,7 +2371,7 @@ func (x *ReleaseOutreachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseOutreachRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseOutreachRequest) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{25}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReleaseOutreachRequest) GetSellerId() string {
@@ -2307,7 +2414,7 @@ type ReleaseOutreachResponse struct {
 
 func (x *ReleaseOutreachResponse) Reset() {
 	*x = ReleaseOutreachResponse{}
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[26]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2426,7 @@ func (x *ReleaseOutreachResponse) String() string {
 func (*ReleaseOutreachResponse) ProtoMessage() {}
 
 func (x *ReleaseOutreachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[26]
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2439,7 @@ func (x *ReleaseOutreachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseOutreachResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseOutreachResponse) Descriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{26}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReleaseOutreachResponse) GetReturned() Charge {
@@ -2367,7 +2474,7 @@ var File_quota_authority_v1_quota_authority_proto protoreflect.FileDescriptor
 
 const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\n" +
-	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x04\n" +
+	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x05\n" +
 	"\vQuotaStatus\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x12\n" +
 	"\x04tier\x18\x02 \x01(\tR\x04tier\x12\x1c\n" +
@@ -2383,7 +2490,16 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\vnextRefresh\x12\"\n" +
 	"\rgmv_30d_minor\x18\v \x01(\x03R\vgmv30dMinor\x12\x1b\n" +
 	"\ttime_zone\x18\f \x01(\tR\btimeZone\x12#\n" +
-	"\rpolicy_digest\x18\r \x01(\tR\fpolicyDigestB\x18\n" +
+	"\rpolicy_digest\x18\r \x01(\tR\fpolicyDigest\x12C\n" +
+	"\tnext_week\x18\x0e \x01(\v2&.quota_authority.v1.NextWeekProjectionR\bnextWeekB\x18\n" +
+	"\x16_max_creator_followers\"\x9f\x02\n" +
+	"\x12NextWeekProjection\x12\x12\n" +
+	"\x04tier\x18\x01 \x01(\tR\x04tier\x12\x1c\n" +
+	"\tunlimited\x18\x02 \x01(\bR\tunlimited\x12!\n" +
+	"\fweekly_limit\x18\x03 \x01(\x03R\vweeklyLimit\x127\n" +
+	"\x15max_creator_followers\x18\x04 \x01(\x03H\x00R\x13maxCreatorFollowers\x88\x01\x01\x12=\n" +
+	"\ftakes_effect\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vtakesEffect\x12\"\n" +
+	"\rgmv_30d_minor\x18\x06 \x01(\x03R\vgmv30dMinorB\x18\n" +
 	"\x16_max_creator_followers\"\x96\x02\n" +
 	"\x16CheckAndConsumeRequest\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x1d\n" +
@@ -2597,7 +2713,7 @@ func file_quota_authority_v1_quota_authority_proto_rawDescGZIP() []byte {
 }
 
 var file_quota_authority_v1_quota_authority_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_quota_authority_v1_quota_authority_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_quota_authority_v1_quota_authority_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_quota_authority_v1_quota_authority_proto_goTypes = []any{
 	(Action)(0),                          // 0: quota_authority.v1.Action
 	(Reason)(0),                          // 1: quota_authority.v1.Reason
@@ -2606,91 +2722,94 @@ var file_quota_authority_v1_quota_authority_proto_goTypes = []any{
 	(ConnectionSource)(0),                // 4: quota_authority.v1.ConnectionSource
 	(Party)(0),                           // 5: quota_authority.v1.Party
 	(*QuotaStatus)(nil),                  // 6: quota_authority.v1.QuotaStatus
-	(*CheckAndConsumeRequest)(nil),       // 7: quota_authority.v1.CheckAndConsumeRequest
-	(*CheckAndConsumeResponse)(nil),      // 8: quota_authority.v1.CheckAndConsumeResponse
-	(*RecordReplyRequest)(nil),           // 9: quota_authority.v1.RecordReplyRequest
-	(*RecordReplyResponse)(nil),          // 10: quota_authority.v1.RecordReplyResponse
-	(*BlockRequest)(nil),                 // 11: quota_authority.v1.BlockRequest
-	(*BlockResponse)(nil),                // 12: quota_authority.v1.BlockResponse
-	(*UnblockRequest)(nil),               // 13: quota_authority.v1.UnblockRequest
-	(*UnblockResponse)(nil),              // 14: quota_authority.v1.UnblockResponse
-	(*GetStatusRequest)(nil),             // 15: quota_authority.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),            // 16: quota_authority.v1.GetStatusResponse
-	(*RecordGmvRequest)(nil),             // 17: quota_authority.v1.RecordGmvRequest
-	(*RecordGmvResponse)(nil),            // 18: quota_authority.v1.RecordGmvResponse
-	(*UpsertSellerRequest)(nil),          // 19: quota_authority.v1.UpsertSellerRequest
-	(*UpsertSellerResponse)(nil),         // 20: quota_authority.v1.UpsertSellerResponse
-	(*Decision)(nil),                     // 21: quota_authority.v1.Decision
-	(*ListDecisionsRequest)(nil),         // 22: quota_authority.v1.ListDecisionsRequest
-	(*ListDecisionsResponse)(nil),        // 23: quota_authority.v1.ListDecisionsResponse
-	(*OutreachItem)(nil),                 // 24: quota_authority.v1.OutreachItem
-	(*BatchCheckAndConsumeRequest)(nil),  // 25: quota_authority.v1.BatchCheckAndConsumeRequest
-	(*OutreachResult)(nil),               // 26: quota_authority.v1.OutreachResult
-	(*BatchCheckAndConsumeResponse)(nil), // 27: quota_authority.v1.BatchCheckAndConsumeResponse
-	(*GmvRow)(nil),                       // 28: quota_authority.v1.GmvRow
-	(*BatchRecordGmvRequest)(nil),        // 29: quota_authority.v1.BatchRecordGmvRequest
-	(*BatchRecordGmvResponse)(nil),       // 30: quota_authority.v1.BatchRecordGmvResponse
-	(*ReleaseOutreachRequest)(nil),       // 31: quota_authority.v1.ReleaseOutreachRequest
-	(*ReleaseOutreachResponse)(nil),      // 32: quota_authority.v1.ReleaseOutreachResponse
-	(*timestamppb.Timestamp)(nil),        // 33: google.protobuf.Timestamp
+	(*NextWeekProjection)(nil),           // 7: quota_authority.v1.NextWeekProjection
+	(*CheckAndConsumeRequest)(nil),       // 8: quota_authority.v1.CheckAndConsumeRequest
+	(*CheckAndConsumeResponse)(nil),      // 9: quota_authority.v1.CheckAndConsumeResponse
+	(*RecordReplyRequest)(nil),           // 10: quota_authority.v1.RecordReplyRequest
+	(*RecordReplyResponse)(nil),          // 11: quota_authority.v1.RecordReplyResponse
+	(*BlockRequest)(nil),                 // 12: quota_authority.v1.BlockRequest
+	(*BlockResponse)(nil),                // 13: quota_authority.v1.BlockResponse
+	(*UnblockRequest)(nil),               // 14: quota_authority.v1.UnblockRequest
+	(*UnblockResponse)(nil),              // 15: quota_authority.v1.UnblockResponse
+	(*GetStatusRequest)(nil),             // 16: quota_authority.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),            // 17: quota_authority.v1.GetStatusResponse
+	(*RecordGmvRequest)(nil),             // 18: quota_authority.v1.RecordGmvRequest
+	(*RecordGmvResponse)(nil),            // 19: quota_authority.v1.RecordGmvResponse
+	(*UpsertSellerRequest)(nil),          // 20: quota_authority.v1.UpsertSellerRequest
+	(*UpsertSellerResponse)(nil),         // 21: quota_authority.v1.UpsertSellerResponse
+	(*Decision)(nil),                     // 22: quota_authority.v1.Decision
+	(*ListDecisionsRequest)(nil),         // 23: quota_authority.v1.ListDecisionsRequest
+	(*ListDecisionsResponse)(nil),        // 24: quota_authority.v1.ListDecisionsResponse
+	(*OutreachItem)(nil),                 // 25: quota_authority.v1.OutreachItem
+	(*BatchCheckAndConsumeRequest)(nil),  // 26: quota_authority.v1.BatchCheckAndConsumeRequest
+	(*OutreachResult)(nil),               // 27: quota_authority.v1.OutreachResult
+	(*BatchCheckAndConsumeResponse)(nil), // 28: quota_authority.v1.BatchCheckAndConsumeResponse
+	(*GmvRow)(nil),                       // 29: quota_authority.v1.GmvRow
+	(*BatchRecordGmvRequest)(nil),        // 30: quota_authority.v1.BatchRecordGmvRequest
+	(*BatchRecordGmvResponse)(nil),       // 31: quota_authority.v1.BatchRecordGmvResponse
+	(*ReleaseOutreachRequest)(nil),       // 32: quota_authority.v1.ReleaseOutreachRequest
+	(*ReleaseOutreachResponse)(nil),      // 33: quota_authority.v1.ReleaseOutreachResponse
+	(*timestamppb.Timestamp)(nil),        // 34: google.protobuf.Timestamp
 }
 var file_quota_authority_v1_quota_authority_proto_depIdxs = []int32{
-	33, // 0: quota_authority.v1.QuotaStatus.week_start:type_name -> google.protobuf.Timestamp
-	33, // 1: quota_authority.v1.QuotaStatus.next_refresh:type_name -> google.protobuf.Timestamp
-	0,  // 2: quota_authority.v1.CheckAndConsumeRequest.action:type_name -> quota_authority.v1.Action
-	1,  // 3: quota_authority.v1.CheckAndConsumeResponse.reason:type_name -> quota_authority.v1.Reason
-	3,  // 4: quota_authority.v1.CheckAndConsumeResponse.charged:type_name -> quota_authority.v1.Charge
-	6,  // 5: quota_authority.v1.CheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	4,  // 6: quota_authority.v1.RecordReplyRequest.source:type_name -> quota_authority.v1.ConnectionSource
-	5,  // 7: quota_authority.v1.BlockRequest.blocked_by:type_name -> quota_authority.v1.Party
-	5,  // 8: quota_authority.v1.UnblockRequest.blocked_by:type_name -> quota_authority.v1.Party
-	6,  // 9: quota_authority.v1.GetStatusResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	0,  // 10: quota_authority.v1.Decision.action:type_name -> quota_authority.v1.Action
-	1,  // 11: quota_authority.v1.Decision.reason:type_name -> quota_authority.v1.Reason
-	3,  // 12: quota_authority.v1.Decision.charged:type_name -> quota_authority.v1.Charge
-	33, // 13: quota_authority.v1.Decision.decided_at:type_name -> google.protobuf.Timestamp
-	33, // 14: quota_authority.v1.Decision.week_start:type_name -> google.protobuf.Timestamp
-	33, // 15: quota_authority.v1.ListDecisionsRequest.week_time:type_name -> google.protobuf.Timestamp
-	33, // 16: quota_authority.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
-	33, // 17: quota_authority.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
-	21, // 18: quota_authority.v1.ListDecisionsResponse.decisions:type_name -> quota_authority.v1.Decision
-	0,  // 19: quota_authority.v1.OutreachItem.action:type_name -> quota_authority.v1.Action
-	24, // 20: quota_authority.v1.BatchCheckAndConsumeRequest.items:type_name -> quota_authority.v1.OutreachItem
-	2,  // 21: quota_authority.v1.BatchCheckAndConsumeRequest.mode:type_name -> quota_authority.v1.BatchMode
-	1,  // 22: quota_authority.v1.OutreachResult.reason:type_name -> quota_authority.v1.Reason
-	3,  // 23: quota_authority.v1.OutreachResult.charged:type_name -> quota_authority.v1.Charge
-	26, // 24: quota_authority.v1.BatchCheckAndConsumeResponse.results:type_name -> quota_authority.v1.OutreachResult
-	6,  // 25: quota_authority.v1.BatchCheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	28, // 26: quota_authority.v1.BatchRecordGmvRequest.rows:type_name -> quota_authority.v1.GmvRow
-	3,  // 27: quota_authority.v1.ReleaseOutreachResponse.returned:type_name -> quota_authority.v1.Charge
-	6,  // 28: quota_authority.v1.ReleaseOutreachResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	7,  // 29: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:input_type -> quota_authority.v1.CheckAndConsumeRequest
-	9,  // 30: quota_authority.v1.QuotaAuthorityService.RecordReply:input_type -> quota_authority.v1.RecordReplyRequest
-	11, // 31: quota_authority.v1.QuotaAuthorityService.Block:input_type -> quota_authority.v1.BlockRequest
-	13, // 32: quota_authority.v1.QuotaAuthorityService.Unblock:input_type -> quota_authority.v1.UnblockRequest
-	15, // 33: quota_authority.v1.QuotaAuthorityService.GetStatus:input_type -> quota_authority.v1.GetStatusRequest
-	17, // 34: quota_authority.v1.QuotaAuthorityService.RecordGmv:input_type -> quota_authority.v1.RecordGmvRequest
-	19, // 35: quota_authority.v1.QuotaAuthorityService.UpsertSeller:input_type -> quota_authority.v1.UpsertSellerRequest
-	22, // 36: quota_authority.v1.QuotaAuthorityService.ListDecisions:input_type -> quota_authority.v1.ListDecisionsRequest
-	25, // 37: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:input_type -> quota_authority.v1.BatchCheckAndConsumeRequest
-	29, // 38: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:input_type -> quota_authority.v1.BatchRecordGmvRequest
-	31, // 39: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:input_type -> quota_authority.v1.ReleaseOutreachRequest
-	8,  // 40: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:output_type -> quota_authority.v1.CheckAndConsumeResponse
-	10, // 41: quota_authority.v1.QuotaAuthorityService.RecordReply:output_type -> quota_authority.v1.RecordReplyResponse
-	12, // 42: quota_authority.v1.QuotaAuthorityService.Block:output_type -> quota_authority.v1.BlockResponse
-	14, // 43: quota_authority.v1.QuotaAuthorityService.Unblock:output_type -> quota_authority.v1.UnblockResponse
-	16, // 44: quota_authority.v1.QuotaAuthorityService.GetStatus:output_type -> quota_authority.v1.GetStatusResponse
-	18, // 45: quota_authority.v1.QuotaAuthorityService.RecordGmv:output_type -> quota_authority.v1.RecordGmvResponse
-	20, // 46: quota_authority.v1.QuotaAuthorityService.UpsertSeller:output_type -> quota_authority.v1.UpsertSellerResponse
-	23, // 47: quota_authority.v1.QuotaAuthorityService.ListDecisions:output_type -> quota_authority.v1.ListDecisionsResponse
-	27, // 48: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:output_type -> quota_authority.v1.BatchCheckAndConsumeResponse
-	30, // 49: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:output_type -> quota_authority.v1.BatchRecordGmvResponse
-	32, // 50: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:output_type -> quota_authority.v1.ReleaseOutreachResponse
-	40, // [40:51] is the sub-list for method output_type
-	29, // [29:40] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	34, // 0: quota_authority.v1.QuotaStatus.week_start:type_name -> google.protobuf.Timestamp
+	34, // 1: quota_authority.v1.QuotaStatus.next_refresh:type_name -> google.protobuf.Timestamp
+	7,  // 2: quota_authority.v1.QuotaStatus.next_week:type_name -> quota_authority.v1.NextWeekProjection
+	34, // 3: quota_authority.v1.NextWeekProjection.takes_effect:type_name -> google.protobuf.Timestamp
+	0,  // 4: quota_authority.v1.CheckAndConsumeRequest.action:type_name -> quota_authority.v1.Action
+	1,  // 5: quota_authority.v1.CheckAndConsumeResponse.reason:type_name -> quota_authority.v1.Reason
+	3,  // 6: quota_authority.v1.CheckAndConsumeResponse.charged:type_name -> quota_authority.v1.Charge
+	6,  // 7: quota_authority.v1.CheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	4,  // 8: quota_authority.v1.RecordReplyRequest.source:type_name -> quota_authority.v1.ConnectionSource
+	5,  // 9: quota_authority.v1.BlockRequest.blocked_by:type_name -> quota_authority.v1.Party
+	5,  // 10: quota_authority.v1.UnblockRequest.blocked_by:type_name -> quota_authority.v1.Party
+	6,  // 11: quota_authority.v1.GetStatusResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	0,  // 12: quota_authority.v1.Decision.action:type_name -> quota_authority.v1.Action
+	1,  // 13: quota_authority.v1.Decision.reason:type_name -> quota_authority.v1.Reason
+	3,  // 14: quota_authority.v1.Decision.charged:type_name -> quota_authority.v1.Charge
+	34, // 15: quota_authority.v1.Decision.decided_at:type_name -> google.protobuf.Timestamp
+	34, // 16: quota_authority.v1.Decision.week_start:type_name -> google.protobuf.Timestamp
+	34, // 17: quota_authority.v1.ListDecisionsRequest.week_time:type_name -> google.protobuf.Timestamp
+	34, // 18: quota_authority.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
+	34, // 19: quota_authority.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
+	22, // 20: quota_authority.v1.ListDecisionsResponse.decisions:type_name -> quota_authority.v1.Decision
+	0,  // 21: quota_authority.v1.OutreachItem.action:type_name -> quota_authority.v1.Action
+	25, // 22: quota_authority.v1.BatchCheckAndConsumeRequest.items:type_name -> quota_authority.v1.OutreachItem
+	2,  // 23: quota_authority.v1.BatchCheckAndConsumeRequest.mode:type_name -> quota_authority.v1.BatchMode
+	1,  // 24: quota_authority.v1.OutreachResult.reason:type_name -> quota_authority.v1.Reason
+	3,  // 25: quota_authority.v1.OutreachResult.charged:type_name -> quota_authority.v1.Charge
+	27, // 26: quota_authority.v1.BatchCheckAndConsumeResponse.results:type_name -> quota_authority.v1.OutreachResult
+	6,  // 27: quota_authority.v1.BatchCheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	29, // 28: quota_authority.v1.BatchRecordGmvRequest.rows:type_name -> quota_authority.v1.GmvRow
+	3,  // 29: quota_authority.v1.ReleaseOutreachResponse.returned:type_name -> quota_authority.v1.Charge
+	6,  // 30: quota_authority.v1.ReleaseOutreachResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	8,  // 31: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:input_type -> quota_authority.v1.CheckAndConsumeRequest
+	10, // 32: quota_authority.v1.QuotaAuthorityService.RecordReply:input_type -> quota_authority.v1.RecordReplyRequest
+	12, // 33: quota_authority.v1.QuotaAuthorityService.Block:input_type -> quota_authority.v1.BlockRequest
+	14, // 34: quota_authority.v1.QuotaAuthorityService.Unblock:input_type -> quota_authority.v1.UnblockRequest
+	16, // 35: quota_authority.v1.QuotaAuthorityService.GetStatus:input_type -> quota_authority.v1.GetStatusRequest
+	18, // 36: quota_authority.v1.QuotaAuthorityService.RecordGmv:input_type -> quota_authority.v1.RecordGmvRequest
+	20, // 37: quota_authority.v1.QuotaAuthorityService.UpsertSeller:input_type -> quota_authority.v1.UpsertSellerRequest
+	23, // 38: quota_authority.v1.QuotaAuthorityService.ListDecisions:input_type -> quota_authority.v1.ListDecisionsRequest
+	26, // 39: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:input_type -> quota_authority.v1.BatchCheckAndConsumeRequest
+	30, // 40: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:input_type -> quota_authority.v1.BatchRecordGmvRequest
+	32, // 41: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:input_type -> quota_authority.v1.ReleaseOutreachRequest
+	9,  // 42: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:output_type -> quota_authority.v1.CheckAndConsumeResponse
+	11, // 43: quota_authority.v1.QuotaAuthorityService.RecordReply:output_type -> quota_authority.v1.RecordReplyResponse
+	13, // 44: quota_authority.v1.QuotaAuthorityService.Block:output_type -> quota_authority.v1.BlockResponse
+	15, // 45: quota_authority.v1.QuotaAuthorityService.Unblock:output_type -> quota_authority.v1.UnblockResponse
+	17, // 46: quota_authority.v1.QuotaAuthorityService.GetStatus:output_type -> quota_authority.v1.GetStatusResponse
+	19, // 47: quota_authority.v1.QuotaAuthorityService.RecordGmv:output_type -> quota_authority.v1.RecordGmvResponse
+	21, // 48: quota_authority.v1.QuotaAuthorityService.UpsertSeller:output_type -> quota_authority.v1.UpsertSellerResponse
+	24, // 49: quota_authority.v1.QuotaAuthorityService.ListDecisions:output_type -> quota_authority.v1.ListDecisionsResponse
+	28, // 50: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:output_type -> quota_authority.v1.BatchCheckAndConsumeResponse
+	31, // 51: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:output_type -> quota_authority.v1.BatchRecordGmvResponse
+	33, // 52: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:output_type -> quota_authority.v1.ReleaseOutreachResponse
+	42, // [42:53] is the sub-list for method output_type
+	31, // [31:42] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_quota_authority_v1_quota_authority_proto_init() }
@@ -2701,17 +2820,18 @@ func file_quota_authority_v1_quota_authority_proto_init() {
 	file_quota_authority_v1_quota_authority_proto_msgTypes[0].OneofWrappers = []any{}
 	file_quota_authority_v1_quota_authority_proto_msgTypes[1].OneofWrappers = []any{}
 	file_quota_authority_v1_quota_authority_proto_msgTypes[2].OneofWrappers = []any{}
-	file_quota_authority_v1_quota_authority_proto_msgTypes[15].OneofWrappers = []any{}
-	file_quota_authority_v1_quota_authority_proto_msgTypes[18].OneofWrappers = []any{}
-	file_quota_authority_v1_quota_authority_proto_msgTypes[20].OneofWrappers = []any{}
-	file_quota_authority_v1_quota_authority_proto_msgTypes[25].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[3].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[16].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[19].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[21].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quota_authority_v1_quota_authority_proto_rawDesc), len(file_quota_authority_v1_quota_authority_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
