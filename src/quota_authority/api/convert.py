@@ -10,6 +10,7 @@ from quota_authority.v1 import quota_authority_pb2 as pb
 
 from ..domain import (
     Action,
+    AdjustmentResult,
     BatchMode,
     Charge,
     ConnectionSource,
@@ -28,6 +29,7 @@ __all__ = [
     "BATCH_MODES",
     "PARTIES",
     "SOURCES",
+    "adjustment_to_proto",
     "batch_to_proto",
     "decision_to_proto",
     "recorded_decision_to_proto",
@@ -47,7 +49,11 @@ BATCH_MODES = {
     pb.BATCH_MODE_BEST_EFFORT: BatchMode.BEST_EFFORT,
     pb.BATCH_MODE_ALL_OR_NOTHING: BatchMode.ALL_OR_NOTHING,
 }
-_ACTION_NUMBERS = {action: number for number, action in ACTIONS.items()}
+# An adjustment's audit record has no outreach action (R17).
+_ACTION_NUMBERS = {
+    **{action: number for number, action in ACTIONS.items()},
+    Action.ADJUST: pb.ACTION_UNSPECIFIED,
+}
 _REASONS = {
     Reason.NEW_CREATOR: pb.REASON_NEW_CREATOR,
     Reason.CONNECTED_CREATOR: pb.REASON_CONNECTED_CREATOR,
@@ -58,6 +64,7 @@ _REASONS = {
     Reason.FOLLOWER_LIMIT_EXCEEDED: pb.REASON_FOLLOWER_LIMIT_EXCEEDED,
     Reason.AWAITING_REPLY: pb.REASON_AWAITING_REPLY,
     Reason.RELEASED: pb.REASON_RELEASED,
+    Reason.ADJUSTED: pb.REASON_QUOTA_ADJUSTED,
 }
 _CHARGES = {
     Charge.NONE: pb.CHARGE_NONE,
@@ -93,6 +100,7 @@ def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
         time_zone=status.time_zone,
         policy_digest=status.policy_digest,
         next_week=None if status.next_week is None else _next_week_to_proto(status.next_week),
+        adjusted_this_week=status.adjusted_this_week,
     )
 
 
@@ -132,6 +140,13 @@ def recorded_decision_to_proto(recorded: RecordedDecision) -> pb.Decision:
         decided_at=_timestamp(entry.decided_at),
         week_start=_timestamp(entry.week_start),
         item_index=entry.item_index,
+        adjustment=None
+        if entry.adjustment is None
+        else pb.QuotaAdjustment(
+            delta=entry.adjustment.delta,
+            note=entry.adjustment.note,
+            adjusted_by=entry.adjustment.adjusted_by,
+        ),
     )
 
 
@@ -159,3 +174,7 @@ def release_to_proto(result: ReleaseResult) -> pb.ReleaseOutreachResponse:
         status=status_to_proto(result.status),
         replayed=result.replayed,
     )
+
+
+def adjustment_to_proto(result: AdjustmentResult) -> pb.AdjustQuotaResponse:
+    return pb.AdjustQuotaResponse(status=status_to_proto(result.status), replayed=result.replayed)

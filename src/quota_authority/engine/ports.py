@@ -233,6 +233,11 @@ class LedgerTransaction(Protocol):
         if ``action`` is a message. The CHECK constraints keep every count >= 0."""
         ...
 
+    async def adjust_week(self, week: SellerWeek, delta: int) -> None:
+        """R17: move the locked ``week``'s weekly limit and its adjustment by ``delta``
+        (``rules.r17_adjusted_limit`` decided it keeps the limit at or above what is used)."""
+        ...
+
     async def record_audit(self, entry: AuditEntry) -> None:
         """Append ``entry`` to the audit log (R13)."""
         ...

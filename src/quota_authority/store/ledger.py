@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..domain import (
     Action,
+    Adjustment,
     AuditEntry,
     Charge,
     GmvRow,
@@ -138,6 +139,15 @@ def _recorded(row: Any) -> RecordedDecision:
             request_id=row.request_id,
             decided_at=row.decided_at,
             item_index=row.item_index,
+            adjustment=None
+            if row.adjustment_delta is None
+            else Adjustment(
+                seller_id=row.seller_id,
+                delta=row.adjustment_delta,
+                note=row.note or "",
+                adjusted_by=row.adjusted_by or "",
+                request_id=row.request_id or "",
+            ),
         ),
     )
 
@@ -627,6 +637,20 @@ class _Transaction:
                 request_id=entry.request_id,
                 decided_at=entry.decided_at,
                 item_index=entry.item_index,
+                adjustment_delta=None if entry.adjustment is None else entry.adjustment.delta,
+                note=None if entry.adjustment is None else entry.adjustment.note,
+                adjusted_by=None if entry.adjustment is None else entry.adjustment.adjusted_by,
+            )
+        )
+
+    async def adjust_week(self, week: SellerWeek, delta: int) -> None:
+        w = seller_weeks.c
+        await self.conn.execute(
+            seller_weeks.update()
+            .where(w.seller_id == week.seller_id, w.week_start == week.week_start)
+            .values(
+                weekly_limit=w.weekly_limit + delta,
+                weekly_adjustment=w.weekly_adjustment + delta,
             )
         )
 
