@@ -23,7 +23,7 @@ from sqlalchemy import text
 from support import invite, new_id
 
 from quota_authority.api.callers import Caller
-from quota_authority.client import error_reason
+from quota_authority.client import QuotaClient, error_reason
 from quota_authority.policy import Policy, TierPolicy
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
@@ -333,3 +333,14 @@ async def test_the_cli_adjusts_and_the_audit_shows_who_and_why(target, seller, c
     assert "-3" in adjusted.stdout
     assert audited.returncode == 0, audited.stderr
     assert "adjust -3" in audited.stdout and "by anonymous: took back INC-7 room" in audited.stdout
+
+
+async def test_the_python_client_adjusts(target, seller, clock):
+    async with QuotaClient(target) as quota:
+        reply = await quota.adjust_quota(seller, 4, "goodwill after INC-7")
+        again = await quota.adjust_quota(
+            seller, 4, "goodwill after INC-7", request_id="py-adjust-1"
+        )
+
+    assert (reply.status.weekly_limit, reply.status.adjusted_this_week) == (54, 4)
+    assert (again.status.weekly_limit, again.replayed) == (58, False)
