@@ -6,11 +6,12 @@ prints (stdout, then stderr) with the fenced block that follows the line
 ``<!-- output: NAME; make interop checks this block against a real run -->`` in README. Only
 what the README says differs between runs is set aside before comparing: the server's
 address, the seller id (a new one each run, named on the first line as ``seller ID,``) and
-the week's bounds (``weekStart``, ``nextRefresh``). Anything else that differs, a field the
-server no longer sends or a value it now gives otherwise, fails with a diff (``-`` the
-README, ``+`` the real run). ``--snippet LANG:PATH`` first writes the README's first ``LANG``
-block to PATH (under DIR), its address made the server's, for COMMAND to run. ``--write``
-puts the real run into the README instead, with the address shown as the default one.
+the week's bounds (``weekStart``, ``nextRefresh``, and R18's ``takesEffect``). Anything else
+that differs, a field the server no longer sends or a value it now gives otherwise, fails
+with a diff (``-`` the README, ``+`` the real run). ``--snippet LANG:PATH`` first writes the
+README's first ``LANG`` block to PATH (under DIR), its address made the server's, for COMMAND
+to run. ``--write`` puts the real run into the README instead, with the address shown as the
+default one.
 ``make interop`` runs it for the Go and TypeScript examples against a fresh server.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 MARKER = "<!-- output: {name}; make interop checks this block against a real run -->"
 DEFAULT_TARGET = "127.0.0.1:50051"
 SELLER = re.compile(r"\bseller (\S+),")
-WEEK_BOUND = re.compile(r'"(weekStart|nextRefresh)":"[^"]*"')
+WEEK_BOUND = re.compile(r'"(weekStart|nextRefresh|takesEffect)":"[^"]*"')
 
 
 def shown_block(lines: list[str], name: str) -> tuple[int, int]:

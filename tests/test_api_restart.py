@@ -29,6 +29,7 @@ RPCS = [
     "BatchCheckAndConsume",
     "BatchRecordGmv",
     "ReleaseOutreach",
+    "AdjustQuota",
 ]
 
 

@@ -397,12 +397,15 @@ async def test_get_status_reports_what_was_charged(stub, seller, clock):
 
 
 async def test_get_status_equals_the_status_of_the_last_decision(stub, seller, clock):
-    """All but the policy digest, which only GetStatus reports (its field says so)."""
+    """All but the policy digest and the next week's projection (R18), which only GetStatus
+    reports (their fields say so)."""
     decided = (await stub.CheckAndConsume(invite(seller, "c1"))).status
     status = await status_of(stub, seller)
 
     assert status.policy_digest == Policy().digest and decided.policy_digest == ""
+    assert status.HasField("next_week") and not decided.HasField("next_week")
     status.ClearField("policy_digest")
+    status.ClearField("next_week")
     assert status == decided
 
 

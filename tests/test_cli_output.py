@@ -147,6 +147,15 @@ async def test_status_json_is_the_quota_status_with_numbers_and_instants(
         "gmv_30d_minor": 0,
         "time_zone": "UTC",
         "policy_digest": Policy().digest,
+        "next_week": {
+            "tier": "T0",
+            "unlimited": False,
+            "weekly_limit": 50,
+            "max_creator_followers": 20000,
+            "takes_effect": "2026-11-29T00:00:00Z",
+            "gmv_30d_minor": 0,
+        },
+        "adjusted_this_week": 0,
     }
 
 
@@ -219,13 +228,13 @@ async def test_audit_json_lists_every_decision_oldest_first(target, stub, seller
                 "seller_id": seller, "creator_id": "c-1", "action": "ACTION_INVITE",
                 "allowed": True, "reason": "REASON_NEW_CREATOR", "charged": "CHARGE_WEEKLY",
                 "tier": "T0", "request_id": "r-1", "decided_at": "2026-11-25T12:00:00Z",
-                "week_start": "2026-11-22T00:00:00Z", "item_index": None,
+                "week_start": "2026-11-22T00:00:00Z", "item_index": None, "adjustment": None,
             },
             {
                 "seller_id": seller, "creator_id": "c-2", "action": "ACTION_MESSAGE",
                 "allowed": True, "reason": "REASON_NEW_CREATOR", "charged": "CHARGE_WEEKLY",
                 "tier": "T0", "request_id": "", "decided_at": "2026-11-25T12:00:01Z",
-                "week_start": "2026-11-22T00:00:00Z", "item_index": None,
+                "week_start": "2026-11-22T00:00:00Z", "item_index": None, "adjustment": None,
             },
         ]
     }  # fmt: skip

@@ -176,8 +176,9 @@ async def test_every_metric_label_and_value_the_rules_and_the_dashboard_query_is
     start_server, seller, clock, monkeypatch: pytest.MonkeyPatch
 ):
     """Each kind of call the queries look at, made for real: decisions allowed and denied,
-    a batch, a release, GMV rows, a reused request id and an internal error; then every
-    metric, label and bounded label value the rules and the dashboard name is on /metrics."""
+    a batch, a release, GMV rows, a reused request id, a refused adjustment and an internal
+    error; then every metric, label and bounded label value the rules and the dashboard name
+    is on /metrics."""
     server, address = await start_server(metrics_listen="127.0.0.1:0")
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.QuotaAuthorityServiceStub(channel)
@@ -212,6 +213,16 @@ async def test_every_metric_label_and_value_the_rules_and_the_dashboard_query_is
             grpc.StatusCode.FAILED_PRECONDITION,
             error_details_pb2.ErrorInfo,
         )
+        # R17: an adjustment below what is used, which the reused-request-ids alert leaves out.
+        [below] = await failure_details(
+            stub.AdjustQuota(
+                pb.AdjustQuotaRequest(
+                    seller_id=seller, delta=-1000, note="taken back", request_id=new_id("adj")
+                )
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            error_details_pb2.ErrorInfo,
+        )
 
         async def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("a fault injected by the test")
@@ -226,5 +237,6 @@ async def test_every_metric_label_and_value_the_rules_and_the_dashboard_query_is
     assert allowed.allowed and not denied.allowed
     assert len(batch.results) == 2 and released.returned != pb.CHARGE_UNSPECIFIED
     assert reused.reason == "REQUEST_ID_REUSED"
+    assert below.reason == "ADJUSTMENT_BELOW_USED"
     assert internal.value.code() == grpc.StatusCode.INTERNAL
     assert not_served(all_queries(), samples) == []

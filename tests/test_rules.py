@@ -33,6 +33,7 @@ from quota_authority.engine.rules import (
     r14_charge_to_release,
     r14_release,
     r15_batch_applies,
+    r18_next_week,
 )
 from quota_authority.errors import InvalidArgument, NothingCharged, OutreachNotFound
 from quota_authority.policy import Policy
@@ -604,3 +605,23 @@ def test_r15_best_effort_applies_whatever_was_denied() -> None:
 def test_r15_all_or_nothing_applies_nothing_when_one_item_is_denied() -> None:
     assert not r15_batch_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(False)])
     assert r15_batch_applies(BatchMode.ALL_OR_NOTHING, [_decision(True), _decision(True)])
+
+
+def test_r18_projects_with_r1s_tier_and_the_given_start() -> None:
+    starts = datetime(2026, 3, 15, tzinfo=UTC)
+    t1 = r18_next_week(120_000, starts, DEFAULT_TIERS)
+    t3 = r18_next_week(5_000_000, starts, DEFAULT_TIERS)
+
+    assert (t1.tier, t1.weekly_limit, t1.max_creator_followers, t1.unlimited) == (
+        "T1",
+        200,
+        20_000,
+        False,
+    )
+    assert (t3.tier, t3.weekly_limit, t3.max_creator_followers, t3.unlimited) == (
+        "T3",
+        None,
+        None,
+        True,
+    )
+    assert t1.takes_effect == starts and t1.gmv_30d_minor == 120_000

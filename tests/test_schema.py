@@ -41,7 +41,7 @@ def test_a_changed_function_or_table_makes_the_file_stale(migrated: str, tmp_pat
     stale.write_text(migrated.replace("RETURN stored_count;", "RETURN 0;", 1), encoding="utf-8")
     diff = schema.stale(migrated, stale)
     assert diff is not None and "-    RETURN 0;" in diff and "+    RETURN stored_count;" in diff
-    stale.write_text(migrated.replace("    item_index integer\n", ""), encoding="utf-8")
+    stale.write_text(migrated.replace("    item_index integer,\n", ""), encoding="utf-8")
     assert schema.stale(migrated, stale) is not None
     assert schema.stale(migrated, tmp_path / "missing.sql") is not None
 

@@ -70,6 +70,10 @@ def _requests(seller: str) -> dict[str, Any]:
         ),
         # Nothing to release: the service's own answer (NOT_FOUND) shows the call got in.
         "ReleaseOutreach": pb.ReleaseOutreachRequest(seller_id=seller, request_id="r-none"),
+        # R17: only admin opens it.
+        "AdjustQuota": pb.AdjustQuotaRequest(
+            seller_id=seller, delta=5, note="incident 42", request_id=new_id("r")
+        ),
     }
 
 

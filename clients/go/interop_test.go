@@ -279,6 +279,37 @@ func checkErrorInfo(t *testing.T, err error, code codes.Code, reason string) {
 	}
 }
 
+// TestAdjustmentRefusedWithoutTheRole: on the server with a callers file
+// ($QUOTA_AUTHORITY_GUARDED_TARGET, which `make interop` starts), a caller with every role
+// but admin ($QUOTA_AUTHORITY_GUARDED_TOKEN) may read the seller's status but not adjust its
+// limit: AdjustQuota is admin only (R17), PERMISSION_DENIED, and the limit is unchanged.
+func TestAdjustmentRefusedWithoutTheRole(t *testing.T) {
+	target, token := os.Getenv("QUOTA_AUTHORITY_GUARDED_TARGET"), os.Getenv("QUOTA_AUTHORITY_GUARDED_TOKEN")
+	if target == "" || token == "" {
+		t.Skip("QUOTA_AUTHORITY_GUARDED_TARGET and _TOKEN are not set: `make interop` sets them")
+	}
+	conn, err := scenario.Dial(target, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := pb.NewQuotaAuthorityServiceClient(conn)
+	ctx := context.Background()
+	seller := scenario.NewSellerID(sellerPrefix + "-adjust")
+
+	_, err = client.AdjustQuota(ctx, &pb.AdjustQuotaRequest{
+		SellerId: seller, Delta: 10, Note: "incident 7", RequestId: seller + "-adjust-1"})
+	if got := status.Code(err); got != codes.PermissionDenied {
+		t.Fatalf("AdjustQuota without the admin role: %v (%v), want PermissionDenied", got, err)
+	}
+	read, err := client.GetStatus(ctx, &pb.GetStatusRequest{SellerId: seller})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "status.weekly_limit", read.GetStatus().GetWeeklyLimit(), int64(weeklyLimit))
+	eq(t, "status.adjusted_this_week", read.GetStatus().GetAdjustedThisWeek(), int64(0))
+}
+
 // checkDecision asserts a CheckAndConsume answer.
 func checkDecision(t *testing.T, got *pb.CheckAndConsumeResponse, allowed bool, reason pb.Reason,
 	charged pb.Charge, replayed bool) {

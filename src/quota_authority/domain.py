@@ -16,6 +16,8 @@ from typing import Any, TypeAlias
 
 __all__ = [
     "Action",
+    "Adjustment",
+    "AdjustmentResult",
     "AuditEntry",
     "BatchMode",
     "BlockChange",
@@ -29,6 +31,7 @@ __all__ = [
     "GmvRecord",
     "GmvResult",
     "GmvRow",
+    "NextWeekProjection",
     "Outreach",
     "OutreachBatch",
     "OutreachBatchResult",
@@ -54,6 +57,8 @@ __all__ = [
 class Action(enum.Enum):
     INVITE = "invite"
     MESSAGE = "message"
+    # Never an outreach: the audit's record of an AdjustQuota (R17).
+    ADJUST = "adjust"
 
 
 class Reason(enum.Enum):
@@ -67,6 +72,8 @@ class Reason(enum.Enum):
     AWAITING_REPLY = "awaiting_reply"
     # Never a decision's answer: the audit's record of a release (R14).
     RELEASED = "released"
+    # Never a decision's answer: the audit's record of an AdjustQuota (R17).
+    ADJUSTED = "adjusted"
 
 
 class Charge(enum.Enum):
@@ -300,6 +307,9 @@ class SellerWeek:
     # The digest of the policy the week was snapshotted under (``Policy.digest``); None when
     # read by the hot path's lock, which does not return it, or made before it was recorded.
     policy_digest: str | None = None
+    # R17: the sum of this week's adjustments, already in ``weekly_limit``; 0 when read by
+    # the hot path's lock, which does not return it.
+    weekly_adjustment: int = 0
 
     @property
     def unlimited(self) -> bool:
@@ -328,6 +338,26 @@ class PairState:
 
 
 @dataclass(frozen=True)
+class NextWeekProjection:
+    """R18 Next week: what the seller would get if the next week started now — the tier
+    and limit R1 gives the GMV recorded so far for the next week's 30-day window. A
+    projection: GMV recorded before the week starts still changes it, and the next week
+    is snapshotted (R2) only when it is first read or charged.
+
+    ``weekly_limit`` and ``max_creator_followers`` are None when the tier has no limit or cap."""
+
+    tier: str
+    weekly_limit: int | None
+    max_creator_followers: int | None
+    takes_effect: datetime
+    gmv_30d_minor: int
+
+    @property
+    def unlimited(self) -> bool:
+        return self.weekly_limit is None
+
+
+@dataclass(frozen=True)
 class QuotaStatus:
     """A seller's quota for the current week, as GetStatus and every decision report it."""
 
@@ -345,6 +375,11 @@ class QuotaStatus:
     time_zone: str
     # Which policy the week was snapshotted under; "" when not known (see SellerWeek).
     policy_digest: str = ""
+    # R18: the next week's projection; set by GetStatus only, None in a decision's status.
+    next_week: NextWeekProjection | None = None
+    # R17: the sum of this week's adjustments; reported by GetStatus and AdjustQuota, 0 in
+    # a decision's status (whose weekly_limit is the adjusted one).
+    adjusted_this_week: int = 0
 
     @classmethod
     def of(cls, week: SellerWeek, starter_pack_remaining: int) -> QuotaStatus:
@@ -362,6 +397,7 @@ class QuotaStatus:
             gmv_30d_minor=week.gmv_30d_minor,
             time_zone=week.time_zone,
             policy_digest=week.policy_digest or "",
+            adjusted_this_week=week.weekly_adjustment,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -369,6 +405,11 @@ class QuotaStatus:
         decision does not report, so a release that does not know the field can replay it."""
         data = self.__dict__.copy()
         del data["policy_digest"]
+        del data["next_week"]
+        # Kept only when an adjustment made it (R17): a decision's status, with 0, is
+        # stored as it was before the field existed (from_json defaults it to 0).
+        if not self.adjusted_this_week:
+            del data["adjusted_this_week"]
         data["week_start"] = self.week_start.isoformat()
         data["next_refresh"] = self.next_refresh.isoformat()
         return data
@@ -578,6 +619,38 @@ class StoredResponse:
 
 
 @dataclass(frozen=True)
+class Adjustment:
+    """R17: an operator's change of a seller's limit for the current week (AdjustQuota):
+    ``delta`` units (positive grants room, negative takes it back), why (``note``), and who
+    (``adjusted_by``, the authenticated caller's name; not part of the fingerprint, so a
+    retry by another admin replays the first answer)."""
+
+    seller_id: str
+    delta: int
+    note: str
+    adjusted_by: str
+    request_id: str
+
+    def fingerprint(self) -> str:
+        return fingerprint("AdjustQuota", {"delta": self.delta, "note": self.note})
+
+
+@dataclass(frozen=True)
+class AdjustmentResult:
+    """The answer to AdjustQuota: the seller's status after the adjustment."""
+
+    status: QuotaStatus
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdjustmentResult:
+        return cls(status=QuotaStatus.from_json(data["status"]))
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """R13: one decision, allowed or denied."""
 
@@ -593,6 +666,9 @@ class AuditEntry:
     decided_at: datetime
     # The item's index in its batch, whose request_id this is (R15); None for a single call.
     item_index: int | None = None
+    # R17, an adjustment's record only: its delta, the operator's note and who adjusted
+    # (the caller's name from the callers file).
+    adjustment: Adjustment | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@
     │   ├── OutreachNotFound   no CheckAndConsume answered the request_id  -> NOT_FOUND
     │   ├── NothingCharged     the call named charged nothing        -> FAILED_PRECONDITION
     │   └── WeekEnded          its charge was in an earlier week     -> FAILED_PRECONDITION
+    ├── NotAdjustable          an AdjustQuota the week forbids (R17) -> FAILED_PRECONDITION
     ├── Unavailable            the outcome is unknown; retry it      -> UNAVAILABLE
     │   └── StoreUnavailable   the database failed or timed out
     │       ├── LockTimeout    a row lock was not granted in time
@@ -40,6 +41,7 @@ __all__ = [
     "FieldViolation",
     "InvalidArgument",
     "LockTimeout",
+    "NotAdjustable",
     "NotReleasable",
     "NothingCharged",
     "OutreachNotFound",
@@ -141,6 +143,18 @@ class WeekEnded(NotReleasable):
             f"request_id {request_id!r} charged an earlier week; only the current week's "
             "charges can be released",
         )
+
+
+class NotAdjustable(QuotaAuthorityError):
+    """R17: an AdjustQuota the seller's current week does not allow; nothing was changed.
+    ``reason`` is the ErrorInfo reason callers match on: ``ADJUSTMENT_BELOW_USED`` (the
+    limit would fall below the units already charged to the weekly quota) or
+    ``UNLIMITED_TIER`` (the week's tier has no limit to adjust)."""
+
+    def __init__(self, seller_id: str, reason: str, message: str) -> None:
+        self.seller_id = seller_id
+        self.reason = reason
+        super().__init__(message)
 
 
 class Unavailable(QuotaAuthorityError):

@@ -305,6 +305,10 @@ NOT_SETTINGS: dict[str, str] = {
     "QUOTA_AUTHORITY_TARGET": "the server address of the Go and TypeScript examples and "
     "interop tests",
     "QUOTA_AUTHORITY_TOKEN": "the bearer token the Go and TypeScript examples send",
+    "QUOTA_AUTHORITY_GUARDED_TARGET": "the address of make interop's server with a callers "
+    "file (the interop tests' refused AdjustQuota)",
+    "QUOTA_AUTHORITY_GUARDED_TOKEN": "the token make interop gives that server's one caller, "
+    "with every role but admin",
     "QUOTA_AUTHORITY_RELIABILITY": "'full' runs the reliability suite at full size "
     "(make reliability)",
 }

@@ -23,6 +23,7 @@ a caller with the role      the RPC runs
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,7 +35,7 @@ from ..errors import PermissionDenied, Unauthenticated
 from .callers import Caller
 from .error_mapping import abort
 
-__all__ = ["METHOD_ROLES", "Authorizer"]
+__all__ = ["ANONYMOUS", "METHOD_ROLES", "Authorizer", "caller_name"]
 
 _SERVICE = "/quota_authority.v1.QuotaAuthorityService/"
 
@@ -51,7 +52,24 @@ METHOD_ROLES: dict[str, str] = {
     _SERVICE + "UpsertSeller": "data",
     _SERVICE + "GetStatus": "reader",
     _SERVICE + "ListDecisions": "reader",
+    # R17: only operators change a seller's limit.
+    _SERVICE + "AdjustQuota": "admin",
 }
+# Who a call's handler serves: set by ``Authorizer.authorize`` in the call's context (the
+# gRPC interceptor and the HTTP port run the handler in it), read by ``caller_name``.
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+# The name an audit records for a call on a server without a callers file (no one is
+# authenticated there: it listens on loopback only, or the operator chose so).
+ANONYMOUS = "anonymous"
+
+
+def caller_name() -> str:
+    """The name of the caller the current call was authorized for, ``ANONYMOUS`` on a
+    server without callers (R17 audits it)."""
+    caller = _CALLER.get()
+    return ANONYMOUS if caller is None else caller.name
+
+
 _PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 _ANY_CALLER_PREFIXES = ("/grpc.reflection.",)
 
@@ -112,12 +130,12 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Raises ``PermissionDenied`` unless ``caller`` has a role that opens ``method``."""
         if caller is None:
             raise PermissionDenied(f"no caller has this client certificate; {method} refused")
-        if "admin" in caller.roles or method.startswith(_ANY_CALLER_PREFIXES):
-            return
-        role = METHOD_ROLES.get(method)
-        if role is None or role not in caller.roles:
-            needed = f"role {role!r}" if role else "role 'admin'"
-            raise PermissionDenied(f"caller {caller.name!r} lacks {needed} for {method}")
+        if not ("admin" in caller.roles or method.startswith(_ANY_CALLER_PREFIXES)):
+            role = METHOD_ROLES.get(method)
+            if role is None or role not in caller.roles:
+                needed = f"role {role!r}" if role else "role 'admin'"
+                raise PermissionDenied(f"caller {caller.name!r} lacks {needed} for {method}")
+        _CALLER.set(caller)
 
     async def _check(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:

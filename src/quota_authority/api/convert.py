@@ -10,9 +10,11 @@ from quota_authority.v1 import quota_authority_pb2 as pb
 
 from ..domain import (
     Action,
+    AdjustmentResult,
     BatchMode,
     Charge,
     ConnectionSource,
+    NextWeekProjection,
     OutreachBatchResult,
     OutreachDecision,
     Party,
@@ -27,6 +29,7 @@ __all__ = [
     "BATCH_MODES",
     "PARTIES",
     "SOURCES",
+    "adjustment_to_proto",
     "batch_to_proto",
     "decision_to_proto",
     "recorded_decision_to_proto",
@@ -46,7 +49,11 @@ BATCH_MODES = {
     pb.BATCH_MODE_BEST_EFFORT: BatchMode.BEST_EFFORT,
     pb.BATCH_MODE_ALL_OR_NOTHING: BatchMode.ALL_OR_NOTHING,
 }
-_ACTION_NUMBERS = {action: number for number, action in ACTIONS.items()}
+# An adjustment's audit record has no outreach action (R17).
+_ACTION_NUMBERS = {
+    **{action: number for number, action in ACTIONS.items()},
+    Action.ADJUST: pb.ACTION_UNSPECIFIED,
+}
 _REASONS = {
     Reason.NEW_CREATOR: pb.REASON_NEW_CREATOR,
     Reason.CONNECTED_CREATOR: pb.REASON_CONNECTED_CREATOR,
@@ -57,6 +64,7 @@ _REASONS = {
     Reason.FOLLOWER_LIMIT_EXCEEDED: pb.REASON_FOLLOWER_LIMIT_EXCEEDED,
     Reason.AWAITING_REPLY: pb.REASON_AWAITING_REPLY,
     Reason.RELEASED: pb.REASON_RELEASED,
+    Reason.ADJUSTED: pb.REASON_QUOTA_ADJUSTED,
 }
 _CHARGES = {
     Charge.NONE: pb.CHARGE_NONE,
@@ -91,6 +99,19 @@ def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
         gmv_30d_minor=status.gmv_30d_minor,
         time_zone=status.time_zone,
         policy_digest=status.policy_digest,
+        next_week=None if status.next_week is None else _next_week_to_proto(status.next_week),
+        adjusted_this_week=status.adjusted_this_week,
+    )
+
+
+def _next_week_to_proto(projection: NextWeekProjection) -> pb.NextWeekProjection:
+    return pb.NextWeekProjection(
+        tier=projection.tier,
+        unlimited=projection.unlimited,
+        weekly_limit=projection.weekly_limit or 0,
+        max_creator_followers=projection.max_creator_followers,
+        takes_effect=_timestamp(projection.takes_effect),
+        gmv_30d_minor=projection.gmv_30d_minor,
     )
 
 
@@ -119,6 +140,13 @@ def recorded_decision_to_proto(recorded: RecordedDecision) -> pb.Decision:
         decided_at=_timestamp(entry.decided_at),
         week_start=_timestamp(entry.week_start),
         item_index=entry.item_index,
+        adjustment=None
+        if entry.adjustment is None
+        else pb.QuotaAdjustment(
+            delta=entry.adjustment.delta,
+            note=entry.adjustment.note,
+            adjusted_by=entry.adjustment.adjusted_by,
+        ),
     )
 
 
@@ -146,3 +174,7 @@ def release_to_proto(result: ReleaseResult) -> pb.ReleaseOutreachResponse:
         status=status_to_proto(result.status),
         replayed=result.replayed,
     )
+
+
+def adjustment_to_proto(result: AdjustmentResult) -> pb.AdjustQuotaResponse:
+    return pb.AdjustQuotaResponse(status=status_to_proto(result.status), replayed=result.replayed)

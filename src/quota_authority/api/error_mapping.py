@@ -9,6 +9,8 @@ RequestIdReused             FAILED_PRECONDITION  google.rpc.ErrorInfo reason REQ
 OutreachNotFound            NOT_FOUND            google.rpc.ErrorInfo reason OUTREACH_NOT_FOUND
 NothingCharged              FAILED_PRECONDITION  google.rpc.ErrorInfo reason NOTHING_CHARGED
 WeekEnded                   FAILED_PRECONDITION  google.rpc.ErrorInfo reason WEEK_ENDED
+NotAdjustable               FAILED_PRECONDITION  ErrorInfo reason ADJUSTMENT_BELOW_USED or
+                                                 UNLIMITED_TIER
 Unavailable (any subclass)  UNAVAILABLE          google.rpc.RetryInfo; retry, same request_id
 DeadlineExceeded            DEADLINE_EXCEEDED    the server's cap passed; retry, same request_id
 Unauthenticated             UNAUTHENTICATED      (from ``auth``)
@@ -31,6 +33,7 @@ from ..errors import (
     CommitOutcomeUnknown,
     DeadlineExceeded,
     InvalidArgument,
+    NotAdjustable,
     NotReleasable,
     OutreachNotFound,
     PermissionDenied,
@@ -91,6 +94,14 @@ def to_status(error: Exception) -> status_pb2.Status:
                 reason=error.reason,
                 domain=DOMAIN,
                 metadata={"seller_id": error.seller_id, "request_id": error.request_id},
+            ),
+        )
+    if isinstance(error, NotAdjustable):
+        return _status(
+            code_pb2.FAILED_PRECONDITION,
+            str(error),
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=DOMAIN, metadata={"seller_id": error.seller_id}
             ),
         )
     if isinstance(error, Unavailable):

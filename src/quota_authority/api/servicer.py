@@ -20,6 +20,7 @@ from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
 from ..domain import (
     Action,
+    Adjustment,
     BlockChange,
     DecisionQuery,
     GmvBatch,
@@ -35,11 +36,13 @@ from ..domain import (
 from ..engine import QuotaService
 from ..metrics import Metrics
 from ..tracing import Tracing
+from .auth import caller_name
 from .convert import (
     ACTIONS,
     BATCH_MODES,
     PARTIES,
     SOURCES,
+    adjustment_to_proto,
     batch_to_proto,
     decision_to_proto,
     recorded_decision_to_proto,
@@ -202,6 +205,30 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         if self.metrics is not None and not result.replayed:
             self.metrics.release(result.returned.value)
         return release_to_proto(result)
+
+    @rpc_method
+    async def AdjustQuota(
+        self, request: pb.AdjustQuotaRequest, context: Context
+    ) -> pb.AdjustQuotaResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        delta = v.adjustment_delta("delta", request.delta)
+        note = v.note("note", request.note)
+        request_id = v.request_id("request_id", request.request_id)
+        if request_id is None:
+            v.bad("request_id", "is required: an adjustment applied twice would change twice")
+        v.done()
+        assert request_id is not None  # done() raised otherwise
+        result = await self._service.adjust_quota(
+            Adjustment(
+                seller_id=request.seller_id,
+                delta=delta,
+                note=note,
+                adjusted_by=caller_name(),
+                request_id=request_id,
+            )
+        )
+        return adjustment_to_proto(result)
 
     @rpc_method
     async def RecordReply(

@@ -18,13 +18,22 @@ from ..formats import (
 )
 from ..policy import valid_time_zone
 
-__all__ = ["MAX_DAILY_GMV_MINOR", "MAX_PAGE_SIZE", "Validator"]
+__all__ = [
+    "MAX_ADJUSTMENT_DELTA",
+    "MAX_ADJUSTMENT_NOTE",
+    "MAX_DAILY_GMV_MINOR",
+    "MAX_PAGE_SIZE",
+    "Validator",
+]
 
 # One day's GMV in cents (10 trillion USD): 30 days of it still sum within a bigint.
 MAX_DAILY_GMV_MINOR = 10**15
 # AIP-158: the page size used when a caller sets none, and the most a page holds.
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# R17: the largest change one AdjustQuota makes, either way, and the longest note it keeps.
+MAX_ADJUSTMENT_DELTA = 100_000
+MAX_ADJUSTMENT_NOTE = 500
 
 
 class Validator:
@@ -46,6 +55,23 @@ class Validator:
             return None
         if not REQUEST_ID.fullmatch(value):
             self.bad(field, f"must be empty or {REQUEST_ID_WORDS}")
+        return value
+
+    def adjustment_delta(self, field: str, value: int) -> int:
+        if value == 0:
+            self.bad(field, "must not be 0")
+        elif abs(value) > MAX_ADJUSTMENT_DELTA:
+            self.bad(
+                field,
+                f"must be from -{MAX_ADJUSTMENT_DELTA} to {MAX_ADJUSTMENT_DELTA}; got {value}",
+            )
+        return value
+
+    def note(self, field: str, value: str) -> str:
+        if not value.strip():
+            self.bad(field, "is required: say why the limit changes")
+        elif len(value) > MAX_ADJUSTMENT_NOTE:
+            self.bad(field, f"must be at most {MAX_ADJUSTMENT_NOTE} characters; got {len(value)}")
         return value
 
     def enum(self, field: str, value: int, allowed: dict[int, str]) -> int:

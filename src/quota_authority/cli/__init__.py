@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from . import (
+    adjust,
     audit,
     blocks,
     check,
@@ -49,8 +50,8 @@ __all__ = ["CommandFacts", "command_facts", "main"]
 
 _DESCRIPTION = """\
 The server: serve and migrate, and storage, which reads the database itself. The
-operator's client: status, check, check-batch, release, block, unblock, record-reply,
-upsert-seller, import-gmv and audit, which share the connection options --target,
+operator's client: status, check, check-batch, release, adjust, block, unblock,
+record-reply, upsert-seller, import-gmv and audit, which share the connection options --target,
 --token-file and --ca-file. health, a probe: exit 0 when the server reports SERVING.
 'quota-authority COMMAND --help' has each command's options and exit statuses. Into a pipe
 whose reader has gone (a pipe into head that has its lines), any command stops quietly with
@@ -80,6 +81,7 @@ def _parser() -> tuple[argparse.ArgumentParser, Commands]:
     check.add_parser(commands)
     check_batch.add_parser(commands)
     release.add_parser(commands)
+    adjust.add_parser(commands)
     blocks.add_parsers(commands)
     record_reply.add_parser(commands)
     upsert_seller.add_parser(commands)

@@ -57,11 +57,16 @@ def _audit(args: argparse.Namespace) -> int:
             return OK
         rows: list[tuple[str, ...]] = [_COLUMNS + (("request id",) if args.request_ids else ())]
         async for d in decisions:
+            action = pb.Action.Name(d.action).removeprefix("ACTION_").lower()
+            creator = d.creator_id
+            if d.HasField("adjustment"):  # R17: by how much, who and why, in those columns
+                a = d.adjustment
+                action, creator = f"adjust {a.delta:+d}", f"by {a.adjusted_by}: {a.note}"
             rows.append(
                 (
                     when(d.decided_at),
-                    pb.Action.Name(d.action).removeprefix("ACTION_").lower(),
-                    d.creator_id,
+                    action,
+                    creator,
                     "allowed" if d.allowed else "denied",
                     reason_words(d.reason),
                     CHARGES.get(d.charged, "nothing"),

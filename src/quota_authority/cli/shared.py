@@ -204,7 +204,8 @@ def _add_connection_options(parser: argparse.ArgumentParser, role: str) -> None:
         "--token-file",
         type=Path,
         metavar="FILE",
-        help=f"file holding the bearer token of a caller with the role {role} (or admin)",
+        help=f"file holding the bearer token of a caller with the role {role}"
+        + ("" if role == "admin" else " (or admin)"),
     )
     group.add_argument(
         "--ca-file",

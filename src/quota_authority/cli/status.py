@@ -26,7 +26,9 @@ _ABOUT = """\
 Print a seller's quota status this week.
 Through GetStatus, which like any GetStatus creates an unknown seller and snapshots its week.
 The policy digest names the policy the week was snapshotted under; a server logs the digest
-of the policy it uses ('policy in use') at start and at each reload.
+of the policy it uses ('policy in use') at start and at each reload. The 'projected' lines
+are what the seller would get if the next week started now (R18), from the GMV recorded so
+far for that week's 30 days; GMV recorded before it starts still changes them.
 """
 _STATUSES = reading_statuses("the status is printed")
 
@@ -40,6 +42,9 @@ def _status(args: argparse.Namespace) -> int:
         limit = "unlimited" if s.unlimited else str(s.weekly_limit)
         cap = str(s.max_creator_followers) if s.HasField("max_creator_followers") else "no cap"
         remaining = "unlimited" if s.unlimited else str(s.remaining_this_week)
+        n = s.next_week
+        next_limit = "unlimited" if n.unlimited else str(n.weekly_limit)
+        next_cap = str(n.max_creator_followers) if n.HasField("max_creator_followers") else "no cap"
         print_table(
             [
                 ("seller", s.seller_id),
@@ -54,6 +59,12 @@ def _status(args: argparse.Namespace) -> int:
                 ("week start", when(s.week_start)),
                 ("next refresh", when(s.next_refresh)),
                 ("policy digest", s.policy_digest or "not recorded (an older week)"),
+                # R18: what the next week would get if it started now, labelled so.
+                ("next week starts", when(n.takes_effect)),
+                ("projected tier", n.tier),
+                ("projected weekly limit", next_limit),
+                ("projected follower cap", next_cap),
+                ("projected GMV (USD)", f"{n.gmv_30d_minor / 100:,.2f}"),
             ]
         )
         return OK

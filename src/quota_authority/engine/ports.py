@@ -158,6 +158,10 @@ class LedgerTransaction(Protocol):
         """The seller, created with ``default_time_zone`` first if it does not exist."""
         ...
 
+    async def find_seller(self, seller_id: str) -> SellerRecord | None:
+        """The seller, or None if it does not exist. Reads only."""
+        ...
+
     async def gmv_total(self, seller_id: str, first_day: date, last_day: date) -> int:
         """The seller's GMV summed over the local days ``[first_day, last_day]``."""
         ...
@@ -249,6 +253,11 @@ class LedgerTransaction(Protocol):
         weekly or starter-pack count down one and, for the pack, the seller's pack up one;
         the creator no longer counted this week if ``uncount``; one message fewer this week
         if ``action`` is a message. The CHECK constraints keep every count >= 0."""
+        ...
+
+    async def adjust_week(self, week: SellerWeek, delta: int) -> None:
+        """R17: move the locked ``week``'s weekly limit and its adjustment by ``delta``
+        (``rules.r17_adjusted_limit`` decided it keeps the limit at or above what is used)."""
         ...
 
     async def record_audit(self, entry: AuditEntry) -> None:

@@ -18,6 +18,7 @@ from ..domain import (
     Action,
     BatchMode,
     Charge,
+    NextWeekProjection,
     OutreachBatchResult,
     OutreachDecision,
     PairState,
@@ -25,10 +26,17 @@ from ..domain import (
     Release,
     SellerWeek,
 )
-from ..errors import FieldViolation, InvalidArgument, NothingCharged, OutreachNotFound
+from ..errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotAdjustable,
+    NothingCharged,
+    OutreachNotFound,
+)
 from ..policy import TierPolicy
 
 __all__ = [
+    "MAX_ADJUSTED_LIMIT",
     "ChargedOutreach",
     "OutreachVerdict",
     "decide_outreach",
@@ -43,6 +51,8 @@ __all__ = [
     "r14_charge_to_release",
     "r14_release",
     "r15_batch_applies",
+    "r17_adjusted_limit",
+    "r18_next_week",
 ]
 
 
@@ -66,6 +76,59 @@ def r1_tier_for_gmv(gmv_30d_minor: int, tiers: tuple[TierPolicy, ...]) -> TierPo
         if gmv_30d_minor >= tier.min_gmv_30d_minor:
             chosen = tier
     return chosen
+
+
+# R17: the largest weekly limit adjustments may make (the column is a 32-bit integer).
+MAX_ADJUSTED_LIMIT = 1_000_000_000
+
+
+def r17_adjusted_limit(week: SellerWeek, delta: int) -> int:
+    """R17 Adjustments: the week's weekly limit after an operator's ``delta``, never below
+    the units already charged to the weekly quota (the starter pack is not under the weekly
+    limit). Raises ``NotAdjustable`` — and nothing changes, never a partial adjustment —
+    when the tier is unlimited (there is no limit to move) or the limit would fall below
+    what is used. A limit brought down to exactly what is used is allowed: the week's
+    weekly quota is then used up (R9), the starter pack still pays (R10)."""
+    if week.weekly_limit is None:
+        raise NotAdjustable(
+            week.seller_id,
+            "UNLIMITED_TIER",
+            f"seller {week.seller_id!r} is in tier {week.tier!r} this week, which has no "
+            "weekly limit to adjust",
+        )
+    limit = week.weekly_limit + delta
+    if limit > MAX_ADJUSTED_LIMIT:
+        raise NotAdjustable(
+            week.seller_id,
+            "LIMIT_OUT_OF_RANGE",
+            f"a delta of {delta} would bring seller {week.seller_id!r}'s weekly limit to "
+            f"{limit}, above {MAX_ADJUSTED_LIMIT:,}",
+        )
+    if limit < week.weekly_used:
+        raise NotAdjustable(
+            week.seller_id,
+            "ADJUSTMENT_BELOW_USED",
+            f"a delta of {delta} would bring seller {week.seller_id!r}'s weekly limit to "
+            f"{limit}, below the {week.weekly_used} units already used this week",
+        )
+    return limit
+
+
+def r18_next_week(
+    gmv_30d_minor: int, takes_effect: datetime, tiers: tuple[TierPolicy, ...]
+) -> NextWeekProjection:
+    """R18 Next week: the tier and limit R1 would give the next week, from the GMV recorded
+    so far over that week's 30-day window (``weeks.gmv_window`` of its start), taking effect
+    when the current week ends. R1's own function chooses the tier: a projection is the
+    snapshot the next week would take if it started now."""
+    tier = r1_tier_for_gmv(gmv_30d_minor, tiers)
+    return NextWeekProjection(
+        tier=tier.name,
+        weekly_limit=tier.weekly_limit,
+        max_creator_followers=tier.max_creator_followers,
+        takes_effect=takes_effect,
+        gmv_30d_minor=gmv_30d_minor,
+    )
 
 
 def r10_starter_pack_grant(has_had_gmv: bool, already_granted: bool, size: int) -> int:

@@ -29,15 +29,20 @@ from typing import Any, TypeVar
 
 from ..clock import Clock
 from ..domain import (
+    Action,
+    Adjustment,
+    AdjustmentResult,
     AuditEntry,
     BlockChange,
     BlockResult,
+    Charge,
     DecisionPage,
     DecisionQuery,
     GmvBatch,
     GmvBatchResult,
     GmvRecord,
     GmvResult,
+    NextWeekProjection,
     Outreach,
     OutreachBatch,
     OutreachBatchResult,
@@ -372,6 +377,59 @@ class QuotaService:
 
         return await _unabandoned(until_key_settles(once))
 
+    # --- AdjustQuota (R17) ---------------------------------------------------------------
+
+    async def adjust_quota(self, adjustment: Adjustment) -> AdjustmentResult:
+        """Move the seller's weekly limit for the current week by ``adjustment.delta``
+        (``rules.r17_adjusted_limit`` decides), under the seller-week row lock every grant
+        takes, so no grant can slip between the check and the write: used never exceeds the
+        adjusted limit. The week is created first if missing, as GetStatus and the outreach
+        path create it. Audited with the delta, the note and the caller; idempotent by
+        request_id (R11). Raises ``NotAdjustable`` and changes nothing when the week does
+        not allow it."""
+        seller_id, key = adjustment.seller_id, adjustment.request_id
+        fingerprint = adjustment.fingerprint()
+
+        async def once() -> AdjustmentResult:
+            now = self._clock.now()
+            async with self._store.transaction(time_left()) as tx:
+                stored = await tx.stored_response(seller_id, key)
+                if stored is not None:
+                    return replay(stored, fingerprint, seller_id, key, AdjustmentResult.from_json)
+                await self._current_week(tx, seller_id, now)
+                week = await tx.lock_week(seller_id, now)
+                if week is None:  # pragma: no cover - created above, in this transaction
+                    raise AssertionError(f"seller-week of {seller_id} vanished after creation")
+                rules.r17_adjusted_limit(week, adjustment.delta)
+                await tx.adjust_week(week, adjustment.delta)
+                await tx.record_audit(
+                    AuditEntry(
+                        seller_id=seller_id,
+                        week_start=week.week_start,
+                        creator_id="",
+                        action=Action.ADJUST,
+                        allowed=True,
+                        reason=Reason.ADJUSTED,
+                        charged=Charge.NONE,
+                        tier=week.tier,
+                        request_id=key,
+                        decided_at=now,
+                        adjustment=adjustment,
+                    )
+                )
+                after = await tx.find_week(seller_id, now)
+                assert after is not None  # locked above, in this transaction
+                pack = await tx.starter_pack_remaining(seller_id)
+                # Without the policy digest, as a release's status: a stored answer keeps
+                # none (QuotaStatus.to_json), so its replay is the same answer.
+                status = QuotaStatus.of(dataclasses.replace(after, policy_digest=None), pack)
+                result = AdjustmentResult(status)
+                if not await tx.store_response(seller_id, key, fingerprint, result.to_json(), now):
+                    raise RequestIdTaken
+                return result
+
+        return await _unabandoned(until_key_settles(once))
+
     # --- GetStatus ---------------------------------------------------------------------
 
     async def get_status(self, seller_id: str) -> QuotaStatus:
@@ -380,7 +438,12 @@ class QuotaService:
         async def read() -> QuotaStatus:
             async with self._store.transaction(time_left()) as tx:
                 week = await self._current_week(tx, seller_id, self._clock.now())
-                return QuotaStatus.of(week, await tx.starter_pack_remaining(seller_id))
+                seller = await tx.find_seller(seller_id)
+                if seller is None:  # pragma: no cover - the week's seller exists
+                    raise AssertionError(f"seller {seller_id} vanished after its week")
+                next_week = await self._next_week(tx, week, seller.time_zone)
+                status = QuotaStatus.of(week, seller.starter_pack_remaining)
+                return dataclasses.replace(status, next_week=next_week)
 
         return await _unabandoned(read())
 
@@ -454,6 +517,18 @@ class QuotaService:
         if week is None:  # pragma: no cover - the row was just inserted or found conflicting
             raise AssertionError(f"seller-week of {seller_id} vanished after creation")
         return week
+
+    async def _next_week(
+        self, tx: LedgerTransaction, week: SellerWeek, time_zone: str
+    ) -> NextWeekProjection:
+        """R18: the week that would follow ``week`` in the seller's time zone now (as
+        ``_current_week`` would make it: starting when ``week`` ends), and the projection
+        of its tier from the GMV recorded so far over its R1 window."""
+        policy = self._policy
+        span = after_previous(week_containing(week.week_end, time_zone, policy.week), week.week_end)
+        first_day, last_day = gmv_window(span.start_date)
+        gmv = await tx.gmv_total(week.seller_id, first_day, last_day)
+        return rules.r18_next_week(gmv, span.start, policy.tiers)
 
     # --- the other mutations -----------------------------------------------------------
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..domain import (
     Action,
+    Adjustment,
     AuditEntry,
     Charge,
     GmvRow,
@@ -176,6 +177,15 @@ def _recorded(row: Any) -> RecordedDecision:
             request_id=row.request_id,
             decided_at=row.decided_at,
             item_index=row.item_index,
+            adjustment=None
+            if row.adjustment_delta is None
+            else Adjustment(
+                seller_id=row.seller_id,
+                delta=row.adjustment_delta,
+                note=row.note or "",
+                adjusted_by=row.adjusted_by or "",
+                request_id=row.request_id or "",
+            ),
         ),
     )
 
@@ -430,13 +440,13 @@ class _Transaction:
         row = (
             await self.conn.execute(select(sellers).where(sellers.c.seller_id == seller_id))
         ).one()
-        return SellerRecord(
-            seller_id=row.seller_id,
-            time_zone=row.time_zone,
-            has_had_gmv=row.has_had_gmv,
-            starter_pack_granted=row.starter_pack_granted,
-            starter_pack_remaining=row.starter_pack_remaining,
-        )
+        return _seller_record(row)
+
+    async def find_seller(self, seller_id: str) -> SellerRecord | None:
+        row = (
+            await self.conn.execute(select(sellers).where(sellers.c.seller_id == seller_id))
+        ).first()
+        return None if row is None else _seller_record(row)
 
     async def gmv_total(self, seller_id: str, first_day: date, last_day: date) -> int:
         g = daily_gmv.c
@@ -677,6 +687,20 @@ class _Transaction:
                 request_id=entry.request_id,
                 decided_at=entry.decided_at,
                 item_index=entry.item_index,
+                adjustment_delta=None if entry.adjustment is None else entry.adjustment.delta,
+                note=None if entry.adjustment is None else entry.adjustment.note,
+                adjusted_by=None if entry.adjustment is None else entry.adjustment.adjusted_by,
+            )
+        )
+
+    async def adjust_week(self, week: SellerWeek, delta: int) -> None:
+        w = seller_weeks.c
+        await self.conn.execute(
+            seller_weeks.update()
+            .where(w.seller_id == week.seller_id, w.week_start == week.week_start)
+            .values(
+                weekly_limit=w.weekly_limit + delta,
+                weekly_adjustment=w.weekly_adjustment + delta,
             )
         )
 
@@ -696,3 +720,13 @@ class _Transaction:
             )
         ).one()
         return (bool(row.created), str(row.time_zone))
+
+
+def _seller_record(row: Any) -> SellerRecord:
+    return SellerRecord(
+        seller_id=row.seller_id,
+        time_zone=row.time_zone,
+        has_had_gmv=row.has_had_gmv,
+        starter_pack_granted=row.starter_pack_granted,
+        starter_pack_remaining=row.starter_pack_remaining,
+    )

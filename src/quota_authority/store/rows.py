@@ -35,4 +35,6 @@ def seller_week(
         pack_used=row[p + "pack_used"],
         # lock_outreach_state does not return it (docs/operations.md, migration 0005).
         policy_digest=row.get(p + "policy_digest"),
+        # Nor this (R17, migration 0010): the hot path reads the adjusted weekly_limit only.
+        weekly_adjustment=row.get(p + "weekly_adjustment") or 0,
     )

@@ -65,6 +65,8 @@ seller_weeks = Table(
     Column("pack_used", Integer, nullable=False, server_default="0"),
     # Policy.digest of the policy the week was snapshotted under (0005; NULL before it).
     Column("policy_digest", Text, nullable=True),
+    # R17: the sum of the week's adjustments, already in weekly_limit (0010).
+    Column("weekly_adjustment", Integer, nullable=False, server_default="0"),
     CheckConstraint("week_end > week_start", name="seller_weeks_end_after_start"),
     CheckConstraint("weekly_used >= 0 AND pack_used >= 0", name="seller_weeks_used_not_negative"),
     # The next two repeat R9/R10's bounds (rules.r9_r10_charge_for_new_creator decides them)
@@ -134,6 +136,10 @@ audit_log = Table(
     Column("decided_at", DateTime(timezone=True), nullable=False),
     # The item's index in its BatchCheckAndConsume, whose request_id it carries (0007).
     Column("item_index", Integer, nullable=True),
+    # R17: an adjustment's delta, note and caller; NULL on every other record (0010).
+    Column("adjustment_delta", Integer, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("adjusted_by", Text, nullable=True),
     # ListDecisions pages through a seller's decisions in this order (migration 0004).
     Index("audit_log_seller_decided_at", "seller_id", "decided_at", "id"),
 )

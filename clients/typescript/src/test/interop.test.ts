@@ -219,3 +219,28 @@ test("the example runs the scenario and prints its eighteen answers", async () =
   assert.match(answers[16], /"code":"FAILED_PRECONDITION".*"reason":"NOTHING_CHARGED"/);
   assert.match(answers[17], /"code":"NOT_FOUND".*"reason":"OUTREACH_NOT_FOUND"/);
 });
+
+// On the server with a callers file (QUOTA_AUTHORITY_GUARDED_TARGET, which `make interop`
+// starts), a caller with every role but admin (QUOTA_AUTHORITY_GUARDED_TOKEN) reads the
+// seller's status but may not adjust its limit: AdjustQuota is admin only (R17).
+test("an adjustment refused without the admin role", async (t) => {
+  const guarded = process.env.QUOTA_AUTHORITY_GUARDED_TARGET;
+  const token = process.env.QUOTA_AUTHORITY_GUARDED_TOKEN;
+  if (!guarded || !token) {
+    t.skip("QUOTA_AUTHORITY_GUARDED_TARGET and _TOKEN are not set: `make interop` sets them");
+    return;
+  }
+  const sellerId = `interop-ts-adjust-${randomBytes(8).toString("hex")}`;
+  const quota = new QuotaClient(guarded, { token, timeoutMs: 5000 });
+  try {
+    await assert.rejects(
+      quota.adjustQuota({ sellerId, delta: 10, note: "incident 7", requestId: `${sellerId}-1` }),
+      { code: grpc.status.PERMISSION_DENIED },
+    );
+    const { status } = await quota.getStatus({ sellerId });
+    assert.equal(status?.weeklyLimit, 50);
+    assert.equal(status?.adjustedThisWeek, 0);
+  } finally {
+    quota.close();
+  }
+});

@@ -30,6 +30,7 @@ const (
 	QuotaAuthorityService_BatchCheckAndConsume_FullMethodName = "/quota_authority.v1.QuotaAuthorityService/BatchCheckAndConsume"
 	QuotaAuthorityService_BatchRecordGmv_FullMethodName       = "/quota_authority.v1.QuotaAuthorityService/BatchRecordGmv"
 	QuotaAuthorityService_ReleaseOutreach_FullMethodName      = "/quota_authority.v1.QuotaAuthorityService/ReleaseOutreach"
+	QuotaAuthorityService_AdjustQuota_FullMethodName          = "/quota_authority.v1.QuotaAuthorityService/AdjustQuota"
 )
 
 // QuotaAuthorityServiceClient is the client API for QuotaAuthorityService service.
@@ -84,6 +85,18 @@ type QuotaAuthorityServiceClient interface {
 	// an earlier week, is FAILED_PRECONDITION (reason NOTHING_CHARGED or WEEK_ENDED); each
 	// changes nothing. A repeated release replays the first one's answer (replayed = true).
 	ReleaseOutreach(ctx context.Context, in *ReleaseOutreachRequest, opts ...grpc.CallOption) (*ReleaseOutreachResponse, error)
+	// AdjustQuota changes the seller's weekly limit for the current week by delta (R17): an
+	// operator grants extra room after an incident (delta > 0) or takes it back (delta < 0).
+	// Opened by the admin role only. The adjustment ends with its week; the week is created
+	// first if the seller has none yet. It is applied under the seller-week lock every grant
+	// takes, so used never exceeds the adjusted limit. A limit that would fall below the units
+	// already used this week, an unlimited tier, or a limit above 1,000,000,000 is
+	// FAILED_PRECONDITION (ErrorInfo reason ADJUSTMENT_BELOW_USED, UNLIMITED_TIER or
+	// LIMIT_OUT_OF_RANGE) and changes nothing. request_id is required: a retry replays the
+	// first answer (replayed = true); the same request_id with another delta or note is
+	// FAILED_PRECONDITION (REQUEST_ID_REUSED). ListDecisions lists it (REASON_QUOTA_ADJUSTED)
+	// with the delta, the note and the caller's name.
+	AdjustQuota(ctx context.Context, in *AdjustQuotaRequest, opts ...grpc.CallOption) (*AdjustQuotaResponse, error)
 }
 
 type quotaAuthorityServiceClient struct {
@@ -204,6 +217,16 @@ func (c *quotaAuthorityServiceClient) ReleaseOutreach(ctx context.Context, in *R
 	return out, nil
 }
 
+func (c *quotaAuthorityServiceClient) AdjustQuota(ctx context.Context, in *AdjustQuotaRequest, opts ...grpc.CallOption) (*AdjustQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdjustQuotaResponse)
+	err := c.cc.Invoke(ctx, QuotaAuthorityService_AdjustQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QuotaAuthorityServiceServer is the server API for QuotaAuthorityService service.
 // All implementations must embed UnimplementedQuotaAuthorityServiceServer
 // for forward compatibility.
@@ -256,6 +279,18 @@ type QuotaAuthorityServiceServer interface {
 	// an earlier week, is FAILED_PRECONDITION (reason NOTHING_CHARGED or WEEK_ENDED); each
 	// changes nothing. A repeated release replays the first one's answer (replayed = true).
 	ReleaseOutreach(context.Context, *ReleaseOutreachRequest) (*ReleaseOutreachResponse, error)
+	// AdjustQuota changes the seller's weekly limit for the current week by delta (R17): an
+	// operator grants extra room after an incident (delta > 0) or takes it back (delta < 0).
+	// Opened by the admin role only. The adjustment ends with its week; the week is created
+	// first if the seller has none yet. It is applied under the seller-week lock every grant
+	// takes, so used never exceeds the adjusted limit. A limit that would fall below the units
+	// already used this week, an unlimited tier, or a limit above 1,000,000,000 is
+	// FAILED_PRECONDITION (ErrorInfo reason ADJUSTMENT_BELOW_USED, UNLIMITED_TIER or
+	// LIMIT_OUT_OF_RANGE) and changes nothing. request_id is required: a retry replays the
+	// first answer (replayed = true); the same request_id with another delta or note is
+	// FAILED_PRECONDITION (REQUEST_ID_REUSED). ListDecisions lists it (REASON_QUOTA_ADJUSTED)
+	// with the delta, the note and the caller's name.
+	AdjustQuota(context.Context, *AdjustQuotaRequest) (*AdjustQuotaResponse, error)
 	mustEmbedUnimplementedQuotaAuthorityServiceServer()
 }
 
@@ -298,6 +333,9 @@ func (UnimplementedQuotaAuthorityServiceServer) BatchRecordGmv(context.Context, 
 }
 func (UnimplementedQuotaAuthorityServiceServer) ReleaseOutreach(context.Context, *ReleaseOutreachRequest) (*ReleaseOutreachResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReleaseOutreach not implemented")
+}
+func (UnimplementedQuotaAuthorityServiceServer) AdjustQuota(context.Context, *AdjustQuotaRequest) (*AdjustQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AdjustQuota not implemented")
 }
 func (UnimplementedQuotaAuthorityServiceServer) mustEmbedUnimplementedQuotaAuthorityServiceServer() {}
 func (UnimplementedQuotaAuthorityServiceServer) testEmbeddedByValue()                               {}
@@ -518,6 +556,24 @@ func _QuotaAuthorityService_ReleaseOutreach_Handler(srv interface{}, ctx context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuotaAuthorityService_AdjustQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdjustQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaAuthorityServiceServer).AdjustQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaAuthorityService_AdjustQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaAuthorityServiceServer).AdjustQuota(ctx, req.(*AdjustQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QuotaAuthorityService_ServiceDesc is the grpc.ServiceDesc for QuotaAuthorityService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -568,6 +624,10 @@ var QuotaAuthorityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReleaseOutreach",
 			Handler:    _QuotaAuthorityService_ReleaseOutreach_Handler,
+		},
+		{
+			MethodName: "AdjustQuota",
+			Handler:    _QuotaAuthorityService_AdjustQuota_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

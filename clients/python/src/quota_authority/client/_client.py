@@ -181,6 +181,24 @@ class QuotaClient:
             request.item_index = item_index
         return await self._call(self._stub.ReleaseOutreach, request)
 
+    async def adjust_quota(
+        self, seller_id: str, delta: int, note: str, *, request_id: str | None = None
+    ) -> pb.AdjustQuotaResponse:
+        """Change the seller's weekly limit for the current week by ``delta`` (R17; the
+        ``admin`` role only), with a ``note`` saying why (1 to 500 characters). The
+        adjustment ends with its week. A request_id is generated when not given; pass your
+        own to retry safely across processes (a retry is replayed, never applied twice).
+        Raises ``FAILED_PRECONDITION`` (ErrorInfo reason ``ADJUSTMENT_BELOW_USED``,
+        ``UNLIMITED_TIER`` or ``LIMIT_OUT_OF_RANGE``) when the week does not allow it, and
+        ``PERMISSION_DENIED`` for a caller without the role."""
+        request = pb.AdjustQuotaRequest(
+            seller_id=seller_id,
+            delta=delta,
+            note=note,
+            request_id=request_id or _new_request_id(),
+        )
+        return await self._call(self._stub.AdjustQuota, request)
+
     async def record_reply(
         self,
         seller_id: str,
