@@ -14,7 +14,7 @@ with it, and on Citus every shard. The previous release's statements name their 
 and keep working.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-08
 """
 
