@@ -187,6 +187,18 @@ DAYS = st.builds(
     lambda offset: (DAY_ZERO + timedelta(days=offset)).isoformat(), st.integers(-70, 40)
 )
 
+# Timestamps (ListDecisions' week and range) mostly within the weeks the run covers, so that
+# a request past validation is common; any seconds and nanos otherwise.
+TIMESTAMP = "google.protobuf.Timestamp"
+TIMES = st.fixed_dictionaries(
+    {
+        "seconds": st.integers(-14 * 86_400, (WEEKS + 1) * 7 * 86_400).map(
+            lambda offset: int(BASE_TIME.timestamp()) + offset
+        ),
+        "nanos": st.sampled_from([0, 1, 999_999_999]),
+    }
+)
+
 
 def string_values(name: str, sellers: tuple[str, ...]) -> st.SearchStrategy[str]:
     """Strings for a field, biased by its name towards values the service accepts."""
@@ -203,6 +215,8 @@ def string_values(name: str, sellers: tuple[str, ...]) -> st.SearchStrategy[str]
         "time_zone": weighted(
             (4, st.sampled_from(KNOWN_ZONES)), (3, st.sampled_from(ODD_ZONES)), (2, ANY_STRING)
         ),
+        # ListDecisions' first page mostly; any other string is a token it never issued.
+        "page_token": weighted((6, st.just("")), (2, ANY_STRING)),
     }
     return hints.get(name, ANY_STRING)
 
@@ -212,11 +226,14 @@ def int_values(field: FieldDescriptor) -> st.SearchStrategy[int]:
     edges = sorted(
         {n for n in (*INTERESTING_INTS, low, low + 1, high - 1, high) if low <= n <= high}
     )
-    return weighted(
+    values = weighted(
         (3, st.sampled_from(edges)),
         (3, st.integers(max(low, 0), min(high, 10**7))),
         (2, st.integers(low, high)),
     )
+    if field.name == "page_size":  # mostly a page ListDecisions serves
+        return weighted((4, st.integers(0, 200)), (4, values))
+    return values
 
 
 def enum_values(field: FieldDescriptor) -> st.SearchStrategy[int]:
@@ -248,6 +265,8 @@ def single_values(field: FieldDescriptor, sellers: tuple[str, ...], depth: int) 
         return st.floats()
     if kind == FieldDescriptor.TYPE_FLOAT:
         return st.floats(width=32)
+    if field.message_type is not None and field.message_type.full_name == TIMESTAMP:
+        return weighted((6, TIMES), (2, field_dicts(field.message_type, sellers, depth + 1)))
     if kind in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
         return field_dicts(field.message_type, sellers, depth + 1)
     raise AssertionError(f"no strategy for {field.full_name} of type {kind}")
