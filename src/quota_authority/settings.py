@@ -30,6 +30,7 @@ from typing import Any
 from .api.callers import Caller, load_callers
 from .errors import ConfigError
 from .policy import Policy, load_policy
+from .store.distribution import SHARD_COUNT
 
 __all__ = [
     "NOT_SETTINGS",
@@ -262,7 +263,7 @@ class Settings:
         "no effect on plain PostgreSQL",
     )
     shard_count: int = _variable(
-        4,
+        SHARD_COUNT,  # declared beside what it shapes (store.distribution), for its callers too
         "QUOTA_AUTHORITY_SHARD_COUNT",
         "shards a schema is distributed into when QUOTA_AUTHORITY_DISTRIBUTE first "
         "distributes it (about one or two per worker core); a distributed schema keeps its own",
