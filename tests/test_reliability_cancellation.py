@@ -44,6 +44,9 @@ DEADLINES_MS = (1, 50)
 # is generous on a loaded machine, and well under the server's own backstop, its
 # idle_in_transaction_session_timeout (10 s), which would hide a leak.
 SETTLE_S = 1.0
+# The broken variant leaks only where a statement fails in the database, which a storm of
+# cancelled calls brings about by chance: it must be caught within this many storms.
+SENSITIVITY_RUNS = 3
 
 # What a storm call is, by weight: mostly the hot path, every other RPC besides.
 MIX = {
@@ -320,9 +323,19 @@ async def test_sensitivity_the_storm_fails_against_a_ledger_that_leaks_on_failur
 ):
     """Item 14: a transaction that skips its cleanup when a statement fails (at its
     caller's deadline, say) must be caught by the storm's checks. Such failures come a few
-    in a thousand calls, so this storm is at least 4,000 calls."""
-    with pytest.raises(AssertionError) as failure:
-        await storm_leaves_nothing_behind(start_server, db, LeaksOnFailure, max(CALLS, 4_000))
-    gc.collect()  # the leaked connections' warnings belong to this test, not the next
+    in a thousand calls, so this storm is at least 4,000 calls; how many depends on the
+    machine's speed (a clean-clone run once saw none in 4,000), so it must be caught within
+    ``SENSITIVITY_RUNS`` storms."""
+    caught = None
+    for attempt in range(1, SENSITIVITY_RUNS + 1):
+        try:
+            await storm_leaves_nothing_behind(start_server, db, LeaksOnFailure, max(CALLS, 4_000))
+        except AssertionError as failure:
+            caught = f"{failure} (run {attempt} of up to {SENSITIVITY_RUNS})"
+            break
+        finally:
+            gc.collect()  # the leaked connections' warnings belong to this test, not the next
+    if caught is None:
+        pytest.fail(f"LeaksOnFailure passed {SENSITIVITY_RUNS} storms")
 
-    report("sensitivity: cancellation storm", f"fails against LeaksOnFailure: {failure.value}")
+    report("sensitivity: cancellation storm", f"fails against LeaksOnFailure: {caught}")
