@@ -18,6 +18,7 @@ import http.client
 import os
 import re
 import shlex
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,6 +98,10 @@ async def test_the_pages_curl_examples_print_what_it_shows(start_server: Any, cl
         server = servers[block.group(1)]
         lines = []
         for command, shown in commands(block.group(2)):
+            # A second between the page's calls, as between a user's: decisions listed in
+            # time order are then in the page's order on any engine (on Citus, rows written
+            # on different nodes at one instant sort by their nodes' id ranges).
+            clock.advance(timedelta(seconds=1))
             run = DOC_SELLER.sub(seller, command)
             printed = await asyncio.to_thread(_curl, run, server.http_port)
             printed = TOKEN.sub('"nextPageToken": "<token>"', printed.replace(seller, "seller-1"))
