@@ -31,6 +31,7 @@ __all__ = [
     "create_engine",
     "database_in_use",
     "redacted",
+    "session_settings",
     "to_async_url",
     "unreachable_at_start",
 ]
@@ -97,11 +98,11 @@ class DatabaseLimits:
     pool_size: int
 
 
-def create_engine(url: str, limits: DatabaseLimits) -> AsyncEngine:
-    """A pooled engine of ``limits.pool_size`` connections: READ COMMITTED, and the lock and
-    statement timeouts of ``limits`` set on every session, so that a stuck lock turns into
-    ``UNAVAILABLE`` instead of a hung call."""
-    server_settings = {
+def session_settings(limits: DatabaseLimits) -> dict[str, str]:
+    """The settings of every session the service opens, on the configured database and, on
+    Citus, on the nodes holding shards (``store.nodes``): the lock and statement timeouts
+    of ``limits``, so that a stuck lock turns into ``UNAVAILABLE`` instead of a hung call."""
+    return {
         "application_name": "quota-authority",
         "lock_timeout": f"{limits.lock_timeout_ms}ms",
         "statement_timeout": f"{limits.statement_timeout_ms}ms",
@@ -112,8 +113,13 @@ def create_engine(url: str, limits: DatabaseLimits) -> AsyncEngine:
         # placeholder.
         "citus.override_table_visibility": "off",
     }
+
+
+def create_engine(url: str, limits: DatabaseLimits) -> AsyncEngine:
+    """A pooled engine of ``limits.pool_size`` connections: READ COMMITTED, each session
+    with ``session_settings(limits)``."""
     connect_args: dict[str, Any] = {
-        "server_settings": server_settings,
+        "server_settings": session_settings(limits),
         "timeout": 5,
         "command_timeout": limits.statement_timeout_ms / 1000 + 1,
     }

@@ -38,7 +38,7 @@ from ..engine.ports import OutreachTransaction, SellerRecord, TransactionGroupin
 from ..engine.retention import Retained
 from ..errors import CommitOutcomeUnknown, LockTimeout, StoreUnavailable
 from . import partitions, topology
-from .database import DatabaseLimits
+from .database import DatabaseLimits, session_settings
 from .migrate import serves_revision
 from .nodes import NodePools
 from .outreach import OpenedOnFirstUse
@@ -150,18 +150,6 @@ def _terminator(conn: asyncpg.Connection) -> Callable[[], Awaitable[None]]:
     return terminate
 
 
-def _node_settings(lock_timeout_ms: int, statement_timeout_ms: int) -> dict[str, str]:
-    """The session settings of connections to Citus nodes, as ``database.create_engine``
-    gives the coordinator's."""
-    return {
-        "application_name": "quota-authority",
-        "lock_timeout": f"{lock_timeout_ms}ms",
-        "statement_timeout": f"{statement_timeout_ms}ms",
-        "idle_in_transaction_session_timeout": f"{max(statement_timeout_ms, 10_000)}ms",
-        "citus.override_table_visibility": "off",
-    }
-
-
 def _recorded(row: Any) -> RecordedDecision:
     return RecordedDecision(
         audit_id=row.id,
@@ -219,7 +207,7 @@ class PostgresLedger:
         self._topology: topology.Topology | None = None
         # On Citus, pools to the nodes holding shards (``_routed_outreach``), made on first use.
         self._nodes: NodePools | None = None
-        self._pool_size = limits.pool_size
+        self._limits = limits
 
     async def transaction_grouping(self) -> TransactionGrouping:
         return (await self._learn_database()).grouping
@@ -289,8 +277,8 @@ class PostgresLedger:
         if self._nodes is None:
             self._nodes = NodePools(
                 self._engine,
-                _node_settings(self._lock_timeout_ms, self._statement_timeout_ms),
-                self._pool_size,
+                session_settings(self._limits),
+                self._limits.pool_size,
             )
         nodes = self._nodes
         async with contextlib.AsyncExitStack() as stack:
