@@ -105,6 +105,13 @@ const (
 	// Never a decision's answer: a Decision with this reason records an AdjustQuota (R17); its
 	// adjustment says by how much, why and who, and its action is ACTION_UNSPECIFIED.
 	Reason_REASON_QUOTA_ADJUSTED Reason = 10
+	// Never a decision's answer: a Decision with this reason records a hold (R16) that expired
+	// unconfirmed; its charged is the pool the unit went back to, CHARGE_NONE when later
+	// outreach to the creator kept the unit or the hold's week had ended.
+	Reason_REASON_HOLD_EXPIRED Reason = 11
+	// Never a decision's answer: a Decision with this reason records a ConfirmOutreach that
+	// made a hold (R16) final; its charged is the pool the hold charged.
+	Reason_REASON_HOLD_CONFIRMED Reason = 12
 )
 
 // Enum value maps for Reason.
@@ -121,6 +128,8 @@ var (
 		8:  "REASON_AWAITING_REPLY",
 		9:  "REASON_RELEASED",
 		10: "REASON_QUOTA_ADJUSTED",
+		11: "REASON_HOLD_EXPIRED",
+		12: "REASON_HOLD_CONFIRMED",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":               0,
@@ -134,6 +143,8 @@ var (
 		"REASON_AWAITING_REPLY":            8,
 		"REASON_RELEASED":                  9,
 		"REASON_QUOTA_ADJUSTED":            10,
+		"REASON_HOLD_EXPIRED":              11,
+		"REASON_HOLD_CONFIRMED":            12,
 	}
 )
 
@@ -162,6 +173,72 @@ func (x Reason) Number() protoreflect.EnumNumber {
 // Deprecated: Use Reason.Descriptor instead.
 func (Reason) EnumDescriptor() ([]byte, []int) {
 	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{1}
+}
+
+// HoldState is where a hold (R16) stands.
+type HoldState int32
+
+const (
+	// No state; never returned by the service.
+	HoldState_HOLD_STATE_UNSPECIFIED HoldState = 0
+	// Charged, awaiting ConfirmOutreach until it expires.
+	HoldState_HOLD_STATE_HELD HoldState = 1
+	// Made final by ConfirmOutreach.
+	HoldState_HOLD_STATE_CONFIRMED HoldState = 2
+	// Released by ReleaseOutreach before it was confirmed or expired.
+	HoldState_HOLD_STATE_VOIDED HoldState = 3
+	// Not confirmed in time: its unit went back as a release's would.
+	HoldState_HOLD_STATE_EXPIRED HoldState = 4
+	// The grant holds nothing (it charged nothing, or was made without hold_seconds): it is
+	// final already.
+	HoldState_HOLD_STATE_NOT_HELD HoldState = 5
+)
+
+// Enum value maps for HoldState.
+var (
+	HoldState_name = map[int32]string{
+		0: "HOLD_STATE_UNSPECIFIED",
+		1: "HOLD_STATE_HELD",
+		2: "HOLD_STATE_CONFIRMED",
+		3: "HOLD_STATE_VOIDED",
+		4: "HOLD_STATE_EXPIRED",
+		5: "HOLD_STATE_NOT_HELD",
+	}
+	HoldState_value = map[string]int32{
+		"HOLD_STATE_UNSPECIFIED": 0,
+		"HOLD_STATE_HELD":        1,
+		"HOLD_STATE_CONFIRMED":   2,
+		"HOLD_STATE_VOIDED":      3,
+		"HOLD_STATE_EXPIRED":     4,
+		"HOLD_STATE_NOT_HELD":    5,
+	}
+)
+
+func (x HoldState) Enum() *HoldState {
+	p := new(HoldState)
+	*p = x
+	return p
+}
+
+func (x HoldState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HoldState) Descriptor() protoreflect.EnumDescriptor {
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[2].Descriptor()
+}
+
+func (HoldState) Type() protoreflect.EnumType {
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[2]
+}
+
+func (x HoldState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HoldState.Descriptor instead.
+func (HoldState) EnumDescriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{2}
 }
 
 // BatchMode says what a BatchCheckAndConsume applies when some of its items are denied.
@@ -202,11 +279,11 @@ func (x BatchMode) String() string {
 }
 
 func (BatchMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_quota_authority_v1_quota_authority_proto_enumTypes[2].Descriptor()
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[3].Descriptor()
 }
 
 func (BatchMode) Type() protoreflect.EnumType {
-	return &file_quota_authority_v1_quota_authority_proto_enumTypes[2]
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[3]
 }
 
 func (x BatchMode) Number() protoreflect.EnumNumber {
@@ -215,7 +292,7 @@ func (x BatchMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BatchMode.Descriptor instead.
 func (BatchMode) EnumDescriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{2}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{3}
 }
 
 // Charge says which pool paid for an allowed outreach.
@@ -259,11 +336,11 @@ func (x Charge) String() string {
 }
 
 func (Charge) Descriptor() protoreflect.EnumDescriptor {
-	return file_quota_authority_v1_quota_authority_proto_enumTypes[3].Descriptor()
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[4].Descriptor()
 }
 
 func (Charge) Type() protoreflect.EnumType {
-	return &file_quota_authority_v1_quota_authority_proto_enumTypes[3]
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[4]
 }
 
 func (x Charge) Number() protoreflect.EnumNumber {
@@ -272,7 +349,7 @@ func (x Charge) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Charge.Descriptor instead.
 func (Charge) EnumDescriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{3}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{4}
 }
 
 // ConnectionSource is how a creator became connected to a seller.
@@ -320,11 +397,11 @@ func (x ConnectionSource) String() string {
 }
 
 func (ConnectionSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_quota_authority_v1_quota_authority_proto_enumTypes[4].Descriptor()
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[5].Descriptor()
 }
 
 func (ConnectionSource) Type() protoreflect.EnumType {
-	return &file_quota_authority_v1_quota_authority_proto_enumTypes[4]
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[5]
 }
 
 func (x ConnectionSource) Number() protoreflect.EnumNumber {
@@ -333,7 +410,7 @@ func (x ConnectionSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConnectionSource.Descriptor instead.
 func (ConnectionSource) EnumDescriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{4}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{5}
 }
 
 // Party is one side of a seller–creator pair.
@@ -373,11 +450,11 @@ func (x Party) String() string {
 }
 
 func (Party) Descriptor() protoreflect.EnumDescriptor {
-	return file_quota_authority_v1_quota_authority_proto_enumTypes[5].Descriptor()
+	return file_quota_authority_v1_quota_authority_proto_enumTypes[6].Descriptor()
 }
 
 func (Party) Type() protoreflect.EnumType {
-	return &file_quota_authority_v1_quota_authority_proto_enumTypes[5]
+	return &file_quota_authority_v1_quota_authority_proto_enumTypes[6]
 }
 
 func (x Party) Number() protoreflect.EnumNumber {
@@ -386,7 +463,7 @@ func (x Party) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Party.Descriptor instead.
 func (Party) EnumDescriptor() ([]byte, []int) {
-	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{5}
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{6}
 }
 
 // QuotaStatus is a seller's quota for the current week.
@@ -429,8 +506,12 @@ type QuotaStatus struct {
 	// AdjustQuota; 0 in the status of a decision, a batch or a release, whose weekly_limit is
 	// the adjusted one.
 	AdjustedThisWeek int64 `protobuf:"varint,15,opt,name=adjusted_this_week,json=adjustedThisWeek,proto3" json:"adjusted_this_week,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Of used_this_week, the units held now (R16): charged by holds neither confirmed, voided
+	// nor expired yet. Set by GetStatus; 0 in the status of a decision, a batch, a release or an
+	// adjustment.
+	HeldThisWeek  int64 `protobuf:"varint,16,opt,name=held_this_week,json=heldThisWeek,proto3" json:"held_this_week,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *QuotaStatus) Reset() {
@@ -568,6 +649,13 @@ func (x *QuotaStatus) GetAdjustedThisWeek() int64 {
 	return 0
 }
 
+func (x *QuotaStatus) GetHeldThisWeek() int64 {
+	if x != nil {
+		return x.HeldThisWeek
+	}
+	return 0
+}
+
 // NextWeekProjection is the tier and weekly limit the seller would get if the next week started
 // now (R18): R1's tier for the GMV recorded so far over the 30 local days before the next week
 // starts, in the seller's current time zone. It is a projection: GMV recorded (or corrected)
@@ -679,7 +767,12 @@ type CheckAndConsumeRequest struct {
 	// An optional idempotency key, unique per seller; a retry with it returns the original answer.
 	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When true, the service answers what would happen and changes nothing.
-	DryRun        bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// 0: a grant is final at once. 1 to the policy's holds.max_seconds (3600 by default): a grant
+	// that charges a unit is a hold (R16) that expires this many seconds after the decision
+	// unless ConfirmOutreach makes it final. Requires request_id (which names the hold), and
+	// no dry_run.
+	HoldSeconds   int32 `protobuf:"varint,7,opt,name=hold_seconds,json=holdSeconds,proto3" json:"hold_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -756,6 +849,13 @@ func (x *CheckAndConsumeRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *CheckAndConsumeRequest) GetHoldSeconds() int32 {
+	if x != nil {
+		return x.HoldSeconds
+	}
+	return 0
+}
+
 // CheckAndConsumeResponse is the decision on one outreach.
 type CheckAndConsumeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -770,7 +870,9 @@ type CheckAndConsumeResponse struct {
 	// Messages the seller may still send this week before the creator replies; set for unconnected creators.
 	MessagesBeforeReplyRemaining *int64 `protobuf:"varint,5,opt,name=messages_before_reply_remaining,json=messagesBeforeReplyRemaining,proto3,oneof" json:"messages_before_reply_remaining,omitempty"`
 	// True when this is the stored answer to an earlier call with the same request_id.
-	Replayed      bool `protobuf:"varint,6,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	Replayed bool `protobuf:"varint,6,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	// Set when the grant is a hold (R16): when it expires unless confirmed before.
+	HoldExpiresAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=hold_expires_at,json=holdExpiresAt,proto3" json:"hold_expires_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -845,6 +947,13 @@ func (x *CheckAndConsumeResponse) GetReplayed() bool {
 		return x.Replayed
 	}
 	return false
+}
+
+func (x *CheckAndConsumeResponse) GetHoldExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HoldExpiresAt
+	}
+	return nil
 }
 
 // RecordReplyRequest records that a creator connected with a seller.
@@ -1589,8 +1698,9 @@ func (x *UpsertSellerResponse) GetReplayed() bool {
 }
 
 // Decision is one recorded decision of CheckAndConsume or of an item of
-// BatchCheckAndConsume (R13), a release (REASON_RELEASED), or an adjustment
-// (REASON_QUOTA_ADJUSTED). Dry runs are not recorded.
+// BatchCheckAndConsume (R13), a release (REASON_RELEASED), an adjustment
+// (REASON_QUOTA_ADJUSTED), or a hold's end (REASON_HOLD_CONFIRMED, REASON_HOLD_EXPIRED; a
+// voided hold is recorded as its release). Dry runs are not recorded.
 type Decision struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The seller that asked.
@@ -2157,7 +2267,10 @@ type BatchCheckAndConsumeRequest struct {
 	// CheckAndConsume's); a retry with it returns the original answer.
 	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When true, the service answers what would happen and changes nothing.
-	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// As CheckAndConsume's: each applied item that charges a unit is a hold (R16), named by the
+	// batch's request_id and the item's index. Requires request_id, and no dry_run.
+	HoldSeconds   int32 `protobuf:"varint,6,opt,name=hold_seconds,json=holdSeconds,proto3" json:"hold_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2227,6 +2340,13 @@ func (x *BatchCheckAndConsumeRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *BatchCheckAndConsumeRequest) GetHoldSeconds() int32 {
+	if x != nil {
+		return x.HoldSeconds
+	}
+	return 0
+}
+
 // OutreachResult is the decision on one item of a batch.
 type OutreachResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2240,8 +2360,10 @@ type OutreachResult struct {
 	// Messages the seller may still send this week before the creator replies, after this
 	// item; set for unconnected creators.
 	MessagesBeforeReplyRemaining *int64 `protobuf:"varint,4,opt,name=messages_before_reply_remaining,json=messagesBeforeReplyRemaining,proto3,oneof" json:"messages_before_reply_remaining,omitempty"`
-	unknownFields                protoimpl.UnknownFields
-	sizeCache                    protoimpl.SizeCache
+	// Set when the item's grant is a hold (R16): when it expires unless confirmed before.
+	HoldExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=hold_expires_at,json=holdExpiresAt,proto3" json:"hold_expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OutreachResult) Reset() {
@@ -2300,6 +2422,13 @@ func (x *OutreachResult) GetMessagesBeforeReplyRemaining() int64 {
 		return *x.MessagesBeforeReplyRemaining
 	}
 	return 0
+}
+
+func (x *OutreachResult) GetHoldExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HoldExpiresAt
+	}
+	return nil
 }
 
 // BatchCheckAndConsumeResponse is the decision on every item of a batch, in order.
@@ -2692,11 +2821,132 @@ func (x *ReleaseOutreachResponse) GetReplayed() bool {
 	return false
 }
 
+// ConfirmOutreachRequest names a held grant whose outreach was sent, to make it final (R16).
+type ConfirmOutreachRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The seller that sent the outreach.
+	SellerId string `protobuf:"bytes,1,opt,name=seller_id,json=sellerId,proto3" json:"seller_id,omitempty"`
+	// The request_id of the CheckAndConsume, or of the BatchCheckAndConsume, that made the hold.
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The item's index in that BatchCheckAndConsume; required when request_id names a
+	// batch, and must be absent otherwise.
+	ItemIndex     *int32 `protobuf:"varint,3,opt,name=item_index,json=itemIndex,proto3,oneof" json:"item_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmOutreachRequest) Reset() {
+	*x = ConfirmOutreachRequest{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmOutreachRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmOutreachRequest) ProtoMessage() {}
+
+func (x *ConfirmOutreachRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmOutreachRequest.ProtoReflect.Descriptor instead.
+func (*ConfirmOutreachRequest) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ConfirmOutreachRequest) GetSellerId() string {
+	if x != nil {
+		return x.SellerId
+	}
+	return ""
+}
+
+func (x *ConfirmOutreachRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *ConfirmOutreachRequest) GetItemIndex() int32 {
+	if x != nil && x.ItemIndex != nil {
+		return *x.ItemIndex
+	}
+	return 0
+}
+
+// ConfirmOutreachResponse says the grant is final.
+type ConfirmOutreachResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// HOLD_STATE_CONFIRMED (by this call or an earlier one), or HOLD_STATE_NOT_HELD for a grant
+	// that held nothing.
+	State HoldState `protobuf:"varint,1,opt,name=state,proto3,enum=quota_authority.v1.HoldState" json:"state,omitempty"`
+	// The pool the grant charged.
+	Charged       Charge `protobuf:"varint,2,opt,name=charged,proto3,enum=quota_authority.v1.Charge" json:"charged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfirmOutreachResponse) Reset() {
+	*x = ConfirmOutreachResponse{}
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfirmOutreachResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfirmOutreachResponse) ProtoMessage() {}
+
+func (x *ConfirmOutreachResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quota_authority_v1_quota_authority_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfirmOutreachResponse.ProtoReflect.Descriptor instead.
+func (*ConfirmOutreachResponse) Descriptor() ([]byte, []int) {
+	return file_quota_authority_v1_quota_authority_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ConfirmOutreachResponse) GetState() HoldState {
+	if x != nil {
+		return x.State
+	}
+	return HoldState_HOLD_STATE_UNSPECIFIED
+}
+
+func (x *ConfirmOutreachResponse) GetCharged() Charge {
+	if x != nil {
+		return x.Charged
+	}
+	return Charge_CHARGE_UNSPECIFIED
+}
+
 var File_quota_authority_v1_quota_authority_proto protoreflect.FileDescriptor
 
 const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\n" +
-	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x05\n" +
+	"(quota_authority/v1/quota_authority.proto\x12\x12quota_authority.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x05\n" +
 	"\vQuotaStatus\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x12\n" +
 	"\x04tier\x18\x02 \x01(\tR\x04tier\x12\x1c\n" +
@@ -2714,7 +2964,8 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\ttime_zone\x18\f \x01(\tR\btimeZone\x12#\n" +
 	"\rpolicy_digest\x18\r \x01(\tR\fpolicyDigest\x12C\n" +
 	"\tnext_week\x18\x0e \x01(\v2&.quota_authority.v1.NextWeekProjectionR\bnextWeek\x12,\n" +
-	"\x12adjusted_this_week\x18\x0f \x01(\x03R\x10adjustedThisWeekB\x18\n" +
+	"\x12adjusted_this_week\x18\x0f \x01(\x03R\x10adjustedThisWeek\x12$\n" +
+	"\x0eheld_this_week\x18\x10 \x01(\x03R\fheldThisWeekB\x18\n" +
 	"\x16_max_creator_followers\"\x9f\x02\n" +
 	"\x12NextWeekProjection\x12\x12\n" +
 	"\x04tier\x18\x01 \x01(\tR\x04tier\x12\x1c\n" +
@@ -2723,7 +2974,7 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x15max_creator_followers\x18\x04 \x01(\x03H\x00R\x13maxCreatorFollowers\x88\x01\x01\x12=\n" +
 	"\ftakes_effect\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vtakesEffect\x12\"\n" +
 	"\rgmv_30d_minor\x18\x06 \x01(\x03R\vgmv30dMinorB\x18\n" +
-	"\x16_max_creator_followers\"\x96\x02\n" +
+	"\x16_max_creator_followers\"\xb9\x02\n" +
 	"\x16CheckAndConsumeRequest\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x1d\n" +
 	"\n" +
@@ -2732,15 +2983,17 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x16creator_follower_count\x18\x04 \x01(\x03H\x00R\x14creatorFollowerCount\x88\x01\x01\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x12\x17\n" +
-	"\adry_run\x18\x06 \x01(\bR\x06dryRunB\x19\n" +
-	"\x17_creator_follower_count\"\xe2\x02\n" +
+	"\adry_run\x18\x06 \x01(\bR\x06dryRun\x12!\n" +
+	"\fhold_seconds\x18\a \x01(\x05R\vholdSecondsB\x19\n" +
+	"\x17_creator_follower_count\"\xa6\x03\n" +
 	"\x17CheckAndConsumeResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x122\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x1a.quota_authority.v1.ReasonR\x06reason\x124\n" +
 	"\acharged\x18\x03 \x01(\x0e2\x1a.quota_authority.v1.ChargeR\acharged\x127\n" +
 	"\x06status\x18\x04 \x01(\v2\x1f.quota_authority.v1.QuotaStatusR\x06status\x12J\n" +
 	"\x1fmessages_before_reply_remaining\x18\x05 \x01(\x03H\x00R\x1cmessagesBeforeReplyRemaining\x88\x01\x01\x12\x1a\n" +
-	"\breplayed\x18\x06 \x01(\bR\breplayedB\"\n" +
+	"\breplayed\x18\x06 \x01(\bR\breplayed\x12B\n" +
+	"\x0fhold_expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\rholdExpiresAtB\"\n" +
 	" _messages_before_reply_remaining\"\xad\x01\n" +
 	"\x12RecordReplyRequest\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x1d\n" +
@@ -2850,19 +3103,21 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"creator_id\x18\x01 \x01(\tR\tcreatorId\x122\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x1a.quota_authority.v1.ActionR\x06action\x129\n" +
 	"\x16creator_follower_count\x18\x03 \x01(\x03H\x00R\x14creatorFollowerCount\x88\x01\x01B\x19\n" +
-	"\x17_creator_follower_count\"\xdd\x01\n" +
+	"\x17_creator_follower_count\"\x80\x02\n" +
 	"\x1bBatchCheckAndConsumeRequest\x12\x1b\n" +
 	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x126\n" +
 	"\x05items\x18\x02 \x03(\v2 .quota_authority.v1.OutreachItemR\x05items\x121\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\x1d.quota_authority.v1.BatchModeR\x04mode\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\x12\x17\n" +
-	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"\x84\x02\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\x12!\n" +
+	"\fhold_seconds\x18\x06 \x01(\x05R\vholdSeconds\"\xc8\x02\n" +
 	"\x0eOutreachResult\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x122\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x1a.quota_authority.v1.ReasonR\x06reason\x124\n" +
 	"\acharged\x18\x03 \x01(\x0e2\x1a.quota_authority.v1.ChargeR\acharged\x12J\n" +
-	"\x1fmessages_before_reply_remaining\x18\x04 \x01(\x03H\x00R\x1cmessagesBeforeReplyRemaining\x88\x01\x01B\"\n" +
+	"\x1fmessages_before_reply_remaining\x18\x04 \x01(\x03H\x00R\x1cmessagesBeforeReplyRemaining\x88\x01\x01\x12B\n" +
+	"\x0fhold_expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rholdExpiresAtB\"\n" +
 	" _messages_before_reply_remaining\"\xcb\x01\n" +
 	"\x1cBatchCheckAndConsumeResponse\x12<\n" +
 	"\aresults\x18\x01 \x03(\v2\".quota_authority.v1.OutreachResultR\aresults\x12\x18\n" +
@@ -2891,11 +3146,21 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\breturned\x18\x01 \x01(\x0e2\x1a.quota_authority.v1.ChargeR\breturned\x12#\n" +
 	"\rstill_counted\x18\x02 \x01(\bR\fstillCounted\x127\n" +
 	"\x06status\x18\x03 \x01(\v2\x1f.quota_authority.v1.QuotaStatusR\x06status\x12\x1a\n" +
-	"\breplayed\x18\x04 \x01(\bR\breplayed*G\n" +
+	"\breplayed\x18\x04 \x01(\bR\breplayed\"\x87\x01\n" +
+	"\x16ConfirmOutreachRequest\x12\x1b\n" +
+	"\tseller_id\x18\x01 \x01(\tR\bsellerId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12\"\n" +
+	"\n" +
+	"item_index\x18\x03 \x01(\x05H\x00R\titemIndex\x88\x01\x01B\r\n" +
+	"\v_item_index\"\x84\x01\n" +
+	"\x17ConfirmOutreachResponse\x123\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1d.quota_authority.v1.HoldStateR\x05state\x124\n" +
+	"\acharged\x18\x02 \x01(\x0e2\x1a.quota_authority.v1.ChargeR\acharged*G\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rACTION_INVITE\x10\x01\x12\x12\n" +
-	"\x0eACTION_MESSAGE\x10\x02*\xc4\x02\n" +
+	"\x0eACTION_MESSAGE\x10\x02*\xf8\x02\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12REASON_NEW_CREATOR\x10\x01\x12\x1c\n" +
@@ -2908,7 +3173,16 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x15REASON_AWAITING_REPLY\x10\b\x12\x13\n" +
 	"\x0fREASON_RELEASED\x10\t\x12\x19\n" +
 	"\x15REASON_QUOTA_ADJUSTED\x10\n" +
-	"*b\n" +
+	"\x12\x17\n" +
+	"\x13REASON_HOLD_EXPIRED\x10\v\x12\x19\n" +
+	"\x15REASON_HOLD_CONFIRMED\x10\f*\x9e\x01\n" +
+	"\tHoldState\x12\x1a\n" +
+	"\x16HOLD_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fHOLD_STATE_HELD\x10\x01\x12\x18\n" +
+	"\x14HOLD_STATE_CONFIRMED\x10\x02\x12\x15\n" +
+	"\x11HOLD_STATE_VOIDED\x10\x03\x12\x16\n" +
+	"\x12HOLD_STATE_EXPIRED\x10\x04\x12\x17\n" +
+	"\x13HOLD_STATE_NOT_HELD\x10\x05*b\n" +
 	"\tBatchMode\x12\x1a\n" +
 	"\x16BATCH_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16BATCH_MODE_BEST_EFFORT\x10\x01\x12\x1d\n" +
@@ -2927,7 +3201,7 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\x05Party\x12\x15\n" +
 	"\x11PARTY_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPARTY_SELLER\x10\x01\x12\x11\n" +
-	"\rPARTY_CREATOR\x10\x022\xd8\r\n" +
+	"\rPARTY_CREATOR\x10\x022\xf9\x0e\n" +
 	"\x15QuotaAuthorityService\x12\x9e\x01\n" +
 	"\x0fCheckAndConsume\x12*.quota_authority.v1.CheckAndConsumeRequest\x1a+.quota_authority.v1.CheckAndConsumeResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/sellers/{seller_id}:checkAndConsume\x12\x8e\x01\n" +
 	"\vRecordReply\x12&.quota_authority.v1.RecordReplyRequest\x1a'.quota_authority.v1.RecordReplyResponse\".\x82\xd3\xe4\x93\x02(:\x01*\"#/v1/sellers/{seller_id}:recordReply\x12v\n" +
@@ -2939,7 +3213,8 @@ const file_quota_authority_v1_quota_authority_proto_rawDesc = "" +
 	"\rListDecisions\x12(.quota_authority.v1.ListDecisionsRequest\x1a).quota_authority.v1.ListDecisionsResponse\")\x82\xd3\xe4\x93\x02#\x12!/v1/sellers/{seller_id}/decisions\x12\xb2\x01\n" +
 	"\x14BatchCheckAndConsume\x12/.quota_authority.v1.BatchCheckAndConsumeRequest\x1a0.quota_authority.v1.BatchCheckAndConsumeResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/sellers/{seller_id}:batchCheckAndConsume\x12\x87\x01\n" +
 	"\x0eBatchRecordGmv\x12).quota_authority.v1.BatchRecordGmvRequest\x1a*.quota_authority.v1.BatchRecordGmvResponse\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/gmv:batchRecord\x12\x9e\x01\n" +
-	"\x0fReleaseOutreach\x12*.quota_authority.v1.ReleaseOutreachRequest\x1a+.quota_authority.v1.ReleaseOutreachResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/sellers/{seller_id}:releaseOutreach\x12\x8e\x01\n" +
+	"\x0fReleaseOutreach\x12*.quota_authority.v1.ReleaseOutreachRequest\x1a+.quota_authority.v1.ReleaseOutreachResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/sellers/{seller_id}:releaseOutreach\x12\x9e\x01\n" +
+	"\x0fConfirmOutreach\x12*.quota_authority.v1.ConfirmOutreachRequest\x1a+.quota_authority.v1.ConfirmOutreachResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/sellers/{seller_id}:confirmOutreach\x12\x8e\x01\n" +
 	"\vAdjustQuota\x12&.quota_authority.v1.AdjustQuotaRequest\x1a'.quota_authority.v1.AdjustQuotaResponse\".\x82\xd3\xe4\x93\x02(:\x01*\"#/v1/sellers/{seller_id}:adjustQuotaB\xf2\x01\n" +
 	"\x16com.quota_authority.v1B\x13QuotaAuthorityProtoP\x01Z^github.com/quota-authority/quota-authority/clients/go/gen/quota_authority/v1;quota_authorityv1\xa2\x02\x03QXX\xaa\x02\x11QuotaAuthority.V1\xca\x02\x11QuotaAuthority\\V1\xe2\x02\x1dQuotaAuthority\\V1\\GPBMetadata\xea\x02\x12QuotaAuthority::V1b\x06proto3"
 
@@ -2955,111 +3230,120 @@ func file_quota_authority_v1_quota_authority_proto_rawDescGZIP() []byte {
 	return file_quota_authority_v1_quota_authority_proto_rawDescData
 }
 
-var file_quota_authority_v1_quota_authority_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_quota_authority_v1_quota_authority_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_quota_authority_v1_quota_authority_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_quota_authority_v1_quota_authority_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_quota_authority_v1_quota_authority_proto_goTypes = []any{
 	(Action)(0),                          // 0: quota_authority.v1.Action
 	(Reason)(0),                          // 1: quota_authority.v1.Reason
-	(BatchMode)(0),                       // 2: quota_authority.v1.BatchMode
-	(Charge)(0),                          // 3: quota_authority.v1.Charge
-	(ConnectionSource)(0),                // 4: quota_authority.v1.ConnectionSource
-	(Party)(0),                           // 5: quota_authority.v1.Party
-	(*QuotaStatus)(nil),                  // 6: quota_authority.v1.QuotaStatus
-	(*NextWeekProjection)(nil),           // 7: quota_authority.v1.NextWeekProjection
-	(*CheckAndConsumeRequest)(nil),       // 8: quota_authority.v1.CheckAndConsumeRequest
-	(*CheckAndConsumeResponse)(nil),      // 9: quota_authority.v1.CheckAndConsumeResponse
-	(*RecordReplyRequest)(nil),           // 10: quota_authority.v1.RecordReplyRequest
-	(*RecordReplyResponse)(nil),          // 11: quota_authority.v1.RecordReplyResponse
-	(*BlockRequest)(nil),                 // 12: quota_authority.v1.BlockRequest
-	(*BlockResponse)(nil),                // 13: quota_authority.v1.BlockResponse
-	(*UnblockRequest)(nil),               // 14: quota_authority.v1.UnblockRequest
-	(*UnblockResponse)(nil),              // 15: quota_authority.v1.UnblockResponse
-	(*GetStatusRequest)(nil),             // 16: quota_authority.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),            // 17: quota_authority.v1.GetStatusResponse
-	(*RecordGmvRequest)(nil),             // 18: quota_authority.v1.RecordGmvRequest
-	(*RecordGmvResponse)(nil),            // 19: quota_authority.v1.RecordGmvResponse
-	(*UpsertSellerRequest)(nil),          // 20: quota_authority.v1.UpsertSellerRequest
-	(*UpsertSellerResponse)(nil),         // 21: quota_authority.v1.UpsertSellerResponse
-	(*Decision)(nil),                     // 22: quota_authority.v1.Decision
-	(*QuotaAdjustment)(nil),              // 23: quota_authority.v1.QuotaAdjustment
-	(*AdjustQuotaRequest)(nil),           // 24: quota_authority.v1.AdjustQuotaRequest
-	(*AdjustQuotaResponse)(nil),          // 25: quota_authority.v1.AdjustQuotaResponse
-	(*ListDecisionsRequest)(nil),         // 26: quota_authority.v1.ListDecisionsRequest
-	(*ListDecisionsResponse)(nil),        // 27: quota_authority.v1.ListDecisionsResponse
-	(*OutreachItem)(nil),                 // 28: quota_authority.v1.OutreachItem
-	(*BatchCheckAndConsumeRequest)(nil),  // 29: quota_authority.v1.BatchCheckAndConsumeRequest
-	(*OutreachResult)(nil),               // 30: quota_authority.v1.OutreachResult
-	(*BatchCheckAndConsumeResponse)(nil), // 31: quota_authority.v1.BatchCheckAndConsumeResponse
-	(*GmvRow)(nil),                       // 32: quota_authority.v1.GmvRow
-	(*BatchRecordGmvRequest)(nil),        // 33: quota_authority.v1.BatchRecordGmvRequest
-	(*BatchRecordGmvResponse)(nil),       // 34: quota_authority.v1.BatchRecordGmvResponse
-	(*ReleaseOutreachRequest)(nil),       // 35: quota_authority.v1.ReleaseOutreachRequest
-	(*ReleaseOutreachResponse)(nil),      // 36: quota_authority.v1.ReleaseOutreachResponse
-	(*timestamppb.Timestamp)(nil),        // 37: google.protobuf.Timestamp
+	(HoldState)(0),                       // 2: quota_authority.v1.HoldState
+	(BatchMode)(0),                       // 3: quota_authority.v1.BatchMode
+	(Charge)(0),                          // 4: quota_authority.v1.Charge
+	(ConnectionSource)(0),                // 5: quota_authority.v1.ConnectionSource
+	(Party)(0),                           // 6: quota_authority.v1.Party
+	(*QuotaStatus)(nil),                  // 7: quota_authority.v1.QuotaStatus
+	(*NextWeekProjection)(nil),           // 8: quota_authority.v1.NextWeekProjection
+	(*CheckAndConsumeRequest)(nil),       // 9: quota_authority.v1.CheckAndConsumeRequest
+	(*CheckAndConsumeResponse)(nil),      // 10: quota_authority.v1.CheckAndConsumeResponse
+	(*RecordReplyRequest)(nil),           // 11: quota_authority.v1.RecordReplyRequest
+	(*RecordReplyResponse)(nil),          // 12: quota_authority.v1.RecordReplyResponse
+	(*BlockRequest)(nil),                 // 13: quota_authority.v1.BlockRequest
+	(*BlockResponse)(nil),                // 14: quota_authority.v1.BlockResponse
+	(*UnblockRequest)(nil),               // 15: quota_authority.v1.UnblockRequest
+	(*UnblockResponse)(nil),              // 16: quota_authority.v1.UnblockResponse
+	(*GetStatusRequest)(nil),             // 17: quota_authority.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),            // 18: quota_authority.v1.GetStatusResponse
+	(*RecordGmvRequest)(nil),             // 19: quota_authority.v1.RecordGmvRequest
+	(*RecordGmvResponse)(nil),            // 20: quota_authority.v1.RecordGmvResponse
+	(*UpsertSellerRequest)(nil),          // 21: quota_authority.v1.UpsertSellerRequest
+	(*UpsertSellerResponse)(nil),         // 22: quota_authority.v1.UpsertSellerResponse
+	(*Decision)(nil),                     // 23: quota_authority.v1.Decision
+	(*QuotaAdjustment)(nil),              // 24: quota_authority.v1.QuotaAdjustment
+	(*AdjustQuotaRequest)(nil),           // 25: quota_authority.v1.AdjustQuotaRequest
+	(*AdjustQuotaResponse)(nil),          // 26: quota_authority.v1.AdjustQuotaResponse
+	(*ListDecisionsRequest)(nil),         // 27: quota_authority.v1.ListDecisionsRequest
+	(*ListDecisionsResponse)(nil),        // 28: quota_authority.v1.ListDecisionsResponse
+	(*OutreachItem)(nil),                 // 29: quota_authority.v1.OutreachItem
+	(*BatchCheckAndConsumeRequest)(nil),  // 30: quota_authority.v1.BatchCheckAndConsumeRequest
+	(*OutreachResult)(nil),               // 31: quota_authority.v1.OutreachResult
+	(*BatchCheckAndConsumeResponse)(nil), // 32: quota_authority.v1.BatchCheckAndConsumeResponse
+	(*GmvRow)(nil),                       // 33: quota_authority.v1.GmvRow
+	(*BatchRecordGmvRequest)(nil),        // 34: quota_authority.v1.BatchRecordGmvRequest
+	(*BatchRecordGmvResponse)(nil),       // 35: quota_authority.v1.BatchRecordGmvResponse
+	(*ReleaseOutreachRequest)(nil),       // 36: quota_authority.v1.ReleaseOutreachRequest
+	(*ReleaseOutreachResponse)(nil),      // 37: quota_authority.v1.ReleaseOutreachResponse
+	(*ConfirmOutreachRequest)(nil),       // 38: quota_authority.v1.ConfirmOutreachRequest
+	(*ConfirmOutreachResponse)(nil),      // 39: quota_authority.v1.ConfirmOutreachResponse
+	(*timestamppb.Timestamp)(nil),        // 40: google.protobuf.Timestamp
 }
 var file_quota_authority_v1_quota_authority_proto_depIdxs = []int32{
-	37, // 0: quota_authority.v1.QuotaStatus.week_start:type_name -> google.protobuf.Timestamp
-	37, // 1: quota_authority.v1.QuotaStatus.next_refresh:type_name -> google.protobuf.Timestamp
-	7,  // 2: quota_authority.v1.QuotaStatus.next_week:type_name -> quota_authority.v1.NextWeekProjection
-	37, // 3: quota_authority.v1.NextWeekProjection.takes_effect:type_name -> google.protobuf.Timestamp
+	40, // 0: quota_authority.v1.QuotaStatus.week_start:type_name -> google.protobuf.Timestamp
+	40, // 1: quota_authority.v1.QuotaStatus.next_refresh:type_name -> google.protobuf.Timestamp
+	8,  // 2: quota_authority.v1.QuotaStatus.next_week:type_name -> quota_authority.v1.NextWeekProjection
+	40, // 3: quota_authority.v1.NextWeekProjection.takes_effect:type_name -> google.protobuf.Timestamp
 	0,  // 4: quota_authority.v1.CheckAndConsumeRequest.action:type_name -> quota_authority.v1.Action
 	1,  // 5: quota_authority.v1.CheckAndConsumeResponse.reason:type_name -> quota_authority.v1.Reason
-	3,  // 6: quota_authority.v1.CheckAndConsumeResponse.charged:type_name -> quota_authority.v1.Charge
-	6,  // 7: quota_authority.v1.CheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	4,  // 8: quota_authority.v1.RecordReplyRequest.source:type_name -> quota_authority.v1.ConnectionSource
-	5,  // 9: quota_authority.v1.BlockRequest.blocked_by:type_name -> quota_authority.v1.Party
-	5,  // 10: quota_authority.v1.UnblockRequest.blocked_by:type_name -> quota_authority.v1.Party
-	6,  // 11: quota_authority.v1.GetStatusResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	0,  // 12: quota_authority.v1.Decision.action:type_name -> quota_authority.v1.Action
-	1,  // 13: quota_authority.v1.Decision.reason:type_name -> quota_authority.v1.Reason
-	3,  // 14: quota_authority.v1.Decision.charged:type_name -> quota_authority.v1.Charge
-	37, // 15: quota_authority.v1.Decision.decided_at:type_name -> google.protobuf.Timestamp
-	37, // 16: quota_authority.v1.Decision.week_start:type_name -> google.protobuf.Timestamp
-	23, // 17: quota_authority.v1.Decision.adjustment:type_name -> quota_authority.v1.QuotaAdjustment
-	6,  // 18: quota_authority.v1.AdjustQuotaResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	37, // 19: quota_authority.v1.ListDecisionsRequest.week_time:type_name -> google.protobuf.Timestamp
-	37, // 20: quota_authority.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
-	37, // 21: quota_authority.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
-	22, // 22: quota_authority.v1.ListDecisionsResponse.decisions:type_name -> quota_authority.v1.Decision
-	0,  // 23: quota_authority.v1.OutreachItem.action:type_name -> quota_authority.v1.Action
-	28, // 24: quota_authority.v1.BatchCheckAndConsumeRequest.items:type_name -> quota_authority.v1.OutreachItem
-	2,  // 25: quota_authority.v1.BatchCheckAndConsumeRequest.mode:type_name -> quota_authority.v1.BatchMode
-	1,  // 26: quota_authority.v1.OutreachResult.reason:type_name -> quota_authority.v1.Reason
-	3,  // 27: quota_authority.v1.OutreachResult.charged:type_name -> quota_authority.v1.Charge
-	30, // 28: quota_authority.v1.BatchCheckAndConsumeResponse.results:type_name -> quota_authority.v1.OutreachResult
-	6,  // 29: quota_authority.v1.BatchCheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	32, // 30: quota_authority.v1.BatchRecordGmvRequest.rows:type_name -> quota_authority.v1.GmvRow
-	3,  // 31: quota_authority.v1.ReleaseOutreachResponse.returned:type_name -> quota_authority.v1.Charge
-	6,  // 32: quota_authority.v1.ReleaseOutreachResponse.status:type_name -> quota_authority.v1.QuotaStatus
-	8,  // 33: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:input_type -> quota_authority.v1.CheckAndConsumeRequest
-	10, // 34: quota_authority.v1.QuotaAuthorityService.RecordReply:input_type -> quota_authority.v1.RecordReplyRequest
-	12, // 35: quota_authority.v1.QuotaAuthorityService.Block:input_type -> quota_authority.v1.BlockRequest
-	14, // 36: quota_authority.v1.QuotaAuthorityService.Unblock:input_type -> quota_authority.v1.UnblockRequest
-	16, // 37: quota_authority.v1.QuotaAuthorityService.GetStatus:input_type -> quota_authority.v1.GetStatusRequest
-	18, // 38: quota_authority.v1.QuotaAuthorityService.RecordGmv:input_type -> quota_authority.v1.RecordGmvRequest
-	20, // 39: quota_authority.v1.QuotaAuthorityService.UpsertSeller:input_type -> quota_authority.v1.UpsertSellerRequest
-	26, // 40: quota_authority.v1.QuotaAuthorityService.ListDecisions:input_type -> quota_authority.v1.ListDecisionsRequest
-	29, // 41: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:input_type -> quota_authority.v1.BatchCheckAndConsumeRequest
-	33, // 42: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:input_type -> quota_authority.v1.BatchRecordGmvRequest
-	35, // 43: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:input_type -> quota_authority.v1.ReleaseOutreachRequest
-	24, // 44: quota_authority.v1.QuotaAuthorityService.AdjustQuota:input_type -> quota_authority.v1.AdjustQuotaRequest
-	9,  // 45: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:output_type -> quota_authority.v1.CheckAndConsumeResponse
-	11, // 46: quota_authority.v1.QuotaAuthorityService.RecordReply:output_type -> quota_authority.v1.RecordReplyResponse
-	13, // 47: quota_authority.v1.QuotaAuthorityService.Block:output_type -> quota_authority.v1.BlockResponse
-	15, // 48: quota_authority.v1.QuotaAuthorityService.Unblock:output_type -> quota_authority.v1.UnblockResponse
-	17, // 49: quota_authority.v1.QuotaAuthorityService.GetStatus:output_type -> quota_authority.v1.GetStatusResponse
-	19, // 50: quota_authority.v1.QuotaAuthorityService.RecordGmv:output_type -> quota_authority.v1.RecordGmvResponse
-	21, // 51: quota_authority.v1.QuotaAuthorityService.UpsertSeller:output_type -> quota_authority.v1.UpsertSellerResponse
-	27, // 52: quota_authority.v1.QuotaAuthorityService.ListDecisions:output_type -> quota_authority.v1.ListDecisionsResponse
-	31, // 53: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:output_type -> quota_authority.v1.BatchCheckAndConsumeResponse
-	34, // 54: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:output_type -> quota_authority.v1.BatchRecordGmvResponse
-	36, // 55: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:output_type -> quota_authority.v1.ReleaseOutreachResponse
-	25, // 56: quota_authority.v1.QuotaAuthorityService.AdjustQuota:output_type -> quota_authority.v1.AdjustQuotaResponse
-	45, // [45:57] is the sub-list for method output_type
-	33, // [33:45] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	4,  // 6: quota_authority.v1.CheckAndConsumeResponse.charged:type_name -> quota_authority.v1.Charge
+	7,  // 7: quota_authority.v1.CheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	40, // 8: quota_authority.v1.CheckAndConsumeResponse.hold_expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 9: quota_authority.v1.RecordReplyRequest.source:type_name -> quota_authority.v1.ConnectionSource
+	6,  // 10: quota_authority.v1.BlockRequest.blocked_by:type_name -> quota_authority.v1.Party
+	6,  // 11: quota_authority.v1.UnblockRequest.blocked_by:type_name -> quota_authority.v1.Party
+	7,  // 12: quota_authority.v1.GetStatusResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	0,  // 13: quota_authority.v1.Decision.action:type_name -> quota_authority.v1.Action
+	1,  // 14: quota_authority.v1.Decision.reason:type_name -> quota_authority.v1.Reason
+	4,  // 15: quota_authority.v1.Decision.charged:type_name -> quota_authority.v1.Charge
+	40, // 16: quota_authority.v1.Decision.decided_at:type_name -> google.protobuf.Timestamp
+	40, // 17: quota_authority.v1.Decision.week_start:type_name -> google.protobuf.Timestamp
+	24, // 18: quota_authority.v1.Decision.adjustment:type_name -> quota_authority.v1.QuotaAdjustment
+	7,  // 19: quota_authority.v1.AdjustQuotaResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	40, // 20: quota_authority.v1.ListDecisionsRequest.week_time:type_name -> google.protobuf.Timestamp
+	40, // 21: quota_authority.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
+	40, // 22: quota_authority.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
+	23, // 23: quota_authority.v1.ListDecisionsResponse.decisions:type_name -> quota_authority.v1.Decision
+	0,  // 24: quota_authority.v1.OutreachItem.action:type_name -> quota_authority.v1.Action
+	29, // 25: quota_authority.v1.BatchCheckAndConsumeRequest.items:type_name -> quota_authority.v1.OutreachItem
+	3,  // 26: quota_authority.v1.BatchCheckAndConsumeRequest.mode:type_name -> quota_authority.v1.BatchMode
+	1,  // 27: quota_authority.v1.OutreachResult.reason:type_name -> quota_authority.v1.Reason
+	4,  // 28: quota_authority.v1.OutreachResult.charged:type_name -> quota_authority.v1.Charge
+	40, // 29: quota_authority.v1.OutreachResult.hold_expires_at:type_name -> google.protobuf.Timestamp
+	31, // 30: quota_authority.v1.BatchCheckAndConsumeResponse.results:type_name -> quota_authority.v1.OutreachResult
+	7,  // 31: quota_authority.v1.BatchCheckAndConsumeResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	33, // 32: quota_authority.v1.BatchRecordGmvRequest.rows:type_name -> quota_authority.v1.GmvRow
+	4,  // 33: quota_authority.v1.ReleaseOutreachResponse.returned:type_name -> quota_authority.v1.Charge
+	7,  // 34: quota_authority.v1.ReleaseOutreachResponse.status:type_name -> quota_authority.v1.QuotaStatus
+	2,  // 35: quota_authority.v1.ConfirmOutreachResponse.state:type_name -> quota_authority.v1.HoldState
+	4,  // 36: quota_authority.v1.ConfirmOutreachResponse.charged:type_name -> quota_authority.v1.Charge
+	9,  // 37: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:input_type -> quota_authority.v1.CheckAndConsumeRequest
+	11, // 38: quota_authority.v1.QuotaAuthorityService.RecordReply:input_type -> quota_authority.v1.RecordReplyRequest
+	13, // 39: quota_authority.v1.QuotaAuthorityService.Block:input_type -> quota_authority.v1.BlockRequest
+	15, // 40: quota_authority.v1.QuotaAuthorityService.Unblock:input_type -> quota_authority.v1.UnblockRequest
+	17, // 41: quota_authority.v1.QuotaAuthorityService.GetStatus:input_type -> quota_authority.v1.GetStatusRequest
+	19, // 42: quota_authority.v1.QuotaAuthorityService.RecordGmv:input_type -> quota_authority.v1.RecordGmvRequest
+	21, // 43: quota_authority.v1.QuotaAuthorityService.UpsertSeller:input_type -> quota_authority.v1.UpsertSellerRequest
+	27, // 44: quota_authority.v1.QuotaAuthorityService.ListDecisions:input_type -> quota_authority.v1.ListDecisionsRequest
+	30, // 45: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:input_type -> quota_authority.v1.BatchCheckAndConsumeRequest
+	34, // 46: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:input_type -> quota_authority.v1.BatchRecordGmvRequest
+	36, // 47: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:input_type -> quota_authority.v1.ReleaseOutreachRequest
+	38, // 48: quota_authority.v1.QuotaAuthorityService.ConfirmOutreach:input_type -> quota_authority.v1.ConfirmOutreachRequest
+	25, // 49: quota_authority.v1.QuotaAuthorityService.AdjustQuota:input_type -> quota_authority.v1.AdjustQuotaRequest
+	10, // 50: quota_authority.v1.QuotaAuthorityService.CheckAndConsume:output_type -> quota_authority.v1.CheckAndConsumeResponse
+	12, // 51: quota_authority.v1.QuotaAuthorityService.RecordReply:output_type -> quota_authority.v1.RecordReplyResponse
+	14, // 52: quota_authority.v1.QuotaAuthorityService.Block:output_type -> quota_authority.v1.BlockResponse
+	16, // 53: quota_authority.v1.QuotaAuthorityService.Unblock:output_type -> quota_authority.v1.UnblockResponse
+	18, // 54: quota_authority.v1.QuotaAuthorityService.GetStatus:output_type -> quota_authority.v1.GetStatusResponse
+	20, // 55: quota_authority.v1.QuotaAuthorityService.RecordGmv:output_type -> quota_authority.v1.RecordGmvResponse
+	22, // 56: quota_authority.v1.QuotaAuthorityService.UpsertSeller:output_type -> quota_authority.v1.UpsertSellerResponse
+	28, // 57: quota_authority.v1.QuotaAuthorityService.ListDecisions:output_type -> quota_authority.v1.ListDecisionsResponse
+	32, // 58: quota_authority.v1.QuotaAuthorityService.BatchCheckAndConsume:output_type -> quota_authority.v1.BatchCheckAndConsumeResponse
+	35, // 59: quota_authority.v1.QuotaAuthorityService.BatchRecordGmv:output_type -> quota_authority.v1.BatchRecordGmvResponse
+	37, // 60: quota_authority.v1.QuotaAuthorityService.ReleaseOutreach:output_type -> quota_authority.v1.ReleaseOutreachResponse
+	39, // 61: quota_authority.v1.QuotaAuthorityService.ConfirmOutreach:output_type -> quota_authority.v1.ConfirmOutreachResponse
+	26, // 62: quota_authority.v1.QuotaAuthorityService.AdjustQuota:output_type -> quota_authority.v1.AdjustQuotaResponse
+	50, // [50:63] is the sub-list for method output_type
+	37, // [37:50] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_quota_authority_v1_quota_authority_proto_init() }
@@ -3075,13 +3359,14 @@ func file_quota_authority_v1_quota_authority_proto_init() {
 	file_quota_authority_v1_quota_authority_proto_msgTypes[22].OneofWrappers = []any{}
 	file_quota_authority_v1_quota_authority_proto_msgTypes[24].OneofWrappers = []any{}
 	file_quota_authority_v1_quota_authority_proto_msgTypes[29].OneofWrappers = []any{}
+	file_quota_authority_v1_quota_authority_proto_msgTypes[31].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quota_authority_v1_quota_authority_proto_rawDesc), len(file_quota_authority_v1_quota_authority_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   31,
+			NumEnums:      7,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

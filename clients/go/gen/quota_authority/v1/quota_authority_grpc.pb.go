@@ -30,6 +30,7 @@ const (
 	QuotaAuthorityService_BatchCheckAndConsume_FullMethodName = "/quota_authority.v1.QuotaAuthorityService/BatchCheckAndConsume"
 	QuotaAuthorityService_BatchRecordGmv_FullMethodName       = "/quota_authority.v1.QuotaAuthorityService/BatchRecordGmv"
 	QuotaAuthorityService_ReleaseOutreach_FullMethodName      = "/quota_authority.v1.QuotaAuthorityService/ReleaseOutreach"
+	QuotaAuthorityService_ConfirmOutreach_FullMethodName      = "/quota_authority.v1.QuotaAuthorityService/ConfirmOutreach"
 	QuotaAuthorityService_AdjustQuota_FullMethodName          = "/quota_authority.v1.QuotaAuthorityService/AdjustQuota"
 )
 
@@ -50,7 +51,9 @@ const (
 // are accepted too); an error is a google.rpc.Status in JSON.
 type QuotaAuthorityServiceClient interface {
 	// CheckAndConsume decides one invite or message and, unless it is a dry run, charges the
-	// seller's quota for it in the same transaction.
+	// seller's quota for it in the same transaction. With hold_seconds, a grant that charged a
+	// unit is a hold (R16): charged at once, as any grant, but given back by itself unless
+	// ConfirmOutreach makes it final before hold_expires_at.
 	CheckAndConsume(ctx context.Context, in *CheckAndConsumeRequest, opts ...grpc.CallOption) (*CheckAndConsumeResponse, error)
 	// RecordReply marks a creator as connected to a seller for good.
 	RecordReply(ctx context.Context, in *RecordReplyRequest, opts ...grpc.CallOption) (*RecordReplyResponse, error)
@@ -84,7 +87,22 @@ type QuotaAuthorityServiceClient interface {
 	// NOT_FOUND (ErrorInfo reason OUTREACH_NOT_FOUND); a call that charged nothing, or one of
 	// an earlier week, is FAILED_PRECONDITION (reason NOTHING_CHARGED or WEEK_ENDED); each
 	// changes nothing. A repeated release replays the first one's answer (replayed = true).
+	// Releasing a hold (R16) voids it; releasing a hold that already expired is
+	// FAILED_PRECONDITION (reason HOLD_EXPIRED): its unit went back then. A confirmed hold is
+	// released as any grant.
 	ReleaseOutreach(ctx context.Context, in *ReleaseOutreachRequest, opts ...grpc.CallOption) (*ReleaseOutreachResponse, error)
+	// ConfirmOutreach makes a hold final (R16): the grant a CheckAndConsume (or the item of a
+	// BatchCheckAndConsume) made with hold_seconds, named by its request_id (and item_index),
+	// is kept for good; confirm once the outreach was sent. Confirming again answers the same;
+	// confirming an allowed grant that holds nothing (it charged nothing, or asked no hold)
+	// answers HOLD_STATE_NOT_HELD: it is final already. A hold not confirmed by its
+	// hold_expires_at expires by itself, with a release's effects (the unit back to its pool,
+	// the creator no longer counted unless later outreach to it was allowed), recorded as
+	// REASON_HOLD_EXPIRED; confirming it then is FAILED_PRECONDITION (ErrorInfo reason
+	// HOLD_EXPIRED), and so is confirming a hold that ReleaseOutreach voided (HOLD_VOIDED) or a
+	// call that was denied (NOT_ALLOWED). An unknown call is NOT_FOUND (OUTREACH_NOT_FOUND).
+	// Each hold ends exactly once, confirmed, voided or expired, whatever the races.
+	ConfirmOutreach(ctx context.Context, in *ConfirmOutreachRequest, opts ...grpc.CallOption) (*ConfirmOutreachResponse, error)
 	// AdjustQuota changes the seller's weekly limit for the current week by delta (R17): an
 	// operator grants extra room after an incident (delta > 0) or takes it back (delta < 0).
 	// Opened by the admin role only. The adjustment ends with its week; the week is created
@@ -217,6 +235,16 @@ func (c *quotaAuthorityServiceClient) ReleaseOutreach(ctx context.Context, in *R
 	return out, nil
 }
 
+func (c *quotaAuthorityServiceClient) ConfirmOutreach(ctx context.Context, in *ConfirmOutreachRequest, opts ...grpc.CallOption) (*ConfirmOutreachResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConfirmOutreachResponse)
+	err := c.cc.Invoke(ctx, QuotaAuthorityService_ConfirmOutreach_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *quotaAuthorityServiceClient) AdjustQuota(ctx context.Context, in *AdjustQuotaRequest, opts ...grpc.CallOption) (*AdjustQuotaResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AdjustQuotaResponse)
@@ -244,7 +272,9 @@ func (c *quotaAuthorityServiceClient) AdjustQuota(ctx context.Context, in *Adjus
 // are accepted too); an error is a google.rpc.Status in JSON.
 type QuotaAuthorityServiceServer interface {
 	// CheckAndConsume decides one invite or message and, unless it is a dry run, charges the
-	// seller's quota for it in the same transaction.
+	// seller's quota for it in the same transaction. With hold_seconds, a grant that charged a
+	// unit is a hold (R16): charged at once, as any grant, but given back by itself unless
+	// ConfirmOutreach makes it final before hold_expires_at.
 	CheckAndConsume(context.Context, *CheckAndConsumeRequest) (*CheckAndConsumeResponse, error)
 	// RecordReply marks a creator as connected to a seller for good.
 	RecordReply(context.Context, *RecordReplyRequest) (*RecordReplyResponse, error)
@@ -278,7 +308,22 @@ type QuotaAuthorityServiceServer interface {
 	// NOT_FOUND (ErrorInfo reason OUTREACH_NOT_FOUND); a call that charged nothing, or one of
 	// an earlier week, is FAILED_PRECONDITION (reason NOTHING_CHARGED or WEEK_ENDED); each
 	// changes nothing. A repeated release replays the first one's answer (replayed = true).
+	// Releasing a hold (R16) voids it; releasing a hold that already expired is
+	// FAILED_PRECONDITION (reason HOLD_EXPIRED): its unit went back then. A confirmed hold is
+	// released as any grant.
 	ReleaseOutreach(context.Context, *ReleaseOutreachRequest) (*ReleaseOutreachResponse, error)
+	// ConfirmOutreach makes a hold final (R16): the grant a CheckAndConsume (or the item of a
+	// BatchCheckAndConsume) made with hold_seconds, named by its request_id (and item_index),
+	// is kept for good; confirm once the outreach was sent. Confirming again answers the same;
+	// confirming an allowed grant that holds nothing (it charged nothing, or asked no hold)
+	// answers HOLD_STATE_NOT_HELD: it is final already. A hold not confirmed by its
+	// hold_expires_at expires by itself, with a release's effects (the unit back to its pool,
+	// the creator no longer counted unless later outreach to it was allowed), recorded as
+	// REASON_HOLD_EXPIRED; confirming it then is FAILED_PRECONDITION (ErrorInfo reason
+	// HOLD_EXPIRED), and so is confirming a hold that ReleaseOutreach voided (HOLD_VOIDED) or a
+	// call that was denied (NOT_ALLOWED). An unknown call is NOT_FOUND (OUTREACH_NOT_FOUND).
+	// Each hold ends exactly once, confirmed, voided or expired, whatever the races.
+	ConfirmOutreach(context.Context, *ConfirmOutreachRequest) (*ConfirmOutreachResponse, error)
 	// AdjustQuota changes the seller's weekly limit for the current week by delta (R17): an
 	// operator grants extra room after an incident (delta > 0) or takes it back (delta < 0).
 	// Opened by the admin role only. The adjustment ends with its week; the week is created
@@ -333,6 +378,9 @@ func (UnimplementedQuotaAuthorityServiceServer) BatchRecordGmv(context.Context, 
 }
 func (UnimplementedQuotaAuthorityServiceServer) ReleaseOutreach(context.Context, *ReleaseOutreachRequest) (*ReleaseOutreachResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReleaseOutreach not implemented")
+}
+func (UnimplementedQuotaAuthorityServiceServer) ConfirmOutreach(context.Context, *ConfirmOutreachRequest) (*ConfirmOutreachResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConfirmOutreach not implemented")
 }
 func (UnimplementedQuotaAuthorityServiceServer) AdjustQuota(context.Context, *AdjustQuotaRequest) (*AdjustQuotaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AdjustQuota not implemented")
@@ -556,6 +604,24 @@ func _QuotaAuthorityService_ReleaseOutreach_Handler(srv interface{}, ctx context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuotaAuthorityService_ConfirmOutreach_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConfirmOutreachRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaAuthorityServiceServer).ConfirmOutreach(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaAuthorityService_ConfirmOutreach_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaAuthorityServiceServer).ConfirmOutreach(ctx, req.(*ConfirmOutreachRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _QuotaAuthorityService_AdjustQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AdjustQuotaRequest)
 	if err := dec(in); err != nil {
@@ -624,6 +690,10 @@ var QuotaAuthorityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReleaseOutreach",
 			Handler:    _QuotaAuthorityService_ReleaseOutreach_Handler,
+		},
+		{
+			MethodName: "ConfirmOutreach",
+			Handler:    _QuotaAuthorityService_ConfirmOutreach_Handler,
 		},
 		{
 			MethodName: "AdjustQuota",
