@@ -26,7 +26,8 @@ from support import (
     message,
 )
 
-from quota_authority.policy import HoldPolicy, Policy, TierPolicy
+from quota_authority.errors import ConfigError
+from quota_authority.policy import HoldPolicy, Policy, TierPolicy, policy_from_mapping
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
@@ -654,3 +655,19 @@ async def _hold_states(db, seller_id: str) -> dict[str, str]:
             text("SELECT request_id, state FROM holds WHERE seller_id = :s"), {"s": seller_id}
         )
         return {row.request_id: row.state for row in rows}
+
+
+# --- the policy -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 86_401, "60"])
+def test_a_bad_holds_max_seconds_is_refused_naming_it(value):
+    with pytest.raises(ConfigError, match=r"^holds\.max_seconds: "):
+        policy_from_mapping({"holds": {"max_seconds": value}})
+
+
+def test_the_holds_section_sets_max_seconds_and_changes_the_digest():
+    policy = policy_from_mapping({"holds": {"max_seconds": 86_400}})
+    assert policy.holds.max_seconds == 86_400
+    assert Policy().holds.max_seconds == 3600
+    assert policy.digest != Policy().digest
