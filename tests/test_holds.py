@@ -200,6 +200,34 @@ async def test_confirming_twice_answers_the_same_and_records_once(small, seller)
     assert len(await hold_ends(small, seller)) == 1
 
 
+async def test_confirmations_arriving_together_each_end_their_hold_once(small, seller):
+    # Confirmations of several sellers' holds, each sent twice at once: on one PostgreSQL
+    # they are confirmed together, in one statement; every hold still ends once.
+    sellers = [f"{seller}-{n}" for n in range(3)]
+    holds = [(s, f"c-{k}", f"r-{k}") for s in sellers for k in range(2)]
+    for s, creator, request_id in holds:
+        await small.CheckAndConsume(held_invite(s, creator, request_id))
+
+    answers = await asyncio.gather(
+        *(small.ConfirmOutreach(confirm(s, r)) for s, _, r in holds + holds)
+    )
+
+    assert {(a.state, a.charged) for a in answers} == {
+        (pb.HOLD_STATE_CONFIRMED, pb.CHARGE_WEEKLY)
+    }
+    for s in sellers:
+        assert sorted(await hold_ends(small, s)) == [
+            (pb.REASON_HOLD_CONFIRMED, pb.CHARGE_WEEKLY, "r-0", 0),
+            (pb.REASON_HOLD_CONFIRMED, pb.CHARGE_WEEKLY, "r-1", 0),
+        ]
+        recorded = [
+            d for d in await list_all(small, s) if d.reason == pb.REASON_HOLD_CONFIRMED
+        ]
+        assert {d.tier for d in recorded} == {"T0"}  # the hold's week's
+        now = await status(small, s)
+        assert (now.used_this_week, now.held_this_week) == (2, 0)
+
+
 async def test_a_confirmed_hold_is_released_as_any_grant(small, seller):
     await small.CheckAndConsume(held_invite(seller, "c-1", "r-1"))
     await small.ConfirmOutreach(confirm(seller, "r-1"))

@@ -30,6 +30,7 @@ from ..domain import (
 from .retention import Retained
 
 __all__ = [
+    "HoldKey",
     "LedgerStore",
     "LedgerTransaction",
     "LockedOutreach",
@@ -69,10 +70,24 @@ class TransactionGrouping:
       transactions of that key may run at once. True: the key names where a seller's rows
       live (a Citus shard), one transaction of a key runs at a time, and its calls are
       those queued for that key.
+    * ``confirms_together``: whether ConfirmOutreach calls of any sellers may share an
+      outreach transaction (``OutreachTransaction.confirm_holds``); when false each is
+      confirmed in a transaction of its own (a Citus shard's statements route by seller).
     """
 
     key: Callable[[str], Hashable]
     partitioned: bool
+    confirms_together: bool = False
+
+
+@dataclass(frozen=True)
+class HoldKey:
+    """What names one hold (R16): its seller, the request_id of the call that made it, and
+    its stored index (``Hold.index_of``)."""
+
+    seller_id: str
+    request_id: str
+    item_index: int
 
 
 @dataclass(frozen=True)
@@ -335,6 +350,17 @@ class OutreachTransaction(Protocol):
     async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
         """``write_outreach`` for one seller's batch, each audit record with its item index.
         False when another transaction already holds the batch's request_id."""
+        ...
+
+    async def confirm_holds(self, at: datetime, keys: Sequence[HoldKey]) -> list[Charge | None]:
+        """R16: confirm, in one statement, each hold of ``keys`` that is still held and not
+        due at ``at`` (``LedgerTransaction.resolve_hold``'s guard: of resolvers racing for a
+        hold exactly one ends it), each confirmation audited ``HOLD_CONFIRMED`` with the
+        hold's pool and its week's tier. For each key in order: the pool the hold charged
+        when this call confirmed it, else None (no such hold, one already ended or due, or
+        a key repeated earlier in ``keys``): a ConfirmOutreach's own transaction answers
+        those. Holds are locked in key order, so concurrent calls never deadlock on each
+        other. Only where ``TransactionGrouping.confirms_together``."""
         ...
 
 

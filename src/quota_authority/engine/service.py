@@ -70,6 +70,7 @@ from .check_and_consume import CallOutcome
 from .deadlines import current_deadline, deadline_at, time_left
 from .idempotency import RequestIdTaken, Result, replay, until_key_settles
 from .ports import (
+    HoldKey,
     LedgerStore,
     LedgerTransaction,
     OutreachKey,
@@ -194,6 +195,20 @@ class QuotaService:
             )
 
         self._new_batcher = batcher
+
+        def confirmer() -> MicroBatcher[Confirmation, ConfirmResult | None]:
+            return MicroBatcher(
+                self._run_confirmations,
+                max_size=batch_max_size,
+                max_in_flight=batch_max_in_flight,
+                fill_wait_s=batch_fill_wait_s,
+                stall_after_s=batch_stall_after_s,
+            )
+
+        self._new_confirmer = confirmer
+        # ConfirmOutreach calls confirmed together, where the store lets them
+        # (``TransactionGrouping.confirms_together``); made with the outreach batcher.
+        self._confirms: MicroBatcher[Confirmation, ConfirmResult | None] | None = None
         # BatchCheckAndConsume calls running here, by (seller, request_id): their
         # fingerprint and the task deciding them (``check_and_consume_batch``).
         self._batches_in_flight: dict[
@@ -211,6 +226,8 @@ class QuotaService:
             grouping = await self._store.transaction_grouping()
             if self._outreach is None:  # not made by a call that awaited alongside
                 self._outreach = self._new_batcher(grouping)
+                if grouping.confirms_together:
+                    self._confirms = self._new_confirmer()
         return self._outreach
 
     def replace_policy(self, policy: Policy) -> None:
@@ -464,6 +481,15 @@ class QuotaService:
         this call (committed, as the sweep would) before it raises ``HoldExpired``."""
         seller_id, request_id = confirmation.seller_id, confirmation.request_id
         index = Hold.index_of(confirmation.item_index)
+        if self._outreach is None:
+            await self._batcher()  # learns whether confirmations may share a transaction
+        if self._confirms is not None:
+            # The common case, a hold confirmed in time, with others in one statement
+            # (``_run_confirmations``); every other answer is this call's own transaction's.
+            with deadline_at(self._outreach_deadline()):
+                together = await self._confirms.submit(confirmation)
+            if together is not None:
+                return together
 
         async def once() -> ConfirmResult | Hold:
             now = self._clock.now()
@@ -502,6 +528,22 @@ class QuotaService:
         if confirmed.newly:
             self._resolved(HoldState.CONFIRMED)
         return confirmed
+
+    async def _run_confirmations(self, calls: Sequence[Confirmation]) -> list[ConfirmResult | None]:
+        """One micro-batch of ConfirmOutreach calls: each hold still held and not due
+        confirmed and audited in one statement (``OutreachTransaction.confirm_holds``);
+        None for a call it did not confirm, which ``confirm_outreach`` then answers alone."""
+        now = self._clock.now()
+        keys = [HoldKey(c.seller_id, c.request_id, Hold.index_of(c.item_index)) for c in calls]
+        async with self._store.outreach_transaction(time_left()) as tx:
+            charged = await tx.confirm_holds(now, keys)
+        confirmed = [c for c in charged if c is not None]
+        if confirmed:
+            self._resolved(HoldState.CONFIRMED, len(confirmed))
+        return [
+            None if c is None else ConfirmResult(HoldState.CONFIRMED, c, newly=True)
+            for c in charged
+        ]
 
     async def expire_due_holds(self, limit: int = HOLD_SWEEP_SELLERS) -> HoldSweep:
         """One round of R16's expiry sweep: the holds due at this instant of up to ``limit``

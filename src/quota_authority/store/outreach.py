@@ -25,9 +25,15 @@ from typing import Any
 
 import asyncpg
 
-from ..domain import AuditEntry, Hold, PairState, StoredResponse
+from ..domain import AuditEntry, Charge, Hold, PairState, StoredResponse
 from ..engine import ports
-from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites, ResponseToStore
+from ..engine.ports import (
+    HoldKey,
+    LockedOutreach,
+    OutreachKey,
+    OutreachWrites,
+    ResponseToStore,
+)
 from ..errors import LockTimeout
 from .rows import seller_week
 
@@ -129,6 +135,44 @@ def _hold_values(holds: Sequence[Hold]) -> list[Any]:
             h.expires_at,
         ]
     return values
+
+
+# R16: ConfirmOutreach calls of any sellers confirmed together (one PostgreSQL only:
+# ``TransactionGrouping.confirms_together``). The guard is ``resolve_hold``'s (ledger.py):
+# only a hold still held and not yet due at $4 is confirmed, so of resolvers racing for a
+# hold exactly one ends it. The holds are locked in key order first (a locking SELECT locks
+# the rows as its ORDER BY returns them), so two such statements never deadlock; a hold a
+# racing resolver ended meanwhile drops out of the lock's re-checked WHERE. Each
+# confirmation is audited as ``QuotaService._hold_audit`` records it: not allowed,
+# ``hold_confirmed``, the hold's pool, the tier of the hold's week.
+_CONFIRM_HOLDS = """
+WITH locked AS (
+    SELECT h.seller_id, h.request_id, h.item_index
+      FROM holds AS h
+      JOIN unnest($1::text[], $2::text[], $3::int[]) AS k(seller_id, request_id, item_index)
+        ON h.seller_id = k.seller_id AND h.request_id = k.request_id
+       AND h.item_index = k.item_index
+     WHERE h.state = 'held' AND h.expires_at > $4
+     ORDER BY h.seller_id, h.request_id, h.item_index
+       FOR UPDATE OF h
+), confirmed AS (
+    UPDATE holds AS h SET state = 'confirmed', resolved_at = $4
+      FROM locked AS l
+     WHERE h.seller_id = l.seller_id AND h.request_id = l.request_id
+       AND h.item_index = l.item_index AND h.state = 'held' AND h.expires_at > $4
+ RETURNING h.seller_id, h.request_id, h.item_index, h.week_start, h.creator_id, h.action,
+           h.charged
+), audited AS (
+    INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed, reason,
+                           charged, tier, request_id, decided_at, item_index)
+    SELECT c.seller_id, c.week_start, c.creator_id, c.action, false, 'hold_confirmed',
+           c.charged, coalesce(w.tier, ''), c.request_id, $4, nullif(c.item_index, -1)
+      FROM confirmed AS c
+      LEFT JOIN seller_weeks AS w
+        ON w.seller_id = c.seller_id AND w.week_start = c.week_start
+)
+SELECT seller_id, request_id, item_index, charged FROM confirmed
+"""
 
 
 def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
@@ -272,6 +316,22 @@ class OutreachTransaction:
         )
         return await self._stored_with_holds(stored == len(responses), writes.holds)
 
+    async def confirm_holds(self, at: datetime, keys: Sequence[HoldKey]) -> list[Charge | None]:
+        rows = await self._conn.fetch(
+            _CONFIRM_HOLDS,
+            [k.seller_id for k in keys],
+            [k.request_id for k in keys],
+            [k.item_index for k in keys],
+            at,
+        )
+        confirmed = {(r["seller_id"], r["request_id"], r["item_index"]): r for r in rows}
+        charged: list[Charge | None] = []
+        for k in keys:
+            # pop: a key repeated in ``keys`` was confirmed once, for its first occurrence
+            row = confirmed.pop((k.seller_id, k.request_id, k.item_index), None)
+            charged.append(None if row is None else Charge(row["charged"]))
+        return charged
+
 
 class CitusOutreachTransaction(OutreachTransaction):
     """``OutreachTransaction`` on a schema distributed by seller_id (Citus), for a batch of
@@ -338,6 +398,9 @@ class OpenedOnFirstUse:
 
     async def write_batch(self, writes: OutreachWrites, at: datetime) -> bool:
         return await (await self._on(writes.audit[0].seller_id)).write_batch(writes, at)
+
+    async def confirm_holds(self, at: datetime, keys: Sequence[HoldKey]) -> list[Charge | None]:
+        return await (await self._on(keys[0].seller_id)).confirm_holds(at, keys)
 
 
 def _audit_columns(audit: Sequence[AuditEntry]) -> list[list[Any]]:

@@ -325,7 +325,9 @@ class SingleNode(Topology):
     ) -> None:
         super().__init__(lock_timeout_ms, statement_timeout_ms)
         self.citus = citus
-        self._grouping = TransactionGrouping(key=lambda _seller: None, partitioned=False)
+        self._grouping = TransactionGrouping(
+            key=lambda _seller: None, partitioned=False, confirms_together=True
+        )
 
     @property
     def grouping(self) -> TransactionGrouping:
