@@ -303,7 +303,11 @@ def ghz(
     subprocess.run([*command, target], check=True, stdout=subprocess.DEVNULL)
     report = json.loads(report_path.read_text())
     report_path.unlink()
-    percentiles = {p["percentage"]: p["latency"] / 1e6 for p in report["latencyDistribution"]}
+    # No distribution when every call failed: the errors then say what happened.
+    distribution = report["latencyDistribution"] or [
+        {"percentage": p, "latency": 0} for p in (50, 90, 99)
+    ]
+    percentiles = {p["percentage"]: p["latency"] / 1e6 for p in distribution}
     ok = report["statusCodeDistribution"].get("OK", 0)
     return {
         "rps": round(report["rps"], 1),
