@@ -47,7 +47,7 @@ def _serve(target: str, data_dir: str, callers_file: Path | None) -> subprocess.
         env["QUOTA_AUTHORITY_CALLERS_FILE"] = str(callers_file)
     # The holds scenarios leave a 1-second hold to expire and wait until its unit is back: a
     # short sweep makes that wait short (its condition, not this figure, ends it).
-    env["QUOTA_AUTHORITY_HOLD_SWEEP_INTERVAL_SECONDS"] = HOLD_SWEEP_INTERVAL_S
+    env["QUOTA_AUTHORITY_HOLD_SWEEP_INTERVAL_S"] = HOLD_SWEEP_INTERVAL_S
     return subprocess.Popen([str(ROOT / ".venv/bin/quota-authority"), "serve"], env=env)
 
 
