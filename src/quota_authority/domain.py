@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, TypeAlias
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "BlockChange",
     "BlockResult",
     "Charge",
+    "ConfirmResult",
+    "Confirmation",
     "ConnectionSource",
     "DecisionPage",
     "DecisionQuery",
@@ -31,6 +33,8 @@ __all__ = [
     "GmvRecord",
     "GmvResult",
     "GmvRow",
+    "Hold",
+    "HoldState",
     "NextWeekProjection",
     "Outreach",
     "OutreachBatch",
@@ -51,6 +55,7 @@ __all__ = [
     "SellerWeek",
     "StoredResponse",
     "fingerprint",
+    "hold_expiry",
 ]
 
 
@@ -74,6 +79,23 @@ class Reason(enum.Enum):
     RELEASED = "released"
     # Never a decision's answer: the audit's record of an AdjustQuota (R17).
     ADJUSTED = "adjusted"
+    # Never a decision's answer: the audit's record of a hold that expired unconfirmed (R16).
+    HOLD_EXPIRED = "hold_expired"
+    # Never a decision's answer: the audit's record of a ConfirmOutreach that made a hold
+    # final (R16).
+    HOLD_CONFIRMED = "hold_confirmed"
+
+
+class HoldState(enum.Enum):
+    """R16: where a hold stands. ``held`` until exactly one of the other three ends it;
+    ``not_held`` is no stored state: a ConfirmOutreach's answer for a grant that holds
+    nothing."""
+
+    HELD = "held"
+    CONFIRMED = "confirmed"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+    NOT_HELD = "not_held"
 
 
 class Charge(enum.Enum):
@@ -120,17 +142,21 @@ class Outreach:
     creator_follower_count: int | None
     request_id: str | None
     dry_run: bool
+    # R16: 0, or the seconds a grant that charges a unit stays a hold unless confirmed.
+    hold_seconds: int = 0
 
     def fingerprint(self) -> str:
-        return fingerprint(
-            "CheckAndConsume",
-            {
-                "creator_id": self.creator_id,
-                "action": self.action.value,
-                "creator_follower_count": self.creator_follower_count,
-                "dry_run": self.dry_run,
-            },
-        )
+        params: dict[str, Any] = {
+            "creator_id": self.creator_id,
+            "action": self.action.value,
+            "creator_follower_count": self.creator_follower_count,
+            "dry_run": self.dry_run,
+        }
+        # Only when asked: a call without a hold keeps the fingerprint it had before holds
+        # existed, so answers stored then still replay.
+        if self.hold_seconds:
+            params["hold_seconds"] = self.hold_seconds
+        return fingerprint("CheckAndConsume", params)
 
 
 @dataclass(frozen=True)
@@ -152,18 +178,18 @@ class OutreachBatch:
     mode: BatchMode
     request_id: str | None
     dry_run: bool
+    # R16: as ``Outreach.hold_seconds``, for each applied item that charges a unit.
+    hold_seconds: int = 0
 
     def fingerprint(self) -> str:
-        return fingerprint(
-            "BatchCheckAndConsume",
-            {
-                "items": [
-                    [i.creator_id, i.action.value, i.creator_follower_count] for i in self.items
-                ],
-                "mode": self.mode.value,
-                "dry_run": self.dry_run,
-            },
-        )
+        params: dict[str, Any] = {
+            "items": [[i.creator_id, i.action.value, i.creator_follower_count] for i in self.items],
+            "mode": self.mode.value,
+            "dry_run": self.dry_run,
+        }
+        if self.hold_seconds:  # as Outreach.fingerprint: unchanged without a hold
+            params["hold_seconds"] = self.hold_seconds
+        return fingerprint("BatchCheckAndConsume", params)
 
     def outreach(self) -> list[Outreach]:
         """The items as the requests they would be if sent one by one, without request_ids
@@ -202,6 +228,50 @@ class Release:
         return fingerprint(
             "ReleaseOutreach", {"request_id": self.request_id, "item_index": self.item_index}
         )
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """R16: make final the hold that ``request_id`` (with ``item_index``, of a batch) made
+    (ConfirmOutreach). Idempotent by nature: it needs no request_id of its own."""
+
+    seller_id: str
+    request_id: str
+    item_index: int | None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """R16: a grant that charged a unit, provisional until confirmed, voided or expired.
+    Keyed by (seller_id, request_id, item_index); ``item_index`` is
+    ``Hold.SINGLE_CALL`` (-1) for a CheckAndConsume, the item's index for a batch item."""
+
+    SINGLE_CALL = -1
+
+    seller_id: str
+    request_id: str
+    item_index: int
+    week_start: datetime
+    creator_id: str
+    action: Action
+    charged: Charge
+    expires_at: datetime
+    state: HoldState = HoldState.HELD
+
+    @staticmethod
+    def index_of(item_index: int | None) -> int:
+        """The stored index of a call's hold: ``SINGLE_CALL`` for a CheckAndConsume."""
+        return Hold.SINGLE_CALL if item_index is None else item_index
+
+    @property
+    def audit_index(self) -> int | None:
+        """The item index the audit records (None for a CheckAndConsume)."""
+        return None if self.item_index == Hold.SINGLE_CALL else self.item_index
+
+
+def hold_expiry(decided_at: datetime, hold_seconds: int) -> datetime:
+    """When a hold made at ``decided_at`` for ``hold_seconds`` expires."""
+    return decided_at + timedelta(seconds=hold_seconds)
 
 
 @dataclass(frozen=True)
@@ -380,6 +450,8 @@ class QuotaStatus:
     # R17: the sum of this week's adjustments; reported by GetStatus and AdjustQuota, 0 in
     # a decision's status (whose weekly_limit is the adjusted one).
     adjusted_this_week: int = 0
+    # R16: of used_this_week, the units held now; set by GetStatus only, 0 elsewhere.
+    held_this_week: int = 0
 
     @classmethod
     def of(cls, week: SellerWeek, starter_pack_remaining: int) -> QuotaStatus:
@@ -410,6 +482,7 @@ class QuotaStatus:
         # stored as it was before the field existed (from_json defaults it to 0).
         if not self.adjusted_this_week:
             del data["adjusted_this_week"]
+        del data["held_this_week"]  # GetStatus' alone, never stored
         data["week_start"] = self.week_start.isoformat()
         data["next_refresh"] = self.next_refresh.isoformat()
         return data
@@ -435,24 +508,31 @@ class OutreachDecision:
     status: QuotaStatus
     messages_before_reply_remaining: int | None
     replayed: bool = False
+    # R16: when the grant is a hold, when it expires unless confirmed; None otherwise.
+    hold_expires_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "allowed": self.allowed,
             "reason": self.reason.value,
             "charged": self.charged.value,
             "status": self.status.to_json(),
             "messages_before_reply_remaining": self.messages_before_reply_remaining,
         }
+        if self.hold_expires_at is not None:  # kept only for a hold (R16), so replayed
+            data["hold_expires_at"] = self.hold_expires_at.isoformat()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OutreachDecision:
+        expires = data.get("hold_expires_at")
         return cls(
             allowed=data["allowed"],
             reason=Reason(data["reason"]),
             charged=Charge(data["charged"]),
             status=QuotaStatus.from_json(data["status"]),
             messages_before_reply_remaining=data["messages_before_reply_remaining"],
+            hold_expires_at=None if expires is None else datetime.fromisoformat(expires),
         )
 
 
@@ -468,9 +548,18 @@ class OutreachBatchResult:
     replayed: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        # An item's fifth value, only for a hold (R16): when it expires.
         return {
             "results": [
                 [r.allowed, r.reason.value, r.charged.value, r.messages_before_reply_remaining]
+                if r.hold_expires_at is None
+                else [
+                    r.allowed,
+                    r.reason.value,
+                    r.charged.value,
+                    r.messages_before_reply_remaining,
+                    r.hold_expires_at.isoformat(),
+                ]
                 for r in self.results
             ],
             "applied": self.applied,
@@ -482,8 +571,15 @@ class OutreachBatchResult:
         status = QuotaStatus.from_json(data["status"])
         return cls(
             results=tuple(
-                OutreachDecision(allowed, Reason(reason), Charge(charged), status, messages)
-                for allowed, reason, charged, messages in data["results"]
+                OutreachDecision(
+                    item[0],
+                    Reason(item[1]),
+                    Charge(item[2]),
+                    status,
+                    item[3],
+                    hold_expires_at=datetime.fromisoformat(item[4]) if len(item) > 4 else None,
+                )
+                for item in data["results"]
             ),
             applied=data["applied"],
             status=status,
@@ -499,6 +595,8 @@ class ReleaseResult:
     still_counted: bool
     status: QuotaStatus
     replayed: bool = False
+    # R16: this release voided a hold (never stored: a replay voids nothing).
+    voided_hold: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -514,6 +612,16 @@ class ReleaseResult:
             still_counted=data["still_counted"],
             status=QuotaStatus.from_json(data["status"]),
         )
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    """The answer to ConfirmOutreach (R16): ``HoldState.CONFIRMED`` (by this call, when
+    ``newly``, or an earlier one) or ``HoldState.NOT_HELD``; the pool the grant charged."""
+
+    state: HoldState
+    charged: Charge
+    newly: bool = False
 
 
 @dataclass(frozen=True)

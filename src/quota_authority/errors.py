@@ -5,10 +5,14 @@
     QuotaAuthorityError
     ├── InvalidArgument        bad input; names every bad field      -> INVALID_ARGUMENT
     ├── RequestIdReused        same request_id, other parameters     -> FAILED_PRECONDITION
-    ├── NotReleasable          a ReleaseOutreach that can release nothing (R14)
+    ├── NotReleasable          a ReleaseOutreach (R14) or ConfirmOutreach (R16) that cannot
+    │   │                      act on the outreach it names
     │   ├── OutreachNotFound   no CheckAndConsume answered the request_id  -> NOT_FOUND
     │   ├── NothingCharged     the call named charged nothing        -> FAILED_PRECONDITION
-    │   └── WeekEnded          its charge was in an earlier week     -> FAILED_PRECONDITION
+    │   ├── WeekEnded          its charge was in an earlier week     -> FAILED_PRECONDITION
+    │   ├── NotAllowed         ConfirmOutreach of a denied call      -> FAILED_PRECONDITION
+    │   ├── HoldExpired        the hold expired: its unit went back  -> FAILED_PRECONDITION
+    │   └── HoldVoided         ConfirmOutreach of a released hold    -> FAILED_PRECONDITION
     ├── NotAdjustable          an AdjustQuota the week forbids (R17) -> FAILED_PRECONDITION
     ├── Unavailable            the outcome is unknown; retry it      -> UNAVAILABLE
     │   └── StoreUnavailable   the database failed or timed out
@@ -39,9 +43,12 @@ __all__ = [
     "DatabaseUnreachable",
     "DeadlineExceeded",
     "FieldViolation",
+    "HoldExpired",
+    "HoldVoided",
     "InvalidArgument",
     "LockTimeout",
     "NotAdjustable",
+    "NotAllowed",
     "NotReleasable",
     "NothingCharged",
     "OutreachNotFound",
@@ -90,8 +97,9 @@ class RequestIdReused(QuotaAuthorityError):
 
 
 class NotReleasable(QuotaAuthorityError):
-    """R14: the outreach a ReleaseOutreach names has no charge to give back; nothing was
-    changed. ``reason`` is the ErrorInfo reason callers match on."""
+    """R14: the outreach a ReleaseOutreach names has no charge to give back, or (R16) the
+    one a ConfirmOutreach names cannot be confirmed; nothing was changed by the call (but
+    see ``HoldExpired``). ``reason`` is the ErrorInfo reason callers match on."""
 
     reason = ""
 
@@ -142,6 +150,55 @@ class WeekEnded(NotReleasable):
             request_id,
             f"request_id {request_id!r} charged an earlier week; only the current week's "
             "charges can be released",
+        )
+
+
+def _named(request_id: str, item_index: int | None) -> str:
+    item = "" if item_index is None else f" item {item_index}"
+    return f"request_id {request_id!r}{item}"
+
+
+class NotAllowed(NotReleasable):
+    """R16: ConfirmOutreach named a call (or batch item) that was denied: nothing was
+    granted, so there is nothing to confirm."""
+
+    reason = "NOT_ALLOWED"
+
+    def __init__(self, seller_id: str, request_id: str, item_index: int | None) -> None:
+        super().__init__(
+            seller_id,
+            request_id,
+            f"{_named(request_id, item_index)} was not allowed: there is nothing to confirm",
+        )
+
+
+class HoldExpired(NotReleasable):
+    """R16: the hold named expired unconfirmed, and its unit went back then (by the sweep,
+    or by this very call when the sweep had not come to it yet: the expiry is recorded
+    even though the call is refused)."""
+
+    reason = "HOLD_EXPIRED"
+
+    def __init__(self, seller_id: str, request_id: str, item_index: int | None) -> None:
+        super().__init__(
+            seller_id,
+            request_id,
+            f"the hold of {_named(request_id, item_index)} expired unconfirmed; its unit "
+            "went back then",
+        )
+
+
+class HoldVoided(NotReleasable):
+    """R16: ConfirmOutreach named a hold that ReleaseOutreach voided."""
+
+    reason = "HOLD_VOIDED"
+
+    def __init__(self, seller_id: str, request_id: str, item_index: int | None) -> None:
+        super().__init__(
+            seller_id,
+            request_id,
+            f"the hold of {_named(request_id, item_index)} was released (voided); there is "
+            "nothing to confirm",
         )
 
 

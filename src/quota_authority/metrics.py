@@ -36,6 +36,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .domain import HoldState
 from .engine.ports import (
     LedgerStore,
     LedgerTransaction,
@@ -99,6 +100,14 @@ class Metrics:
             ["returned"],
             registry=self.registry,
         )
+        self._holds = Counter(
+            "quota_authority_holds",
+            "Holds (R16) ended, by how: confirmed, voided (released) or expired.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("confirmed", "voided", "expired"):
+            self._holds.labels(outcome)  # listed at 0 before the first
         self._gmv_rows = Counter(
             "quota_authority_gmv_rows_recorded",
             "GMV rows applied by RecordGmv and BatchRecordGmv (replays not counted).",
@@ -141,6 +150,10 @@ class Metrics:
     def release(self, returned: str) -> None:
         """One ReleaseOutreach that gave ``returned``'s pool its unit back (or none)."""
         self._releases.labels(returned).inc()
+
+    def hold_resolved(self, outcome: HoldState) -> None:
+        """One hold (R16) ended: confirmed, voided or expired."""
+        self._holds.labels(outcome.value).inc()
 
     def gmv_rows_recorded(self, rows: int) -> None:
         """``rows`` GMV rows applied by one RecordGmv (1) or BatchRecordGmv."""

@@ -23,7 +23,9 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_TIERS",
+    "MAX_HOLD_SECONDS",
     "WEEKDAYS",
+    "HoldPolicy",
     "MessagePolicy",
     "Policy",
     "RetentionPolicy",
@@ -90,6 +92,19 @@ class MessagePolicy:
     max_before_reply: int = 5
 
 
+# R16: the longest a policy may let a hold last (a day): a hold charges its week at once,
+# and a longer one would mostly outlive its week.
+MAX_HOLD_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class HoldPolicy:
+    """R16."""
+
+    # The longest hold_seconds a call may ask, 1 to MAX_HOLD_SECONDS.
+    max_seconds: int = 3600
+
+
 @dataclass(frozen=True)
 class RetentionPolicy:
     """How long the data behind the rules and the audit is kept (docs/operations.md#retention).
@@ -125,6 +140,8 @@ class Policy:
     idempotency_retention_days: int = 14
     # How long decisions, pair-weeks and GMV are kept.
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # R16 holds.
+    holds: HoldPolicy = field(default_factory=HoldPolicy)
 
     @functools.cached_property
     def digest(self) -> str:
@@ -142,7 +159,7 @@ def load_policy(path: Path) -> Policy:
 
 def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     """The policy in an already-parsed TOML document."""
-    known = {"tiers", "week", "starter_pack", "messages", "idempotency", "retention"}
+    known = {"tiers", "week", "starter_pack", "messages", "idempotency", "retention", "holds"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{key}: unknown section (expected one of {sorted(known)})")
@@ -157,6 +174,15 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
     only(idempotency, "idempotency", {"retention_days"})
     retention = table(data, "retention")
     only(retention, "retention", {"decisions_days", "ended_pair_weeks_days", "gmv_days"})
+    holds = table(data, "holds")
+    only(holds, "holds", {"max_seconds"})
+    max_hold_seconds = integer(
+        holds, "holds.max_seconds", "max_seconds", defaults.holds.max_seconds, minimum=1
+    )
+    if max_hold_seconds > MAX_HOLD_SECONDS:
+        raise ConfigError(
+            f"holds.max_seconds: must be at most {MAX_HOLD_SECONDS}, got {max_hold_seconds}"
+        )
     return Policy(
         tiers=tiers,
         week=week,
@@ -177,6 +203,7 @@ def policy_from_mapping(data: Mapping[str, Any]) -> Policy:
             minimum=14,
         ),
         retention=_retention(retention, defaults.retention),
+        holds=HoldPolicy(max_seconds=max_hold_seconds),
     )
 
 

@@ -299,6 +299,7 @@ class QuotaAuthorityServer:
             outreach_wait_s=self.settings.lock_timeout_ms / 1000,
             on_batch=None if self.metrics is None else self.metrics.batch,
             batch_tracer=self.tracing,
+            on_hold_resolved=None if self.metrics is None else self.metrics.hold_resolved,
         )
         if self.metrics is not None:
             self.metrics.outreach_waiting(self.service.outreach_waiting)
@@ -350,6 +351,7 @@ class QuotaAuthorityServer:
         self._tasks = [
             asyncio.create_task(self._watch_health(), name="health-watcher"),
             asyncio.create_task(self._keep_data_bounded(), name="storage-upkeep"),
+            asyncio.create_task(self._sweep_holds(), name="hold-sweep"),
         ]
         log.info("policy in use", extra={"policy_digest": self.settings.policy.digest})
         log.info("serving", extra={"listen": self.settings.listen, "port": port})
@@ -390,6 +392,30 @@ class QuotaAuthorityServer:
         while True:
             await asyncio.sleep(_UPKEEP_EVERY_S)
             await self._upkeep_round()
+
+    async def _sweep_holds(self) -> None:
+        """R16: expire the holds not confirmed in time, a round every
+        ``hold_sweep_interval_s``; a round's failures are logged in one line and retried
+        by the next (each hold ends once, whichever replica or call gets it)."""
+        while True:
+            await asyncio.sleep(self.settings.hold_sweep_interval_s)
+            await self.sweep_holds_round()
+
+    async def sweep_holds_round(self) -> None:
+        """One round of the hold sweep (``QuotaService.expire_due_holds``), its failures
+        logged; never raises."""
+        assert self.service is not None
+        try:
+            with contextlib.nullcontext() if self.tracing is None else self.tracing.untraced():
+                sweep = await self.service.expire_due_holds()
+        except Exception as e:
+            log.warning("hold sweep failed", extra={"error": f"{type(e).__name__}: {e}"})
+            return
+        if sweep.failed_sellers:
+            log.warning(
+                "hold sweep failed for some sellers",
+                extra={"sellers": sweep.failed_sellers, "error": sweep.error},
+            )
 
     async def _upkeep_round(self, *, trim_rows: bool = True) -> None:
         assert self.service is not None

@@ -159,6 +159,13 @@ class Settings:
         "seconds between database health probes",
         minimum=0.1,
     )
+    hold_sweep_interval_s: float = _variable(
+        1.0,
+        "QUOTA_AUTHORITY_HOLD_SWEEP_INTERVAL_S",
+        "seconds between rounds of the sweep that expires holds not confirmed in time (R16); "
+        "a hold expires at most about this long after its hold_expires_at",
+        minimum=0.05,
+    )
     max_message_bytes: int = _variable(
         1 << 20,
         "QUOTA_AUTHORITY_MAX_MESSAGE_BYTES",

@@ -13,7 +13,9 @@ from ..domain import (
     AdjustmentResult,
     BatchMode,
     Charge,
+    ConfirmResult,
     ConnectionSource,
+    HoldState,
     NextWeekProjection,
     OutreachBatchResult,
     OutreachDecision,
@@ -31,6 +33,7 @@ __all__ = [
     "SOURCES",
     "adjustment_to_proto",
     "batch_to_proto",
+    "confirm_to_proto",
     "decision_to_proto",
     "recorded_decision_to_proto",
     "release_to_proto",
@@ -65,6 +68,15 @@ _REASONS = {
     Reason.AWAITING_REPLY: pb.REASON_AWAITING_REPLY,
     Reason.RELEASED: pb.REASON_RELEASED,
     Reason.ADJUSTED: pb.REASON_QUOTA_ADJUSTED,
+    Reason.HOLD_EXPIRED: pb.REASON_HOLD_EXPIRED,
+    Reason.HOLD_CONFIRMED: pb.REASON_HOLD_CONFIRMED,
+}
+_HOLD_STATES = {
+    HoldState.HELD: pb.HOLD_STATE_HELD,
+    HoldState.CONFIRMED: pb.HOLD_STATE_CONFIRMED,
+    HoldState.VOIDED: pb.HOLD_STATE_VOIDED,
+    HoldState.EXPIRED: pb.HOLD_STATE_EXPIRED,
+    HoldState.NOT_HELD: pb.HOLD_STATE_NOT_HELD,
 }
 _CHARGES = {
     Charge.NONE: pb.CHARGE_NONE,
@@ -101,6 +113,7 @@ def status_to_proto(status: QuotaStatus) -> pb.QuotaStatus:
         policy_digest=status.policy_digest,
         next_week=None if status.next_week is None else _next_week_to_proto(status.next_week),
         adjusted_this_week=status.adjusted_this_week,
+        held_this_week=status.held_this_week,
     )
 
 
@@ -123,6 +136,9 @@ def decision_to_proto(decision: OutreachDecision) -> pb.CheckAndConsumeResponse:
         status=status_to_proto(decision.status),
         messages_before_reply_remaining=decision.messages_before_reply_remaining,
         replayed=decision.replayed,
+        hold_expires_at=None
+        if decision.hold_expires_at is None
+        else _timestamp(decision.hold_expires_at),
     )
 
 
@@ -158,6 +174,9 @@ def batch_to_proto(result: OutreachBatchResult) -> pb.BatchCheckAndConsumeRespon
                 reason=_REASONS[d.reason],
                 charged=_CHARGES[d.charged],
                 messages_before_reply_remaining=d.messages_before_reply_remaining,
+                hold_expires_at=None
+                if d.hold_expires_at is None
+                else _timestamp(d.hold_expires_at),
             )
             for d in result.results
         ],
@@ -178,3 +197,9 @@ def release_to_proto(result: ReleaseResult) -> pb.ReleaseOutreachResponse:
 
 def adjustment_to_proto(result: AdjustmentResult) -> pb.AdjustQuotaResponse:
     return pb.AdjustQuotaResponse(status=status_to_proto(result.status), replayed=result.replayed)
+
+
+def confirm_to_proto(result: ConfirmResult) -> pb.ConfirmOutreachResponse:
+    return pb.ConfirmOutreachResponse(
+        state=_HOLD_STATES[result.state], charged=_CHARGES[result.charged]
+    )

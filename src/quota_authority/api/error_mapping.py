@@ -9,6 +9,9 @@ RequestIdReused             FAILED_PRECONDITION  google.rpc.ErrorInfo reason REQ
 OutreachNotFound            NOT_FOUND            google.rpc.ErrorInfo reason OUTREACH_NOT_FOUND
 NothingCharged              FAILED_PRECONDITION  google.rpc.ErrorInfo reason NOTHING_CHARGED
 WeekEnded                   FAILED_PRECONDITION  google.rpc.ErrorInfo reason WEEK_ENDED
+NotAllowed                  FAILED_PRECONDITION  google.rpc.ErrorInfo reason NOT_ALLOWED
+HoldExpired                 FAILED_PRECONDITION  google.rpc.ErrorInfo reason HOLD_EXPIRED
+HoldVoided                  FAILED_PRECONDITION  google.rpc.ErrorInfo reason HOLD_VOIDED
 NotAdjustable               FAILED_PRECONDITION  ErrorInfo reason ADJUSTMENT_BELOW_USED or
                                                  UNLIMITED_TIER
 Unavailable (any subclass)  UNAVAILABLE          google.rpc.RetryInfo; retry, same request_id

@@ -22,6 +22,7 @@ from ..domain import (
     Action,
     Adjustment,
     BlockChange,
+    Confirmation,
     DecisionQuery,
     GmvBatch,
     GmvRecord,
@@ -44,6 +45,7 @@ from .convert import (
     SOURCES,
     adjustment_to_proto,
     batch_to_proto,
+    confirm_to_proto,
     decision_to_proto,
     recorded_decision_to_proto,
     release_to_proto,
@@ -110,6 +112,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         elif request.action == pb.ACTION_INVITE:
             v.bad("creator_follower_count", "is required for ACTION_INVITE")
         request_id = v.request_id("request_id", request.request_id)
+        hold_seconds = self._hold_seconds(v, request.hold_seconds, request_id, request.dry_run)
         v.done()
         decision = await self._service.check_and_consume(
             Outreach(
@@ -119,6 +122,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
                 creator_follower_count=follower_count,
                 request_id=request_id,
                 dry_run=request.dry_run,
+                hold_seconds=hold_seconds,
             )
         )
         if self.metrics is not None:
@@ -147,6 +151,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
             items = [self._outreach_item(v, n, item) for n, item in enumerate(request.items)]
         v.enum("mode", request.mode, _BATCH_MODE_NAMES)
         request_id = v.request_id("request_id", request.request_id)
+        hold_seconds = self._hold_seconds(v, request.hold_seconds, request_id, request.dry_run)
         v.done()
         result = await self._service.check_and_consume_batch(
             OutreachBatch(
@@ -155,6 +160,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
                 mode=BATCH_MODES[request.mode],
                 request_id=request_id,
                 dry_run=request.dry_run,
+                hold_seconds=hold_seconds,
             )
         )
         if self.metrics is not None and not result.replayed:
@@ -164,6 +170,18 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
                 result.applied,
             )
         return batch_to_proto(result)
+
+    def _hold_seconds(self, v: Validator, value: int, request_id: str | None, dry_run: bool) -> int:
+        """R16: ``hold_seconds``, 0 to the policy's ``holds.max_seconds``; a hold needs a
+        request_id (which names it) and is no dry run (which holds nothing)."""
+        maximum = self._service.max_hold_seconds
+        if value < 0 or value > maximum:
+            v.bad("hold_seconds", f"must be 0 to {maximum} (the policy's holds.max_seconds)")
+        elif value and request_id is None:
+            v.bad("hold_seconds", "requires request_id, which names the hold to confirm")
+        elif value and dry_run:
+            v.bad("hold_seconds", "cannot be set on a dry run, which holds nothing")
+        return value
 
     @staticmethod
     def _outreach_item(v: Validator, n: int, item: pb.OutreachItem) -> OutreachItem:
@@ -205,6 +223,25 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
         if self.metrics is not None and not result.replayed:
             self.metrics.release(result.returned.value)
         return release_to_proto(result)
+
+    @rpc_method
+    async def ConfirmOutreach(
+        self, request: pb.ConfirmOutreachRequest, context: Context
+    ) -> pb.ConfirmOutreachResponse:
+        v = Validator()
+        v.identifier("seller_id", request.seller_id)
+        request_id = v.request_id("request_id", request.request_id)
+        if request_id is None:
+            v.bad("request_id", "is required: the request_id of the call that made the hold")
+        item_index: int | None = None
+        if request.HasField("item_index"):
+            item_index = v.non_negative("item_index", request.item_index)
+        v.done()
+        assert request_id is not None  # done() raised otherwise
+        result = await self._service.confirm_outreach(
+            Confirmation(seller_id=request.seller_id, request_id=request_id, item_index=item_index)
+        )
+        return confirm_to_proto(result)
 
     @rpc_method
     async def AdjustQuota(

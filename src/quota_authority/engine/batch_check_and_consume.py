@@ -15,6 +15,7 @@ from datetime import datetime
 from ..domain import (
     AuditEntry,
     Charge,
+    Hold,
     OutreachBatch,
     OutreachBatchResult,
     OutreachDecision,
@@ -46,6 +47,27 @@ def decide_batch_check_and_consume(
         raise ValueError(f"seller-week of {batch.seller_id} was not locked")
     applies = rules.r15_batch_applies(batch.mode, outcomes)
     if applies:
+        holds: list[Hold] = []
+        if batch.hold_seconds and not batch.dry_run and batch.request_id is not None:
+            # R16: each applied item that charged is a hold, named by its index.
+            for index, (item, d) in enumerate(zip(batch.items, outcomes, strict=True)):
+                expires_at = rules.r16_hold_expires_at(d.charged, batch.hold_seconds, now)
+                if expires_at is None:
+                    continue
+                outcomes[index] = replace(d, hold_expires_at=expires_at)
+                holds.append(
+                    Hold(
+                        seller_id=batch.seller_id,
+                        request_id=batch.request_id,
+                        item_index=index,
+                        week_start=week.week_start,
+                        creator_id=item.creator_id,
+                        action=item.action,
+                        charged=d.charged,
+                        expires_at=expires_at,
+                    )
+                )
+        writes.holds = holds
         results = tuple(outcomes)
         status = outcomes[-1].status
         audit = writes.audit

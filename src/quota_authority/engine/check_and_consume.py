@@ -12,6 +12,7 @@ from datetime import datetime
 
 from ..domain import (
     AuditEntry,
+    Hold,
     Outreach,
     OutreachDecision,
     PairState,
@@ -92,16 +93,36 @@ def decide_calls(
             request.creator_follower_count,
             max_before_reply,
         )
+        # R16: validation let a hold through only with a request_id and no dry run.
+        expires_at = (
+            rules.r16_hold_expires_at(verdict.charged, request.hold_seconds, now)
+            if request.hold_seconds
+            else None
+        )
         decision = OutreachDecision(
             allowed=verdict.allowed,
             reason=verdict.reason,
             charged=verdict.charged,
             status=QuotaStatus.of(verdict.week, verdict.starter_pack_remaining),
             messages_before_reply_remaining=verdict.messages_before_reply_remaining,
+            hold_expires_at=expires_at,
         )
         outcomes.append(decision)
         if request.dry_run:
             continue  # R12: answers, changes nothing, stores nothing
+        if expires_at is not None and request_id is not None:
+            writes.holds.append(
+                Hold(
+                    seller_id=seller_id,
+                    request_id=request_id,
+                    item_index=Hold.SINGLE_CALL,
+                    week_start=seller.week.week_start,
+                    creator_id=request.creator_id,
+                    action=request.action,
+                    charged=verdict.charged,
+                    expires_at=expires_at,
+                )
+            )
         seller.week, seller.pack = verdict.week, verdict.starter_pack_remaining
         pairs[pair_key] = verdict.pair
         writes.audit.append(

@@ -19,6 +19,8 @@ from ..domain import (
     AuditEntry,
     Charge,
     GmvRow,
+    Hold,
+    HoldState,
     PairState,
     Party,
     RecordedDecision,
@@ -128,6 +130,8 @@ class OutreachWrites:
     pair_weeks: dict[tuple[str, datetime, str], PairState] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     responses: list[ResponseToStore] = field(default_factory=list)
+    # R16: the holds the grants made, written in the same transaction (only when any).
+    holds: list[Hold] = field(default_factory=list)
 
 
 class LedgerTransaction(Protocol):
@@ -262,6 +266,42 @@ class LedgerTransaction(Protocol):
 
     async def record_audit(self, entry: AuditEntry) -> None:
         """Append ``entry`` to the audit log (R13)."""
+        ...
+
+    # --- R16 holds -----------------------------------------------------------------------
+
+    async def find_hold(self, seller_id: str, request_id: str, item_index: int) -> Hold | None:
+        """The hold keyed (seller_id, request_id, item_index), in whatever state, or None."""
+        ...
+
+    async def resolve_hold(
+        self,
+        seller_id: str,
+        request_id: str,
+        item_index: int,
+        state: HoldState,
+        at: datetime,
+        *,
+        due: bool,
+    ) -> Hold | None:
+        """End the hold in ``state`` as of ``at``, only if it is still held and (``due``)
+        expired by ``at``, or (not ``due``) not yet: one UPDATE guarded on both, so of
+        resolvers racing for a hold exactly one gets it. The hold as it was, or None when
+        the guard did not hold."""
+        ...
+
+    async def due_holds(self, seller_id: str, at: datetime, limit: int) -> list[Hold]:
+        """Up to ``limit`` of the seller's holds still held and expired by ``at``, in the
+        order they expired. Reads only: each must still be resolved (``resolve_hold``)."""
+        ...
+
+    async def sellers_with_due_holds(self, at: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` sellers that have holds still held and expired by ``at``."""
+        ...
+
+    async def held_units(self, seller_id: str, week_start: datetime, at: datetime) -> int:
+        """Units held at ``at`` by the seller's holds of the week starting ``week_start``:
+        still held and not yet expired."""
         ...
 
 

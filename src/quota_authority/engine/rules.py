@@ -18,6 +18,9 @@ from ..domain import (
     Action,
     BatchMode,
     Charge,
+    Confirmation,
+    Hold,
+    HoldState,
     NextWeekProjection,
     OutreachBatchResult,
     OutreachDecision,
@@ -25,11 +28,15 @@ from ..domain import (
     Reason,
     Release,
     SellerWeek,
+    hold_expiry,
 )
 from ..errors import (
     FieldViolation,
+    HoldExpired,
+    HoldVoided,
     InvalidArgument,
     NotAdjustable,
+    NotAllowed,
     NothingCharged,
     OutreachNotFound,
 )
@@ -51,6 +58,10 @@ __all__ = [
     "r14_charge_to_release",
     "r14_release",
     "r15_batch_applies",
+    "r16_confirm",
+    "r16_expiry",
+    "r16_hold_expires_at",
+    "r16_outreach_to_confirm",
     "r17_adjusted_limit",
     "r18_next_week",
 ]
@@ -201,15 +212,16 @@ class ChargedOutreach:
     week_start: datetime
 
 
-def r14_charge_to_release(
-    release: Release, answer: OutreachDecision | OutreachBatchResult | None
-) -> ChargedOutreach:
-    """R14 Release: what the call ``release`` names charged, from its stored ``answer``
-    (``StoredResponse.outreach_answer``; R11 keeps every answer to a request_id). Raises
-    ``OutreachNotFound`` when no CheckAndConsume or BatchCheckAndConsume answered that
-    request_id, ``InvalidArgument`` (``item_index``) when the index does not fit the call,
-    and ``NothingCharged`` when it charged nothing."""
-    seller_id, request_id, index = release.seller_id, release.request_id, release.item_index
+def _answered_outreach(
+    seller_id: str,
+    request_id: str,
+    index: int | None,
+    answer: OutreachDecision | OutreachBatchResult | None,
+) -> OutreachDecision:
+    """The decision a stored ``answer`` gave the call (or, with ``index``, the batch item)
+    a ReleaseOutreach or a ConfirmOutreach names. Raises ``OutreachNotFound`` when no
+    CheckAndConsume or BatchCheckAndConsume answered that request_id, ``InvalidArgument``
+    (``item_index``) when the index does not fit the call."""
     if isinstance(answer, OutreachBatchResult):
         results = answer.results
         if index is None:
@@ -232,8 +244,8 @@ def r14_charge_to_release(
                     )
                 ]
             )
-        charged = results[index].charged
-    elif isinstance(answer, OutreachDecision):
+        return results[index]
+    if isinstance(answer, OutreachDecision):
         if index is not None:
             raise InvalidArgument(
                 [
@@ -243,11 +255,23 @@ def r14_charge_to_release(
                     )
                 ]
             )
-        charged = answer.charged
-    else:
-        raise OutreachNotFound(seller_id, request_id)
+        return answer
+    raise OutreachNotFound(seller_id, request_id)
+
+
+def r14_charge_to_release(
+    release: Release, answer: OutreachDecision | OutreachBatchResult | None
+) -> ChargedOutreach:
+    """R14 Release: what the call ``release`` names charged, from its stored ``answer``
+    (``StoredResponse.outreach_answer``; R11 keeps every answer to a request_id). Raises
+    ``OutreachNotFound`` when no CheckAndConsume or BatchCheckAndConsume answered that
+    request_id, ``InvalidArgument`` (``item_index``) when the index does not fit the call,
+    and ``NothingCharged`` when it charged nothing."""
+    seller_id, request_id, index = release.seller_id, release.request_id, release.item_index
+    charged = _answered_outreach(seller_id, request_id, index, answer).charged
     if charged is Charge.NONE:
         raise NothingCharged(seller_id, request_id, index)
+    assert answer is not None  # _answered_outreach raised otherwise
     return ChargedOutreach(charged, answer.status.week_start)
 
 
@@ -264,6 +288,66 @@ def r14_release(charged: Charge, live_outreach: int) -> tuple[Charge, bool]:
     if live_outreach > 1:
         return Charge.NONE, True
     return charged, False
+
+
+def r16_hold_expires_at(charged: Charge, hold_seconds: int, now: datetime) -> datetime | None:
+    """R16 Holds: when the grant decided at ``now`` expires, or None when it is no hold.
+    Only a grant that charged a unit is held: a free one (connected, already counted) has
+    nothing to give back, and a denied one nothing to keep."""
+    if hold_seconds <= 0 or charged is Charge.NONE:
+        return None
+    return hold_expiry(now, hold_seconds)
+
+
+def r16_outreach_to_confirm(
+    confirmation: Confirmation, answer: OutreachDecision | OutreachBatchResult | None
+) -> OutreachDecision:
+    """R16: the grant a ConfirmOutreach names, from its call's stored ``answer``. Raises
+    as ``r14_charge_to_release`` does for an unknown call or an index that does not fit it,
+    and ``NotAllowed`` for a denied one."""
+    seller_id, request_id = confirmation.seller_id, confirmation.request_id
+    decision = _answered_outreach(seller_id, request_id, confirmation.item_index, answer)
+    if not decision.allowed:
+        raise NotAllowed(seller_id, request_id, confirmation.item_index)
+    return decision
+
+
+def r16_confirm(confirmation: Confirmation, state: HoldState) -> HoldState:
+    """R16: what confirming a hold that a resolver other than this call ended answers:
+    CONFIRMED again for a confirmed one (confirming is idempotent), ``HoldVoided`` or
+    ``HoldExpired`` (raised) for the others. A hold still ``HELD`` when this is asked is
+    past its expiry (the confirming UPDATE found it so): the caller expires it first."""
+    seller_id, request_id, index = (
+        confirmation.seller_id,
+        confirmation.request_id,
+        confirmation.item_index,
+    )
+    if state is HoldState.CONFIRMED:
+        return HoldState.CONFIRMED
+    if state is HoldState.VOIDED:
+        raise HoldVoided(seller_id, request_id, index)
+    raise HoldExpired(seller_id, request_id, index)
+
+
+def r16_expiry(
+    hold: Hold, week: SellerWeek | None, now: datetime, live_outreach: int
+) -> tuple[Charge, bool] | None:
+    """R16: what an expiring ``hold`` does, as ``r14_release`` says for a release: (the pool
+    its unit goes back to, whether the creator stays counted) — the creator stops being
+    counted unless other outreach to it was allowed since, and then the unit stays.
+    ``week`` is the hold's seller-week (None when retention removed it). None for a hold
+    whose week has ended: it changes nothing and gives nothing back, its unit ended with
+    the week (R2, as R14 releases nothing of an ended week), and the week now running has
+    its own quota, untouched.
+
+    The guard beside the rule: the caller changes a hold's state only by an UPDATE that
+    requires it still ``held`` (and, for an expiry, due), and an expiry or a void first
+    takes the hold's seller-week row lock, the lock every grant takes, so that exactly one
+    resolver ends each hold and no decision reads the pair as counted while its hold
+    expires (R5)."""
+    if week is None or week.week_end <= now:
+        return None
+    return r14_release(hold.charged, live_outreach)
 
 
 def r15_batch_applies(mode: BatchMode, decisions: Sequence[OutreachDecision]) -> bool:

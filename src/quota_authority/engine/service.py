@@ -36,12 +36,16 @@ from ..domain import (
     BlockChange,
     BlockResult,
     Charge,
+    Confirmation,
+    ConfirmResult,
     DecisionPage,
     DecisionQuery,
     GmvBatch,
     GmvBatchResult,
     GmvRecord,
     GmvResult,
+    Hold,
+    HoldState,
     NextWeekProjection,
     Outreach,
     OutreachBatch,
@@ -57,7 +61,7 @@ from ..domain import (
     SellerUpsertResult,
     SellerWeek,
 )
-from ..errors import OutreachNotFound, WeekEnded
+from ..errors import HoldExpired, HoldVoided, OutreachNotFound, WeekEnded
 from ..policy import Policy
 from . import check_and_consume, rules
 from .batch_check_and_consume import decide_batch_check_and_consume
@@ -75,7 +79,24 @@ from .ports import (
 from .retention import retained
 from .weeks import after_previous, gmv_window, week_containing
 
-__all__ = ["GMV_BATCH_KEY_SELLER", "QuotaService"]
+__all__ = ["GMV_BATCH_KEY_SELLER", "HOLD_SWEEP_SELLERS", "HoldSweep", "QuotaService"]
+
+# R16: the most sellers one round of the expiry sweep (``expire_due_holds``) handles, and
+# the most holds of one seller; the next round takes the rest.
+HOLD_SWEEP_SELLERS = 500
+HOLD_SWEEP_HOLDS_PER_SELLER = 1000
+
+
+@dataclass(frozen=True)
+class HoldSweep:
+    """What one round of the expiry sweep did: holds expired, sellers whose transaction
+    failed (the next round retries them)."""
+
+    expired: int
+    failed_sellers: int
+    # The first failure, as one line; None when none failed.
+    error: str | None = None
+
 
 # The seller_id under which BatchRecordGmv's request_ids are stored (``record_gmv_batch``):
 # empty, so no real seller's (1-64 characters) can be it.
@@ -109,6 +130,12 @@ def _discard_outcome(task: asyncio.Future[Any]) -> None:
 
 
 @dataclass(frozen=True)
+class _ExpiredNow:
+    """R16: a release's transaction's answer when the hold it named was due and not yet
+    swept: it expired the hold and committed; the call then fails ``HoldExpired``."""
+
+
+@dataclass(frozen=True)
 class _WeeksMissing:
     """An outreach transaction's answer when sellers it needs have no week yet: it rolled
     back and wrote nothing (``QuotaService._with_current_weeks``)."""
@@ -126,7 +153,8 @@ class QuotaService:
     (``LedgerStore.transaction_grouping``: a Citus shard's), a batch holds the calls of one
     such group, and up to ``seller_batches_in_flight`` run at once.
     ``on_batch`` hears each batch's size; ``batch_tracer`` traces each batch with the
-    calls it decided."""
+    calls it decided; ``on_hold_resolved`` hears each hold's end (R16: confirmed, voided or
+    expired), once it is committed."""
 
     def __init__(
         self,
@@ -142,8 +170,10 @@ class QuotaService:
         outreach_wait_s: float | None = None,
         on_batch: Callable[[int], None] | None = None,
         batch_tracer: BatchTracer[Outreach] | None = None,
+        on_hold_resolved: Callable[[HoldState], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_hold_resolved = on_hold_resolved
         self._policy = policy
         self._clock = clock
         self._outreach_wait_s = outreach_wait_s
@@ -190,6 +220,16 @@ class QuotaService:
         first week is yet to come, week boundaries of weeks yet to come, request_id
         retention) apply to the decisions made from now on."""
         self._policy = policy
+
+    @property
+    def max_hold_seconds(self) -> int:
+        """R16: the longest hold a call may ask, by the policy in use."""
+        return self._policy.holds.max_seconds
+
+    def _resolved(self, state: HoldState, count: int = 1) -> None:
+        if self._on_hold_resolved is not None:
+            for _ in range(count):
+                self._on_hold_resolved(state)
 
     # --- CheckAndConsume ---------------------------------------------------------------
 
@@ -330,7 +370,7 @@ class QuotaService:
         key, fingerprint = release.key(), release.fingerprint()
         seller_id = release.seller_id
 
-        async def once() -> ReleaseResult:
+        async def once() -> ReleaseResult | _ExpiredNow:
             now = self._clock.now()
             async with self._store.transaction(time_left()) as tx:
                 stored = await tx.stored_response(seller_id, key)
@@ -346,6 +386,35 @@ class QuotaService:
                 if found is None:  # its audit record is gone: nothing known to release
                     raise OutreachNotFound(seller_id, release.request_id)
                 creator_id, action = found
+                # R16: releasing a hold voids it (under the week lock the sweep takes too).
+                hold = await tx.find_hold(
+                    seller_id, release.request_id, Hold.index_of(release.item_index)
+                )
+                voided = False
+                if hold is not None and hold.state is HoldState.HELD:
+                    voided = (
+                        await tx.resolve_hold(
+                            seller_id,
+                            hold.request_id,
+                            hold.item_index,
+                            HoldState.VOIDED,
+                            now,
+                            due=False,
+                        )
+                        is not None
+                    )
+                    if not voided:
+                        # Due: it expires now, as the sweep would have; or a confirm (which
+                        # takes no week lock) ended it just before: read what it is now.
+                        if await self._expire_hold(tx, hold, now, week.tier) is not None:
+                            return _ExpiredNow()
+                        hold = await tx.find_hold(seller_id, hold.request_id, hold.item_index)
+                if hold is not None and not voided:
+                    if hold.state is HoldState.EXPIRED:
+                        raise HoldExpired(seller_id, release.request_id, release.item_index)
+                    if hold.state is HoldState.VOIDED:  # pragma: no cover - its release replays
+                        raise HoldVoided(seller_id, release.request_id, release.item_index)
+                    # CONFIRMED: final, and released as any grant (R14).
                 live = await tx.live_outreach(week, creator_id)
                 returned, still_counted = rules.r14_release(charge.charged, live)
                 await tx.release_charge(week, creator_id, action, returned, not still_counted)
@@ -370,12 +439,165 @@ class QuotaService:
                 # Without the policy digest, as a decision's status: a stored answer keeps
                 # no digest (QuotaStatus.to_json), so its replay is the same answer.
                 status = QuotaStatus.of(dataclasses.replace(after, policy_digest=None), pack)
-                result = ReleaseResult(returned, still_counted, status)
+                result = ReleaseResult(returned, still_counted, status, voided_hold=voided)
                 if not await tx.store_response(seller_id, key, fingerprint, result.to_json(), now):
                     raise RequestIdTaken
                 return result
 
-        return await _unabandoned(until_key_settles(once))
+        released = await _unabandoned(until_key_settles(once))
+        if isinstance(released, _ExpiredNow):  # committed: the expiry stands, the call fails
+            self._resolved(HoldState.EXPIRED)
+            raise HoldExpired(seller_id, release.request_id, release.item_index)
+        if released.voided_hold:
+            self._resolved(HoldState.VOIDED)
+        return released
+
+    # --- R16 holds ---------------------------------------------------------------------
+
+    async def confirm_outreach(self, confirmation: Confirmation) -> ConfirmResult:
+        """Make final the hold ``confirmation`` names (R16): one UPDATE guarded on the hold
+        still held and not yet due, so it ends at most once (``rules.r16_expiry``'s guard);
+        it changes no count, so it takes no seller-week lock. Confirming again answers
+        CONFIRMED and records nothing more; a grant that holds nothing answers NOT_HELD.
+        Raises ``OutreachNotFound``, ``InvalidArgument`` (``item_index``), ``NotAllowed``,
+        ``HoldVoided`` or ``HoldExpired``; a hold found due and not yet swept is expired by
+        this call (committed, as the sweep would) before it raises ``HoldExpired``."""
+        seller_id, request_id = confirmation.seller_id, confirmation.request_id
+        index = Hold.index_of(confirmation.item_index)
+
+        async def once() -> ConfirmResult | Hold:
+            now = self._clock.now()
+            async with self._store.transaction(time_left()) as tx:
+                stored = await tx.stored_response(seller_id, request_id)
+                answer = None if stored is None else stored.outreach_answer()
+                decision = rules.r16_outreach_to_confirm(confirmation, answer)
+                hold = await tx.resolve_hold(
+                    seller_id, request_id, index, HoldState.CONFIRMED, now, due=False
+                )
+                if hold is not None:
+                    await tx.record_audit(
+                        self._hold_audit(
+                            hold, Reason.HOLD_CONFIRMED, hold.charged, now, decision.status.tier
+                        )
+                    )
+                    return ConfirmResult(HoldState.CONFIRMED, hold.charged, newly=True)
+                hold = await tx.find_hold(seller_id, request_id, index)
+                if hold is None:
+                    return ConfirmResult(HoldState.NOT_HELD, decision.charged)
+                if hold.state is HoldState.HELD:
+                    return hold  # due: expired below, in a transaction that locks first
+                state = rules.r16_confirm(confirmation, hold.state)
+                return ConfirmResult(state, hold.charged)
+
+        confirmed = await _unabandoned(once())
+        if isinstance(confirmed, Hold):
+            if await _unabandoned(self._expire_one(confirmed)):
+                self._resolved(HoldState.EXPIRED)
+            # Expired now, or by a racing resolver: confirmed (by another confirm just
+            # before it was due) answers CONFIRMED; the others raise.
+            async with self._store.transaction(time_left()) as tx:
+                after = await tx.find_hold(seller_id, request_id, index)
+            assert after is not None  # a hold row is never deleted while its week is kept
+            return ConfirmResult(rules.r16_confirm(confirmation, after.state), after.charged)
+        if confirmed.newly:
+            self._resolved(HoldState.CONFIRMED)
+        return confirmed
+
+    async def expire_due_holds(self, limit: int = HOLD_SWEEP_SELLERS) -> HoldSweep:
+        """One round of R16's expiry sweep: the holds due at this instant of up to ``limit``
+        sellers expire, each seller in a transaction of its own (``_expire_hold``). A
+        seller whose transaction fails is counted and left to the next round. Replicas
+        sweeping at once are safe: each hold ends once (``rules.r16_expiry``'s guard)."""
+        now = self._clock.now()
+        async with self._store.transaction(time_left()) as tx:
+            sellers = await tx.sellers_with_due_holds(now, limit)
+        expired = failed = 0
+        error = None
+        for seller_id in sellers:
+            try:
+                count = await _unabandoned(self._expire_sellers_holds(seller_id, now))
+            except Exception as e:  # reported to the caller; the next round retries it
+                failed += 1
+                error = error or f"{type(e).__name__}: {e}"
+                continue
+            expired += count
+            self._resolved(HoldState.EXPIRED, count)
+        return HoldSweep(expired, failed, error)
+
+    async def _expire_sellers_holds(self, seller_id: str, now: datetime) -> int:
+        """The seller's holds due at ``now`` expired, in one transaction; how many."""
+        async with self._store.transaction(time_left()) as tx:
+            due = await tx.due_holds(seller_id, now, HOLD_SWEEP_HOLDS_PER_SELLER)
+            # Week locks in week order (every path locks one seller's weeks in that order).
+            due.sort(key=lambda h: (h.week_start, h.request_id, h.item_index))
+            expired = 0
+            for hold in due:
+                expired += await self._expire_hold(tx, hold, now, None) is not None
+            return expired
+
+    async def _expire_one(self, hold: Hold) -> bool:
+        """``hold`` expired in a transaction of its own, if still held and due; whether it
+        was this call that expired it."""
+        now = self._clock.now()
+        async with self._store.transaction(time_left()) as tx:
+            return await self._expire_hold(tx, hold, now, None) is not None
+
+    async def _expire_hold(
+        self, tx: LedgerTransaction, hold: Hold, now: datetime, tier: str | None
+    ) -> Charge | None:
+        """R16 expiry of ``hold`` in ``tx``: under its seller-week's row lock (the lock every
+        grant takes), ended by the guarded UPDATE (still held, and due at ``now``), then a
+        release's effects as ``rules.r16_expiry`` says, audited ``HOLD_EXPIRED`` with the
+        pool given back. The pool given back (``Charge.NONE`` when nothing was), or None
+        when another resolver ended the hold first or it is not due. ``tier``: the
+        audit's, when the caller knows it (else the hold's week's)."""
+        week = await tx.lock_week(hold.seller_id, hold.week_start)
+        if week is not None and week.week_start != hold.week_start:
+            week = None  # the hold's week is gone (retention): nothing to give back
+        if (
+            await tx.resolve_hold(
+                hold.seller_id,
+                hold.request_id,
+                hold.item_index,
+                HoldState.EXPIRED,
+                now,
+                due=True,
+            )
+            is None
+        ):
+            return None
+        returned = Charge.NONE
+        if week is not None:
+            live = await tx.live_outreach(week, hold.creator_id)
+            effects = rules.r16_expiry(hold, week, now, live)
+            if effects is not None:
+                returned, still_counted = effects
+                await tx.release_charge(
+                    week, hold.creator_id, hold.action, returned, not still_counted
+                )
+        tier = tier or ("" if week is None else week.tier)
+        await tx.record_audit(self._hold_audit(hold, Reason.HOLD_EXPIRED, returned, now, tier))
+        return returned
+
+    @staticmethod
+    def _hold_audit(
+        hold: Hold, reason: Reason, charged: Charge, now: datetime, tier: str
+    ) -> AuditEntry:
+        """R13: the record of a hold's end (confirmed or expired; a voided hold's is its
+        release's). Recorded not allowed, as a release is: it is no grant."""
+        return AuditEntry(
+            seller_id=hold.seller_id,
+            week_start=hold.week_start,
+            creator_id=hold.creator_id,
+            action=hold.action,
+            allowed=False,
+            reason=reason,
+            charged=charged,
+            tier=tier,
+            request_id=hold.request_id,
+            decided_at=now,
+            item_index=hold.audit_index,
+        )
 
     # --- AdjustQuota (R17) ---------------------------------------------------------------
 
@@ -442,8 +664,9 @@ class QuotaService:
                 if seller is None:  # pragma: no cover - the week's seller exists
                     raise AssertionError(f"seller {seller_id} vanished after its week")
                 next_week = await self._next_week(tx, week, seller.time_zone)
+                held = await tx.held_units(seller_id, week.week_start, self._clock.now())
                 status = QuotaStatus.of(week, seller.starter_pack_remaining)
-                return dataclasses.replace(status, next_week=next_week)
+                return dataclasses.replace(status, next_week=next_week, held_this_week=held)
 
         return await _unabandoned(read())
 

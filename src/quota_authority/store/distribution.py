@@ -48,6 +48,7 @@ DISTRIBUTED_TABLES = (
     "daily_gmv",
     "request_responses",
     "audit_log",
+    "holds",
 )
 
 # Each one-seller function's signature and the argument it is distributed on.

@@ -28,6 +28,8 @@ from ..domain import (
     AuditEntry,
     Charge,
     GmvRow,
+    Hold,
+    HoldState,
     Party,
     Reason,
     RecordedDecision,
@@ -46,6 +48,7 @@ from .rows import seller_week
 from .tables import (
     audit_log,
     daily_gmv,
+    holds,
     pair_weeks,
     pairs,
     request_responses,
@@ -618,11 +621,12 @@ class _Transaction:
             a.allowed.is_(True),
             a.reason.in_((Reason.NEW_CREATOR.value, Reason.ALREADY_COUNTED_THIS_WEEK.value)),
         )
+        # An expired hold (R16) gave its outreach back as a release does.
+        released = a.reason.in_((Reason.RELEASED.value, Reason.HOLD_EXPIRED.value))
         live = await self.conn.scalar(
-            select(
-                func.count().filter(counted)
-                - func.count().filter(a.reason == Reason.RELEASED.value)
-            ).where(self._week_audit(week), a.creator_id == creator_id)
+            select(func.count().filter(counted) - func.count().filter(released)).where(
+                self._week_audit(week), a.creator_id == creator_id
+            )
         )
         return int(live or 0)
 
@@ -681,6 +685,83 @@ class _Transaction:
             )
         )
 
+    # --- R16 holds --------------------------------------------------------------------------
+
+    def _hold_key(self, seller_id: str, request_id: str, item_index: int) -> Any:
+        h = holds.c
+        return and_(
+            h.seller_id == seller_id, h.request_id == request_id, h.item_index == item_index
+        )
+
+    async def find_hold(self, seller_id: str, request_id: str, item_index: int) -> Hold | None:
+        row = (
+            await self.conn.execute(
+                select(holds).where(self._hold_key(seller_id, request_id, item_index))
+            )
+        ).first()
+        return None if row is None else _hold(row)
+
+    async def resolve_hold(
+        self,
+        seller_id: str,
+        request_id: str,
+        item_index: int,
+        state: HoldState,
+        at: datetime,
+        *,
+        due: bool,
+    ) -> Hold | None:
+        h = holds.c
+        # The guard: only a hold still held, and due (an expiry) or not yet (a confirm, a
+        # void); of resolvers racing, the first UPDATE wins and the others match no row.
+        when = h.expires_at <= at if due else h.expires_at > at
+        row = (
+            await self.conn.execute(
+                update(holds)
+                .where(
+                    self._hold_key(seller_id, request_id, item_index),
+                    h.state == HoldState.HELD.value,
+                    when,
+                )
+                .values(state=state.value, resolved_at=at)
+                .returning(*holds.c)
+            )
+        ).first()
+        return None if row is None else _hold(row)
+
+    async def due_holds(self, seller_id: str, at: datetime, limit: int) -> list[Hold]:
+        h = holds.c
+        rows = await self.conn.execute(
+            select(holds)
+            .where(h.seller_id == seller_id, h.state == HoldState.HELD.value, h.expires_at <= at)
+            .order_by(h.expires_at, h.request_id, h.item_index)
+            .limit(limit)
+        )
+        return [_hold(row) for row in rows]
+
+    async def sellers_with_due_holds(self, at: datetime, limit: int) -> list[str]:
+        h = holds.c
+        rows = await self.conn.scalars(
+            select(h.seller_id)
+            .where(h.state == HoldState.HELD.value, h.expires_at <= at)
+            .group_by(h.seller_id)
+            .order_by(func.min(h.expires_at))
+            .limit(limit)
+        )
+        return [str(seller_id) for seller_id in rows]
+
+    async def held_units(self, seller_id: str, week_start: datetime, at: datetime) -> int:
+        h = holds.c
+        held = await self.conn.scalar(
+            select(func.count()).where(
+                h.seller_id == seller_id,
+                h.week_start == week_start,
+                h.state == HoldState.HELD.value,
+                h.expires_at > at,
+            )
+        )
+        return int(held or 0)
+
     async def adjust_week(self, week: SellerWeek, delta: int) -> None:
         w = seller_weeks.c
         await self.conn.execute(
@@ -708,6 +789,20 @@ class _Transaction:
             )
         ).one()
         return (bool(row.created), str(row.time_zone))
+
+
+def _hold(row: Any) -> Hold:
+    return Hold(
+        seller_id=row.seller_id,
+        request_id=row.request_id,
+        item_index=row.item_index,
+        week_start=row.week_start,
+        creator_id=row.creator_id,
+        action=Action(row.action),
+        charged=Charge(row.charged),
+        expires_at=row.expires_at,
+        state=HoldState(row.state),
+    )
 
 
 def _seller_record(row: Any) -> SellerRecord:

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from ..domain import AuditEntry, PairState, StoredResponse
+from ..domain import AuditEntry, Hold, PairState, StoredResponse
 from ..engine import ports
 from ..engine.ports import LockedOutreach, OutreachKey, OutreachWrites, ResponseToStore
 from ..errors import LockTimeout
@@ -85,6 +85,49 @@ _WRITE = f"SELECT write_outreach{_WRITE_ARGUMENTS}"
 # Migration 0009's: the same arguments, for the sellers of one Citus shard.
 _LOCK_AND_READ_SHARD = _LOCK_AND_READ.replace("lock_outreach_state(", "lock_shard_outreach(", 1)
 _WRITE_SHARD = f"SELECT write_shard_outreach{_WRITE_ARGUMENTS}"
+
+
+# R16: the holds a batch's grants made, one multi-row INSERT after the write statement, in
+# the same transaction; only for a batch with holds, so the hold-free path runs the
+# statements it ran before holds existed. A multi-row INSERT … VALUES of one shard's sellers
+# is routed to that shard on Citus (where INSERT … SELECT FROM unnest is not: migration
+# 0009), so the statement has one row of parameters a hold; asyncpg prepares each distinct
+# size once a connection.
+_HOLD_COLUMNS = (
+    "seller_id",
+    "request_id",
+    "item_index",
+    "week_start",
+    "creator_id",
+    "action",
+    "charged",
+    "expires_at",
+)
+
+
+def _insert_holds(count: int) -> str:
+    width = len(_HOLD_COLUMNS)
+    rows = ", ".join(
+        "(" + ", ".join(f"${row * width + n}" for n in range(1, width + 1)) + ")"
+        for row in range(count)
+    )
+    return f"INSERT INTO holds ({', '.join(_HOLD_COLUMNS)}) VALUES {rows}"
+
+
+def _hold_values(holds: Sequence[Hold]) -> list[Any]:
+    values: list[Any] = []
+    for h in holds:
+        values += [
+            h.seller_id,
+            h.request_id,
+            h.item_index,
+            h.week_start,
+            h.creator_id,
+            h.action.value,
+            h.charged.value,
+            h.expires_at,
+        ]
+    return values
 
 
 def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
@@ -173,7 +216,14 @@ class OutreachTransaction:
             *(_JOINED[kind](c) for kind, c in zip(_WRITE_COLUMNS, columns, strict=True)),
             at,
         )
-        return bool(stored == len(responses))
+        return await self._stored_with_holds(stored == len(responses), writes.holds)
+
+    async def _stored_with_holds(self, stored: bool, holds: Sequence[Hold]) -> bool:
+        """``stored`` (every response was), after writing ``holds`` when it is true (when
+        false the transaction rolls back: nothing to write)."""
+        if stored and holds:
+            await self._conn.execute(_insert_holds(len(holds)), *_hold_values(holds))
+        return stored
 
     async def lock_batch(
         self, at: datetime, seller_id: str, creator_ids: Sequence[str], request_id: str | None
@@ -219,7 +269,7 @@ class OutreachTransaction:
             *_response_columns(responses),
             at,
         )
-        return bool(stored == len(responses))
+        return await self._stored_with_holds(stored == len(responses), writes.holds)
 
 
 class CitusOutreachTransaction(OutreachTransaction):

@@ -22,12 +22,14 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = [
     "audit_log",
     "daily_gmv",
+    "holds",
     "metadata",
     "pair_weeks",
     "pairs",
@@ -142,4 +144,30 @@ audit_log = Table(
     Column("adjusted_by", Text, nullable=True),
     # ListDecisions pages through a seller's decisions in this order (migration 0004).
     Index("audit_log_seller_decided_at", "seller_id", "decided_at", "id"),
+)
+
+# R16: one row a hold, written with the grant that made it (migration 0011). item_index is
+# -1 for a CheckAndConsume's hold (domain.Hold.SINGLE_CALL), the item's index for a batch
+# item's, so the key has no NULL. A hold changes state once, from held to confirmed, voided
+# or expired (resolved_at then says when), by an UPDATE guarded on state = 'held'.
+holds = Table(
+    "holds",
+    metadata,
+    Column("seller_id", Text, primary_key=True),
+    Column("request_id", Text, primary_key=True),
+    Column("item_index", Integer, primary_key=True),
+    Column("week_start", DateTime(timezone=True), nullable=False),
+    Column("creator_id", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("charged", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("state", Text, nullable=False, server_default="held"),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(
+        "state IN ('held', 'confirmed', 'voided', 'expired')", name="holds_state_known"
+    ),
+    CheckConstraint("charged IN ('weekly', 'starter_pack')", name="holds_charged_a_unit"),
+    CheckConstraint("(state = 'held') = (resolved_at IS NULL)", name="holds_resolved_when_ended"),
+    # The expiry sweep's search: the held holds by when they expire.
+    Index("holds_held_expires_at", "expires_at", postgresql_where=text("state = 'held'")),
 )
