@@ -473,14 +473,16 @@ async def test_a_held_check_batch_shows_each_expiry_and_confirm_takes_the_item(
     assert missing == 1 and "  item_index: is required" in missing_err
 
 
-async def until_nothing_is_held(stub, seller: str, deadline_s: float = 60.0) -> None:
-    """Wait until the seller's status holds no unit: the expiry sweep has run."""
+async def until_expired(stub, seller: str, used: int, deadline_s: float = 60.0) -> None:
+    """Wait until the seller's status holds no unit and shows ``used`` units used: the
+    server's expiry sweep gave the expired holds' units back. (A hold past its expiry stops
+    counting as held at once; its unit goes back when the sweep reaches it.)"""
     until = time.monotonic() + deadline_s
     while True:
-        reply = await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))
-        if reply.status.held_this_week == 0:
+        status = (await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))).status
+        if status.held_this_week == 0 and status.used_this_week == used:
             return
-        assert time.monotonic() < until, f"still {reply.status.held_this_week} held"
+        assert time.monotonic() < until, f"{status.used_this_week} used, want {used}"
         await asyncio.sleep(0.05)
 
 
@@ -494,7 +496,7 @@ async def test_confirm_of_an_expired_or_released_hold_exits_3_with_its_reason(
         )  # fmt: skip
     await run_cli("release", seller, "h-2", "--target", target)
     clock.advance(timedelta(seconds=31))
-    await until_nothing_is_held(stub, seller)  # the server's sweep expired h-1
+    await until_expired(stub, seller, used=0)  # h-2 released, h-1 expired by the sweep
     capsys.readouterr()
     before = await everything_of(db, seller)
 
