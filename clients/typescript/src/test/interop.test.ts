@@ -126,6 +126,7 @@ test("the scenario against a live quota-authority", async () => {
       reason,
       charged,
       messagesBeforeReplyRemaining: messagesLeft,
+      holdExpiresAt: undefined, // no hold asked (R16)
     });
 
     // 10. Best effort: each item on its own, in order, each seeing those before it.
