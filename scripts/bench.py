@@ -475,11 +475,24 @@ def measure_hold_confirm(server: Server, spread_rps: float | None) -> dict[str, 
     for data, call in ((warm_checks, CALL), (warm_confirms, CONFIRM_CALL)):
         ghz(server.target, "spread", 0, call=call, total=warm, data_file=data)
     asyncio.run(analyze(str(server.postgres_url)))
-    before = server.cpu_s()
+    transactions = [server.transactions()]
+    cpu = [server.cpu_s()]
     held = ghz(server.target, "spread", 0, call=CALL, total=decisions, data_file=checks)
+    cpu.append(server.cpu_s())
+    transactions.append(server.transactions())
     confirmed = ghz(server.target, "spread", 0, call=CONFIRM_CALL, total=decisions,
                     data_file=confirms)  # fmt: skip
-    after = server.cpu_s()
+    cpu.append(server.cpu_s())
+    transactions.append(server.transactions())
+    # Each phase's CPU a call and calls a database transaction: where a decision's cost goes.
+    for phase, (start, end) in zip((held, confirmed), ((0, 1), (1, 2)), strict=True):
+        phase["cpu_us_per_call"] = {
+            k: round((cpu[end][k] - cpu[start][k]) / decisions * 1e6) for k in cpu[0]
+        }
+        began, ended = transactions[start], transactions[end]
+        if began is not None and ended is not None:
+            phase["calls_per_transaction"] = round(decisions / max(ended[0] - began[0], 1), 1)
+    before, after = cpu[0], cpu[-1]
     seconds = held["seconds"] + confirmed["seconds"]
     result: dict[str, Any] = {
         "decisions": decisions,
@@ -506,7 +519,10 @@ def measure_hold_confirm(server: Server, spread_rps: float | None) -> dict[str, 
         f"{held['p99_ms']} ms; confirms {confirmed['rps']:.0f}/s, p99 {confirmed['p99_ms']} "
         f"ms), {result['errors']} errors, ratio to spread "
         f"{result.get('decisions_ratio_to_spread', '-')}, CPU µs a decision "
-        f"{result['cpu_us_per_decision']}, confirmed again {result['confirmed_again']}"
+        f"{result['cpu_us_per_decision']} (checks {held['cpu_us_per_call']}, "
+        f"{held.get('calls_per_transaction', '-')} a transaction; confirms "
+        f"{confirmed['cpu_us_per_call']}, {confirmed.get('calls_per_transaction', '-')} a "
+        f"transaction), confirmed again {result['confirmed_again']}"
     )
     return result
 
@@ -884,7 +900,13 @@ FAR_PAST = partitions.partition_start(datetime(2001, 1, 1, tzinfo=UTC))
 
 def everything_before(instant: datetime) -> Retained:
     """A retention that keeps nothing older than ``instant``, of any kind."""
-    return Retained(instant, instant, instant, instant.date())
+    return Retained(
+        decisions_from=instant,
+        pair_weeks_from=instant,
+        responses_from=instant,
+        gmv_from=instant.date(),
+        holds_from=instant,
+    )
 
 
 @contextmanager
