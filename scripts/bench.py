@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import statistics
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ PROTO = "quota_authority/v1/quota_authority.proto"
 CALL = "quota_authority.v1.QuotaAuthorityService/CheckAndConsume"
 STATUS_CALL = "quota_authority.v1.QuotaAuthorityService/GetStatus"
 BATCH_CALL = "quota_authority.v1.QuotaAuthorityService/BatchCheckAndConsume"
+CONFIRM_CALL = "quota_authority.v1.QuotaAuthorityService/ConfirmOutreach"
 
 # ghz settings shared by every run, baseline included.
 CONCURRENCY = 100  # concurrent calls in flight
@@ -82,6 +85,15 @@ GMV_T3 = 6_000_000  # tier T3 (unlimited)
 # batch_invite: a Target Invite's shape, one seller's batch of new creators, 90% messages.
 BATCH_SELLERS = 10_000
 BATCH_ITEMS = 50
+# hold_confirm (R16): spread's load with every CheckAndConsume held HOLD_SECONDS, then
+# confirmed. ghz cannot chain a call to another's answer, so it runs in two ghz phases over
+# the same request_ids (``measure_hold_confirm``): the held checks, each request_id once,
+# then their confirms; a decision counts once both are done, so decisions a second are the
+# decisions over both phases' seconds. As many decisions as spread made in DURATION_S / 2
+# in this run (both phases then take about DURATION_S), HOLD_DECISIONS when spread did not
+# run; the warm-up, WARMUP_S worth, is made of other request_ids.
+HOLD_SECONDS = 300
+HOLD_DECISIONS = 30_000
 # partition_upkeep: a round of the service's own upkeep (partitions.run_upkeep) every
 # UPKEEP_EVERY_S, each creating and attaching a weekly partition of every partitioned table
 # and detaching and dropping one (see churning_partitions).
@@ -114,6 +126,9 @@ LOAD_OF = {
     "partition_upkeep": "spread",
     "grown": "spread",
     "batch_invite": "batch_invite",
+    # spread's shape, each call held and confirmed: its data is written at run time
+    # (write_hold_loads), two ghz phases (measure_hold_confirm).
+    "hold_confirm": "spread",
 }
 # Loads written at run time (``write_generated_loads``) rather than kept in scripts/loads.
 GENERATED_LOADS = BENCH_DIR / "loads"
@@ -139,6 +154,9 @@ TARGETS: dict[str, tuple[Target, ...]] = {
         Target("decisions_ratio_to_peers", 1.0),
     ),
     "gmv_import": (Target("rows_per_s", 20_000),),
+    # Decisions held then confirmed a second (two calls each), against spread's calls a
+    # second in the same run: a hold costs its confirm, no more.
+    "hold_confirm": (Target("decisions_ratio_to_spread", 0.45),),
 }
 # Not ours: the peers (scripts/peers.py), under spread and hot as ours, in the same run.
 PEERS = "peers"
@@ -208,6 +226,36 @@ def write_generated_loads() -> None:
     )
 
 
+def write_hold_loads(decisions: int, name: str) -> tuple[Path, Path]:
+    """Two ghz data files for ``hold_confirm``, ``decisions`` messages each, in order: held
+    CheckAndConsume calls drawn as ``scripts/loads/spread.json`` draws them (a random one of
+    the 10,000 spread sellers, a random one of 1,000,000 creators, an invite one time in ten
+    with 100 to 20,000 followers), each with its own request_id and ``hold_seconds``; and the
+    ConfirmOutreach of each, by its seller and request_id. ghz sends an array's message
+    ``n % len`` as call ``n``, so a run of ``--total decisions`` sends each exactly once."""
+    draw = random.Random()
+    checks, confirms = [], []
+    for _ in range(decisions):
+        seller = f"spread-{draw.randrange(SPREAD_SELLERS):05d}"
+        request_id = f"{name}-{uuid.uuid4().hex}"
+        checks.append(
+            {
+                "seller_id": seller,
+                "creator_id": f"creator-{draw.randrange(1_000_000)}",
+                "action": "ACTION_INVITE" if draw.randrange(10) == 0 else "ACTION_MESSAGE",
+                "creator_follower_count": draw.randrange(100, 20_000),
+                "request_id": request_id,
+                "hold_seconds": HOLD_SECONDS,
+            }
+        )
+        confirms.append({"seller_id": seller, "request_id": request_id})
+    GENERATED_LOADS.mkdir(parents=True, exist_ok=True)
+    paths = (GENERATED_LOADS / f"{name}-checks.json", GENERATED_LOADS / f"{name}-confirms.json")
+    for path, messages in zip(paths, (checks, confirms), strict=True):
+        path.write_text(json.dumps(messages))
+    return paths
+
+
 def _load_file(load: str) -> Path:
     generated = GENERATED_LOADS / f"{load}.json"
     return generated if generated.exists() else LOADS / f"{load}.json"
@@ -220,13 +268,17 @@ def ghz(
     rps: int | None = None,
     call: str = CALL,
     peer: peers.Peer | None = None,
+    total: int | None = None,
+    data_file: Path | None = None,
 ) -> dict[str, Any]:
     """One ghz run of ``scripts/loads/<load>.json`` (or a generated load) calling ``call``;
-    its figures. With ``peer``, its call of its load (``peers.write_loads``) instead."""
+    its figures. With ``peer``, its call of its load (``peers.write_loads``) instead. With
+    ``data_file`` its messages instead of the load's; with ``total`` that many calls, however
+    long they take, instead of ``duration_s``."""
     report_path = BENCH_DIR / f"ghz-{load}.json"
     if peer is None:
         schema = [f"--import-paths={PROTO_DIR}", f"--proto={PROTO}"]
-        data_file = _load_file(load)
+        data_file = data_file or _load_file(load)
     else:
         schema, call = [f"--protoset={peer.protoset}"], peer.call
         data_file = peers.load_file(BENCH_DIR, peer, load)
@@ -238,8 +290,11 @@ def ghz(
         f"--data-file={data_file}",
         f"--concurrency={CONCURRENCY}",
         f"--connections={CONNECTIONS}",
-        f"--duration={duration_s}s",
-        "--duration-stop=wait",  # let in-flight calls finish: none is cut off and miscounted
+        *(
+            [f"--duration={duration_s}s", "--duration-stop=wait"]  # in-flight calls finish
+            if total is None
+            else [f"--total={total}"]
+        ),
         "--format=json",
         f"--output={report_path}",
     ]
@@ -248,10 +303,15 @@ def ghz(
     subprocess.run([*command, target], check=True, stdout=subprocess.DEVNULL)
     report = json.loads(report_path.read_text())
     report_path.unlink()
-    percentiles = {p["percentage"]: p["latency"] / 1e6 for p in report["latencyDistribution"]}
+    # No distribution when every call failed: the errors then say what happened.
+    distribution = report["latencyDistribution"] or [
+        {"percentage": p, "latency": 0} for p in (50, 90, 99)
+    ]
+    percentiles = {p["percentage"]: p["latency"] / 1e6 for p in distribution}
     ok = report["statusCodeDistribution"].get("OK", 0)
     return {
         "rps": round(report["rps"], 1),
+        "seconds": round(report["total"] / 1e9, 3),
         "p50_ms": round(percentiles[50], 2),
         "p90_ms": round(percentiles[90], 2),
         "p99_ms": round(percentiles[99], 2),
@@ -401,6 +461,88 @@ def measure(
         f"calls a transaction {result.get('calls_per_transaction', '-')}"
     )
     return result
+
+
+def measure_hold_confirm(server: Server, spread_rps: float | None) -> dict[str, Any]:
+    """The ``hold_confirm`` scenario: a warm-up, then ``decisions`` held checks by ghz and
+    then their confirms by ghz (``write_hold_loads``), the server's CPU over both. Decisions a
+    second count the whole cycle: decisions over both phases' seconds. A few confirms sent
+    again afterwards must answer HOLD_STATE_CONFIRMED, not NOT_HELD: the checks were holds."""
+    decisions = round(spread_rps * DURATION_S / 2) if spread_rps else HOLD_DECISIONS
+    warm = round(decisions * WARMUP_S / DURATION_S)
+    warm_checks, warm_confirms = write_hold_loads(warm, "warm")
+    checks, confirms = write_hold_loads(decisions, "hold")
+    for data, call in ((warm_checks, CALL), (warm_confirms, CONFIRM_CALL)):
+        ghz(server.target, "spread", 0, call=call, total=warm, data_file=data)
+    asyncio.run(analyze(str(server.postgres_url)))
+    transactions = [server.transactions()]
+    cpu = [server.cpu_s()]
+    held = ghz(server.target, "spread", 0, call=CALL, total=decisions, data_file=checks)
+    cpu.append(server.cpu_s())
+    transactions.append(server.transactions())
+    confirmed = ghz(server.target, "spread", 0, call=CONFIRM_CALL, total=decisions,
+                    data_file=confirms)  # fmt: skip
+    cpu.append(server.cpu_s())
+    transactions.append(server.transactions())
+    # Each phase's CPU a call and calls a database transaction: where a decision's cost goes.
+    for phase, (start, end) in zip((held, confirmed), ((0, 1), (1, 2)), strict=True):
+        phase["cpu_us_per_call"] = {
+            k: round((cpu[end][k] - cpu[start][k]) / decisions * 1e6) for k in cpu[0]
+        }
+        began, ended = transactions[start], transactions[end]
+        if began is not None and ended is not None:
+            phase["calls_per_transaction"] = round(decisions / max(ended[0] - began[0], 1), 1)
+    before, after = cpu[0], cpu[-1]
+    seconds = held["seconds"] + confirmed["seconds"]
+    result: dict[str, Any] = {
+        "decisions": decisions,
+        "hold_seconds": HOLD_SECONDS,
+        "seconds": round(seconds, 3),
+        "decisions_per_s": round(decisions / seconds, 1),
+        # A held decision's latency: its CheckAndConsume's (its confirm's is under confirm).
+        "p50_ms": held["p50_ms"],
+        "p99_ms": held["p99_ms"],
+        "errors": held["errors"] + confirmed["errors"],
+        "error_kinds": {"check": held["error_kinds"], "confirm": confirmed["error_kinds"]},
+        "check": held,
+        "confirm": confirmed,
+        "cpu_us_per_decision": {k: round((after[k] - before[k]) / decisions * 1e6) for k in before},
+        "confirmed_again": confirmed_again(server.target, confirms),
+    }
+    if spread_rps:
+        result["decisions_ratio_to_spread"] = round(result["decisions_per_s"] / spread_rps, 3)
+    for window in (warm_checks, warm_confirms, checks, confirms):
+        window.unlink()
+    log(
+        f"  hold_confirm: {decisions} decisions held then confirmed in {seconds:.1f} s: "
+        f"{result['decisions_per_s']:.0f} decisions/s (checks {held['rps']:.0f}/s, p99 "
+        f"{held['p99_ms']} ms; confirms {confirmed['rps']:.0f}/s, p99 {confirmed['p99_ms']} "
+        f"ms), {result['errors']} errors, ratio to spread "
+        f"{result.get('decisions_ratio_to_spread', '-')}, CPU µs a decision "
+        f"{result['cpu_us_per_decision']} (checks {held['cpu_us_per_call']}, "
+        f"{held.get('calls_per_transaction', '-')} a transaction; confirms "
+        f"{confirmed['cpu_us_per_call']}, {confirmed.get('calls_per_transaction', '-')} a "
+        f"transaction), confirmed again {result['confirmed_again']}"
+    )
+    return result
+
+
+def confirmed_again(target: str, confirms: Path, sample: int = 20) -> dict[str, int]:
+    """The states that ``sample`` of ``confirms``' ConfirmOutreach calls, sent again, answer,
+    by name: every one HOLD_STATE_CONFIRMED when each check was a hold and its confirm made
+    it final."""
+    from quota_authority.v1 import quota_authority_pb2 as pb
+    from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
+
+    messages = json.loads(confirms.read_text())
+    states: dict[str, int] = {}
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.QuotaAuthorityServiceStub(channel)
+        for message in random.sample(messages, min(sample, len(messages))):
+            reply = stub.ConfirmOutreach(pb.ConfirmOutreachRequest(**message), timeout=10)
+            name = pb.HoldState.Name(reply.state)
+            states[name] = states.get(name, 0) + 1
+    return states
 
 
 # --- servers ----------------------------------------------------------------------------
@@ -758,7 +900,13 @@ FAR_PAST = partitions.partition_start(datetime(2001, 1, 1, tzinfo=UTC))
 
 def everything_before(instant: datetime) -> Retained:
     """A retention that keeps nothing older than ``instant``, of any kind."""
-    return Retained(instant, instant, instant, instant.date(), instant)
+    return Retained(
+        decisions_from=instant,
+        pair_weeks_from=instant,
+        responses_from=instant,
+        gmv_from=instant.date(),
+        holds_from=instant,
+    )
 
 
 @contextmanager
@@ -1115,6 +1263,10 @@ def run(scenarios: list[str], database: str = "postgres", workers: int = 2) -> d
                 if name == "fixed_rate":
                     log("fixed_rate")
                     result = measure(server, load, rps=FIXED_RATE_RPS, duration_s=FIXED_RATE_S)
+                elif name == "hold_confirm":
+                    log("hold_confirm: held checks, then their confirms (ghz, two phases)")
+                    spread = results["scenarios"].get("spread")
+                    result = measure_hold_confirm(server, spread and spread["rps"])
                 elif name == "batch_invite":
                     log("batch_invite")  # no baseline: the target is against spread
                     result = measure(server, load, call=BATCH_CALL)

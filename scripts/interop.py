@@ -36,12 +36,18 @@ token = "{GUARDED_TOKEN}"
 """
 
 
+HOLD_SWEEP_INTERVAL_S = "0.2"
+
+
 def _serve(target: str, data_dir: str, callers_file: Path | None) -> subprocess.Popen[bytes]:
     env = dict(os.environ, QUOTA_AUTHORITY_LISTEN=target, QUOTA_AUTHORITY_DATA_DIR=data_dir)
     for name in ("QUOTA_AUTHORITY_CONFIG", "QUOTA_AUTHORITY_CALLERS_FILE"):
         env.pop(name, None)  # the scenarios expect the default policy and no callers
     if callers_file is not None:
         env["QUOTA_AUTHORITY_CALLERS_FILE"] = str(callers_file)
+    # The holds scenarios leave a 1-second hold to expire and wait until its unit is back: a
+    # short sweep makes that wait short (its condition, not this figure, ends it).
+    env["QUOTA_AUTHORITY_HOLD_SWEEP_INTERVAL_S"] = HOLD_SWEEP_INTERVAL_S
     return subprocess.Popen([str(ROOT / ".venv/bin/quota-authority"), "serve"], env=env)
 
 

@@ -110,6 +110,7 @@ def test_every_benchmark_scenario_has_a_target_and_its_load_exists():
         "grown",
         "gmv_import",
         "batch_invite",
+        "hold_confirm",
     }
     assert set(bench.LOAD_OF) | set(bench.OWN_DRIVER) == set(bench.TARGETS)
     assert all(
@@ -140,6 +141,24 @@ def test_the_batch_invite_load_is_one_sellers_batch_of_new_creators(tmp_path, mo
     assert load.count('"creator_id": "creator-{{randomInt 0 1000000000}}"') == bench.BATCH_ITEMS
     assert '"mode": "BATCH_MODE_BEST_EFFORT"' in load
     assert f"(randomInt 0 {bench.BATCH_SELLERS})" in load
+
+
+def test_the_hold_confirm_loads_confirm_each_held_check_of_spreads_shape(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "GENERATED_LOADS", tmp_path)
+
+    checks_file, confirms_file = bench.write_hold_loads(2_000, "hold")
+
+    checks = json.loads(checks_file.read_text())
+    confirms = json.loads(confirms_file.read_text())
+    assert len(checks) == len(confirms) == 2_000
+    assert len({c["request_id"] for c in checks}) == 2_000  # each call its own hold
+    assert confirms == [{k: c[k] for k in ("seller_id", "request_id")} for c in checks]
+    assert {c["hold_seconds"] for c in checks} == {bench.HOLD_SECONDS}
+    sellers = {int(c["seller_id"].removeprefix("spread-")) for c in checks}
+    assert max(sellers) < bench.SPREAD_SELLERS and len(sellers) > 1_000
+    invites = sum(c["action"] == "ACTION_INVITE" for c in checks)
+    assert 100 < invites < 300  # one in ten, as spread.json
+    assert all(100 <= c["creator_follower_count"] < 20_000 for c in checks)
 
 
 async def test_gmv_import_checks_each_row_against_the_figure_its_file_holds(

@@ -5,12 +5,17 @@ limit, and a release in each of its answers, each with its exit status."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cli_support import run_cli, table
 from support import everything_of, free_port, ledger_counts
+
+from quota_authority.v1 import quota_authority_pb2 as pb
 
 HEADER = "creator_id,action,creator_follower_count"
 
@@ -400,3 +405,129 @@ async def test_release_whose_outcome_is_unknown_says_to_run_it_again(capsys):
     assert code == 1
     assert err.startswith("error: UNAVAILABLE: ")
     assert "run the same command again" in err
+
+
+# --- holds: check and check-batch --hold-seconds, confirm (R16) --------------------------
+
+
+async def test_a_held_check_prints_its_expiry_and_confirm_makes_it_final(
+    target, db, seller, clock, capsys
+):
+    code = await run_cli(
+        "check", seller, "c-1", "--invite", "--followers", "10", "--hold-seconds", "60",
+        "--request-id", "h-1", "--target", target,
+    )  # fmt: skip
+    held = table(capsys.readouterr().out)
+    await run_cli("status", seller, "--target", target)
+    while_held = table(capsys.readouterr().out)
+
+    first = await run_cli("confirm", seller, "h-1", "--target", target)
+    first_answer = table(capsys.readouterr().out)
+    again = await run_cli("confirm", seller, "h-1", "--target", target)
+    again_answer = table(capsys.readouterr().out)
+    await run_cli("status", seller, "--target", target)
+    after = table(capsys.readouterr().out)
+
+    assert code == first == again == 0
+    assert held["charged"] == "weekly quota"
+    assert held["hold expires"] == "2026-11-25T12:01:00Z"  # the tests' clock, 60 s on
+    assert (while_held["used this week"], while_held["held this week"]) == ("1", "1")
+    assert first_answer == again_answer == {"state": "confirmed", "charged": "weekly quota"}
+    assert (after["used this week"], after["held this week"]) == ("1", "0")
+    assert (await ledger_counts(db, seller))["used"] == 1
+
+
+async def test_a_check_without_a_hold_prints_no_expiry_and_confirms_as_not_held(
+    target, seller, clock, capsys
+):
+    await run_cli("check", seller, "c-1", "--message", "--request-id", "m-1", "--target", target)
+    plain = table(capsys.readouterr().out)
+
+    code = await run_cli("confirm", seller, "m-1", "--target", target)
+
+    answer = table(capsys.readouterr().out)
+    assert "hold expires" not in plain
+    assert code == 0
+    assert answer["state"].startswith("not held: the grant held nothing")
+
+
+async def test_a_held_check_batch_shows_each_expiry_and_confirm_takes_the_item(
+    target, seller, clock, creators, capsys
+):
+    code = await run_cli(
+        "check-batch", seller, str(creators), "--hold-seconds", "30", "--request-id", "b-1",
+        "--target", target,
+    )  # fmt: skip
+    results, summary = printed(capsys.readouterr().out)
+    confirmed = await run_cli("confirm", seller, "b-1", "--item", "3", "--target", target)
+    answer = table(capsys.readouterr().out)
+    missing = await run_cli("confirm", seller, "b-1", "--target", target)
+    missing_err = capsys.readouterr().err
+
+    assert code == 3  # item 2 is over the follower cap
+    expiry = "2026-11-25T12:00:30Z"
+    # Items 0 and 3 charged a unit: holds; item 1 was free and item 2 denied: nothing held.
+    assert [r.get("hold expires", "") for r in results] == [expiry, "", "", expiry]
+    assert summary["held"].startswith("2: confirm each")
+    assert confirmed == 0 and answer["state"] == "confirmed"
+    assert missing == 1 and "  item_index: is required" in missing_err
+
+
+async def until_expired(stub, seller: str, used: int, deadline_s: float = 60.0) -> None:
+    """Wait until the seller's status holds no unit and shows ``used`` units used: the
+    server's expiry sweep gave the expired holds' units back. (A hold past its expiry stops
+    counting as held at once; its unit goes back when the sweep reaches it.)"""
+    until = time.monotonic() + deadline_s
+    while True:
+        status = (await stub.GetStatus(pb.GetStatusRequest(seller_id=seller))).status
+        if status.held_this_week == 0 and status.used_this_week == used:
+            return
+        assert time.monotonic() < until, f"{status.used_this_week} used, want {used}"
+        await asyncio.sleep(0.05)
+
+
+async def test_confirm_of_an_expired_or_released_hold_exits_3_with_its_reason(
+    target, stub, db, seller, clock, capsys
+):
+    for request_id, creator in (("h-1", "c-1"), ("h-2", "c-2")):
+        await run_cli(
+            "check", seller, creator, "--message", "--hold-seconds", "30",
+            "--request-id", request_id, "--target", target,
+        )  # fmt: skip
+    await run_cli("release", seller, "h-2", "--target", target)
+    clock.advance(timedelta(seconds=31))
+    await until_expired(stub, seller, used=0)  # h-2 released, h-1 expired by the sweep
+    capsys.readouterr()
+    before = await everything_of(db, seller)
+
+    expired = await run_cli("confirm", seller, "h-1", "--target", target)
+    expired_err = capsys.readouterr().err
+    voided = await run_cli("confirm", seller, "h-2", "--target", target)
+    voided_err = capsys.readouterr().err
+    unknown = await run_cli("confirm", seller, "never-sent", "--target", target)
+    unknown_err = capsys.readouterr().err
+
+    assert (expired, voided, unknown) == (3, 3, 4)
+    assert expired_err.startswith("error: FAILED_PRECONDITION: ")
+    assert expired_err.rstrip().endswith("(HOLD_EXPIRED)")
+    assert voided_err.rstrip().endswith("(HOLD_VOIDED)")
+    assert unknown_err.rstrip().endswith("(OUTREACH_NOT_FOUND)")
+    assert await everything_of(db, seller) == before
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--hold-seconds", "60", "--dry-run"),
+        ("--hold-seconds", "0"),
+        ("--hold-seconds", str(2**31)),
+    ],
+)
+async def test_a_hold_with_a_dry_run_or_out_of_range_is_a_usage_error(
+    options, target, seller, creators, capsys
+):
+    check = await run_cli("check", seller, "c-1", "--message", *options, "--target", target)
+    batch = await run_cli("check-batch", seller, str(creators), *options, "--target", target)
+
+    assert check == batch == 2
+    assert capsys.readouterr().out == ""

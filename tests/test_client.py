@@ -8,7 +8,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,59 @@ async def test_release_errors_carry_their_reason_and_field(target, seller, clock
     assert indexed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in field_violations(indexed.value)] == ["item_index"]
     assert error_reason(indexed.value) is None
+
+
+async def test_a_hold_is_confirmed_through_the_client_and_its_expiry_is_surfaced(
+    target, seller, clock
+):
+    async with QuotaClient(target) as quota:
+        held = await quota.check_and_consume(
+            seller, "c-1", "invite", creator_follower_count=100, request_id="h-1", hold_seconds=60
+        )
+        while_held = await quota.get_status(seller)
+        confirmed = await quota.confirm_outreach(seller, "h-1")
+        again = await quota.confirm_outreach(seller, "h-1")
+        after = await quota.get_status(seller)
+
+    assert held.allowed and held.charged == pb.CHARGE_WEEKLY
+    assert held.hold_expires_at.ToDatetime(tzinfo=UTC) == clock.now() + timedelta(seconds=60)
+    assert (while_held.used_this_week, while_held.held_this_week) == (1, 1)
+    assert (confirmed.state, confirmed.charged) == (pb.HOLD_STATE_CONFIRMED, pb.CHARGE_WEEKLY)
+    assert again.state == pb.HOLD_STATE_CONFIRMED
+    assert (after.used_this_week, after.held_this_week) == (1, 0)
+
+
+async def test_a_held_batch_item_is_confirmed_by_its_index_and_an_expired_one_refused(
+    target, seller, clock
+):
+    items = [("c-1", "message"), ("c-2", "message")]
+    async with QuotaClient(target) as quota:
+        batch = await quota.batch_check_and_consume(
+            seller, items, "best_effort", request_id="hb-1", hold_seconds=30
+        )
+        confirmed = await quota.confirm_outreach(seller, "hb-1", item_index=0)
+        clock.advance(timedelta(seconds=31))
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await quota.confirm_outreach(seller, "hb-1", item_index=1)
+
+    expiry = clock.now() - timedelta(seconds=1)
+    assert [r.hold_expires_at.ToDatetime(tzinfo=UTC) for r in batch.results] == [expiry] * 2
+    assert confirmed.state == pb.HOLD_STATE_CONFIRMED
+    assert expired.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(expired.value) == "HOLD_EXPIRED"
+
+
+async def test_confirming_a_grant_without_a_hold_or_an_unknown_one(target, seller, clock):
+    async with QuotaClient(target) as quota:
+        plain = await quota.check_and_consume(seller, "c-1", "message", request_id="m-1")
+        final = await quota.confirm_outreach(seller, "m-1")
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await quota.confirm_outreach(seller, "never-sent")
+
+    assert not plain.HasField("hold_expires_at")
+    assert (final.state, final.charged) == (pb.HOLD_STATE_NOT_HELD, pb.CHARGE_WEEKLY)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_reason(unknown.value) == "OUTREACH_NOT_FOUND"
 
 
 async def test_a_bad_batch_item_is_named_by_its_index(target, seller, clock):

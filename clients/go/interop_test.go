@@ -279,6 +279,57 @@ func checkErrorInfo(t *testing.T, err error, code codes.Code, reason string) {
 	}
 }
 
+// TestHolds: the holds scenario (R16, scenario.RunHolds) against the live server: a hold
+// confirmed (CONFIRMED, the unit kept: held_this_week back to 0, used_this_week unchanged),
+// then a 1-second hold left to expire (waited for until the status shows its unit back),
+// which confirming then refuses: FAILED_PRECONDITION HOLD_EXPIRED.
+func TestHolds(t *testing.T) {
+	target := os.Getenv("QUOTA_AUTHORITY_TARGET")
+	if target == "" {
+		t.Fatal("QUOTA_AUTHORITY_TARGET is not set: run `make interop`")
+	}
+	conn, err := scenario.Dial(target, os.Getenv("QUOTA_AUTHORITY_TOKEN"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	seller := scenario.NewSellerID(sellerPrefix + "-holds")
+	report := func(step string, answer any) {
+		if m, ok := answer.(proto.Message); ok {
+			t.Logf("%s: %s", step, protojson.MarshalOptions{EmitUnpopulated: true}.Format(m))
+		} else {
+			t.Logf("%s: %v", step, answer)
+		}
+	}
+	r, err := scenario.RunHolds(context.Background(), pb.NewQuotaAuthorityServiceClient(conn),
+		seller, report)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("a hold confirmed", func(t *testing.T) {
+		checkDecision(t, r.Held, true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, false)
+		if r.Held.GetHoldExpiresAt() == nil {
+			t.Error("hold_expires_at is absent, want the hold's expiry")
+		}
+		checkQuota(t, r.WhileHeld.GetStatus(), seller, 1, starterPack)
+		eq(t, "held_this_week while held", r.WhileHeld.GetStatus().GetHeldThisWeek(), int64(1))
+		eq(t, "state", r.Confirmed.GetState(), pb.HoldState_HOLD_STATE_CONFIRMED)
+		eq(t, "charged", r.Confirmed.GetCharged(), pb.Charge_CHARGE_WEEKLY)
+		checkQuota(t, r.AfterConfirm.GetStatus(), seller, 1, starterPack) // the unit kept
+		eq(t, "held_this_week once confirmed", r.AfterConfirm.GetStatus().GetHeldThisWeek(), int64(0))
+		eq(t, "state again", r.ConfirmAgain.GetState(), pb.HoldState_HOLD_STATE_CONFIRMED)
+	})
+	t.Run("a hold expired", func(t *testing.T) {
+		checkDecision(t, r.ShortHold, true, pb.Reason_REASON_NEW_CREATOR, pb.Charge_CHARGE_WEEKLY, false)
+		checkQuota(t, r.ShortHold.GetStatus(), seller, 2, starterPack)
+		// Within scenario.ExpiryDeadline, the unit went back by itself.
+		checkQuota(t, r.AfterExpiry.GetStatus(), seller, 1, starterPack)
+		eq(t, "held_this_week once expired", r.AfterExpiry.GetStatus().GetHeldThisWeek(), int64(0))
+		checkErrorInfo(t, r.ConfirmLateErr, codes.FailedPrecondition, "HOLD_EXPIRED")
+	})
+}
+
 // TestAdjustmentRefusedWithoutTheRole: on the server with a callers file
 // ($QUOTA_AUTHORITY_GUARDED_TARGET, which `make interop` starts), a caller with every role
 // but admin ($QUOTA_AUTHORITY_GUARDED_TOKEN) may read the seller's status but not adjust its

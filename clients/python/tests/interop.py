@@ -13,6 +13,12 @@ gets a reply, messages the now connected creator, is blocked by the creator, is 
 retries the first invite with its request_id (replayed), and sends an empty seller_id
 (``INVALID_ARGUMENT`` naming it). Then batches (R15) in both modes and releases (R14): by
 request_id, by item, the same release again (replayed), and two that cannot be made.
+Then holds (R16), as the Go and TypeScript clients' interop tests make them, for a second
+new seller: a hold confirmed (``CONFIRMED``, ``held_this_week`` back to 0, ``used`` kept),
+and a 1-second hold left to expire (waited for until the status shows its unit back, then
+confirming it is ``HOLD_EXPIRED``). And on the second server ``make interop`` starts, with a
+callers file (``$QUOTA_AUTHORITY_GUARDED_TARGET``), a caller with every role but ``admin``
+(``$QUOTA_AUTHORITY_GUARDED_TOKEN``) is refused ``AdjustQuota`` (R17) and the limit stays.
 
 Prints each step's answer; exits 0 when every check held, 1 with the failed checks, 2 when
 it cannot run (no target, or not in a client-only environment).
@@ -313,6 +319,84 @@ async def scenario(quota: QuotaClient, seller: str, checks: Checks) -> None:
     checks.error(unknown, grpc.StatusCode.NOT_FOUND, "OUTREACH_NOT_FOUND")
 
 
+# Holds (R16): the seconds of the hold left to expire, and how long to wait for its expiry
+# at most; the wait ends as soon as the seller's status shows the unit back.
+SHORT_HOLD_S = 1
+LONG_HOLD_S = 300
+EXPIRY_DEADLINE_S = 60.0
+
+
+async def holds(quota: QuotaClient, seller: str, checks: Checks) -> None:
+    """A hold confirmed, then a hold left to expire (R16), for a new seller."""
+    held = await quota.check_and_consume(
+        seller, "creator-h1", "invite", creator_follower_count=UNDER_CAP,
+        request_id="hold-1", hold_seconds=LONG_HOLD_S,
+    )  # fmt: skip
+    checks.start("H1. check_and_consume invite, held", held)
+    checks.decision(held, True, pb.REASON_NEW_CREATOR, pb.CHARGE_WEEKLY, False, MAX_MESSAGES)
+    checks.quota(held.status, seller, 1)
+    if not held.HasField("hold_expires_at"):
+        checks.fail("hold_expires_at is absent, want the hold's expiry")
+
+    status = await quota.get_status(seller)
+    checks.start("H2. get_status while held", status)
+    checks.quota(status, seller, 1)
+    checks.eq("status.held_this_week", status.held_this_week, 1)
+
+    confirmed = await quota.confirm_outreach(seller, "hold-1")
+    checks.start("H3. confirm_outreach", confirmed)
+    checks.eq("state", pb.HoldState.Name(confirmed.state), "HOLD_STATE_CONFIRMED")
+    checks.eq("charged", pb.Charge.Name(confirmed.charged), "CHARGE_WEEKLY")
+
+    status = await quota.get_status(seller)
+    checks.start("H4. get_status once confirmed", status)
+    checks.quota(status, seller, 1)  # used unchanged: the unit is kept for good
+    checks.eq("status.held_this_week", status.held_this_week, 0)
+
+    again = await quota.confirm_outreach(seller, "hold-1")
+    checks.start("H5. confirm_outreach again", again)
+    checks.eq("state", pb.HoldState.Name(again.state), "HOLD_STATE_CONFIRMED")
+
+    short = await quota.check_and_consume(
+        seller, "creator-h2", "message", request_id="hold-2", hold_seconds=SHORT_HOLD_S
+    )
+    checks.start(f"H6. check_and_consume message, held {SHORT_HOLD_S} s", short)
+    checks.decision(short, True, pb.REASON_NEW_CREATOR, pb.CHARGE_WEEKLY, False, MAX_MESSAGES - 1)
+    checks.quota(short.status, seller, 2)
+
+    # Not confirmed: it expires by itself. Wait for that, not for a time.
+    deadline = asyncio.get_running_loop().time() + EXPIRY_DEADLINE_S
+    while True:
+        status = await quota.get_status(seller)
+        if status.held_this_week == 0 and status.used_this_week == 1:
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    checks.start("H7. get_status once the hold expired", status)
+    checks.quota(status, seller, 1)  # the unit went back
+    checks.eq("status.held_this_week", status.held_this_week, 0)
+
+    expired = await expect_error(quota.confirm_outreach(seller, "hold-2"))
+    checks.start("H8. confirm_outreach of the expired hold", expired)
+    checks.error(expired, grpc.StatusCode.FAILED_PRECONDITION, "HOLD_EXPIRED")
+
+
+async def adjustment_refused(quota: QuotaClient, seller: str, checks: Checks) -> None:
+    """On the server with a callers file, a caller with every role but admin reads the
+    seller's status but may not adjust its limit (R17: admin only)."""
+    refused = await expect_error(quota.adjust_quota(seller, 10, "incident 7"))
+    checks.start("A1. adjust_quota without the admin role", refused)
+    if refused is None:
+        checks.fail("answered, want PERMISSION_DENIED")
+    else:
+        checks.eq("code", refused.code(), grpc.StatusCode.PERMISSION_DENIED)
+    status = await quota.get_status(seller)
+    checks.start("A2. get_status", status)
+    checks.eq("status.weekly_limit", status.weekly_limit, WEEKLY_LIMIT)
+    checks.eq("status.adjusted_this_week", status.adjusted_this_week, 0)
+
+
 def server_modules_found() -> list[str]:
     """The modules of ``SERVER_MODULES`` this environment can import: none, with only the
     client installed."""
@@ -351,6 +435,8 @@ def main() -> int:
         return 2
     print(f"only the client: {', '.join(SERVER_MODULES)} cannot be imported; {installed}")
 
+    guarded = os.environ.get("QUOTA_AUTHORITY_GUARDED_TARGET")
+    guarded_token = os.environ.get("QUOTA_AUTHORITY_GUARDED_TOKEN")
     seller = f"interop-py-{secrets.token_hex(8)}"
     print(f"target {target}, seller {seller}, creator {CREATOR}", flush=True)
     checks = Checks()
@@ -358,6 +444,13 @@ def main() -> int:
     async def run() -> None:
         async with QuotaClient(target, timeout=10.0) as quota:
             await scenario(quota, seller, checks)
+            await holds(quota, f"{seller}-holds", checks)
+        if guarded and guarded_token:
+            async with QuotaClient(guarded, token=guarded_token, timeout=10.0) as quota:
+                await adjustment_refused(quota, f"{seller}-adjust", checks)
+        else:
+            print("QUOTA_AUTHORITY_GUARDED_TARGET and _TOKEN are not set: the adjustment "
+                  "refused without the role is skipped (`make interop` sets them)")  # fmt: skip
 
     asyncio.run(run())
     if checks.failures:

@@ -66,10 +66,10 @@ interface MessageCodec {
 
 /**
  * The RPCs whose `requestId` names another call instead of being their own idempotency key:
- * ReleaseOutreach's is the request_id of the call that charged (its retries are safe as they
- * are). The client never makes one up for them.
+ * ReleaseOutreach's and ConfirmOutreach's is the request_id of the call that charged, or made
+ * the hold (their retries are safe as they are). The client never makes one up for them.
  */
-const REQUEST_ID_NAMES_ANOTHER_CALL = new Set(["ReleaseOutreach"]);
+const REQUEST_ID_NAMES_ANOTHER_CALL = new Set(["ReleaseOutreach", "ConfirmOutreach"]);
 
 export interface QuotaClient extends QuotaMethods {}
 
@@ -82,7 +82,8 @@ export interface QuotaClient extends QuotaMethods {}
  * first (except dry runs, which change nothing), so its retries are replayed by the service,
  * never charged twice; a batch's one `requestId` covers all its items. `releaseOutreach`'s
  * `requestId` names the call that charged, so it is never generated: a release is replayed by
- * the outreach it names. Other errors reject at once with the grpc-js `ServiceError`.
+ * the outreach it names; `confirmOutreach`'s names the hold, likewise. Other errors reject at
+ * once with the grpc-js `ServiceError`.
  *
  * ```ts
  * const quota = new QuotaClient("127.0.0.1:50051", { token: process.env.QUOTA_AUTHORITY_TOKEN });

@@ -210,7 +210,7 @@ export async function runScenario(
   };
 }
 
-async function expectError(call: Promise<unknown>): Promise<grpc.ServiceError> {
+export async function expectError(call: Promise<unknown>): Promise<grpc.ServiceError> {
   let answer: unknown;
   try {
     answer = await call;

@@ -35,6 +35,7 @@ from . import (
     blocks,
     check,
     check_batch,
+    confirm,
     health,
     import_gmv,
     record_reply,
@@ -50,7 +51,7 @@ __all__ = ["CommandFacts", "command_facts", "main"]
 
 _DESCRIPTION = """\
 The server: serve and migrate, and storage, which reads the database itself. The
-operator's client: status, check, check-batch, release, adjust, block, unblock,
+operator's client: status, check, check-batch, release, confirm, adjust, block, unblock,
 record-reply, upsert-seller, import-gmv and audit, which share the connection options --target,
 --token-file and --ca-file. health, a probe: exit 0 when the server reports SERVING.
 'quota-authority COMMAND --help' has each command's options and exit statuses. Into a pipe
@@ -81,6 +82,7 @@ def _parser() -> tuple[argparse.ArgumentParser, Commands]:
     check.add_parser(commands)
     check_batch.add_parser(commands)
     release.add_parser(commands)
+    confirm.add_parser(commands)
     adjust.add_parser(commands)
     blocks.add_parsers(commands)
     record_reply.add_parser(commands)

@@ -18,6 +18,7 @@ from .shared import (
     ExitStatus,
     UsageError,
     add_command,
+    add_hold_seconds,
     add_json_option,
     add_request_id,
     answer_of,
@@ -38,7 +39,9 @@ __all__ = ["add_parser"]
 
 _ABOUT = """\
 May this invite or message go out now? (It charges unless --dry-run.)
-Asks CheckAndConsume, and prints the decision and its reason in words.
+Asks CheckAndConsume, and prints the decision and its reason in words. With --hold-seconds,
+a grant that charges a unit is a hold: it goes back by itself at the printed expiry unless
+'quota-authority confirm SELLER REQUEST_ID' makes it final once the outreach was sent.
 """
 _STATUSES = (
     ExitStatus(OK, "allowed", "allowed"),
@@ -61,6 +64,8 @@ def _decision_rows(
     ]
     if reply.HasField("messages_before_reply_remaining"):
         rows.append(("messages before reply", str(reply.messages_before_reply_remaining)))
+    if reply.HasField("hold_expires_at"):
+        rows.append(("hold expires", when(reply.hold_expires_at)))
     rows += [("next refresh", when(s.next_refresh)), ("replayed", yes(reply.replayed))]
     if dry_run:
         rows.append(("dry run", "yes: nothing was charged or recorded"))
@@ -74,6 +79,8 @@ def _check(args: argparse.Namespace) -> int:
         raise UsageError("--invite needs --followers N")
     if args.action == "message" and args.followers is not None:
         raise UsageError("--followers is for --invite only: a message has no follower cap")
+    if args.hold_seconds is not None and args.dry_run:
+        raise UsageError("--hold-seconds is not for --dry-run: a dry run charges nothing to hold")
     request_id: str = args.request_id or ("" if args.dry_run else new_request_id())
 
     async def ask(client: QuotaClient) -> int:
@@ -84,6 +91,7 @@ def _check(args: argparse.Namespace) -> int:
             creator_follower_count=args.followers,
             request_id=request_id or None,
             dry_run=args.dry_run,
+            hold_seconds=args.hold_seconds or 0,
         )
         with answer_of("" if args.dry_run else request_id):  # a dry run stores no answer
             if args.json:
@@ -122,5 +130,6 @@ def add_parser(commands: Commands) -> None:
     check.add_argument(
         "--dry-run", action="store_true", help="answer what would happen; change and record nothing"
     )
+    add_hold_seconds(check, what="make a grant that charges a unit")
     add_request_id(check, charges=True)
     add_json_option(check)

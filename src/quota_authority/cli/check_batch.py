@@ -44,6 +44,7 @@ from .shared import (
     ExitStatus,
     UsageError,
     add_command,
+    add_hold_seconds,
     add_json_option,
     add_request_id,
     answer_of,
@@ -83,7 +84,9 @@ the header creator_id,action,creator_follower_count; action is invite or message
 invite needs the follower count. Bad rows are reported on stderr as 'line N: reason' and
 nothing is sent; so is a file of more items than --max-items. Prints each item's decision
 and a summary. To give back the unit of an item whose send failed, run
-'quota-authority release SELLER REQUEST_ID --item N' (N is the table's item).
+'quota-authority release SELLER REQUEST_ID --item N' (N is the table's item). With
+--hold-seconds, each applied item that charges a unit is a hold, with its expiry in the
+table: 'quota-authority confirm SELLER REQUEST_ID --item N' makes it final once sent.
 """
 _STATUSES = (
     ExitStatus(OK, "all allowed", "every item was allowed (and applied, unless --dry-run)"),
@@ -147,6 +150,12 @@ def _result_rows(
                 messages,
             )
         )
+    if any(result.HasField("hold_expires_at") for result in reply.results):
+        # Held items (R16): when each goes back unless confirmed; last, as it is often empty.
+        expiries = [
+            when(r.hold_expires_at) if r.HasField("hold_expires_at") else "" for r in reply.results
+        ]
+        rows = [(*row, cell) for row, cell in zip(rows, ["hold expires", *expiries], strict=True)]
     return rows
 
 
@@ -179,6 +188,14 @@ def _summary_rows(
         ("next refresh", when(s.next_refresh)),
         ("replayed", yes(reply.replayed)),
     ]
+
+
+def _held_rows(reply: pb.BatchCheckAndConsumeResponse) -> list[tuple[str, str]]:
+    """How many items are holds (R16), and how to confirm them; none without holds."""
+    expiries = [r.hold_expires_at for r in reply.results if r.HasField("hold_expires_at")]
+    if not expiries:
+        return []
+    return [("held", f"{len(expiries)}: confirm each with 'quota-authority confirm' --item N")]
 
 
 def _answer_json(
@@ -257,6 +274,8 @@ def _check_batch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         refused = True
+    if args.hold_seconds is not None and args.dry_run:
+        raise UsageError("--hold-seconds is not for --dry-run: a dry run charges nothing to hold")
     if refused:
         bad_rows = f"{len(read.bad)} bad rows" if read.bad else ""
         both = " and " if read.bad and bad_arguments else ""
@@ -278,6 +297,7 @@ def _check_batch(args: argparse.Namespace) -> int:
                 mode,
                 request_id=request_id or None,
                 dry_run=args.dry_run,
+                hold_seconds=args.hold_seconds or 0,
             )
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
@@ -289,6 +309,7 @@ def _check_batch(args: argparse.Namespace) -> int:
                 print_json(_answer_json(items, reply, mode, args.dry_run, request_id))
             else:
                 summary = _summary_rows(reply, args.all_or_nothing, args.dry_run)
+                summary += _held_rows(reply)
                 if args.dry_run:
                     summary.append(("dry run", "yes: nothing was charged or recorded"))
                 if request_id:
@@ -331,5 +352,6 @@ def add_parser(commands: Commands) -> None:
         help=f"refuse a file of more items than this, before sending (default: {MAX_ITEMS}, "
         "the server's default maximum)",
     )
+    add_hold_seconds(command, what="make each applied item that charges a unit")
     add_request_id(command, charges=True)
     add_json_option(command)

@@ -31,7 +31,7 @@ from .shared import (
     yes,
 )
 
-__all__ = ["NOT_FOUND", "add_parser"]
+__all__ = ["NOT_FOUND", "add_parser", "item_index"]
 
 NOT_FOUND = 4
 
@@ -76,7 +76,7 @@ _RETURNED = {
 }
 
 
-def _item_index(text: str) -> int:
+def item_index(text: str) -> int:
     """An argparse type: an item's index, 0 to the int32 maximum."""
     value = whole_number(0)(text)
     if value > _INT32_MAX:
@@ -130,7 +130,7 @@ def add_parser(commands: Commands) -> None:
     )
     command.add_argument(
         "--item",
-        type=_item_index,
+        type=item_index,
         metavar="N",
         help="the item's index in the check-batch that REQUEST_ID names (required for one, "
         "not allowed for a check)",

@@ -56,6 +56,7 @@ __all__ = [
     "UsageError",
     "add_change_command",
     "add_command",
+    "add_hold_seconds",
     "add_json_option",
     "add_request_id",
     "answer_of",
@@ -489,6 +490,29 @@ def whole_number(minimum: int, note: str = "") -> Callable[[str], int]:
         return value
 
     return parse
+
+
+INT32_MAX = 2**31 - 1
+
+
+def add_hold_seconds(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """The ``--hold-seconds`` option of ``check`` and ``check-batch`` (R16): ``what`` says
+    which grants become holds."""
+
+    def seconds(text: str) -> int:
+        value = whole_number(1)(text)
+        if value > INT32_MAX:
+            raise argparse.ArgumentTypeError(f"expected seconds below 2^31, got {text}")
+        return value
+
+    parser.add_argument(
+        "--hold-seconds",
+        type=seconds,
+        metavar="N",
+        help=f"{what} a hold (R16) that goes back by itself after N seconds (at most the "
+        "server's holds.max_seconds, 3600 by default) unless 'quota-authority confirm' makes "
+        "it final first; not with --dry-run",
+    )
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:

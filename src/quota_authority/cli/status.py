@@ -51,6 +51,8 @@ def _status(args: argparse.Namespace) -> int:
                 ("tier", s.tier),
                 ("weekly limit", limit),
                 ("used this week", str(s.used_this_week)),
+                # R16: of those used, the units held now, awaiting confirmation or expiry.
+                ("held this week", str(s.held_this_week)),
                 ("remaining this week", remaining),
                 ("starter pack remaining", str(s.starter_pack_remaining)),
                 ("max creator followers", cap),

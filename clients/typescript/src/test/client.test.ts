@@ -14,7 +14,10 @@ import {
   Charge,
   CheckAndConsumeRequest,
   CheckAndConsumeResponse,
+  ConfirmOutreachRequest,
+  ConfirmOutreachResponse,
   GetStatusResponse,
+  HoldState,
   QuotaAuthorityServiceService,
   Reason,
   ReleaseOutreachRequest,
@@ -31,6 +34,7 @@ let target: string;
 let received: Received[];
 let batches: BatchCheckAndConsumeRequest[];
 let releases: ReleaseOutreachRequest[];
+let confirmations: ConfirmOutreachRequest[];
 let failures: grpc.status[]; // the next answers to fail with, one per call
 let hang = false; // never answer
 
@@ -81,6 +85,18 @@ before(async () => {
     }
     callback(null, ReleaseOutreachResponse.fromPartial({ returned: Charge.CHARGE_WEEKLY }));
   };
+  implementation.confirmOutreach = (
+    call: grpc.ServerUnaryCall<ConfirmOutreachRequest, ConfirmOutreachResponse>,
+    callback: grpc.sendUnaryData<ConfirmOutreachResponse>,
+  ) => {
+    confirmations.push(call.request);
+    const code = failures.shift();
+    if (code !== undefined) {
+      callback({ code, details: `failing with ${grpc.status[code]}` });
+      return;
+    }
+    callback(null, ConfirmOutreachResponse.fromPartial({ state: HoldState.HOLD_STATE_CONFIRMED }));
+  };
   implementation.getStatus = (_call: unknown, callback: grpc.sendUnaryData<GetStatusResponse>) => {
     failures.shift();
     callback(null, GetStatusResponse.fromPartial({ status: { sellerId: "s1", tier: "T0" } }));
@@ -100,6 +116,7 @@ beforeEach(() => {
   received = [];
   batches = [];
   releases = [];
+  confirmations = [];
   failures = [];
   hang = false;
 });
@@ -213,6 +230,26 @@ test("never makes up a release's request_id, which names the call that charged",
     [
       ["b-1", 0],
       ["b-1", 0],
+      ["", undefined],
+    ],
+  );
+});
+
+test("never makes up a confirmation's request_id, which names the call that made the hold", async () => {
+  const quota = new QuotaClient(target, { backoffMs: 10 });
+  failures = [grpc.status.UNAVAILABLE];
+  try {
+    const reply = await quota.confirmOutreach({ sellerId: "s1", requestId: "b-1", itemIndex: 2 });
+    assert.equal(reply.state, HoldState.HOLD_STATE_CONFIRMED);
+    await quota.confirmOutreach({ sellerId: "s1" });
+  } finally {
+    quota.close();
+  }
+  assert.deepStrictEqual(
+    confirmations.map(({ requestId, itemIndex }) => [requestId, itemIndex]),
+    [
+      ["b-1", 2],
+      ["b-1", 2],
       ["", undefined],
     ],
   );

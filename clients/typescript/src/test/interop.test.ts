@@ -11,7 +11,8 @@ import * as grpc from "@grpc/grpc-js";
 
 import { QuotaClient } from "../client.js";
 import { errorInfo, fieldViolations } from "../errors.js";
-import { Charge, Reason } from "../gen/quota_authority/v1/quota_authority.js";
+import { Charge, HoldState, Reason } from "../gen/quota_authority/v1/quota_authority.js";
+import { runHolds } from "../holds.js";
 import { runScenario } from "../scenario.js";
 
 const target = process.env.QUOTA_AUTHORITY_TARGET;
@@ -125,6 +126,7 @@ test("the scenario against a live quota-authority", async () => {
       reason,
       charged,
       messagesBeforeReplyRemaining: messagesLeft,
+      holdExpiresAt: undefined, // no hold asked (R16)
     });
 
     // 10. Best effort: each item on its own, in order, each seeing those before it.
@@ -218,6 +220,40 @@ test("the example runs the scenario and prints its eighteen answers", async () =
   assert.match(answers[9], /^10\. BatchCheckAndConsume best effort: .*"applied":true/);
   assert.match(answers[16], /"code":"FAILED_PRECONDITION".*"reason":"NOTHING_CHARGED"/);
   assert.match(answers[17], /"code":"NOT_FOUND".*"reason":"OUTREACH_NOT_FOUND"/);
+});
+
+// Holds (R16, src/holds.ts) for a new seller: a hold confirmed (CONFIRMED, the unit kept:
+// heldThisWeek back to 0, usedThisWeek unchanged), then a 1-second hold left to expire (waited
+// for until the status shows its unit back), which confirming then refuses: HOLD_EXPIRED.
+test("a hold confirmed, and a hold expired", async () => {
+  assert.ok(target, NOT_SET);
+  const sellerId = `interop-ts-holds-${randomBytes(8).toString("hex")}`;
+  const quota = new QuotaClient(target, { timeoutMs: 5000 });
+  const quotaAfter = (used: number, held: number) => ({
+    sellerId,
+    usedThisWeek: used,
+    heldThisWeek: held,
+    remainingThisWeek: 50 - used + 1000,
+  });
+  try {
+    const answers = await runHolds(quota, sellerId);
+
+    // A hold confirmed.
+    assertFields(answers.held, { allowed: true, reason: Reason.REASON_NEW_CREATOR, charged: Charge.CHARGE_WEEKLY });
+    assert.ok(answers.held.holdExpiresAt instanceof Date, "holdExpiresAt is set");
+    assertFields(answers.whileHeld, { status: quotaAfter(1, 1) });
+    assertFields(answers.confirmed, { state: HoldState.HOLD_STATE_CONFIRMED, charged: Charge.CHARGE_WEEKLY });
+    assertFields(answers.afterConfirm, { status: quotaAfter(1, 0) });
+    assertFields(answers.confirmAgain, { state: HoldState.HOLD_STATE_CONFIRMED });
+
+    // A hold expired: its unit went back by itself, and it can no longer be confirmed.
+    assertFields(answers.shortHold, { allowed: true, charged: Charge.CHARGE_WEEKLY });
+    assertFields(answers.afterExpiry, { status: quotaAfter(1, 0) });
+    assert.equal(answers.confirmLate.code, grpc.status.FAILED_PRECONDITION, answers.confirmLate.message);
+    assert.equal(errorInfo(answers.confirmLate)?.reason, "HOLD_EXPIRED");
+  } finally {
+    quota.close();
+  }
 });
 
 // On the server with a callers file (QUOTA_AUTHORITY_GUARDED_TARGET, which `make interop`

@@ -124,14 +124,22 @@ class QuotaClient:
         creator_follower_count: int | None = None,
         request_id: str | None = None,
         dry_run: bool = False,
+        hold_seconds: int = 0,
     ) -> pb.CheckAndConsumeResponse:
-        """May this invite or message go out now? Charges for it unless ``dry_run``."""
+        """May this invite or message go out now? Charges for it unless ``dry_run``.
+
+        With ``hold_seconds`` (1 to the policy's ``holds.max_seconds``, 3600 by default), a
+        grant that charges a unit is a hold (R16): charged at once, but given back by itself
+        at the answer's ``hold_expires_at`` unless ``confirm_outreach`` makes it final
+        first. The hold is named by the ``request_id`` (generated when None): keep the
+        answer's, or pass your own."""
         request = pb.CheckAndConsumeRequest(
             seller_id=seller_id,
             creator_id=creator_id,
             action=_ACTIONS[action],
             request_id=request_id or ("" if dry_run else _new_request_id()),
             dry_run=dry_run,
+            hold_seconds=hold_seconds,
         )
         if creator_follower_count is not None:
             request.creator_follower_count = creator_follower_count
@@ -145,6 +153,7 @@ class QuotaClient:
         *,
         request_id: str | None = None,
         dry_run: bool = False,
+        hold_seconds: int = 0,
     ) -> pb.BatchCheckAndConsumeResponse:
         """May each of these invites and messages of one seller go out? ``items`` are
         ``OutreachItem(creator_id, action, creator_follower_count)`` (or plain tuples), decided
@@ -154,13 +163,17 @@ class QuotaClient:
         generated when None (unless ``dry_run``), once, so every retry carries the same one
         and is replayed, never charged twice. A bad item is ``INVALID_ARGUMENT`` naming
         ``items[i].field``; more items than the server's maximum (500 by default) is
-        ``INVALID_ARGUMENT`` naming ``items``."""
+        ``INVALID_ARGUMENT`` naming ``items``. With ``hold_seconds``, each applied item that
+        charges a unit is a hold (R16), as ``check_and_consume``'s, with its result's
+        ``hold_expires_at``; ``confirm_outreach(seller_id, request_id, item_index)``
+        makes it final."""
         request = pb.BatchCheckAndConsumeRequest(
             seller_id=seller_id,
             items=[_outreach_item(*item) for item in items],
             mode=_BATCH_MODES[mode],
             request_id=request_id or ("" if dry_run else _new_request_id()),
             dry_run=dry_run,
+            hold_seconds=hold_seconds,
         )
         return await self._call(self._stub.BatchCheckAndConsume, request)
 
@@ -180,6 +193,24 @@ class QuotaClient:
         if item_index is not None:
             request.item_index = item_index
         return await self._call(self._stub.ReleaseOutreach, request)
+
+    async def confirm_outreach(
+        self, seller_id: str, request_id: str, item_index: int | None = None
+    ) -> pb.ConfirmOutreachResponse:
+        """Make a hold final once its outreach was sent (R16): ``request_id`` is that of the
+        ``check_and_consume`` made with ``hold_seconds``, or of the batch with the item's
+        ``item_index``. Answers ``state`` ``HOLD_STATE_CONFIRMED`` (by this call or an
+        earlier one: safe to retry as it is), or ``HOLD_STATE_NOT_HELD`` for a grant that
+        held nothing (final already), and ``charged``, the pool the grant charged. Raises
+        ``FAILED_PRECONDITION`` with the ErrorInfo reason ``HOLD_EXPIRED`` (not confirmed
+        in time: its unit went back), ``HOLD_VOIDED`` (released) or ``NOT_ALLOWED`` (the
+        call was denied), ``NOT_FOUND`` (``OUTREACH_NOT_FOUND``) for an unknown request_id,
+        and ``INVALID_ARGUMENT`` naming ``item_index`` as ``release_outreach`` does;
+        ``error_reason(error)`` gives the reason."""
+        request = pb.ConfirmOutreachRequest(seller_id=seller_id, request_id=request_id)
+        if item_index is not None:
+            request.item_index = item_index
+        return await self._call(self._stub.ConfirmOutreach, request)
 
     async def adjust_quota(
         self, seller_id: str, delta: int, note: str, *, request_id: str | None = None
