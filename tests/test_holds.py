@@ -212,17 +212,13 @@ async def test_confirmations_arriving_together_each_end_their_hold_once(small, s
         *(small.ConfirmOutreach(confirm(s, r)) for s, _, r in holds + holds)
     )
 
-    assert {(a.state, a.charged) for a in answers} == {
-        (pb.HOLD_STATE_CONFIRMED, pb.CHARGE_WEEKLY)
-    }
+    assert {(a.state, a.charged) for a in answers} == {(pb.HOLD_STATE_CONFIRMED, pb.CHARGE_WEEKLY)}
     for s in sellers:
         assert sorted(await hold_ends(small, s)) == [
             (pb.REASON_HOLD_CONFIRMED, pb.CHARGE_WEEKLY, "r-0", 0),
             (pb.REASON_HOLD_CONFIRMED, pb.CHARGE_WEEKLY, "r-1", 0),
         ]
-        recorded = [
-            d for d in await list_all(small, s) if d.reason == pb.REASON_HOLD_CONFIRMED
-        ]
+        recorded = [d for d in await list_all(small, s) if d.reason == pb.REASON_HOLD_CONFIRMED]
         assert {d.tier for d in recorded} == {"T0"}  # the hold's week's
         now = await status(small, s)
         assert (now.used_this_week, now.held_this_week) == (2, 0)
