@@ -159,6 +159,12 @@ class Settings:
         "seconds between database health probes",
         minimum=0.1,
     )
+    upkeep_interval_s: float = _variable(
+        3600.0,
+        "QUOTA_AUTHORITY_UPKEEP_INTERVAL_S",
+        "seconds between rounds of storage upkeep (partitions and retention) after the first",
+        minimum=1,
+    )
     max_message_bytes: int = _variable(
         1 << 20,
         "QUOTA_AUTHORITY_MAX_MESSAGE_BYTES",
