@@ -96,7 +96,9 @@ async def test_every_round_of_storage_upkeep_is_counted_by_its_outcome(start_ser
 
     def counted() -> dict[str, float]:
         samples = scrape(server.metrics_port)
-        return {dict(labels)["outcome"]: v for (name, labels), v in samples.items() if name == rounds}
+        return {
+            dict(labels)["outcome"]: v for (name, labels), v in samples.items() if name == rounds
+        }
 
     at_start = await asyncio.to_thread(counted)
     deadline = asyncio.get_running_loop().time() + 60
