@@ -704,8 +704,10 @@ def record(result: dict[str, Any]) -> None:
         f"{f['calls']:,} calls, {f['errors']} errors: RSS {f['rss_mib_at_edge']} → "
         f"{f['rss_mib_at_end']} MiB ({f['rss_growth']:+.1%}); p99 {f['p99_ms_first']} → "
         f"{f['p99_ms_last']} ms ({f['p99_ratio']:.2f}×); "
-        + "; ".join(p["figure"] for p in result["verdict"]["promises"][1:4])
-        + f"; upkeep rounds {f['upkeep_rounds']}"
+        + "; ".join(
+            f"{p['name'].split(':')[0]}: {p['figure']}" for p in result["verdict"]["promises"][1:5]
+        )
+        + f"; upkeep rounds: {result['verdict']['promises'][-1]['figure']}"
         + (f"; FAILED: {', '.join(result['failed'])}" if result["failed"] else "")
     )
     RELIABILITY_RESULTS.parent.mkdir(exist_ok=True)
