@@ -188,6 +188,15 @@ def judge(
         )
     )
 
+    rate_first, rate_last = _mean([w.rps for w in first]), _mean([w.rps for w in last])
+    if growth > RSS_GROWTH_MAX and rate_last < 0.9 * rate_first:
+        notes.append(
+            f"the memory promise failed while the server fell behind the fixed rate in the "
+            f"last edge ({rate_last:,.0f} calls/s against {rate_first:,.0f} in the first): "
+            "more calls were in flight and queued, which holds more memory; a run that keeps "
+            "the rate tells growth from load"
+        )
+
     def flat(name: str, read: Callable[[Sample], float], slack: float) -> None:
         before, after = max(map(read, early)), max(map(read, late))
         promises.append(
@@ -579,7 +588,7 @@ def soak(minutes: float, window_s: float | None, upkeep_s: float | None) -> dict
                     p99 = percentile(w.latencies_ms or [0.0], 0.99)
                     last = sampler.samples[-1] if sampler.samples else None
                     bench.log(
-                        f"  window {w.index}/{count}: {w.rps:.0f} calls/s, p99 {p99:.1f} ms, "
+                        f"  window {w.index}/{planned}: {w.rps:.0f} calls/s, p99 {p99:.1f} ms, "
                         f"{w.errors} errors"
                         + (
                             f", RSS {last.rss_kib / 1024:.1f} MiB, {last.fds} fds, pool "

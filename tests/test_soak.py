@@ -90,6 +90,19 @@ def test_memory_that_keeps_growing_fails_and_warm_up_growth_does_not() -> None:
     assert failed(judge(warming, steady_windows(), UPKEEP, EDGE)) == []
 
 
+def test_memory_growth_while_the_server_fell_behind_the_rate_still_fails_and_says_so() -> None:
+    growing = steady_samples(rss_growth_per_s=120 * 0.10 / 1500)
+    windows = steady_windows()
+    for w in windows:
+        w.rps = 2000.0 if w.index > COUNT - EDGE else 2600.0
+
+    verdict = judge(growing, windows, UPKEEP, EDGE)
+
+    assert failed(verdict) == ["memory"]
+    assert len(verdict.notes) == 1
+    assert "fell behind" in verdict.notes[0]
+
+
 def test_memory_growth_just_under_the_bound_holds() -> None:
     under = steady_samples(rss_growth_per_s=120 * 0.035 / 1500)
 
