@@ -103,6 +103,13 @@ def test_memory_growth_while_the_server_fell_behind_the_rate_still_fails_and_say
     assert "fell behind" in verdict.notes[0]
 
 
+def test_one_high_sample_at_the_end_is_not_growth() -> None:
+    samples = steady_samples()
+    samples[-1] = replace(samples[-1], rss_kib=int(samples[-1].rss_kib * 1.08))
+
+    assert failed(judge(samples, steady_windows(), UPKEEP, EDGE)) == []
+
+
 def test_memory_growth_just_under_the_bound_holds() -> None:
     under = steady_samples(rss_growth_per_s=120 * 0.035 / 1500)
 
