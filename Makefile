@@ -13,7 +13,7 @@ DEV_LOCK := requirements/dev.lock
 SERVICE_LOCK := requirements/service.lock
 CLIENT_LOCK := $(PY_CLIENT)/requirements.lock
 
-.PHONY: run test lint proto proto-lint install lock clean bench bench-peers reliability clients interop docs \
+.PHONY: run test lint proto proto-lint install lock clean bench bench-peers soak reliability clients interop docs \
 	citus citus-stop test-citus chart image test-image alerts schema schema-check
 
 run: $(GENERATED)
@@ -28,12 +28,18 @@ test: $(GENERATED)
 # Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
 # (a worker stopped, the coordinator restarted, a shard moved under load) and the hot-row
 # hammer and the retry storm.
+# ghz, the load generator of make bench, make soak and the reliability run's soak.
+GHZ := .bench/bin/ghz
+GHZ_VERSION := v0.121.0
+# The soak's short version (scripts/soak.py; make soak runs the long one).
+RELIABILITY_SOAK_MINUTES := 3
 CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_shard_move.py \
 	tests/test_reliability_hammer.py tests/test_reliability_retry_storm.py
 
-reliability: $(GENERATED)
+reliability: $(GENERATED) $(GHZ)
 	rm -f .reliability/results.jsonl
 	QUOTA_AUTHORITY_RELIABILITY=full $(BIN)/pytest -m reliability -s -q
+	$(BIN)/python scripts/soak.py --minutes $(RELIABILITY_SOAK_MINUTES) --record
 	@scripts/citus.sh start >/dev/null
 	QUOTA_AUTHORITY_DATABASE_URL=$$(scripts/citus.sh createdb quota_authority_reliability) \
 		QUOTA_AUTHORITY_DISTRIBUTE=true QUOTA_AUTHORITY_RELIABILITY=full \
@@ -72,9 +78,6 @@ test-image: $(GENERATED) image
 # Load tests with ghz against a baseline measured in the same run; see BENCHMARKS.md.
 # DATABASE=citus measures the Citus scenarios too; with WORKERS=1 first on one worker, then
 # after the second is added and the shards rebalanced (BENCHMARKS.md, How the cluster grows).
-GHZ := .bench/bin/ghz
-GHZ_VERSION := v0.121.0
-
 bench: $(GENERATED) $(GHZ)
 	$(BIN)/python scripts/bench.py $(if $(DATABASE),--database $(DATABASE)) \
 		$(if $(WORKERS),--citus-workers $(WORKERS)) $(SCENARIOS)
@@ -83,6 +86,14 @@ bench: $(GENERATED) $(GHZ)
 # where missing); a full `make bench` runs them too.
 bench-peers: $(GENERATED) $(GHZ)
 	$(BIN)/python scripts/bench.py spread hot_seller peers
+
+# One server under the mixed load at 0.7 × the calls a second spread reaches in the same run,
+# for SOAK_MINUTES: memory, descriptors, the pool, p99, errors and the storage upkeep rounds
+# watched and asserted (scripts/soak.py; RELIABILITY.md, Soak). Not in .ci/run.
+SOAK_MINUTES ?= 30
+
+soak: $(GENERATED) $(GHZ)
+	$(BIN)/python scripts/soak.py --minutes $(SOAK_MINUTES)
 
 $(GHZ):
 	mkdir -p .bench/bin
@@ -101,7 +112,7 @@ lint: $(GENERATED) proto-lint go-client-check schema-check
 	$(BIN)/mypy --no-explicit-package-bases scripts/bench.py scripts/baseline_server.py \
 		scripts/reliability_report.py scripts/interop.py scripts/api_reference.py scripts/peers.py \
 		scripts/readme_output.py scripts/lock_subset.py scripts/otlp_sink.py scripts/schema.py \
-		scripts/bench_http.py
+		scripts/bench_http.py scripts/soak.py
 	$(BIN)/mypy $(PY_CLIENT)/tests/interop.py
 
 # The proto against Buf's STANDARD lint rules, and for breaking changes (buf.yaml) against

@@ -41,6 +41,12 @@ ITEMS: list[tuple[str, str, str]] = [
         "on the Citus cluster: a worker stopped, the coordinator restarted, a shard moved "
         "under load, and tests 1 and 3",
     ),
+    (
+        "16",
+        "soak",
+        "one server under the mixed load at 0.7 × spread's rate (scripts/soak.py): memory, "
+        "pool, descriptors, p99, errors, upkeep rounds",
+    ),
 ]
 
 

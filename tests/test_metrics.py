@@ -87,3 +87,27 @@ async def test_http_json_calls_are_counted_as_grpc_calls_are(start_server, selle
     assert samples[(rpc, (("code", "INVALID_ARGUMENT"), ("method", "CheckAndConsume")))] == 1
     new = (("action", "invite"), ("allowed", "true"), ("reason", "new_creator"))
     assert samples[("quota_authority_decisions_total", new)] == 1
+
+
+async def test_every_round_of_storage_upkeep_is_counted_by_its_outcome(start_server, clock):
+    """The round at start, then one every QUOTA_AUTHORITY_UPKEEP_INTERVAL_S (here 1 s)."""
+    server, _ = await start_server(metrics_listen="127.0.0.1:0", upkeep_interval_s=1)
+    rounds = "quota_authority_storage_upkeep_rounds_total"
+
+    def counted() -> dict[str, float]:
+        samples = scrape(server.metrics_port)
+        return {
+            dict(labels)["outcome"]: v for (name, labels), v in samples.items() if name == rounds
+        }
+
+    at_start = await asyncio.to_thread(counted)
+    deadline = asyncio.get_running_loop().time() + 60
+    later = at_start
+    while later.get("done", 0) + later.get("skipped", 0) < 2:
+        assert asyncio.get_running_loop().time() < deadline, f"upkeep rounds counted: {later}"
+        await asyncio.sleep(0.2)
+        later = await asyncio.to_thread(counted)
+
+    assert at_start.get("done", 0) + at_start.get("skipped", 0) >= 1  # the round at start
+    assert later.get("failed", 0) == 0
+    await server.stop(grace=0)

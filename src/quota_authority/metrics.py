@@ -1,21 +1,22 @@
 """Prometheus metrics, served on ``QUOTA_AUTHORITY_METRICS_LISTEN`` when it is set.
 
-==========================================  =========  ===================================
-metric                                      type       labels
-==========================================  =========  ===================================
-quota_authority_decisions_total             counter    action, reason, allowed
-quota_authority_rpc_duration_seconds        histogram  method, code
-quota_authority_db_transaction_seconds      histogram  kind (outreach: a batch; other)
-quota_authority_db_pool_connections_in_use  gauge
-quota_authority_batch_size                  histogram  (CheckAndConsume calls a batch)
-quota_authority_gmv_rows_recorded_total     counter    (RecordGmv and BatchRecordGmv rows)
-quota_authority_outreach_calls_waiting      gauge
-quota_authority_outreach_batches_total      counter    applied (BatchCheckAndConsume calls)
-quota_authority_releases_total              counter    returned (weekly, starter_pack, none)
-quota_authority_db_pool_size                gauge      (QUOTA_AUTHORITY_DB_POOL_SIZE)
-quota_authority_batch_max_size              gauge      (QUOTA_AUTHORITY_BATCH_MAX_SIZE)
-quota_authority_lock_timeout_seconds        gauge      (QUOTA_AUTHORITY_LOCK_TIMEOUT_MS)
-==========================================  =========  ===================================
+============================================  =========  ===================================
+metric                                        type       labels
+============================================  =========  ===================================
+quota_authority_decisions_total               counter    action, reason, allowed
+quota_authority_rpc_duration_seconds          histogram  method, code
+quota_authority_db_transaction_seconds        histogram  kind (outreach: a batch; other)
+quota_authority_db_pool_connections_in_use    gauge
+quota_authority_batch_size                    histogram  (CheckAndConsume calls a batch)
+quota_authority_gmv_rows_recorded_total       counter    (RecordGmv and BatchRecordGmv rows)
+quota_authority_outreach_calls_waiting        gauge
+quota_authority_outreach_batches_total        counter    applied (BatchCheckAndConsume calls)
+quota_authority_releases_total                counter    returned (weekly, starter_pack, none)
+quota_authority_storage_upkeep_rounds_total   counter    outcome (done, skipped, failed)
+quota_authority_db_pool_size                  gauge      (QUOTA_AUTHORITY_DB_POOL_SIZE)
+quota_authority_batch_max_size                gauge      (QUOTA_AUTHORITY_BATCH_MAX_SIZE)
+quota_authority_lock_timeout_seconds          gauge      (QUOTA_AUTHORITY_LOCK_TIMEOUT_MS)
+============================================  =========  ===================================
 
 The last three are the process's configured limits, so that alerting rules
 (deploy/prometheus/quota-authority.rules.yaml) compare the pool, the batches and the
@@ -119,6 +120,13 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self._upkeep_rounds = Counter(
+            "quota_authority_storage_upkeep_rounds",
+            "Rounds of storage upkeep (partitions and retention), by outcome: done, skipped "
+            "(another replica held the upkeep lock) or failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._pool_size = Gauge(
             "quota_authority_db_pool_size",
             "Database connections the pool may hold (QUOTA_AUTHORITY_DB_POOL_SIZE).",
@@ -158,6 +166,10 @@ class Metrics:
     def gmv_rows_recorded(self, rows: int) -> None:
         """``rows`` GMV rows applied by one RecordGmv (1) or BatchRecordGmv."""
         self._gmv_rows.inc(rows)
+
+    def upkeep_round(self, outcome: str) -> None:
+        """One round of storage upkeep ended: ``done``, ``skipped`` or ``failed``."""
+        self._upkeep_rounds.labels(outcome).inc()
 
     def decision(self, action: str, reason: str, allowed: bool) -> None:
         self._decisions.labels(action, reason, "true" if allowed else "false").inc()

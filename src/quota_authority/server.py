@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 GC_THRESHOLDS = (10_000, 10, 10)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["QuotaAuthorityService"].full_name
-_UPKEEP_EVERY_S = 3600.0
 
 T = TypeVar("T")
 
@@ -387,10 +386,10 @@ class QuotaAuthorityServer:
             await self._check_health()
 
     async def _keep_data_bounded(self) -> None:
-        """Storage upkeep (``store.partitions``) every ``_UPKEEP_EVERY_S`` after the round
-        ``start`` runs; a failed round is logged and retried at the next."""
+        """Storage upkeep (``store.partitions``) every ``settings.upkeep_interval_s`` after
+        the round ``start`` runs; a failed round is logged and retried at the next."""
         while True:
-            await asyncio.sleep(_UPKEEP_EVERY_S)
+            await asyncio.sleep(self.settings.upkeep_interval_s)
             await self._upkeep_round()
 
     async def _sweep_holds(self) -> None:
@@ -418,11 +417,18 @@ class QuotaAuthorityServer:
             )
 
     async def _upkeep_round(self, *, trim_rows: bool = True) -> None:
+        """One round of storage upkeep, counted by its outcome: ``done``, ``skipped``
+        (another replica held the upkeep lock) or ``failed`` (logged)."""
         assert self.service is not None
         try:
-            await self.service.keep_data_bounded(trim_rows=trim_rows)
+            report = await self.service.keep_data_bounded(trim_rows=trim_rows)
         except Exception:
             log.warning("storage upkeep failed", exc_info=True)
+            outcome = "failed"
+        else:
+            outcome = "skipped" if report is None else "done"
+        if self.metrics is not None:
+            self.metrics.upkeep_round(outcome)
 
     async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
         """Stop serving, in this order: health reports NOT_SERVING; for ``drain`` seconds

@@ -166,6 +166,12 @@ class Settings:
         "a hold expires at most about this long after its hold_expires_at",
         minimum=0.05,
     )
+    upkeep_interval_s: float = _variable(
+        3600.0,
+        "QUOTA_AUTHORITY_UPKEEP_INTERVAL_S",
+        "seconds between rounds of storage upkeep (partitions and retention) after the first",
+        minimum=1,
+    )
     max_message_bytes: int = _variable(
         1 << 20,
         "QUOTA_AUTHORITY_MAX_MESSAGE_BYTES",
