@@ -27,9 +27,10 @@ test: $(GENERATED)
 # Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
 # Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
 # (a worker stopped, the coordinator restarted, a shard moved under load) and the hot-row
-# hammer and the retry storm.
+# hammer and the retry storm, without and with holds (R16).
 CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_shard_move.py \
-	tests/test_reliability_hammer.py tests/test_reliability_retry_storm.py
+	tests/test_reliability_hammer.py tests/test_reliability_retry_storm.py \
+	tests/test_reliability_holds.py
 
 reliability: $(GENERATED)
 	rm -f .reliability/results.jsonl
