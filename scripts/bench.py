@@ -758,7 +758,7 @@ FAR_PAST = partitions.partition_start(datetime(2001, 1, 1, tzinfo=UTC))
 
 def everything_before(instant: datetime) -> Retained:
     """A retention that keeps nothing older than ``instant``, of any kind."""
-    return Retained(instant, instant, instant, instant.date())
+    return Retained(instant, instant, instant, instant.date(), instant)
 
 
 @contextmanager

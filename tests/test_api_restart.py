@@ -29,6 +29,7 @@ RPCS = [
     "BatchCheckAndConsume",
     "BatchRecordGmv",
     "ReleaseOutreach",
+    "ConfirmOutreach",
     "AdjustQuota",
 ]
 

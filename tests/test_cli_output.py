@@ -156,6 +156,7 @@ async def test_status_json_is_the_quota_status_with_numbers_and_instants(
             "gmv_30d_minor": 0,
         },
         "adjusted_this_week": 0,
+        "held_this_week": 0,
     }
 
 
@@ -197,12 +198,12 @@ async def test_check_batch_json_gives_each_result_its_item_line_and_creator(
         {
             "item": 0, "line": 2, "creator_id": "c-1", "action": "invite", "allowed": True,
             "reason": "REASON_NEW_CREATOR", "charged": "CHARGE_WEEKLY",
-            "messages_before_reply_remaining": 5,
+            "messages_before_reply_remaining": 5, "hold_expires_at": None,
         },
         {
             "item": 1, "line": 4, "creator_id": "c-2", "action": "invite", "allowed": False,
             "reason": "REASON_FOLLOWER_LIMIT_EXCEEDED", "charged": "CHARGE_NONE",
-            "messages_before_reply_remaining": 5,
+            "messages_before_reply_remaining": 5, "hold_expires_at": None,
         },
     ]  # fmt: skip
     assert answer["applied"] is True and answer["replayed"] is False

@@ -7,11 +7,18 @@ test moves the clock past it, and the test waits for the outcome, never for a ti
 
 from __future__ import annotations
 
+import asyncio
+import random
+import urllib.request
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from servers import server_settings
+from sqlalchemy import text
 from support import (
     eventually,
     failure_details,
@@ -20,7 +27,10 @@ from support import (
     message,
 )
 
-from quota_authority.policy import HoldPolicy, Policy, TierPolicy
+from quota_authority.errors import ConfigError
+from quota_authority.policy import HoldPolicy, Policy, TierPolicy, policy_from_mapping
+from quota_authority.server import QuotaAuthorityServer, database_limits
+from quota_authority.store import create_engine
 from quota_authority.v1 import quota_authority_pb2 as pb
 from quota_authority.v1 import quota_authority_pb2_grpc as pb_grpc
 
@@ -433,3 +443,278 @@ async def test_the_policy_bounds_hold_seconds(start_server, seller):
 async def test_confirm_needs_a_request_id(stub, seller):
     bad = await violations(stub.ConfirmOutreach(pb.ConfirmOutreachRequest(seller_id=seller)))
     assert "request_id" in bad
+
+
+# --- a week that ends with a hold open ----------------------------------------------------
+
+# BASE_TIME's week (UTC, from Sunday) ends on Sunday 2026-11-29 00:00 UTC.
+WEEK_END = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+async def week_used(db, seller_id: str, week_start: datetime) -> int:
+    async with db.connect() as conn:
+        used = await conn.scalar(
+            text(
+                "SELECT weekly_used + pack_used FROM seller_weeks "
+                "WHERE seller_id = :s AND week_start = :w"
+            ),
+            {"s": seller_id, "w": week_start},
+        )
+    return int(used)
+
+
+async def test_a_hold_open_when_its_week_ends_can_still_be_confirmed(small, clock, seller):
+    clock.set(WEEK_END - timedelta(seconds=60))
+    await small.CheckAndConsume(held_invite(seller, "c-1", "r-1", seconds=120))
+    clock.set(WEEK_END + timedelta(seconds=30))
+
+    confirmed = await small.ConfirmOutreach(confirm(seller, "r-1"))
+
+    assert (confirmed.state, confirmed.charged) == (pb.HOLD_STATE_CONFIRMED, pb.CHARGE_WEEKLY)
+    new_week = await status(small, seller)
+    assert at(new_week.week_start) == WEEK_END
+    assert (new_week.used_this_week, new_week.held_this_week) == (0, 0)
+
+
+async def test_a_hold_that_expires_after_its_week_ended_gives_nothing_back(
+    small, clock, db, seller
+):
+    clock.set(WEEK_END - timedelta(seconds=60))
+    await small.CheckAndConsume(held_invite(seller, "c-1", "r-1", seconds=120))
+    old_week = WEEK_END - timedelta(days=7)
+    clock.set(WEEK_END + timedelta(seconds=1))
+    reason = await refused(
+        small.ReleaseOutreach(release(seller, "r-1")), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert reason == "WEEK_ENDED"
+    new_week = await status(small, seller)  # the new week, made before the hold expires
+
+    clock.set(WEEK_END + timedelta(seconds=60))
+    await eventually(lambda: expired(small, seller, "r-1"), SWEPT_WITHIN_S)
+
+    assert await hold_ends(small, seller) == [(pb.REASON_HOLD_EXPIRED, pb.CHARGE_NONE, "r-1", 0)]
+    assert await week_used(db, seller, old_week) == 1  # the ended week keeps its count
+    after = await status(small, seller)
+    assert (after.used_this_week, after.remaining_this_week) == (
+        new_week.used_this_week,
+        new_week.remaining_this_week,
+    )
+    assert after.used_this_week == 0
+
+
+# --- each hold ends exactly once, whatever races -------------------------------------------
+
+RACE_POLICY = Policy(tiers=(TierPolicy("T0", 0, 1000, 20_000),), starter_pack_size=0)
+
+
+async def test_each_hold_ends_exactly_once_under_races_on_two_replicas(
+    fresh_database_url, clock, seller
+):
+    """Confirms (twice, on both replicas), releases and both replicas' sweeps race for
+    each hold at its expiry instant; some holds have later outreach to their creator.
+    Every hold ends once, the answers agree with how it ended, the audit records each end
+    once, used = grants − releases − expiries, and the metrics count each end once: on a
+    database of their own, no other server of the session sweeps these holds."""
+    servers = []
+    for _ in range(2):
+        server = QuotaAuthorityServer(RACE_SETTINGS, fresh_database_url, clock)
+        servers.append((server, f"127.0.0.1:{await server.start()}"))
+    await _race(servers, fresh_database_url, clock, seller, own=True)
+
+
+async def test_each_hold_ends_exactly_once_under_races_on_the_sessions_database(
+    start_server, database_url, clock, seller
+):
+    """The same race on the session's database (distributed by seller_id under ``make
+    test-citus``), where the session's other servers sweep too: the two replicas'
+    metrics count every confirm and void, and at most the expiries."""
+    servers = [
+        await start_server(
+            policy=RACE_POLICY,
+            hold_sweep_interval_s=0.05,
+            metrics_listen="127.0.0.1:0",
+            batch_max_in_flight=2,
+        )
+        for _ in range(2)
+    ]
+    await _race(servers, database_url, clock, seller, own=False)
+
+
+RACE_SETTINGS = server_settings(
+    policy=RACE_POLICY,
+    hold_sweep_interval_s=0.05,
+    metrics_listen="127.0.0.1:0",
+    batch_max_in_flight=2,
+)
+
+
+async def _race(servers, url: str, clock, seller: str, *, own: bool) -> None:
+    db = create_engine(url, database_limits(server_settings()))
+    before = [_holds_metrics(server.metrics_port) for server, _ in servers]
+    channels = [grpc.aio.insecure_channel(address) for _, address in servers]
+    a, b = (pb_grpc.QuotaAuthorityServiceStub(ch) for ch in channels)
+    rng = random.Random(16)
+    try:
+        count = 40
+        made = await asyncio.gather(
+            *(
+                (a if n % 2 else b).CheckAndConsume(held_invite(seller, f"c-{n}", f"h-{n}"))
+                for n in range(count)
+            )
+        )
+        assert all(m.charged == pb.CHARGE_WEEKLY for m in made)
+        for n in range(0, count, 5):  # later outreach: the unit stays if the hold ends
+            await a.CheckAndConsume(message(seller, f"c-{n}"))
+        expiry = at(made[0].hold_expires_at)
+        clock.set(expiry - timedelta(microseconds=1))
+
+        async def settle(n: int) -> list[tuple[str, object]]:
+            calls = []
+            plan = rng.choice(["confirm", "release", "both", "none", "confirm-twice"])
+            if plan in ("confirm", "both", "confirm-twice"):
+                calls.append(("confirm", a.ConfirmOutreach(confirm(seller, f"h-{n}"))))
+            if plan == "confirm-twice":
+                calls.append(("confirm", b.ConfirmOutreach(confirm(seller, f"h-{n}"))))
+            if plan in ("release", "both"):
+                calls.append(("release", b.ReleaseOutreach(release(seller, f"h-{n}"))))
+            outcomes = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
+            if calls:
+                settled.append(n)
+            return [(kind, o) for (kind, _), o in zip(calls, outcomes, strict=True)]
+
+        settled: list[int] = []
+        racing = asyncio.gather(*(settle(n) for n in range(count)))
+
+        async def some_settled() -> bool:
+            return len(settled) >= count // 4
+
+        await eventually(some_settled, SWEPT_WITHIN_S)
+        clock.set(expiry)  # due now: confirms and voids still in flight race the sweeps
+        answers = await racing
+
+        async def none_held() -> bool:
+            return await _held_count(db, seller) == 0
+
+        await eventually(none_held, SWEPT_WITHIN_S)
+        states = await _hold_states(db, seller)
+        audit = await list_all(a, seller)
+        for n in range(count):
+            rid = f"h-{n}"
+            state = states[rid]
+            ends = Counter(d.reason for d in audit if d.request_id == rid)
+            confirmed, expired_, released = (
+                ends[pb.REASON_HOLD_CONFIRMED],
+                ends[pb.REASON_HOLD_EXPIRED],
+                ends[pb.REASON_RELEASED],
+            )
+            if state == "confirmed":
+                assert (confirmed, expired_) == (1, 0) and released <= 1, (rid, ends)
+            elif state == "voided":
+                assert (confirmed, expired_, released) == (0, 0, 1), (rid, ends)
+            else:
+                assert (state, confirmed, expired_, released) == ("expired", 0, 1, 0), (rid, ends)
+            for kind, outcome in answers[n]:
+                _agrees(kind, outcome, state, rid)
+
+        grants = sum(
+            1 for d in audit if d.reason == pb.REASON_NEW_CREATOR and d.charged != pb.CHARGE_NONE
+        )
+        given_back = sum(
+            1
+            for d in audit
+            if d.reason in (pb.REASON_RELEASED, pb.REASON_HOLD_EXPIRED)
+            and d.charged != pb.CHARGE_NONE
+        )
+        assert (await status(a, seller)).used_this_week == grants - given_back
+        assert any(d.reason == pb.REASON_HOLD_EXPIRED for d in audit)
+        after = [_holds_metrics(server.metrics_port) for server, _ in servers]
+        counted = Counter()
+        for then, now in zip(before, after, strict=True):
+            for outcome in ("confirmed", "voided", "expired"):
+                counted[outcome] += now[outcome] - then[outcome]
+        ended = Counter(states.values())
+        if own:
+            assert counted == ended
+        else:
+            assert (counted["confirmed"], counted["voided"]) == (
+                ended["confirmed"],
+                ended["voided"],
+            )
+            assert counted["expired"] <= ended["expired"]
+        assert set(states.values()) == {"confirmed", "voided", "expired"}  # a real race
+    finally:
+        for channel in channels:
+            await channel.close()
+        for server, _ in servers:
+            await server.stop(grace=0)
+        await db.dispose()
+
+
+def _agrees(kind: str, outcome: object, state: str, rid: str) -> None:
+    """A confirm's or a release's answer agrees with how the hold ended."""
+    if isinstance(outcome, grpc.aio.AioRpcError):
+        assert outcome.code() == grpc.StatusCode.FAILED_PRECONDITION, (rid, kind, outcome)
+        expected = {"expired": "HOLD_EXPIRED", "voided": "HOLD_VOIDED"}.get(state)
+        assert _reason(outcome) == expected, (rid, kind, state, outcome)
+        return
+    assert not isinstance(outcome, BaseException), (rid, kind, outcome)
+    if kind == "confirm":
+        assert outcome.state == pb.HOLD_STATE_CONFIRMED and state == "confirmed", (rid, state)
+    else:
+        assert state in ("voided", "confirmed"), (rid, state)
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def _holds_metrics(metrics_port: int) -> dict[str, float]:
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    found = {"confirmed": 0.0, "voided": 0.0, "expired": 0.0}
+    for line in lines:
+        for outcome in found:
+            if line.startswith(f'quota_authority_holds_total{{outcome="{outcome}"}} '):
+                found[outcome] = float(line.split()[1])
+    return found
+
+
+async def _held_count(db, seller_id: str) -> int:
+    async with db.connect() as conn:
+        held = await conn.scalar(
+            text("SELECT count(*) FROM holds WHERE seller_id = :s AND state = 'held'"),
+            {"s": seller_id},
+        )
+    return int(held)
+
+
+async def _hold_states(db, seller_id: str) -> dict[str, str]:
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT request_id, state FROM holds WHERE seller_id = :s"), {"s": seller_id}
+        )
+        return {row.request_id: row.state for row in rows}
+
+
+# --- the policy -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 86_401, "60"])
+def test_a_bad_holds_max_seconds_is_refused_naming_it(value):
+    with pytest.raises(ConfigError, match=r"^holds\.max_seconds: "):
+        policy_from_mapping({"holds": {"max_seconds": value}})
+
+
+def test_the_holds_section_sets_max_seconds_and_changes_the_digest():
+    policy = policy_from_mapping({"holds": {"max_seconds": 86_400}})
+    assert policy.holds.max_seconds == 86_400
+    assert Policy().holds.max_seconds == 3600
+    assert policy.digest != Policy().digest

@@ -87,6 +87,7 @@ async def test_every_rpc_is_served_over_http(open_server: tuple[int, str]) -> No
         },
     )
     released = await http_call(port, "POST", f"{path}:releaseOutreach", {"requestId": "r-1"})
+    confirmed = await http_call(port, "POST", f"{path}:confirmOutreach", {"requestId": "r-1"})
     replied = await http_call(
         port,
         "POST",
@@ -105,8 +106,9 @@ async def test_every_rpc_is_served_over_http(open_server: tuple[int, str]) -> No
         port, "GET", f"{path}/decisions?page_size=2&pageToken={listed.body['nextPageToken']}"
     )
 
-    answers = [upserted, gmv, rows, granted, batch, released, replied, blocked, unblocked]
-    assert [a.status for a in [*answers, status, listed, rest]] == [200] * 12
+    answers = [upserted, gmv, rows, granted, batch, released, confirmed, replied, blocked]
+    answers.append(unblocked)
+    assert [a.status for a in [*answers, status, listed, rest]] == [200] * 13
     assert upserted.body == {"created": True, "timeZone": "UTC", "replayed": False}
     assert gmv.body == {"replayed": False}
     assert rows.body == {"rowsRecorded": 1, "replayed": False}
@@ -115,6 +117,8 @@ async def test_every_rpc_is_served_over_http(open_server: tuple[int, str]) -> No
     assert granted.body["status"]["sellerId"] == seller
     assert batch.body["results"][0]["allowed"] is True
     assert released.body["returned"] in ("CHARGE_WEEKLY", "CHARGE_STARTER_PACK")
+    # R16: r-1 asked no hold: final already (its release is R14's, not a hold's).
+    assert confirmed.body["state"] == "HOLD_STATE_NOT_HELD"
     assert replied.body == {"newlyConnected": True, "replayed": False}
     assert blocked.body["blockedBySeller"] is True
     assert unblocked.body["blockedBySeller"] is False

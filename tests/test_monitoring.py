@@ -186,7 +186,20 @@ async def test_every_metric_label_and_value_the_rules_and_the_dashboard_query_is
         await stub.Block(
             pb.BlockRequest(seller_id=seller, creator_id="c-9", blocked_by=pb.PARTY_SELLER)
         )
-        denied = await stub.CheckAndConsume(message(seller, "c-9"))
+        denied = await stub.CheckAndConsume(message(seller, "c-9", request_id="r-denied"))
+        # R16: a denied call cannot be confirmed (FAILED_PRECONDITION, left out of the
+        # reused-request-ids alert); a hold confirmed.
+        [not_allowed] = await failure_details(
+            stub.ConfirmOutreach(
+                pb.ConfirmOutreachRequest(seller_id=seller, request_id="r-denied")
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            error_details_pb2.ErrorInfo,
+        )
+        await stub.CheckAndConsume(invite(seller, "c-h", request_id="r-held", hold_seconds=60))
+        held = await stub.ConfirmOutreach(
+            pb.ConfirmOutreachRequest(seller_id=seller, request_id="r-held")
+        )
         batch = await stub.BatchCheckAndConsume(
             pb.BatchCheckAndConsumeRequest(
                 seller_id=seller,
@@ -238,5 +251,6 @@ async def test_every_metric_label_and_value_the_rules_and_the_dashboard_query_is
     assert len(batch.results) == 2 and released.returned != pb.CHARGE_UNSPECIFIED
     assert reused.reason == "REQUEST_ID_REUSED"
     assert below.reason == "ADJUSTMENT_BELOW_USED"
+    assert not_allowed.reason == "NOT_ALLOWED" and held.state == pb.HOLD_STATE_CONFIRMED
     assert internal.value.code() == grpc.StatusCode.INTERNAL
     assert not_served(all_queries(), samples) == []

@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from reliability import report, scale
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import BASE_TIME, new_id
+from support import BASE_TIME, eventually, new_id
 
 from quota_authority.engine.service import GMV_BATCH_KEY_SELLER
 from quota_authority.store.tables import metadata
@@ -81,10 +81,16 @@ REJECTED = {
 }
 # The answers past validation, besides OK, of an RPC that says "nothing to do" with an
 # error: a release of an outreach that charged nothing, is of an earlier week, or unknown.
-ANSWERED = {"ReleaseOutreach": {Code.FAILED_PRECONDITION, Code.NOT_FOUND}}
+ANSWERED = {
+    "ReleaseOutreach": {Code.FAILED_PRECONDITION, Code.NOT_FOUND},
+    # R16: a confirm of a call that was denied, unknown, or whose hold ended otherwise.
+    "ConfirmOutreach": {Code.FAILED_PRECONDITION, Code.NOT_FOUND},
+}
 # FAILED_PRECONDITION's ErrorInfo reasons: a reused request_id, for every RPC; and R14's.
 PRECONDITION_REASONS = {
-    "ReleaseOutreach": {"NOTHING_CHARGED", "WEEK_ENDED", "REQUEST_ID_REUSED"},
+    "ReleaseOutreach": {"NOTHING_CHARGED", "WEEK_ENDED", "HOLD_EXPIRED", "REQUEST_ID_REUSED"},
+    # R16 (ConfirmOutreach has no request_id of its own to reuse).
+    "ConfirmOutreach": {"NOT_ALLOWED", "HOLD_EXPIRED", "HOLD_VOIDED"},
     # R17: a limit below what is used, an unlimited tier, a limit out of range.
     "AdjustQuota": {
         "ADJUSTMENT_BELOW_USED",
@@ -558,6 +564,18 @@ async def run_round(
     return outcomes, sum(1 for o in outcomes if o.code in REJECTED), changes
 
 
+async def no_hold_due(db: AsyncEngine, pool: tuple[str, ...], now: Any) -> bool:
+    async with db.connect() as conn:
+        due = await conn.scalar(
+            text(
+                "SELECT count(*) FROM holds WHERE seller_id = ANY(:pool) AND state = 'held' "
+                "AND expires_at <= :now"
+            ),
+            {"pool": list(pool), "now": now},
+        )
+    return not due
+
+
 @pytest.fixture(scope="module")
 async def campaign(start_server, db, session_clock) -> AsyncIterator[Campaign]:
     """Generate CASES requests and send them all to a fresh server, once for this module."""
@@ -574,7 +592,11 @@ async def campaign(start_server, db, session_clock) -> AsyncIterator[Campaign]:
             calls = callables(channel)
             for index, cases_of_round in enumerate(rounds):
                 week = index * WEEKS // len(rounds)
-                session_clock.set(BASE_TIME + timedelta(weeks=week))
+                if session_clock.now() != BASE_TIME + timedelta(weeks=week):
+                    session_clock.set(BASE_TIME + timedelta(weeks=week))
+                    # R16: the holds the move made due expire by every server's sweep (they
+                    # share the database), a change of no call: over before the next round.
+                    await eventually(lambda: no_hold_due(db, pool, session_clock.now()), 60)
                 outcomes, compared, changes = await run_round(calls, db, pool, cases_of_round)
                 result.outcomes.extend(outcomes)
                 result.rejected_compared += compared

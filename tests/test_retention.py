@@ -336,3 +336,20 @@ async def test_decisions_older_than_the_retention_are_not_listed_even_before_the
     assert still_stored == 2  # no upkeep ran: its partition is still there
     assert [d.creator_id for d in decisions] == ["creator-2"]
     assert [d.creator_id for d in since_long_ago.decisions] == ["creator-2"]
+
+
+async def test_holds_go_with_their_weeks_data(own):
+    """R16: a hold's row is trimmed with its week's data, whatever its state, and not
+    before: a week that started a week before the oldest decision kept."""
+    held = invite("s1", "creator-1", request_id="h-1", hold_seconds=60)
+    assert (await own.stub.CheckAndConsume(held)).HasField("hold_expires_at")
+    await own.stub.ConfirmOutreach(pb.ConfirmOutreachRequest(seller_id="s1", request_id="h-1"))
+    kept = Policy().retention.decisions_days
+    own.clock.set(BASE_TIME + timedelta(days=kept))  # its week is still within retention
+    await own.keep_bounded()
+    assert await own.rows("holds") == 1
+
+    own.clock.set(BASE_TIME + timedelta(days=kept + 15))
+    await own.keep_bounded()
+
+    assert await own.rows("holds") == 0

@@ -70,6 +70,8 @@ def _requests(seller: str) -> dict[str, Any]:
         ),
         # Nothing to release: the service's own answer (NOT_FOUND) shows the call got in.
         "ReleaseOutreach": pb.ReleaseOutreachRequest(seller_id=seller, request_id="r-none"),
+        # R16: nothing to confirm either (NOT_FOUND).
+        "ConfirmOutreach": pb.ConfirmOutreachRequest(seller_id=seller, request_id="r-none"),
         # R17: only admin opens it.
         "AdjustQuota": pb.AdjustQuotaRequest(
             seller_id=seller, delta=5, note="incident 42", request_id=new_id("r")
@@ -78,12 +80,15 @@ def _requests(seller: str) -> dict[str, Any]:
 
 
 # The answer of an RPC its caller may call, when it is not OK.
-ANSWERED = {"ReleaseOutreach": grpc.StatusCode.NOT_FOUND}
+ANSWERED = {
+    "ReleaseOutreach": grpc.StatusCode.NOT_FOUND,
+    "ConfirmOutreach": grpc.StatusCode.NOT_FOUND,
+}
 
 
 RPCS = [m.name for m in pb.DESCRIPTOR.services_by_name["QuotaAuthorityService"].methods]
 OPENS = {
-    "outreach": {"CheckAndConsume", "BatchCheckAndConsume", "ReleaseOutreach"},
+    "outreach": {"CheckAndConsume", "BatchCheckAndConsume", "ReleaseOutreach", "ConfirmOutreach"},
     "engagement": {"RecordReply"},
     "safety": {"Block", "Unblock"},
     "data": {"RecordGmv", "BatchRecordGmv", "UpsertSeller"},

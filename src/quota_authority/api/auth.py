@@ -44,6 +44,7 @@ METHOD_ROLES: dict[str, str] = {
     _SERVICE + "CheckAndConsume": "outreach",
     _SERVICE + "BatchCheckAndConsume": "outreach",
     _SERVICE + "ReleaseOutreach": "outreach",
+    _SERVICE + "ConfirmOutreach": "outreach",
     _SERVICE + "RecordReply": "engagement",
     _SERVICE + "Block": "safety",
     _SERVICE + "Unblock": "safety",

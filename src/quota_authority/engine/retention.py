@@ -33,6 +33,10 @@ class Retained:
     responses_from: datetime
     # Daily GMV (daily_gmv.day), from this UTC date on (R1's window needs 38 days).
     gmv_from: date
+    # Holds (R16; holds.week_start) of weeks that started from this instant on: a hold goes
+    # with its week's data (a week that started before it ended before decisions_from), in
+    # whatever state (a hold lasts at most a day, so it ended long before).
+    holds_from: datetime
 
 
 def retained(now: datetime, policy: Policy) -> Retained:
@@ -44,4 +48,5 @@ def retained(now: datetime, policy: Policy) -> Retained:
         pair_weeks_from=now - LONGEST_WEEK - timedelta(days=keep.ended_pair_weeks_days),
         responses_from=now - timedelta(days=policy.idempotency_retention_days),
         gmv_from=(now - timedelta(days=keep.gmv_days)).date(),
+        holds_from=now - timedelta(days=keep.decisions_days) - LONGEST_WEEK,
     )

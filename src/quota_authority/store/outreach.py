@@ -1,6 +1,7 @@
 """The hot path's transaction: a batch of CheckAndConsume decisions in four round trips —
 BEGIN, a lock statement (lock, then read), one write statement, COMMIT — however many
-requests the batch holds.
+requests the batch holds; five when some of its grants are holds (R16: their rows in one
+multi-row INSERT after the write).
 
 ``OutreachTransaction`` is one PostgreSQL's: migration 0002's cross-seller functions
 (``lock_outreach_state``, ``write_outreach``). ``CitusOutreachTransaction`` is a schema

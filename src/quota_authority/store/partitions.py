@@ -22,7 +22,8 @@ it (the next round retries). On Citus the same statements apply to the distribut
 Citus distributes an attached partition, and propagates the detach and drop.
 
 ``seller_weeks`` and ``daily_gmv`` grow with sellers, not with traffic (a row per seller
-and week, or day): they are trimmed by deleting in small batches.
+and week, or day): they are trimmed by deleting in small batches. So is ``holds`` (R16),
+which grows with held grants only, and goes with its week's data.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ TRIMMED_TABLES = (
     # Seller-weeks follow the decisions: one ended before decisions_from has none listed.
     TrimmedTable("seller_weeks", "week_end", "decisions_from", "seller_id, week_start"),
     TrimmedTable("daily_gmv", "day", "gmv_from", "seller_id, day"),
+    # Holds (R16) go with their week's data.
+    TrimmedTable("holds", "week_start", "holds_from", "seller_id, request_id, item_index"),
 )
 
 
