@@ -1,7 +1,7 @@
 """Reliability items 1 and 3 with holds (R16): the hot-row hammer and the retry storm where
 every call asks a hold, half the holds granted are confirmed and the rest left to expire,
-while the servers' clock runs fast, so that the replicas' expiry sweeps race the decisions,
-the confirms and the retries.
+while the servers' clock moves on with the load's answers, so that holds come due amid the
+calls and the replicas' expiry sweeps race the decisions, the confirms and the retries.
 
 The promises, whatever the interleaving:
 

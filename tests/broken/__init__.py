@@ -22,8 +22,9 @@ A variant subclasses ``PostgresLedger`` and overrides public methods (calling ``
 or its documented protected seam (``_timeouts_ms``, ``_connection``: see its docstring),
 never other private names of the store. Add your own the same way, one promise a module.
 
-The races ``no_lock``, ``no_idempotency`` and ``unlocked_expiry`` open only show when decisions really race in
-PostgreSQL: with one server and one batch in flight, the batcher serialises every decision
-in-process. So their tests run the service as ``servers.replicas``: two servers on one
-database, two batches in flight each, clients spread over both.
+The races ``no_lock``, ``no_idempotency`` and ``unlocked_expiry`` open only show when
+decisions really race in PostgreSQL: with one server and one batch in flight, the batcher
+serialises every decision in-process. So their tests run the service as
+``servers.replicas``: two servers on one database, two batches in flight each, clients
+spread over both.
 """
