@@ -22,19 +22,21 @@ run: $(GENERATED)
 test: $(GENERATED)
 	$(BIN)/pytest
 
-# The reliability suite at full size (about 20 minutes), then on Citus (about 15 more);
-# `make test` runs it small.
-# Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
-# Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
-# (a worker stopped, the coordinator restarted, a shard moved under load) and the hot-row
-# hammer and the retry storm.
 # ghz, the load generator of make bench, make soak and the reliability run's soak.
 GHZ := .bench/bin/ghz
 GHZ_VERSION := v0.121.0
 # The soak's short version (scripts/soak.py; make soak runs the long one).
 RELIABILITY_SOAK_MINUTES := 3
+
+# The reliability suite at full size (about 20 minutes), then on Citus (about 15 more);
+# `make test` runs it small.
+# Each test prints its figure; the table in RELIABILITY.md is rewritten from them.
+# Then, on a fresh distributed database of the local Citus cluster, the cluster's own faults
+# (a worker stopped, the coordinator restarted, a shard moved under load) and the hot-row
+# hammer and the retry storm, without and with holds (R16).
 CITUS_RELIABILITY := tests/test_reliability_citus.py tests/test_reliability_shard_move.py \
-	tests/test_reliability_hammer.py tests/test_reliability_retry_storm.py
+	tests/test_reliability_hammer.py tests/test_reliability_retry_storm.py \
+	tests/test_reliability_holds.py
 
 reliability: $(GENERATED) $(GHZ)
 	rm -f .reliability/results.jsonl

@@ -18,6 +18,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -335,3 +336,202 @@ def command_environment(**settings: str) -> dict[str, str]:
     what a command the test runs sees, whatever the developer's shell has set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_AUTHORITY_")}
     return {**env, **settings}
+
+
+# --- holds (R16): the ledger's promises, checked against what callers were told -----------
+
+HoldKey = tuple[str, str, int | None]  # (seller_id, request_id, item_index)
+
+# The audit's records of a hold's end (R16): confirmed, expired, or voided by a release.
+ENDS = {"hold_confirmed": "confirmed", "hold_expired": "expired", "released": "voided"}
+# The audit's records that give a unit back (when their charged is not 'none').
+RETURNS = ("hold_expired", "released")
+
+
+@dataclass
+class HoldsCheck:
+    """What the database holds for some sellers' holds, set against the holds granted to
+    callers and the answers their confirms got: ``broken`` lists every promise it breaks, in
+    words (empty when all are kept); the rest are the run's figures."""
+
+    broken: list[str] = field(default_factory=list)
+    ended: Counter[str] = field(default_factory=Counter)  # holds by their end
+    kept_units: int = 0  # holds that expired while later outreach kept their unit
+    used: int = 0  # units used over the sellers' weeks
+    charges: int = 0  # decisions that charged a unit
+    returned: int = 0  # units given back by expiries and releases
+    contacted: int = 0  # creators with outreach allowed and not undone, over the sellers
+
+
+async def check_holds(
+    db: AsyncEngine,
+    sellers: Collection[str],
+    granted: Collection[HoldKey],
+    confirmed_told: Collection[HoldKey] = (),
+    expired_told: Collection[HoldKey] = (),
+) -> HoldsCheck:
+    """The promises of R16 once every hold of ``sellers`` has ended, for each seller-week:
+
+    - every hold granted to a caller (``granted``: answered allowed, charged, with a
+      ``hold_expires_at``) is in the holds table, and nothing else is; each ended exactly
+      once: one audit record of its end (confirmed, expired or released), which is its
+      state; none still held;
+    - a confirm answered HOLD_STATE_CONFIRMED (``confirmed_told``) left it confirmed, one
+      refused as HOLD_EXPIRED (``expired_told``) left it expired;
+    - units used = the audit's charges − the units its expiries and releases gave back,
+      never above the week's limit;
+    - every creator with outreach allowed and not undone (a grant already counted, a hold
+      confirmed) is paid for by exactly one live charge, and no other creator is: no creator
+      contacted for free (R5), none paid for twice, no unit kept for nobody; the creators
+      counted in ``pair_weeks`` are those paid for."""
+    params = {"sellers": list(sellers)}
+    async with db.connect() as conn:
+        holds = {
+            (r.seller_id, r.request_id, r.item_index): r
+            for r in await conn.execute(
+                text(
+                    "SELECT seller_id, request_id, NULLIF(item_index, -1) AS item_index,"
+                    " creator_id, state FROM holds"
+                    " WHERE seller_id = ANY(:sellers)"
+                ),
+                params,
+            )
+        }
+        audit = list(
+            await conn.execute(
+                text(
+                    "SELECT seller_id, week_start, creator_id, request_id, item_index, allowed,"
+                    " reason, charged FROM audit_log WHERE seller_id = ANY(:sellers)"
+                    " ORDER BY seller_id, id"
+                ),
+                params,
+            )
+        )
+        weeks = list(
+            await conn.execute(
+                text(
+                    "SELECT seller_id, week_start, weekly_used + pack_used AS used,"
+                    " weekly_limit + starter_pack_at_start AS room FROM seller_weeks"
+                    " WHERE seller_id = ANY(:sellers)"
+                ),
+                params,
+            )
+        )
+        counted = {
+            (r.seller_id, r.week_start, r.creator_id)
+            for r in await conn.execute(
+                text(
+                    "SELECT seller_id, week_start, creator_id FROM pair_weeks"
+                    " WHERE seller_id = ANY(:sellers) AND counted"
+                ),
+                params,
+            )
+        }
+    result = HoldsCheck()
+    broken = result.broken
+
+    ends: dict[HoldKey, list[str]] = {}
+    charged_decisions: dict[HoldKey, Any] = {}
+    for r in audit:
+        key = (r.seller_id, r.request_id, r.item_index)
+        if r.reason in ENDS:
+            ends.setdefault(key, []).append(ENDS[r.reason])
+        elif r.charged != "none":
+            charged_decisions[key] = r
+    granted = set(granted)
+    if set(holds) != granted:
+        broken.append(
+            f"holds table: {len(set(holds) - granted)} holds no caller was granted, "
+            f"{len(granted - set(holds))} granted holds missing"
+        )
+    if set(charged_decisions) != granted:
+        broken.append(
+            f"{len(charged_decisions)} charged decisions audited for {len(granted)} holds granted"
+        )
+    for key, hold in holds.items():
+        result.ended[hold.state] += 1
+        recorded = ends.get(key, [])
+        if hold.state == "held":
+            continue  # counted below, once
+        if recorded != [hold.state]:
+            broken.append(f"hold {key[1:]} {hold.state}, its ends audited: {recorded}")
+    if result.ended["held"]:
+        broken.append(f"{result.ended['held']} holds never ended")
+    wrong_told = {k for k in confirmed_told if k in holds and holds[k].state != "confirmed"}
+    wrong_told |= {k for k in expired_told if k in holds and holds[k].state != "expired"}
+    if wrong_told:
+        broken.append(f"{len(wrong_told)} holds whose state differs from what a confirm was told")
+
+    # Per creator and week: live charges (charged decisions less units given back) against
+    # the outreach allowed and not undone.
+    Pair = tuple[str, Any, str]
+    net: Counter[Pair] = Counter()
+    live_outreach: Counter[Pair] = Counter()
+    for r in audit:
+        pair = (r.seller_id, r.week_start, r.creator_id)
+        key = (r.seller_id, r.request_id, r.item_index)
+        if r.reason in RETURNS:
+            if r.charged != "none":
+                net[pair] -= 1
+                result.returned += 1
+            elif r.reason == "hold_expired":
+                result.kept_units += 1
+        elif r.reason in ENDS:
+            continue
+        elif r.charged != "none":
+            net[pair] += 1
+            result.charges += 1
+            hold = holds.get(key)
+            if hold is None or hold.state == "confirmed":
+                live_outreach[pair] += 1
+        elif r.allowed and r.reason == "already_counted_this_week":
+            live_outreach[pair] += 1
+    free = [p for p in live_outreach if net[p] < 1]
+    twice = [p for p in net if net[p] > 1]
+    for_nobody = [p for p in net if net[p] == 1 and not live_outreach[p]]
+    negative = [p for p in net if net[p] < 0]
+    if free:
+        broken.append(
+            f"{len(free)} creators contacted for free (outreach allowed, no live charge), "
+            f"e.g. {free[0][2]}"
+        )
+    if twice:
+        broken.append(f"{len(twice)} creators paid for more than once")
+    if for_nobody:
+        broken.append(f"{len(for_nobody)} units kept for creators no longer contacted")
+    if negative:
+        broken.append(f"{len(negative)} creators given back more units than they were charged")
+    paid = {p for p in net if net[p] == 1}
+    if counted != paid:
+        broken.append(
+            f"pair_weeks counts {len(counted)} creators, {len(paid)} paid for "
+            f"({len(counted - paid)} counted unpaid, {len(paid - counted)} paid uncounted)"
+        )
+    contacted = Counter((s, w) for s, w, _ in live_outreach)
+    result.contacted = sum(contacted.values())
+    for w in weeks:
+        result.used += w.used
+        paid_here = sum(
+            n for (s, week, _), n in net.items() if (s, week) == (w.seller_id, w.week_start)
+        )
+        if w.used != paid_here:
+            broken.append(
+                f"{w.seller_id}: units used {w.used} ≠ charges less units given back {paid_here}"
+            )
+        if w.room is not None and max(w.used, contacted[(w.seller_id, w.week_start)]) > w.room:
+            broken.append(
+                f"{w.seller_id}: {w.used} units used, "
+                f"{contacted[(w.seller_id, w.week_start)]} creators contacted; limit {w.room}"
+            )
+    return result
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason an error carries ('' without one): HOLD_EXPIRED, say."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""

@@ -15,14 +15,16 @@ module                 the variant breaks                                   caug
 ``fail_open``          never grant when unsure                              5, 6
 ``leaks_on_failure``   a failed transaction gives its connection back       8
 ``ignores_timeouts``   no lock wait or statement outlasts its limit         9
+``unlocked_expiry``    an expiry (R16) takes the seller-week lock           1 (holds)
 =====================  ===================================================  ===========
 
 A variant subclasses ``PostgresLedger`` and overrides public methods (calling ``super()``)
 or its documented protected seam (``_timeouts_ms``, ``_connection``: see its docstring),
 never other private names of the store. Add your own the same way, one promise a module.
 
-The races ``no_lock`` and ``no_idempotency`` open only show when decisions really race in
-PostgreSQL: with one server and one batch in flight, the batcher serialises every decision
-in-process. So their tests run the service as ``servers.replicas``: two servers on one
-database, two batches in flight each, clients spread over both.
+The races ``no_lock``, ``no_idempotency`` and ``unlocked_expiry`` open only show when
+decisions really race in PostgreSQL: with one server and one batch in flight, the batcher
+serialises every decision in-process. So their tests run the service as
+``servers.replicas``: two servers on one database, two batches in flight each, clients
+spread over both.
 """
