@@ -86,6 +86,12 @@ __all__ = ["GMV_BATCH_KEY_SELLER", "HOLD_SWEEP_SELLERS", "HoldSweep", "QuotaServ
 # the most holds of one seller; the next round takes the rest.
 HOLD_SWEEP_SELLERS = 500
 HOLD_SWEEP_HOLDS_PER_SELLER = 1000
+# The most holds one of the sweep's transactions expires. Each holds the seller-week lock
+# every grant of the seller waits for, and each expiry counts its creator's live outreach
+# over the week's audit records: a hot seller's thousands of due holds expired in one
+# transaction held its grants past the lock timeout (the hammer with holds, full size, 220
+# calls of 64,000 refused). Small transactions let the seller's grants in between.
+HOLD_SWEEP_HOLDS_A_TRANSACTION = 16
 
 
 @dataclass(frozen=True)
@@ -547,8 +553,8 @@ class QuotaService:
 
     async def expire_due_holds(self, limit: int = HOLD_SWEEP_SELLERS) -> HoldSweep:
         """One round of R16's expiry sweep: the holds due at this instant of up to ``limit``
-        sellers expire, each seller in a transaction of its own (``_expire_hold``). A
-        seller whose transaction fails is counted and left to the next round. Replicas
+        sellers expire, each seller in transactions of its own (``_expire_sellers_holds``).
+        A seller whose transaction fails is counted and left to the next round. Replicas
         sweeping at once are safe: each hold ends once (``rules.r16_expiry``'s guard)."""
         now = self._clock.now()
         async with self._store.transaction(time_left()) as tx:
@@ -563,19 +569,26 @@ class QuotaService:
                 error = error or f"{type(e).__name__}: {e}"
                 continue
             expired += count
-            self._resolved(HoldState.EXPIRED, count)
         return HoldSweep(expired, failed, error)
 
     async def _expire_sellers_holds(self, seller_id: str, now: datetime) -> int:
-        """The seller's holds due at ``now`` expired, in one transaction; how many."""
-        async with self._store.transaction(time_left()) as tx:
-            due = await tx.due_holds(seller_id, now, HOLD_SWEEP_HOLDS_PER_SELLER)
-            # Week locks in week order (every path locks one seller's weeks in that order).
-            due.sort(key=lambda h: (h.week_start, h.request_id, h.item_index))
-            expired = 0
-            for hold in due:
-                expired += await self._expire_hold(tx, hold, now, None) is not None
-            return expired
+        """Up to ``HOLD_SWEEP_HOLDS_PER_SELLER`` of the seller's holds due at ``now``
+        expired, ``HOLD_SWEEP_HOLDS_A_TRANSACTION`` a transaction, each counted once
+        committed; how many. A failed transaction raises; those before it stay committed."""
+        expired = 0
+        for _ in range(HOLD_SWEEP_HOLDS_PER_SELLER // HOLD_SWEEP_HOLDS_A_TRANSACTION):
+            ended = 0
+            async with self._store.transaction(time_left()) as tx:
+                due = await tx.due_holds(seller_id, now, HOLD_SWEEP_HOLDS_A_TRANSACTION)
+                # Week locks in week order (every path locks one seller's weeks in it).
+                due.sort(key=lambda h: (h.week_start, h.request_id, h.item_index))
+                for hold in due:
+                    ended += await self._expire_hold(tx, hold, now, None) is not None
+            self._resolved(HoldState.EXPIRED, ended)
+            expired += ended
+            if len(due) < HOLD_SWEEP_HOLDS_A_TRANSACTION:
+                break
+        return expired
 
     async def _expire_one(self, hold: Hold) -> bool:
         """``hold`` expired in a transaction of its own, if still held and due; whether it
