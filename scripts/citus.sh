@@ -123,6 +123,15 @@ EOF
             as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null
         fi
     fi
+    # A cluster made with another CITUS_PORT: the port asked for now wins (the last setting
+    # of the file does), else start would report a cluster that listens elsewhere.
+    if [ "$(sed -n 's/^port = \([0-9]*\).*/\1/p' "$dir/postgresql.conf" | tail -1)" != "$port" ]; then
+        echo "port = $port  # scripts/citus.sh: CITUS_PORT changed" >>"$dir/postgresql.conf"
+        if running "$node"; then
+            say "restarting $node on port $port"
+            as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null
+        fi
+    fi
     if ! running "$node"; then
         as_owner "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
     fi
