@@ -43,7 +43,8 @@ reliability: $(GENERATED) $(GHZ)
 	QUOTA_AUTHORITY_RELIABILITY=full $(BIN)/pytest -m reliability -s -q
 	$(BIN)/python scripts/soak.py --minutes $(RELIABILITY_SOAK_MINUTES) --record
 	@scripts/citus.sh start >/dev/null
-	QUOTA_AUTHORITY_DATABASE_URL=$$(scripts/citus.sh createdb quota_authority_reliability) \
+	url=$$(scripts/citus.sh createdb quota_authority_reliability) && \
+	QUOTA_AUTHORITY_DATABASE_URL=$$url \
 		QUOTA_AUTHORITY_DISTRIBUTE=true QUOTA_AUTHORITY_RELIABILITY=full \
 		$(BIN)/pytest -m reliability -s -q $(CITUS_RELIABILITY)
 	$(BIN)/python scripts/reliability_report.py
@@ -61,7 +62,8 @@ citus-stop:
 # seller_id (QUOTA_AUTHORITY_DISTRIBUTE), as on a deployment that outgrew one PostgreSQL.
 test-citus: $(GENERATED)
 	@scripts/citus.sh start >/dev/null
-	QUOTA_AUTHORITY_DATABASE_URL=$$(scripts/citus.sh createdb quota_authority_test) \
+	url=$$(scripts/citus.sh createdb quota_authority_test) && \
+	QUOTA_AUTHORITY_DATABASE_URL=$$url \
 		QUOTA_AUTHORITY_DISTRIBUTE=true $(BIN)/pytest $(PYTEST_ARGS)
 
 # The container image (Containerfile) with podman, and the same without the embedded
