@@ -55,6 +55,7 @@ def test_the_file_holds_every_table_and_function_whole(migrated: str) -> None:
         "daily_gmv",
         "request_responses",
         "audit_log",
+        "holds",
     ):
         assert f"\nCREATE TABLE {table} (\n" in migrated, table
     functions = (
@@ -69,6 +70,7 @@ def test_the_file_holds_every_table_and_function_whole(migrated: str) -> None:
         "lock_shard_outreach",
         "write_shard_outreach",
         "shard_outreach_check",
+        "confirm_holds",
     )
     for function in functions:
         assert f"\nCREATE OR REPLACE FUNCTION public.{function}(" in migrated, function

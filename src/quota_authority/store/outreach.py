@@ -138,41 +138,9 @@ def _hold_values(holds: Sequence[Hold]) -> list[Any]:
 
 
 # R16: ConfirmOutreach calls of any sellers confirmed together (one PostgreSQL only:
-# ``TransactionGrouping.confirms_together``). The guard is ``resolve_hold``'s (ledger.py):
-# only a hold still held and not yet due at $4 is confirmed, so of resolvers racing for a
-# hold exactly one ends it. The holds are locked in key order first (a locking SELECT locks
-# the rows as its ORDER BY returns them), so two such statements never deadlock; a hold a
-# racing resolver ended meanwhile drops out of the lock's re-checked WHERE. Each
-# confirmation is audited as ``QuotaService._hold_audit`` records it: not allowed,
-# ``hold_confirmed``, the hold's pool, the tier of the hold's week.
-_CONFIRM_HOLDS = """
-WITH locked AS (
-    SELECT h.seller_id, h.request_id, h.item_index
-      FROM holds AS h
-      JOIN unnest($1::text[], $2::text[], $3::int[]) AS k(seller_id, request_id, item_index)
-        ON h.seller_id = k.seller_id AND h.request_id = k.request_id
-       AND h.item_index = k.item_index
-     WHERE h.state = 'held' AND h.expires_at > $4
-     ORDER BY h.seller_id, h.request_id, h.item_index
-       FOR UPDATE OF h
-), confirmed AS (
-    UPDATE holds AS h SET state = 'confirmed', resolved_at = $4
-      FROM locked AS l
-     WHERE h.seller_id = l.seller_id AND h.request_id = l.request_id
-       AND h.item_index = l.item_index AND h.state = 'held' AND h.expires_at > $4
- RETURNING h.seller_id, h.request_id, h.item_index, h.week_start, h.creator_id, h.action,
-           h.charged
-), audited AS (
-    INSERT INTO audit_log (seller_id, week_start, creator_id, action, allowed, reason,
-                           charged, tier, request_id, decided_at, item_index)
-    SELECT c.seller_id, c.week_start, c.creator_id, c.action, false, 'hold_confirmed',
-           c.charged, coalesce(w.tier, ''), c.request_id, $4, nullif(c.item_index, -1)
-      FROM confirmed AS c
-      LEFT JOIN seller_weeks AS w
-        ON w.seller_id = c.seller_id AND w.week_start = c.week_start
-)
-SELECT seller_id, request_id, item_index, charged FROM confirmed
-"""
+# ``TransactionGrouping.confirms_together``), by migration 0012's function, which says how
+# (the guard, the lock order, the audit) and why it is a function.
+_CONFIRM_HOLDS = "SELECT * FROM confirm_holds($1::text[], $2::text[], $3::int[], $4)"
 
 
 def _locked(key: OutreachKey, row: Any) -> LockedOutreach:
