@@ -515,6 +515,25 @@ async def test_confirm_of_an_expired_or_released_hold_exits_3_with_its_reason(
     assert await everything_of(db, seller) == before
 
 
+async def test_release_of_an_expired_hold_exits_3_with_its_reason(
+    target, stub, db, seller, clock, capsys
+):
+    await run_cli(
+        "check", seller, "c-1", "--message", "--hold-seconds", "30",
+        "--request-id", "h-1", "--target", target,
+    )  # fmt: skip
+    clock.advance(timedelta(seconds=31))
+    await until_expired(stub, seller, used=0)
+    capsys.readouterr()
+    before = await everything_of(db, seller)
+
+    status = await run_cli("release", seller, "h-1", "--target", target)
+
+    assert status == 3
+    assert capsys.readouterr().err.rstrip().endswith("(HOLD_EXPIRED)")
+    assert await everything_of(db, seller) == before
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -11,14 +11,11 @@ unknown request id exits 4, as ``release``'s.
 from __future__ import annotations
 
 import argparse
-import sys
 
-import grpc
-
-from quota_authority.client import QuotaClient, error_reason
+from quota_authority.client import QuotaClient
 from quota_authority.v1 import quota_authority_pb2 as pb
 
-from .release import NOT_FOUND, item_index
+from .release import NOT_FOUND, add_item_option, answer_naming_outreach
 from .shared import (
     CHARGES,
     DENIED,
@@ -27,7 +24,6 @@ from .shared import (
     ExitStatus,
     add_command,
     client_failures,
-    print_table,
     with_client,
 )
 
@@ -64,7 +60,7 @@ _STATUSES = (
     ),
 )
 
-_NOTHING_TO_CONFIRM = {"HOLD_EXPIRED", "HOLD_VOIDED", "NOT_ALLOWED"}
+_NOTHING_TO_CONFIRM = frozenset({"HOLD_EXPIRED", "HOLD_VOIDED", "NOT_ALLOWED"})
 _STATES = {
     pb.HOLD_STATE_CONFIRMED: "confirmed",
     pb.HOLD_STATE_NOT_HELD: "not held: the grant held nothing, it is final already",
@@ -80,20 +76,8 @@ def _rows(reply: pb.ConfirmOutreachResponse) -> list[tuple[str, str]]:
 
 def _confirm(args: argparse.Namespace) -> int:
     async def make_final(client: QuotaClient) -> int:
-        try:
-            reply = await client.confirm_outreach(args.seller_id, args.request_id, args.item)
-        except grpc.aio.AioRpcError as e:
-            reason = error_reason(e)
-            if e.code() == grpc.StatusCode.NOT_FOUND and reason == "OUTREACH_NOT_FOUND":
-                code = NOT_FOUND
-            elif e.code() == grpc.StatusCode.FAILED_PRECONDITION and reason in _NOTHING_TO_CONFIRM:
-                code = DENIED
-            else:
-                raise
-            print(f"error: {e.code().name}: {e.details()} ({reason})", file=sys.stderr)
-            return code
-        print_table(_rows(reply))
-        return OK
+        call = client.confirm_outreach(args.seller_id, args.request_id, args.item)
+        return await answer_naming_outreach(call, _NOTHING_TO_CONFIRM, _rows)
 
     hint = "the outcome is unknown: run the same command again; a hold is never confirmed twice"
     return with_client(args, make_final, unknown_outcome=hint)
@@ -110,10 +94,4 @@ def add_parser(commands: Commands) -> None:
         role="outreach",
         operands=("seller_id", "request_id"),
     )
-    command.add_argument(
-        "--item",
-        type=item_index,
-        metavar="N",
-        help="the item's index in the check-batch that REQUEST_ID names (required for one, "
-        "not allowed for a check)",
-    )
+    add_item_option(command)

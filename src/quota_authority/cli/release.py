@@ -4,14 +4,16 @@ the ``check`` (or of the ``check-batch``, with ``--item``) that charged it.
 
 A release has no request_id of its own: the outreach it names is its key, so running the
 same command again replays the first answer and never gives a unit back twice. Nothing to
-give back (the call charged nothing, or in an earlier week) exits 3, as a denial does; an
-unknown request id exits 4.
+give back (the call charged nothing, in an earlier week, or was a hold that expired) exits 3,
+as a denial does; an unknown request id exits 4.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable, Collection
+from typing import TypeVar
 
 import grpc
 
@@ -31,9 +33,11 @@ from .shared import (
     yes,
 )
 
-__all__ = ["NOT_FOUND", "add_parser", "item_index"]
+__all__ = ["NOT_FOUND", "add_item_option", "add_parser", "answer_naming_outreach", "item_index"]
 
 NOT_FOUND = 4
+
+R = TypeVar("R")
 
 _ABOUT = """\
 Give back the unit a granted outreach charged, when its send failed.
@@ -53,8 +57,9 @@ _STATUSES = (
     ExitStatus(
         DENIED,
         "nothing to release",
-        "nothing to release: the call charged nothing (NOTHING_CHARGED) or charged an "
-        "earlier week (WEEK_ENDED); nothing changed",
+        "nothing to release: the call charged nothing (NOTHING_CHARGED), charged an "
+        "earlier week (WEEK_ENDED), or was a hold that expired, its unit given back then "
+        "(HOLD_EXPIRED); nothing changed",
     ),
     ExitStatus(
         NOT_FOUND,
@@ -68,7 +73,8 @@ _STATUSES = (
 )
 
 _INT32_MAX = 2**31 - 1
-_NOTHING_TO_RELEASE = {"NOTHING_CHARGED", "WEEK_ENDED"}
+# HOLD_EXPIRED: a hold (R16) that expired gave its unit back then.
+_NOTHING_TO_RELEASE = frozenset({"NOTHING_CHARGED", "WEEK_ENDED", "HOLD_EXPIRED"})
 _RETURNED = {
     pb.CHARGE_WEEKLY: "weekly quota",
     pb.CHARGE_STARTER_PACK: "starter pack",
@@ -96,22 +102,46 @@ def _rows(reply: pb.ReleaseOutreachResponse) -> list[tuple[str, str]]:
     ]
 
 
+async def answer_naming_outreach(
+    call: Awaitable[R],
+    refused: Collection[str],
+    rows: Callable[[R], list[tuple[str, str]]],
+) -> int:
+    """The exit status of ``call``, an RPC naming an earlier outreach by its request_id
+    (ReleaseOutreach, ConfirmOutreach), its answer printed: OK; NOT_FOUND for an unknown
+    call; DENIED for a FAILED_PRECONDITION whose reason is one of ``refused`` (the
+    outreach cannot be released or confirmed), the error on stderr. Other errors raise."""
+    try:
+        reply = await call
+    except grpc.aio.AioRpcError as e:
+        reason = error_reason(e)
+        if e.code() == grpc.StatusCode.NOT_FOUND and reason == "OUTREACH_NOT_FOUND":
+            code = NOT_FOUND
+        elif e.code() == grpc.StatusCode.FAILED_PRECONDITION and reason in refused:
+            code = DENIED
+        else:
+            raise
+        print(f"error: {e.code().name}: {e.details()} ({reason})", file=sys.stderr)
+        return code
+    print_table(rows(reply))
+    return OK
+
+
+def add_item_option(command: argparse.ArgumentParser) -> None:
+    """``--item N``: the batch item a command naming an earlier outreach means."""
+    command.add_argument(
+        "--item",
+        type=item_index,
+        metavar="N",
+        help="the item's index in the check-batch that REQUEST_ID names (required for one, "
+        "not allowed for a check)",
+    )
+
+
 def _release(args: argparse.Namespace) -> int:
     async def give_back(client: QuotaClient) -> int:
-        try:
-            reply = await client.release_outreach(args.seller_id, args.request_id, args.item)
-        except grpc.aio.AioRpcError as e:
-            reason = error_reason(e)
-            if e.code() == grpc.StatusCode.NOT_FOUND and reason == "OUTREACH_NOT_FOUND":
-                code = NOT_FOUND
-            elif e.code() == grpc.StatusCode.FAILED_PRECONDITION and reason in _NOTHING_TO_RELEASE:
-                code = DENIED
-            else:
-                raise
-            print(f"error: {e.code().name}: {e.details()} ({reason})", file=sys.stderr)
-            return code
-        print_table(_rows(reply))
-        return OK
+        call = client.release_outreach(args.seller_id, args.request_id, args.item)
+        return await answer_naming_outreach(call, _NOTHING_TO_RELEASE, _rows)
 
     hint = "the outcome is unknown: run the same command again; a release is never made twice"
     return with_client(args, give_back, unknown_outcome=hint)
@@ -128,10 +158,4 @@ def add_parser(commands: Commands) -> None:
         role="outreach",
         operands=("seller_id", "request_id"),
     )
-    command.add_argument(
-        "--item",
-        type=item_index,
-        metavar="N",
-        help="the item's index in the check-batch that REQUEST_ID names (required for one, "
-        "not allowed for a check)",
-    )
+    add_item_option(command)
