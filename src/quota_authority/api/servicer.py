@@ -203,20 +203,30 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
             follower_count,
         )
 
-    @rpc_method
-    async def ReleaseOutreach(
-        self, request: pb.ReleaseOutreachRequest, context: Context
-    ) -> pb.ReleaseOutreachResponse:
+    @staticmethod
+    def _named_outreach(
+        request: pb.ReleaseOutreachRequest | pb.ConfirmOutreachRequest, made_by: str
+    ) -> tuple[str, int | None]:
+        """The (request_id, item_index) an RPC naming an earlier outreach gives (R14's
+        release, R16's confirm), validated: ``seller_id`` an identifier, ``request_id``
+        required (that of ``made_by``), ``item_index`` non-negative when set."""
         v = Validator()
         v.identifier("seller_id", request.seller_id)
         request_id = v.request_id("request_id", request.request_id)
         if request_id is None:
-            v.bad("request_id", "is required: the request_id of the call that charged")
+            v.bad("request_id", f"is required: the request_id of {made_by}")
         item_index: int | None = None
         if request.HasField("item_index"):
             item_index = v.non_negative("item_index", request.item_index)
         v.done()
         assert request_id is not None  # done() raised otherwise
+        return request_id, item_index
+
+    @rpc_method
+    async def ReleaseOutreach(
+        self, request: pb.ReleaseOutreachRequest, context: Context
+    ) -> pb.ReleaseOutreachResponse:
+        request_id, item_index = self._named_outreach(request, "the call that charged")
         result = await self._service.release_outreach(
             Release(seller_id=request.seller_id, request_id=request_id, item_index=item_index)
         )
@@ -228,16 +238,7 @@ class QuotaAuthorityServicer(pb_grpc.QuotaAuthorityServiceServicer):
     async def ConfirmOutreach(
         self, request: pb.ConfirmOutreachRequest, context: Context
     ) -> pb.ConfirmOutreachResponse:
-        v = Validator()
-        v.identifier("seller_id", request.seller_id)
-        request_id = v.request_id("request_id", request.request_id)
-        if request_id is None:
-            v.bad("request_id", "is required: the request_id of the call that made the hold")
-        item_index: int | None = None
-        if request.HasField("item_index"):
-            item_index = v.non_negative("item_index", request.item_index)
-        v.done()
-        assert request_id is not None  # done() raised otherwise
+        request_id, item_index = self._named_outreach(request, "the call that made the hold")
         result = await self._service.confirm_outreach(
             Confirmation(seller_id=request.seller_id, request_id=request_id, item_index=item_index)
         )
